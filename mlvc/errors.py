@@ -1,0 +1,150 @@
+"""The one exception tree of mlvc.
+
+Every error the library raises on purpose is an :class:`MlvcError`. Subclasses also inherit the builtin
+that fits, carry the facts as attributes, and their message says what to do next. The CLI maps each class
+to an exit code in one table (:data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+
+class MlvcError(Exception):
+    """Root of every mlvc error."""
+
+    exit_code = 1
+
+
+class NotARepositoryError(MlvcError, FileNotFoundError):
+    def __init__(self, start: str):
+        self.start = start
+        super().__init__(
+            f"not an mlvc repository (or any parent up to /): {start}; run `mlvc init` to create one"
+        )
+
+
+class RepositoryExistsError(MlvcError, FileExistsError):
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"an mlvc repository already exists at {path}")
+
+
+class ObjectNotFoundError(MlvcError, LookupError):
+    def __init__(self, object_id: str):
+        self.object_id = object_id
+        super().__init__(f"object {object_id} is missing from the store; run `mlvc fsck` to check the repository")
+
+
+class CorruptObjectError(MlvcError, ValueError):
+    def __init__(self, object_id: str, reason: str, path: str | None = None):
+        self.object_id = object_id
+        self.reason = reason
+        self.path = path
+        where = f" ({path})" if path else ""
+        super().__init__(f"object {object_id} is corrupt{where}: {reason}; run `mlvc fsck` to find every damaged object")
+
+
+class RevisionError(MlvcError, LookupError):
+    """A revision that names nothing, or names more than one thing."""
+
+    def __init__(self, rev: str, reason: str = "unknown revision"):
+        self.rev = rev
+        self.reason = reason
+        super().__init__(f"{reason}: {rev!r}; see `mlvc log` and `mlvc branch` for what exists")
+
+
+class RefError(MlvcError, ValueError):
+    """A bad ref name, or a ref operation that cannot be done (exists, missing, current branch)."""
+
+
+class RefConflictError(MlvcError, RuntimeError):
+    """A ref moved under us (compare-and-swap failed) or is locked by another process."""
+
+    def __init__(self, ref: str, reason: str):
+        self.ref = ref
+        self.reason = reason
+        super().__init__(f"cannot update {ref}: {reason}")
+
+
+class DirtyWorkingCheckpointError(MlvcError, RuntimeError):
+    def __init__(self, paths: list[str]):
+        self.paths = list(paths)
+        shown = ", ".join(self.paths[:5]) + (" ..." if len(self.paths) > 5 else "")
+        super().__init__(
+            f"uncommitted changes would be overwritten: {shown}; commit them first, "
+            "or pass --force to discard them"
+        )
+
+
+class NothingToCommitError(MlvcError, ValueError):
+    pass
+
+
+class FormatError(MlvcError, ValueError):
+    """A checkpoint file mlvc cannot read as what it claims to be."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class UnsafePickleError(FormatError):
+    """A .pt/.bin file that torch.load(weights_only=True) refuses: mlvc never runs pickled code."""
+
+    def __init__(self, path: str, detail: str):
+        import re
+
+        found = re.search(r"(Unsupported global: GLOBAL [^\s]+|Unsupported operand \d+|[^\n.]*not an allowed global[^\n.]*)", detail)
+        self.detail = found.group(1) if found else "refused by torch.load(weights_only=True)"
+        super().__init__(
+            path,
+            f"this pickle needs more than tensors and plain containers to load ({self.detail}), and mlvc never "
+            "executes pickled code; save the weights as safetensors or a plain state_dict, or pass --as-blob "
+            "to store the file as opaque bytes",
+        )
+
+
+class PathError(MlvcError, ValueError):
+    """A path that is missing, outside the repository, or otherwise unusable."""
+
+
+class ConfigError(MlvcError, ValueError):
+    pass
+
+
+class DependencyError(MlvcError, ImportError):
+    def __init__(self, package: str, why: str, extra: str):
+        self.package = package
+        super().__init__(f"{why} needs {package}; install it with `pip install 'mlvc[{extra}]'`")
+
+
+class FsckError(MlvcError, RuntimeError):
+    """Raised by the CLI when fsck found problems (the report itself is returned, not raised)."""
+
+
+# One table from exception class to exit code; the most specific class wins (looked up along the MRO).
+EXIT_CODES: dict[type[MlvcError], int] = {
+    MlvcError: 1,
+    NotARepositoryError: 3,
+    RepositoryExistsError: 3,
+    RevisionError: 4,
+    ObjectNotFoundError: 5,
+    CorruptObjectError: 5,
+    FsckError: 5,
+    DirtyWorkingCheckpointError: 6,
+    NothingToCommitError: 6,
+    RefError: 7,
+    RefConflictError: 7,
+    FormatError: 8,
+    UnsafePickleError: 9,
+    PathError: 10,
+    ConfigError: 11,
+    DependencyError: 12,
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1

@@ -1,0 +1,1 @@
+"""Operations on a repository, one module per verb group; Repo's methods call them."""

@@ -1,0 +1,38 @@
+"""Branches and tags: create and delete (listing is Repo.branches / Repo.tags)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import RefError
+from ..refs import HEADS, TAGS, check_name
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+
+def _ref(kind: str, name: str) -> str:
+    return (HEADS if kind == "branch" else TAGS) + check_name(name, kind)
+
+
+def create_ref(repo: Repo, kind: str, name: str, rev: str, force: bool) -> str:
+    ref = _ref(kind, name)
+    cid = repo.resolve(rev)
+    old = repo.refs.resolve(ref)
+    if old is not None and not force:
+        raise RefError(f"{kind} {name!r} already exists (at {old[:12]}); pass --force to move it")
+    if kind == "branch" and force and repo.head_branch() == name:
+        raise RefError(f"cannot force-move the current branch {name!r}; use `mlvc reset` or switch away first")
+    repo.refs.update(ref, cid, expected=old, who=repo.author(), message=f"{kind}: created from {rev}")
+    return cid
+
+
+def delete_ref(repo: Repo, kind: str, name: str) -> str:
+    ref = _ref(kind, name)
+    old = repo.refs.resolve(ref)
+    if old is None:
+        raise RefError(f"no {kind} named {name!r}; see `mlvc {kind}`")
+    if kind == "branch" and repo.head_branch() == name:
+        raise RefError(f"cannot delete the current branch {name!r}; switch to another branch first")
+    repo.refs.update(ref, None, expected=old, who=repo.author(), message=f"{kind}: deleted")
+    return old

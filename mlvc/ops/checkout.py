@@ -1,0 +1,131 @@
+"""checkout and switch: write a commit's files into the working tree (or another folder) and move HEAD."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DirtyWorkingCheckpointError, RefError
+from ..objects import FileEntry, Manifest
+from ..progress import NULL, Progress
+from ..refs import HEAD, HEADS, check_name
+from ..snapshot import _file_hash
+from ..statcache import StatCache
+from .status import working_entries
+from .worktree import safe_target, write_file
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+
+@dataclass
+class CheckoutResult:
+    commit: str
+    target: str  # the folder written into
+    head: str | None  # the branch HEAD is now on, "(detached)" or None when HEAD did not move
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def checkout(repo: Repo, rev: str, output: str | None = None, force: bool = False,
+             progress: Progress = NULL) -> CheckoutResult:
+    cid = repo.resolve(rev)
+    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
+    if output is not None:
+        return _checkout_to(repo, cid, manifest, os.path.abspath(output), force, progress)
+    branch = rev if repo.refs.resolve(HEADS + rev) == cid and not rev.startswith("refs/") else None
+    return _checkout_in_place(repo, cid, manifest, branch, force, progress)
+
+
+def switch(repo: Repo, branch: str, create: bool = False, start: str = "HEAD", force: bool = False,
+           progress: Progress = NULL) -> CheckoutResult:
+    check_name(branch)
+    existing = repo.refs.resolve(HEADS + branch)
+    if create and existing is not None:
+        raise RefError(f"branch {branch!r} already exists; switch to it with `mlvc switch {branch}`")
+    if not create and existing is None:
+        raise RefError(f"no branch named {branch!r}; create it with `mlvc switch -c {branch}`, or use "
+                       "`mlvc checkout REV` for a detached HEAD")
+    cid = repo.resolve(start) if create else existing
+    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
+    return _checkout_in_place(repo, cid, manifest, branch, force, progress, create=create)
+
+
+def _checkout_to(repo: Repo, cid: str, manifest: Manifest, base: str, force: bool,
+                 progress: Progress) -> CheckoutResult:
+    os.makedirs(base, exist_ok=True)
+    result = CheckoutResult(cid, base, None)
+    todo: list[tuple[FileEntry, str]] = []
+    conflicts = []
+    for f in manifest.files:
+        target = safe_target(base, f.path)
+        if os.path.isfile(target) and _file_hash(target) == f.hash:
+            result.unchanged.append(f.path)
+        elif os.path.exists(target) and not force:
+            conflicts.append(os.path.join(base, f.path))
+        else:
+            todo.append((f, target))
+    if conflicts:
+        raise DirtyWorkingCheckpointError(conflicts)
+    _write_all(repo, todo, result, progress)
+    return result
+
+
+def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | None, force: bool,
+                       progress: Progress, create: bool = False) -> CheckoutResult:
+    head = repo.head()
+    head_manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
+    committed = {f.path: f for f in head_manifest.files} if head_manifest else {}
+    target = {f.path: f for f in manifest.files}
+    roots = sorted(set(head_manifest.roots if head_manifest else []) | set(manifest.roots))
+    cache = StatCache(repo.dir)
+    current = working_entries(repo, head_manifest, roots, cache, progress)
+    # What would be lost: changes to committed files, and untracked files the target would overwrite.
+    conflicts = [p for p, e in current.items() if p in committed and e.hash != committed[p].hash]
+    conflicts += [p for p, e in current.items() if p not in committed and p in target and e.hash != target[p].hash]
+    if conflicts and not force:
+        cache.save()
+        raise DirtyWorkingCheckpointError(sorted(conflicts))
+    for path in target:
+        safe_target(repo.root, path)
+    if create:
+        repo.refs.update(HEADS + branch, cid, expected=None, who=repo.author(), message=f"branch: created at {cid[:12]}")
+    result = CheckoutResult(cid, repo.root, branch or "(detached)")
+    todo = []
+    for path, f in target.items():
+        if path in current and current[path].hash == f.hash:
+            result.unchanged.append(path)
+        else:
+            todo.append((f, repo.abs_path(path)))
+    _write_all(repo, todo, result, progress)
+    for path, _f in todo:
+        cache.record(path, repo.abs_path(path), target[path].hash)
+    for path in committed:
+        if path not in target and os.path.isfile(repo.abs_path(path)):
+            os.unlink(repo.abs_path(path))
+            cache.forget(path)
+            result.removed.append(path)
+    cache.save()
+    old_desc = repo.head_branch() or (head[:12] if head else "nothing")
+    message = f"checkout: moving from {old_desc} to {branch or cid[:12]}"
+    if branch:
+        repo.refs.update(HEAD, None, symbolic=HEADS + branch, who=repo.author(), message=message)
+    else:
+        repo.refs.update(HEAD, cid, who=repo.author(), message=message)
+    return result
+
+
+def _write_all(repo: Repo, todo: list[tuple[FileEntry, str]], result: CheckoutResult, progress: Progress) -> None:
+    progress.start("checkout", sum(f.size for f, _ in todo))
+    with repo.pipeline(progress=progress) as pipe:
+        for f, path in todo:
+            write_file(pipe, f, path)
+            result.written.append(f.path)
+            result.bytes_written += f.size
+    progress.finish()

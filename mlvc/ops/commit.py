@@ -1,0 +1,174 @@
+"""commit: snapshot the working checkpoint (paths, or tensors from Python) into a new commit."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..chunking import IngestStats
+from ..errors import FormatError, MlvcError, NothingToCommitError, PathError
+from ..objects import Commit, FileEntry, Manifest
+from ..progress import NULL, Progress
+from ..refs import HEAD
+from ..snapshot import NamedBuffer, snapshot_buffers, snapshot_path
+from ..statcache import StatCache
+from ..util import canonical_json, utc_now
+from .worktree import list_files
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+DEFAULT_STATE_DICT_PATH = "model.safetensors"
+
+
+@dataclass
+class CommitResult:
+    commit: Commit
+    branch: str | None
+    files: int
+    tensors: int
+    raw_bytes: int  # logical size of the checkpoint
+    new_bytes: int  # bytes added to the store (after dedupe and compression)
+    chunks: int
+    new_chunks: int
+    inexact: list[str]  # torch files that will check out tensor-identical but not byte-identical
+
+    def to_json(self) -> dict[str, Any]:
+        return {"commit": self.commit.to_json(), "branch": self.branch, "files": self.files, "tensors": self.tensors,
+                "raw_bytes": self.raw_bytes, "new_bytes": self.new_bytes, "chunks": self.chunks,
+                "new_chunks": self.new_chunks, "inexact": self.inexact}
+
+
+def commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: Iterable[str] | None,
+           path: str | None, as_blob: Iterable[str], allow_empty: bool, progress: Progress = NULL) -> CommitResult:
+    if not message or not message.strip():
+        raise MlvcError("a commit needs a message (-m MSG)")
+    meta = dict(metadata or {})
+    try:
+        canonical_json(meta)
+    except (TypeError, ValueError) as e:
+        raise MlvcError(f"metadata must be JSON (strings, numbers, lists, dicts; no NaN): {e}") from None
+    parent = repo.head()
+    parent_manifest = repo.read_manifest(repo.read_commit(parent).manifest) if parent else None
+    if obj is not None and paths is not None:
+        raise MlvcError("give either an object to commit or paths, not both")
+    if isinstance(obj, (str, os.PathLike)):
+        paths, obj = [os.fspath(obj)], None
+
+    stats = IngestStats()
+    cache = StatCache(repo.dir)
+    with repo.pipeline(progress=progress) as pipe:
+        if obj is not None:
+            rel = repo.rel_path(path, repo.root) if path else DEFAULT_STATE_DICT_PATH
+            progress.start("commit")
+            files = [snapshot_buffers(pipe, rel, _buffers(obj))]
+            roots = [rel]
+        else:
+            roots = _roots(repo, paths, parent_manifest)
+            rels = list_files(repo, roots)
+            if not rels:
+                raise PathError(f"nothing to commit: no files under {', '.join(roots)}")
+            progress.start("commit", sum(os.path.getsize(repo.abs_path(r)) for r in rels))
+            blob_globs = list(as_blob)
+            files = []
+            for rel in rels:
+                blob = any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(os.path.basename(rel), g) for g in blob_globs)
+                entry = snapshot_path(pipe, repo.abs_path(rel), rel, as_blob=blob)
+                files.append(entry)
+                cache.record(rel, repo.abs_path(rel), entry.hash)
+        progress.finish()
+        stats = pipe.stats
+        manifest = Manifest(roots, files, repo.config.chunk_size)
+        manifest_id = repo.write_json_object(manifest.to_bytes())
+    if parent_manifest is not None and not allow_empty and manifest_id == repo.read_commit(parent).manifest:
+        cache.save()
+        raise NothingToCommitError("nothing to commit: the checkpoint is identical to HEAD (pass --allow-empty "
+                                   "to commit anyway)")
+    meta.update({k: v for k, v in _code_revision(repo.root).items() if k not in meta})
+    c = Commit(manifest_id, [parent] if parent else [], repo.author(), utc_now(), message, meta)
+    c.id = repo.write_json_object(c.to_bytes())
+    repo.store.flush()  # every object durable before a ref points at it
+    branch = repo.head_branch()
+    summary = f"commit{'' if parent else ' (initial)'}: {message.splitlines()[0]}"
+    if branch:
+        repo.refs.update("refs/heads/" + branch, c.id, expected=parent, who=repo.author(), message=summary)
+        repo.refs.append_log(HEAD, parent, c.id, repo.author(), summary)
+    else:
+        repo.refs.update(HEAD, c.id, expected=parent, who=repo.author(), message=summary)
+    cache.save()
+    return CommitResult(c, branch, len(files), sum(len(f.tensors) for f in files), stats.raw_bytes,
+                        stats.stored_bytes, stats.chunks, stats.new_chunks,
+                        [f.path for f in files if f.kind == "torch" and not f.exact])
+
+
+def _roots(repo: Repo, paths: Iterable[str] | None, parent_manifest: Manifest | None) -> list[str]:
+    if paths is None:
+        if parent_manifest is None:
+            raise PathError("nothing is tracked yet: name the checkpoint to commit, e.g. `mlvc commit model/ -m MSG`")
+        return list(parent_manifest.roots)
+    roots = []
+    for p in paths:
+        rel = repo.rel_path(p)
+        if not os.path.exists(repo.abs_path(rel)):
+            raise PathError(f"{p} does not exist")
+        roots.append(rel)
+    return sorted(set(roots))
+
+
+def _buffers(obj: Any) -> list[NamedBuffer]:
+    """A state_dict (torch tensors or numpy arrays, nested dicts flattened with '.') or an nn.Module."""
+    if hasattr(obj, "state_dict") and callable(obj.state_dict) and not isinstance(obj, Mapping):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise FormatError("<object>", f"cannot commit a {type(obj).__name__}: pass a state_dict, an nn.Module or a path")
+    out: list[NamedBuffer] = []
+
+    def walk(d: Mapping, prefix: str) -> None:
+        for k, v in d.items():
+            name = f"{prefix}{k}"
+            if isinstance(v, Mapping):
+                walk(v, name + ".")
+            else:
+                out.append(_buffer(name, v))
+
+    walk(obj, "")
+    return out
+
+
+def _buffer(name: str, v: Any) -> NamedBuffer:
+    import numpy as np
+
+    from ..dtypes import from_numpy, from_torch
+
+    if type(v).__module__.startswith("torch"):
+        from ..formats.torchfile import tensor_bytes
+
+        return NamedBuffer(name, from_torch(v.dtype), list(v.shape), tensor_bytes(v))
+    if isinstance(v, np.ndarray) or np.isscalar(v) and isinstance(v, np.generic):
+        a = np.asarray(v)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        a = np.ascontiguousarray(a)
+        try:
+            dtype = from_numpy(a.dtype)
+        except TypeError as e:
+            raise FormatError(name, str(e)) from None
+        return NamedBuffer(name, dtype, list(a.shape), memoryview(a.reshape(-1).view(np.uint8)))
+    raise FormatError(name, f"is a {type(v).__name__}, not a tensor or array; put plain values in metadata=")
+
+
+def _code_revision(root: str) -> dict[str, Any]:
+    """The git commit of the code around the repository, when it sits in a git work tree."""
+    try:
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_revision": rev.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}

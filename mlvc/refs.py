@@ -1,0 +1,194 @@
+"""Refs: branches (refs/heads/*), tags (refs/tags/*) and HEAD, each move logged in a reflog.
+
+A ref file holds a commit id and a newline; HEAD holds "ref: refs/heads/NAME" or a commit id (detached).
+A ref moves only by compare-and-swap: the lock file `REF.lock` is created with O_EXCL, the current value is
+checked against what the caller expected, the new value is written into the lock file, fsynced, and
+renamed over the ref. The lock file is the temp file, so a crash leaves either the old or the new value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import RefConflictError, RefError
+from .util import fsync_dir, is_object_id, utc_now
+
+HEAD = "HEAD"
+HEADS = "refs/heads/"
+TAGS = "refs/tags/"
+
+_BAD_NAME = re.compile(r"(^[./-])|(\.\.)|([\x00-\x20\x7f~^:?*\[\\])|(@\{)|(/\.)|(\.lock$)|(/$)|(//)|(\.$)")
+
+
+def check_name(name: str, kind: str = "branch") -> str:
+    """Validate a branch or tag name with git's rules (no spaces, '..', '~', '^', ':' ...)."""
+    if not name or name == "@" or _BAD_NAME.search(name) or name.endswith(".lock"):
+        raise RefError(f"{name!r} is not a valid {kind} name (no spaces, '..', '~', '^', ':', '?', '*', '[', "
+                       "'\\', and no leading '-' or '.')")
+    return name
+
+
+@dataclass(frozen=True)
+class ReflogEntry:
+    ref: str
+    old: str | None
+    new: str | None
+    who: str
+    time: str
+    message: str
+
+
+class RefStore:
+    def __init__(self, mlvc_dir: str):
+        self.dir = mlvc_dir
+
+    def _path(self, ref: str) -> str:
+        return os.path.join(self.dir, *ref.split("/"))
+
+    def _log_path(self, ref: str) -> str:
+        return os.path.join(self.dir, "logs", *ref.split("/"))
+
+    # -- reading -----------------------------------------------------------------------------------
+    def read_raw(self, ref: str) -> str | None:
+        try:
+            with open(self._path(ref), encoding="utf-8") as f:
+                return f.read().strip()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def head_target(self) -> str | None:
+        """The branch ref HEAD points at ("refs/heads/main"), or None when HEAD is detached."""
+        raw = self.read_raw(HEAD)
+        if raw and raw.startswith("ref: "):
+            return raw[5:]
+        return None
+
+    def resolve(self, ref: str) -> str | None:
+        """Commit id a ref ends at (following HEAD's symbolic link), None for an unborn branch."""
+        raw = self.read_raw(ref)
+        if raw is None:
+            return None
+        if raw.startswith("ref: "):
+            return self.resolve(raw[5:])
+        if not is_object_id(raw):
+            raise RefError(f"ref {ref} holds {raw!r}, not a commit id; run `mlvc fsck`")
+        return raw
+
+    def list(self, prefix: str) -> dict[str, str]:
+        """Refs under a prefix (HEADS or TAGS): short name -> commit id."""
+        base = self._path(prefix.rstrip("/"))
+        out: dict[str, str] = {}
+        if not os.path.isdir(base):
+            return out
+        for folder, _dirs, files in os.walk(base):
+            for name in files:
+                if name.endswith(".lock") or name.startswith(".tmp-"):
+                    continue
+                full = os.path.join(folder, name)
+                short = os.path.relpath(full, base).replace(os.sep, "/")
+                value = self.resolve(prefix + short)
+                if value:
+                    out[short] = value
+        return dict(sorted(out.items()))
+
+    # -- writing -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, ref: str) -> Iterator[str]:
+        path = self._path(ref)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock = path + ".lock"
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise RefConflictError(ref, f"it is locked by another mlvc process ({lock}); if no mlvc is "
+                                        "running, remove that lock file") from None
+        os.close(fd)
+        try:
+            yield lock
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+            raise
+
+    def update(self, ref: str, new: str | None, expected: str | None | bool = True, message: str = "",
+               who: str = "", symbolic: str | None = None) -> None:
+        """Compare-and-swap a ref to `new` (a commit id), or delete it when new is None.
+
+        `expected` is the value the caller last saw (None: the ref must not exist); True skips the check.
+        With `symbolic`, the ref (HEAD) is written as "ref: <symbolic>" instead.
+        """
+        if new is not None and not is_object_id(new):
+            raise RefError(f"refusing to point {ref} at {new!r}: not a commit id")
+        with self._locked(ref) as lock:
+            current_raw = self.read_raw(ref)
+            current = self.resolve(ref) if current_raw is not None else None
+            if expected is not True and current != expected:
+                os.unlink(lock)
+                raise RefConflictError(ref, f"it moved (expected {expected}, found {current}); try again")
+            path = self._path(ref)
+            if new is None and symbolic is None:
+                os.unlink(lock)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                self._prune_empty(os.path.dirname(path))
+            else:
+                body = f"ref: {symbolic}\n" if symbolic else f"{new}\n"
+                with open(lock, "w", encoding="utf-8") as f:
+                    f.write(body)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(lock, path)
+                fsync_dir(os.path.dirname(path))
+        new_value = self.resolve(ref) if symbolic else new
+        if current != new_value or message:
+            self.append_log(ref, current, new_value, who, message)
+
+    def _prune_empty(self, folder: str) -> None:
+        stop = {self._path(HEADS.rstrip("/")), self._path(TAGS.rstrip("/")), self.dir}
+        while folder not in stop and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+            folder = os.path.dirname(folder)
+
+    # -- reflog ------------------------------------------------------------------------------------
+    def append_log(self, ref: str, old: str | None, new: str | None, who: str, message: str) -> None:
+        path = self._log_path(ref)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        line = json.dumps({"old": old, "new": new, "who": who, "time": utc_now(), "message": message},
+                          ensure_ascii=False, sort_keys=True)
+        # One short O_APPEND write per line: concurrent appends do not interleave.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def reflog(self, ref: str) -> list[ReflogEntry]:
+        """Entries newest first; a torn last line (crash mid-append) is skipped."""
+        try:
+            with open(self._log_path(ref), encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out.append(ReflogEntry(ref, d.get("old"), d.get("new"), d.get("who", ""), d.get("time", ""),
+                                   d.get("message", "")))
+        return out[::-1]
+
+    def all_reflog_ids(self) -> Iterator[str]:
+        base = os.path.join(self.dir, "logs")
+        for folder, _dirs, files in os.walk(base):
+            for name in files:
+                ref = os.path.relpath(os.path.join(folder, name), base).replace(os.sep, "/")
+                for e in self.reflog(ref):
+                    yield from (x for x in (e.old, e.new) if x)

@@ -1,0 +1,84 @@
+"""Revisions: full ids, unique id prefixes (4+ hex digits), branch and tag names, HEAD (or @),
+and the suffixes ~N (N-th first-parent ancestor), ^ (first parent) and ^N (N-th parent)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING
+
+from .errors import MlvcError, RevisionError
+from .refs import HEADS, TAGS
+from .util import ID_HEX_LEN, is_object_id
+
+if TYPE_CHECKING:
+    from .repo import Repo
+
+_SUFFIX = re.compile(r"(~\d*|\^\d*)$")
+_HEX = re.compile(r"^[0-9a-f]{4,32}$")
+
+
+def resolve(repo: Repo, rev: str) -> str:
+    """The commit id a revision names; RevisionError when it names nothing or is ambiguous."""
+    if not rev or rev != rev.strip():
+        raise RevisionError(rev, "empty or padded revision")
+    steps: list[tuple[str, int]] = []
+    base = rev
+    while (m := _SUFFIX.search(base)) and m.start() > 0:
+        op = m.group(1)
+        steps.append((op[0], int(op[1:]) if len(op) > 1 else 1))
+        base = base[: m.start()]
+    cid = _resolve_base(repo, base, rev)
+    for op, n in reversed(steps):
+        if op == "~":
+            for _ in range(n):
+                parents = repo.read_commit(cid).parents
+                if not parents:
+                    raise RevisionError(rev, f"history is not that deep ({cid[:12]} has no parent)")
+                cid = parents[0]
+        else:
+            if n == 0:
+                continue
+            parents = repo.read_commit(cid).parents
+            if len(parents) < n:
+                raise RevisionError(rev, f"commit {cid[:12]} has {len(parents)} parent(s)")
+            cid = parents[n - 1]
+    return cid
+
+
+def _resolve_base(repo: Repo, name: str, rev: str) -> str:
+    refs = repo.refs
+    if name in ("HEAD", "@"):
+        cid = refs.resolve("HEAD")
+        if cid is None:
+            raise RevisionError(rev, "HEAD has no commit yet (make one with `mlvc commit`)")
+        return cid
+    for ref in (name, HEADS + name, TAGS + name) if name.startswith("refs/") else (HEADS + name, TAGS + name):
+        try:
+            cid = refs.resolve(ref)
+        except MlvcError:
+            cid = None
+        if cid:
+            return cid
+    if is_object_id(name):
+        if not repo.store.has(name):
+            raise RevisionError(rev, "no such commit")
+        return name
+    if _HEX.match(name):
+        matches = [oid for oid in _ids_with_prefix(repo, name) if repo.is_commit(oid)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise RevisionError(rev, f"ambiguous id prefix ({len(matches)} commits start with it; give more digits)")
+    raise RevisionError(rev)
+
+
+def _ids_with_prefix(repo: Repo, prefix: str) -> list[str]:
+    folder = os.path.join(repo.store.root, prefix[:2]) if hasattr(repo.store, "root") else None
+    if folder is None:
+        return [oid for oid in repo.store.ids() if oid.startswith(prefix)]
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return [prefix[:2] + n for n in names if (prefix[:2] + n).startswith(prefix) and len(n) == ID_HEX_LEN - 2]

@@ -1,0 +1,83 @@
+"""Small shared pieces: durable atomic writes, hashing, canonical JSON, time."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import xxhash
+
+ID_HEX_LEN = 32  # xxh3-128 as lowercase hex
+
+
+def hash_bytes(data) -> str:
+    """Object id: xxh3-128 of the raw content, as 32 lowercase hex digits."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def new_hasher():
+    return xxhash.xxh3_128()
+
+
+def is_object_id(text: str) -> bool:
+    return len(text) == ID_HEX_LEN and all(c in "0123456789abcdef" for c in text)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """One serialization for one value: sorted keys, no spaces, UTF-8, no NaN."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or create inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True) -> Iterator[Any]:
+    """Open a temp file beside `path`; on success flush, fsync, rename over `path`, fsync the folder.
+
+    On an exception the temp file is removed and `path` is untouched: a reader sees the old file or the
+    whole new one, never half of it.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(folder)
+
+
+def atomic_write_bytes(path: str, data: bytes, sync_dir: bool = True) -> None:
+    with atomic_writer(path, sync_dir=sync_dir) as f:
+        f.write(data)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
