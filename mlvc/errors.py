@@ -95,7 +95,7 @@ class UnsafePickleError(FormatError):
         import re
 
         found = re.search(r"(Unsupported global: GLOBAL [^\s]+|Unsupported operand \d+|[^\n.]*not an allowed global[^\n.]*)", detail)
-        self.detail = found.group(1) if found else "refused by torch.load(weights_only=True)"
+        self.detail = found.group(1).strip() if found else "refused by torch.load(weights_only=True)"
         super().__init__(
             path,
             f"this pickle needs more than tensors and plain containers to load ({self.detail}), and mlvc never "

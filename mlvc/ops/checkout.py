@@ -104,8 +104,8 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
         else:
             todo.append((f, repo.abs_path(path)))
     _write_all(repo, todo, result, progress)
-    for path, _f in todo:
-        cache.record(path, repo.abs_path(path), target[path].hash)
+    for f, full in todo:
+        cache.record(f.path, full, f.hash)
     for path in committed:
         if path not in target and os.path.isfile(repo.abs_path(path)):
             os.unlink(repo.abs_path(path))

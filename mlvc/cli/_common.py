@@ -1,0 +1,52 @@
+"""What every command shares: finding the repo, --json, tables, progress."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any
+
+import click
+
+from ..progress import NULL, Progress, TerminalProgress
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+
+
+def open_repo():
+    from ..repo import Repo
+
+    return Repo.discover(".")
+
+
+def with_repo(fn):
+    """Pass the repository found from the current folder (upward, like git) as the first argument."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(open_repo(), *args, **kwargs)
+
+    return wrapper
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def progress(quiet: bool = False) -> Progress:
+    """A bar on stderr for long work, only when stderr is a terminal and --quiet is not given."""
+    if quiet or not sys.stderr.isatty():
+        return NULL
+    return TerminalProgress()
+
+
+def short(oid: str | None) -> str:
+    return oid[:12] if oid else "-"
