@@ -9,7 +9,7 @@ decode + hash (what a checkout does). Throughput is the best of --repeat runs, o
     python benchmarks/codec.py                      # MiniLM, chunk sizes 256 KiB..4 MiB
     python benchmarks/codec.py --file x.safetensors --bf16
 
-Prints tables and writes benchmarks/out/codec.json.
+Prints tables and writes benchmarks/out/codec.json (codec-bf16.json with --bf16).
 """
 
 from __future__ import annotations
@@ -93,8 +93,12 @@ def ratio_and_speed(tensors, chunk_size: int, level: int, planes: bool, repeat: 
 
 
 def plane_ratios(tensors, chunk_size: int, level: int) -> list[float]:
-    """Stored/raw per byte plane (low byte first) over all fp32/bf16 tensors, zstd frames only."""
-    width = max(w for _, _, w in tensors)
+    """Stored/raw per byte plane (low byte first) over the tensors of the dominant element width
+    (by bytes: fp32 for MiniLM), each plane compressed alone (raw when zstd does not shrink it)."""
+    by_width: dict[int, int] = {}
+    for _, r, w in tensors:
+        by_width[w] = by_width.get(w, 0) + len(r)
+    width = max(by_width, key=by_width.get)
     raw = [0] * width
     comp = [0] * width
     cctx = zstandard.ZstdCompressor(level=level)
@@ -112,10 +116,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--file", help="a .safetensors file (default: the MiniLM weights)")
     ap.add_argument("--bf16", action="store_true", help="cast F32 tensors to BF16 first")
-    ap.add_argument("--repeat", type=int, default=3, help="timing runs per setting (best is kept)")
+    ap.add_argument("--repeat", type=int, default=5, help="timing runs per setting (best is kept)")
     ap.add_argument("--levels", default="1,3,19", help="zstd levels compared at 2 MiB chunks")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "codec.json"))
+    ap.add_argument("--out", help="JSON output (default benchmarks/out/codec.json, codec-bf16.json with --bf16)")
     args = ap.parse_args()
+    if not args.out:
+        name = "codec-bf16.json" if args.bf16 else "codec.json"
+        args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", name)
     from tabulate import tabulate
 
     path = args.file or minilm_path()

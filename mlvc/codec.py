@@ -122,12 +122,22 @@ def decode(data) -> bytes | bytearray:
     """Decode an object file back to its raw bytes (hash not checked here: the store does that)."""
     mv = memoryview(data)
     h = ObjectHeader.parse(mv)
+    # Every header field must be what encode() writes for this encoding: a damaged byte anywhere in the
+    # file is then an error here or a hash mismatch in the store, never silently accepted.
+    if h.flags:
+        raise DecodeError(f"unknown flags {h.flags:#04x}")
+    if h.base is not None:
+        raise DecodeError(f"a full ({ENCODING_NAMES[h.encoding]}) object names a base object")
+    if h.encoding != ENC_PLANES and h.width != 1:
+        raise DecodeError(f"plane width {h.width} on a {ENCODING_NAMES[h.encoding]} object")
     payload = mv[HEADER_SIZE:]
     try:
         if h.encoding == ENC_RAW:
+            if len(payload) != h.raw_length:
+                raise DecodeError(f"payload is {len(payload)} bytes, header says {h.raw_length}")
             out = bytes(payload)
         elif h.encoding == ENC_ZSTD:
-            out = _decompressor().decompress(payload, max_output_size=h.raw_length)
+            out = _decompress_exact(payload, h.raw_length)
         else:
             out = _decode_planes(payload, h.width, h.raw_length)
     except zstandard.ZstdError as e:
@@ -137,6 +147,23 @@ def decode(data) -> bytes | bytearray:
     return out
 
 
+def _frame_size(frame) -> int:
+    """The content size a zstd frame declares (encode always writes it), read without decompressing."""
+    try:
+        return zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise DecodeError(f"zstd: {e}") from None
+
+
+def _decompress_exact(frame, size: int) -> bytes:
+    """One zstd frame that must hold exactly `size` bytes; checked from the frame header before anything is
+    allocated, so a damaged length can never ask for an absurd amount of memory."""
+    declared = _frame_size(frame)
+    if declared != size:
+        raise DecodeError(f"zstd frame holds {declared} bytes, expected {size}")
+    return _decompressor().decompress(frame, max_output_size=size, allow_extra_data=False)
+
+
 def _decode_planes(payload: memoryview, width: int, raw_length: int) -> bytearray:
     if raw_length % width:
         raise DecodeError("raw length is not a multiple of the plane width")
@@ -144,22 +171,26 @@ def _decode_planes(payload: memoryview, width: int, raw_length: int) -> bytearra
     table_len = width * _PLANE_ENTRY.size
     if len(payload) < table_len:
         raise DecodeError("truncated plane table")
-    out = bytearray(raw_length)
-    view = np.frombuffer(out, dtype=np.uint8).reshape(-1, width)
+    # Validate the whole table against the payload before allocating the output.
+    blobs = []
     pos = table_len
     for i in range(width):
         mode, size = _PLANE_ENTRY.unpack_from(payload, i * _PLANE_ENTRY.size)
+        if mode not in (0, 1):
+            raise DecodeError(f"unknown plane mode {mode}")
         blob = payload[pos : pos + size]
         if len(blob) != size:
             raise DecodeError("truncated plane")
-        pos += size
-        if mode == 1:
-            blob = _decompressor().decompress(blob, max_output_size=plane_len)
-        elif mode != 0:
-            raise DecodeError(f"unknown plane mode {mode}")
-        if len(blob) != plane_len:
+        if (size if mode == 0 else _frame_size(blob)) != plane_len:
             raise DecodeError("plane has the wrong length")
-        view[:, i] = np.frombuffer(blob, dtype=np.uint8)
+        pos += size
+        blobs.append((mode, blob))
     if pos != len(payload):
         raise DecodeError("trailing bytes after the last plane")
+    out = bytearray(raw_length)
+    view = np.frombuffer(out, dtype=np.uint8).reshape(-1, width)
+    for i, (mode, blob) in enumerate(blobs):
+        if mode == 1:
+            blob = _decompress_exact(blob, plane_len)
+        view[:, i] = np.frombuffer(blob, dtype=np.uint8)
     return out

@@ -1,0 +1,286 @@
+"""Peak memory and time of committing and checking out a large safetensors checkpoint.
+
+Writes a synthetic, weight-like safetensors file (default 2 GiB: transformer-shaped fp32 and bf16 tensors of
+scaled normal samples, generated and written tensor by tensor in blocks, so this script stays small), then
+runs each step in a fresh child process and measures its peak resident set (ru_maxrss of that one child,
+from os.wait4, cross-checked by the child's own VmHWM where the child is Python) and its wall time:
+
+    mlvc commit     Repo.commit(<file>) into a fresh repository
+    mlvc checkout   Repo.checkout("HEAD", output=DIR), then verified byte for byte (sha256 of both files)
+    zstd -1 -T0     compress the same file (baseline; skipped with a note when no zstd binary is found)
+    zstd -d         decompress it again
+    cp              plain copy (page cache to page cache)
+    cp + sync       copy, then fsync the copy (mlvc fsyncs every object and the checked-out file)
+
+    python benchmarks/memory.py                  # 2 GiB in a temporary folder, removed afterwards
+    python benchmarks/memory.py --size-gb 4 --workdir /big/disk --keep
+
+Prints a table and writes benchmarks/out/memory.json. Exit status 1 if the checkout is not byte-identical
+or an mlvc step peaks at or above --limit-mb (default 512).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MiB = 1 << 20
+
+# ---------------------------------------------------------------------------------------------------------
+# the synthetic checkpoint
+
+
+def plan_tensors(target_bytes: int, hidden: int = 2048, vocab: int = 32000) -> list[tuple[str, str, list[int]]]:
+    """(name, dtype, shape) for a decoder-shaped model: an fp32 embedding, then layers whose dtype alternates
+    fp32 / bf16, until the data reaches target_bytes."""
+    size = {"F32": 4, "BF16": 2}
+    out = [("model.embed_tokens.weight", "F32", [vocab, hidden])]
+    total = vocab * hidden * 4
+    layer = 0
+    while total < target_bytes:
+        dt = "F32" if layer % 2 == 0 else "BF16"
+        p = f"model.layers.{layer}."
+        for name, shape in (("input_layernorm.weight", [hidden]),
+                            ("self_attn.q_proj.weight", [hidden, hidden]),
+                            ("self_attn.k_proj.weight", [hidden, hidden]),
+                            ("self_attn.v_proj.weight", [hidden, hidden]),
+                            ("self_attn.o_proj.weight", [hidden, hidden]),
+                            ("post_attention_layernorm.weight", [hidden]),
+                            ("mlp.gate_proj.weight", [4 * hidden, hidden]),
+                            ("mlp.up_proj.weight", [4 * hidden, hidden]),
+                            ("mlp.down_proj.weight", [hidden, 4 * hidden])):
+            out.append((p + name, dt, shape))
+            total += math.prod(shape) * size[dt]
+        layer += 1
+    out.append(("model.norm.weight", "F32", [hidden]))
+    return out
+
+
+def _to_bf16(x: np.ndarray) -> np.ndarray:
+    bits = x.view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+
+
+def write_checkpoint(path: str, target_bytes: int, seed: int = 0) -> tuple[int, int]:
+    """Write the file in blocks of at most 16 Mi elements; returns (file size, tensor count)."""
+    tensors = plan_tensors(target_bytes)
+    itemsize = {"F32": 4, "BF16": 2}
+    header: dict = {"__metadata__": {"format": "pt", "source": "mlvc benchmarks/memory.py"}}
+    pos = 0
+    for name, dt, shape in tensors:
+        n = math.prod(shape) * itemsize[dt]
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [pos, pos + n]}
+        pos += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    rng = np.random.default_rng(seed)
+    block = 16 << 20
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for name, dt, shape in tensors:
+            if len(shape) == 1:  # norm weights: near one
+                a = (1.0 + 0.05 * rng.standard_normal(shape[0], dtype=np.float32)).astype(np.float32)
+                f.write((_to_bf16(a) if dt == "BF16" else a).tobytes())
+                continue
+            rows, cols = shape
+            std = 1.0 / math.sqrt(cols)
+            row_scale = rng.lognormal(0.0, 0.25, size=rows).astype(np.float32) * std  # rows differ, like weights
+            step = max(1, block // cols)
+            for r in range(0, rows, step):
+                a = rng.standard_normal((min(step, rows - r), cols), dtype=np.float32)
+                a *= row_scale[r : r + step, None]
+                f.write((_to_bf16(a) if dt == "BF16" else a).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    return os.path.getsize(path), len(tensors)
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 * MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# children
+
+CHILD = r"""
+import json, os, sys, time
+def rss(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+from mlvc.repo import Repo
+op, repo_dir, arg = sys.argv[1:4]
+repo = Repo(repo_dir)
+before = rss("VmRSS")
+t0 = time.perf_counter()
+if op == "commit":
+    r = repo.commit(arg, message="benchmark: synthetic checkpoint")
+    extra = {"commit": r.commit.id, "raw_bytes": r.raw_bytes, "new_bytes": r.new_bytes, "chunks": r.chunks,
+             "new_chunks": r.new_chunks}
+else:
+    r = repo.checkout("HEAD", output=arg)
+    extra = {"bytes_written": r.bytes_written, "written": r.written}
+op_s = time.perf_counter() - t0
+print(json.dumps({"op_s": op_s, "rss_after_import": before, "vmhwm": rss("VmHWM"), **extra}))
+"""
+
+
+def run_child(argv: list[str], env: dict | None = None) -> dict:
+    """Run one command in a fresh process: its wall time, its own peak RSS (from wait4) and its stdout."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
+        _pid, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} ... exited with {p.returncode}:\n{stderr[-3000:]}")
+    return {"wall_s": wall, "peak_rss": usage.ru_maxrss * 1024, "stdout": stdout}  # ru_maxrss is in KiB
+
+
+def mlvc_child(op: str, repo_dir: str, arg: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = run_child([sys.executable, "-c", CHILD, op, repo_dir, arg], env=env)
+    r.update(json.loads(r.pop("stdout").strip().splitlines()[-1]))
+    return r
+
+
+def find_zstd() -> str | None:
+    return shutil.which("zstd")
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gb", type=float, default=2.0, help="checkpoint size in GiB (2^30 bytes); default 2.0")
+    ap.add_argument("--workdir", help="where the checkpoint, repository and copies go (default: a temp folder, "
+                    "removed afterwards)")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir's contents")
+    ap.add_argument("--threads", type=int, default=0, help="core.threads for the repository (0: one per core)")
+    ap.add_argument("--limit-mb", type=float, default=512, help="peak RSS target for the mlvc steps, in MiB")
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "memory.json"))
+    args = ap.parse_args()
+    from tabulate import tabulate
+
+    sys.path.insert(0, ROOT)
+    from mlvc.repo import Repo
+
+    own_tmp = args.workdir is None
+    work = tempfile.mkdtemp(prefix="mlvc-memory-") if own_tmp else os.path.abspath(args.workdir)
+    os.makedirs(work, exist_ok=True)
+    repo_dir = os.path.join(work, "repo")
+    if os.path.exists(repo_dir):
+        sys.exit(f"{repo_dir} exists; give an empty --workdir")
+    try:
+        repo = Repo.init(repo_dir)
+        if args.threads:
+            cfg = os.path.join(repo.dir, "config.toml")
+            with open(cfg) as f:
+                text = f.read()
+            with open(cfg, "w") as f:
+                f.write(text.replace("threads = 0", f"threads = {args.threads}"))
+        threads = Repo(repo_dir).config.threads or (os.cpu_count() or 1)
+        src = os.path.join(repo_dir, "model.safetensors")
+        print(f"writing a {args.size_gb:g} GiB synthetic checkpoint to {src} ...", flush=True)
+        t0 = time.perf_counter()
+        size, n_tensors = write_checkpoint(src, int(args.size_gb * (1 << 30)))
+        gen_s = time.perf_counter() - t0
+        from safetensors import safe_open  # the reference reader accepts it (header only; data is mmapped)
+
+        with safe_open(src, framework="numpy") as f:
+            assert len(list(f.keys())) == n_tensors
+        print(f"  {size:,} bytes, {n_tensors} tensors, {gen_s:.1f} s; sha256 ...", flush=True)
+        src_sha = sha256_of(src)
+
+        rows: list[dict] = []
+
+        def record(step: str, r: dict, note: str = "") -> None:
+            r = dict(r)
+            r["step"], r["note"] = step, note
+            r["MBps"] = size / r["wall_s"] / 1e6
+            rows.append(r)
+            print(f"  {step}: {r['wall_s']:.2f} s, peak RSS {r['peak_rss'] / MiB:.0f} MiB {note}", flush=True)
+
+        print("mlvc commit ...", flush=True)
+        c = mlvc_child("commit", repo_dir, src)
+        stored = c["new_bytes"]
+        record("mlvc commit", c, f"stored {stored / size:.3f} of raw in {c['new_chunks']} objects")
+
+        print("mlvc checkout ...", flush=True)
+        out_dir = os.path.join(work, "checkout")
+        k = mlvc_child("checkout", repo_dir, out_dir)
+        dst = os.path.join(out_dir, "model.safetensors")
+        identical = sha256_of(dst) == src_sha
+        record("mlvc checkout", k, "byte-identical (sha256)" if identical else "DIFFERENT FROM THE ORIGINAL")
+        os.unlink(dst)
+
+        base = os.path.join(work, "baseline")
+        os.makedirs(base)
+        zstd = find_zstd()
+        if zstd:
+            zf = os.path.join(base, "model.safetensors.zst")
+            record("zstd -1 -T0", run_child([zstd, "-1", "-T0", "-q", "-f", src, "-o", zf]),
+                   f"stored {os.path.getsize(zf) / size:.3f} of raw")
+            dec = os.path.join(base, "model.dec")
+            record("zstd -d", run_child([zstd, "-d", "-q", "-f", zf, "-o", dec]))
+            os.unlink(dec)
+            os.unlink(zf)
+        else:
+            print("  no zstd binary on PATH: zstd baselines skipped (apt-get install zstd)")
+        cp = os.path.join(base, "copy")
+        record("cp", run_child(["cp", src, cp]))
+        os.unlink(cp)
+        record("cp + sync", run_child(["sh", "-c", 'cp "$0" "$1" && sync "$1"', src, cp]))
+        os.unlink(cp)
+
+        table = [[r["step"], f"{r['wall_s']:.2f}", f"{r['MBps']:.0f}", f"{r['peak_rss'] / MiB:.0f}", r["note"]]
+                 for r in rows]
+        print()
+        print(f"checkpoint: {size / (1 << 30):.2f} GiB ({size:,} bytes, {n_tensors} tensors, fp32 + bf16); "
+              f"{os.cpu_count()} cores; mlvc threads {threads}; source file in the page cache")
+        print(tabulate(table, headers=["step", "wall s", "MB/s", "peak RSS MiB", "note"]))
+        over = [r["step"] for r in rows if r["step"].startswith("mlvc") and r["peak_rss"] >= args.limit_mb * MiB]
+        if over:
+            print(f"\nOVER the {args.limit_mb:g} MiB target: {', '.join(over)}")
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"size_bytes": size, "tensors": n_tensors, "generate_s": gen_s, "cpu_count": os.cpu_count(),
+                       "threads": threads, "machine": platform.platform(), "python": platform.python_version(),
+                       "identical": identical, "limit_mib": args.limit_mb, "rows": rows}, f, indent=2)
+        print(f"wrote {args.out}")
+        return 0 if identical and not over else 1
+    finally:
+        if own_tmp and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        elif not args.keep:
+            for name in ("repo", "checkout", "baseline"):
+                shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

