@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import struct
 import subprocess
@@ -109,6 +110,31 @@ def write_checkpoint(path: str, target_bytes: int, seed: int = 0) -> tuple[int, 
     return os.path.getsize(path), len(tensors)
 
 
+def training_step(path: str, lr: float = 2e-5, seed: int = 1) -> None:
+    """Rewrite every tensor in place as after one optimizer step: w += lr * N(0, 1) (about 1e-3 of a weight;
+    bf16 weights mostly round back to the same value, as they do in real bf16 training)."""
+    rng = np.random.default_rng(seed)
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        start = 8 + n
+        for info in sorted(header.values(), key=lambda i: i["data_offsets"][0]):
+            dt = {"F32": np.float32, "BF16": np.uint16}[info["dtype"]]
+            begin, end = info["data_offsets"]
+            step = (16 << 20) * np.dtype(dt).itemsize
+            for pos in range(begin, end, step):
+                f.seek(start + pos)
+                a = np.frombuffer(f.read(min(step, end - pos)), dtype=dt)
+                x = a.astype(np.uint32) << 16 if dt is np.uint16 else a.copy()
+                x = x.view(np.float32)
+                x += lr * rng.standard_normal(x.shape, dtype=np.float32)
+                f.seek(start + pos)
+                f.write((_to_bf16(x) if dt is np.uint16 else x).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def sha256_of(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -144,20 +170,48 @@ print(json.dumps({"op_s": op_s, "rss_after_import": before, "vmhwm": rss("VmHWM"
 """
 
 
+# Peak RSS of one child, read with wait4. The child must be forked from a *small* process: Linux carries the
+# resident set of the mm a process had before exec (here, a fork or vfork of the caller) into its ru_maxrss,
+# so a child spawned straight from this script would report at least this script's own peak. A bare
+# `python -S` launcher forks the command, waits for it and writes its figures to a file; the floor is then
+# the launcher's few MiB, not ours.
+LAUNCHER = r"""
+import json, os, sys, time
+result, argv = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_pid, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(result, "w") as f:
+    json.dump({"wall_s": wall, "peak_rss": usage.ru_maxrss * 1024, "status": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def run_child(argv: list[str], env: dict | None = None) -> dict:
-    """Run one command in a fresh process: its wall time, its own peak RSS (from wait4) and its stdout."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
-        _pid, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
+    """Run one command in a fresh process: its wall time, its own peak RSS (wait4's ru_maxrss) and stdout."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".json") as res:
+        subprocess.run([sys.executable, "-S", "-c", LAUNCHER, res.name, *argv], stdout=out, stderr=err, env=env,
+                       check=True)
+        r = json.load(res)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} ... exited with {p.returncode}:\n{stderr[-3000:]}")
-    return {"wall_s": wall, "peak_rss": usage.ru_maxrss * 1024, "stdout": stdout}  # ru_maxrss is in KiB
+    if r["status"] != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} ... exited with {r['status']}:\n{stderr[-3000:]}")
+    r["stdout"] = stdout
+    del r["status"]
+    return r
+
+
+def launcher_floor() -> int:
+    """The peak RSS the method reports for a command that uses almost nothing (`true`)."""
+    return run_child(["true"])["peak_rss"]
 
 
 def mlvc_child(op: str, repo_dir: str, arg: str) -> dict:
@@ -172,6 +226,23 @@ def find_zstd() -> str | None:
     return shutil.which("zstd")
 
 
+def parse_size(text: str) -> int:
+    """'2M', '256K', '2097152' -> bytes."""
+    m = re.fullmatch(r"(\d+)([KkMm]?)(i?B)?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256K, 2M)")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20}[m.group(2).lower()]
+
+
+def set_core(config_path: str, key: str, value: int) -> None:
+    with open(config_path) as f:
+        text = f.read()
+    text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+    assert n == 1, f"no {key} line in {config_path}"
+    with open(config_path, "w") as f:
+        f.write(text)
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -182,7 +253,14 @@ def main() -> int:
                     "removed afterwards)")
     ap.add_argument("--keep", action="store_true", help="keep the workdir's contents")
     ap.add_argument("--threads", type=int, default=0, help="core.threads for the repository (0: one per core)")
+    ap.add_argument("--chunk-size", type=parse_size, help="core.chunk_size for the repository (e.g. 4M; "
+                    "default: mlvc's default)")
+    ap.add_argument("--config", action="append", default=[], metavar="KEY=INT",
+                    help="another [core] setting for the repository, e.g. cache_mb=32 (repeatable)")
     ap.add_argument("--limit-mb", type=float, default=512, help="peak RSS target for the mlvc steps, in MiB")
+    ap.add_argument("--steps", type=int, default=1, help="after the first commit, this many simulated training "
+                    "steps, each committed (the parent's chunks are delta bases), then a checkout of the last; "
+                    "0 skips them (default 1)")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "memory.json"))
     args = ap.parse_args()
     from tabulate import tabulate
@@ -199,12 +277,14 @@ def main() -> int:
     try:
         repo = Repo.init(repo_dir)
         if args.threads:
-            cfg = os.path.join(repo.dir, "config.toml")
-            with open(cfg) as f:
-                text = f.read()
-            with open(cfg, "w") as f:
-                f.write(text.replace("threads = 0", f"threads = {args.threads}"))
-        threads = Repo(repo_dir).config.threads or (os.cpu_count() or 1)
+            set_core(os.path.join(repo.dir, "config.toml"), "threads", args.threads)
+        if args.chunk_size:
+            set_core(os.path.join(repo.dir, "config.toml"), "chunk_size", args.chunk_size)
+        for item in args.config:
+            key, _, value = item.partition("=")
+            set_core(os.path.join(repo.dir, "config.toml"), key.strip(), int(value))
+        cfg = Repo(repo_dir).config
+        threads, chunk_size = cfg.threads or (os.cpu_count() or 1), cfg.chunk_size
         src = os.path.join(repo_dir, "model.safetensors")
         print(f"writing a {args.size_gb:g} GiB synthetic checkpoint to {src} ...", flush=True)
         t0 = time.perf_counter()
@@ -218,6 +298,7 @@ def main() -> int:
         src_sha = sha256_of(src)
 
         rows: list[dict] = []
+        floor = launcher_floor()
 
         def record(step: str, r: dict, note: str = "") -> None:
             r = dict(r)
@@ -239,6 +320,22 @@ def main() -> int:
         record("mlvc checkout", k, "byte-identical (sha256)" if identical else "DIFFERENT FROM THE ORIGINAL")
         os.unlink(dst)
 
+        for step in range(1, args.steps + 1):
+            print(f"training step {step} (every weight moved by ~1e-3 of its size), then mlvc commit ...", flush=True)
+            training_step(src, seed=step)
+            c2 = mlvc_child("commit", repo_dir, src)
+            record(f"mlvc commit, step {step}", c2,
+                   f"stored {c2['new_bytes'] / size:.3f} of raw in {c2['new_chunks']} objects")
+        if args.steps:
+            src_sha2 = sha256_of(src)
+            print(f"mlvc checkout of the step-{args.steps} commit ...", flush=True)
+            k2 = mlvc_child("checkout", repo_dir, out_dir)
+            same2 = sha256_of(dst) == src_sha2
+            identical = identical and same2
+            record(f"mlvc checkout, step {args.steps}", k2,
+                   "byte-identical (sha256)" if same2 else "DIFFERENT FROM THE ORIGINAL")
+            os.unlink(dst)
+
         base = os.path.join(work, "baseline")
         os.makedirs(base)
         zstd = find_zstd()
@@ -258,20 +355,24 @@ def main() -> int:
         record("cp + sync", run_child(["sh", "-c", 'cp "$0" "$1" && sync "$1"', src, cp]))
         os.unlink(cp)
 
-        table = [[r["step"], f"{r['wall_s']:.2f}", f"{r['MBps']:.0f}", f"{r['peak_rss'] / MiB:.0f}", r["note"]]
-                 for r in rows]
+        table = [[r["step"], f"{r['wall_s']:.2f}", f"{r['MBps']:.0f}", f"{r['peak_rss'] / MiB:.0f}",
+                  f"{r['vmhwm'] / MiB:.0f}" if "vmhwm" in r else "", r["note"]] for r in rows]
         print()
         print(f"checkpoint: {size / (1 << 30):.2f} GiB ({size:,} bytes, {n_tensors} tensors, fp32 + bf16); "
-              f"{os.cpu_count()} cores; mlvc threads {threads}; source file in the page cache")
-        print(tabulate(table, headers=["step", "wall s", "MB/s", "peak RSS MiB", "note"]))
+              f"{os.cpu_count()} cores; mlvc threads {threads}, chunk {chunk_size >> 10} KiB; source file in "
+              "the page cache")
+        print(tabulate(table, headers=["step", "wall s", "MB/s", "peak RSS MiB", "VmHWM MiB", "note"]))
+        print(f"peak RSS: ru_maxrss of each step's own process (floor of the method: {floor / MiB:.1f} MiB for "
+              f"`true`); VmHWM: the mlvc child's own high-water mark (of which {c['rss_after_import'] / MiB:.0f} MiB "
+              "is Python + imports before the step starts); wall: whole process, startup included")
         over = [r["step"] for r in rows if r["step"].startswith("mlvc") and r["peak_rss"] >= args.limit_mb * MiB]
         if over:
             print(f"\nOVER the {args.limit_mb:g} MiB target: {', '.join(over)}")
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump({"size_bytes": size, "tensors": n_tensors, "generate_s": gen_s, "cpu_count": os.cpu_count(),
-                       "threads": threads, "machine": platform.platform(), "python": platform.python_version(),
-                       "identical": identical, "limit_mib": args.limit_mb, "rows": rows}, f, indent=2)
+                       "threads": threads, "chunk_size": chunk_size, "steps": args.steps, "config": args.config, "machine": platform.platform(), "python": platform.python_version(),
+                       "identical": identical, "limit_mib": args.limit_mb, "rss_floor": floor, "rows": rows}, f, indent=2)
         print(f"wrote {args.out}")
         return 0 if identical and not over else 1
     finally:

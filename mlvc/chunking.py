@@ -34,6 +34,8 @@ class Segment:
     data: memoryview
     width: int = 1
     end_offset: int | None = None  # where the range ends in its source file (to release mapped pages)
+    bases: list[str] | None = None  # chunk ids of the same range in the parent commit (delta bases)
+    bases2: list[str] | None = None  # ... and in the grandparent (for the linear-prediction delta)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Pipeline:
         self.window = 2 * self.threads + 2
         self.progress = progress
         self.stats = IngestStats()
+        self.remember = False  # keep what is stored in the store's base cache (see ObjectStore.put)
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Pipeline:
@@ -79,10 +82,10 @@ class Pipeline:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _put(self, data: memoryview, width: int):
+    def _put(self, data: memoryview, width: int, base: str | None, base2: str | None):
         if self.store is None:
             return hash_bytes(data), 0
-        r = self.store.put(data, width)
+        r = self.store.put(data, width, base=base, base2=base2, remember=self.remember)
         return r.id, r.stored_size
 
     def ingest(self, segments: Iterable[Segment], release: Callable[[int], None] | None = None
@@ -113,10 +116,11 @@ class Pipeline:
             hasher = hashers[seg.key] = new_hasher()
             step = aligned_chunk(self.chunk_size, seg.width)
             n = len(seg.data)
-            for start in range(0, n, step):
+            for i, start in enumerate(range(0, n, step)):
                 mv = seg.data[start : start + step]
                 end = None if seg.end_offset is None else seg.end_offset - n + start + len(mv)
-                fut = self._pool.submit(self._put, mv, seg.width) if self._pool else self._put(mv, seg.width)
+                args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i))
+                fut = self._pool.submit(self._put, *args) if self._pool else self._put(*args)
                 inflight.append((res, hasher, mv, fut, end))
                 while len(inflight) > self.window:
                     consume()
@@ -138,6 +142,10 @@ class Pipeline:
                 yield inflight.popleft().result()
         while inflight:
             yield inflight.popleft().result()
+
+
+def _at(ids: list[str] | None, i: int) -> str | None:
+    return ids[i] if ids is not None and i < len(ids) else None
 
 
 def _done(value) -> Future:

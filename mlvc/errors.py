@@ -118,6 +118,38 @@ class DependencyError(MlvcError, ImportError):
         super().__init__(f"{why} needs {package}; install it with `pip install 'mlvc[{extra}]'`")
 
 
+class LedgerError(MlvcError, RuntimeError):
+    """The evaluation ledger cannot be read or changed: a damaged part, or a compaction holds the lock."""
+
+
+class EvalError(MlvcError, ValueError):
+    """Bad evaluation input: an unknown task, a malformed metric value, no result to compare."""
+
+
+class EvalFailedError(MlvcError, RuntimeError):
+    """Raised by the CLI when evaluators failed or timed out; the failures are recorded in the ledger."""
+
+    def __init__(self, failures: list[tuple[str, str, str]]):
+        self.failures = list(failures)  # (commit, task, status)
+        shown = ", ".join(f"{t} on {c[:12]} ({s})" for c, t, s in self.failures[:5])
+        more = " ..." if len(self.failures) > 5 else ""
+        super().__init__(f"{len(self.failures)} evaluation(s) did not succeed: {shown}{more}; the failures "
+                         "are recorded in the ledger: see `mlvc eval show` and the stderr tails in "
+                         "`mlvc eval show --json`")
+
+
+class ConflictError(MlvcError, RuntimeError):
+    """A revert or merge that cannot be done tensor by tensor without a choice; nothing was written.
+
+    `conflicts` holds one entry per tensor or file (each prints as one line)."""
+
+    def __init__(self, what: str, conflicts: list, hint: str):
+        self.what = what
+        self.conflicts = list(conflicts)
+        lines = "".join(f"\n  {c}" for c in self.conflicts)
+        super().__init__(f"{what}: {len(self.conflicts)} conflict(s), nothing was written:{lines}\n{hint}")
+
+
 class FsckError(MlvcError, RuntimeError):
     """Raised by the CLI when fsck found problems (the report itself is returned, not raised)."""
 
@@ -140,6 +172,10 @@ EXIT_CODES: dict[type[MlvcError], int] = {
     PathError: 10,
     ConfigError: 11,
     DependencyError: 12,
+    LedgerError: 13,
+    EvalError: 14,
+    EvalFailedError: 15,
+    ConflictError: 16,
 }
 
 

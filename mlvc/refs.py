@@ -79,22 +79,25 @@ class RefStore:
             raise RefError(f"ref {ref} holds {raw!r}, not a commit id; run `mlvc fsck`")
         return raw
 
-    def list(self, prefix: str) -> dict[str, str]:
-        """Refs under a prefix (HEADS or TAGS): short name -> commit id."""
+    def names(self, prefix: str) -> list[str]:
+        """Short names of the refs under a prefix (HEADS or TAGS), without reading them."""
         base = self._path(prefix.rstrip("/"))
-        out: dict[str, str] = {}
-        if not os.path.isdir(base):
-            return out
+        out: list[str] = []
         for folder, _dirs, files in os.walk(base):
             for name in files:
                 if name.endswith(".lock") or name.startswith(".tmp-"):
                     continue
-                full = os.path.join(folder, name)
-                short = os.path.relpath(full, base).replace(os.sep, "/")
-                value = self.resolve(prefix + short)
-                if value:
-                    out[short] = value
-        return dict(sorted(out.items()))
+                out.append(os.path.relpath(os.path.join(folder, name), base).replace(os.sep, "/"))
+        return sorted(out)
+
+    def list(self, prefix: str) -> dict[str, str]:
+        """Refs under a prefix (HEADS or TAGS): short name -> commit id."""
+        out: dict[str, str] = {}
+        for short in self.names(prefix):
+            value = self.resolve(prefix + short)
+            if value:
+                out[short] = value
+        return out
 
     # -- writing -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -132,9 +135,12 @@ class RefStore:
                 raise RefConflictError(ref, f"it moved (expected {expected}, found {current}); try again")
             path = self._path(ref)
             if new is None and symbolic is None:
-                os.unlink(lock)
+                # Delete while still holding the lock: released first, another process could move the
+                # ref in between and have its update silently deleted.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+                fsync_dir(os.path.dirname(path))
+                os.unlink(lock)
                 self._prune_empty(os.path.dirname(path))
             else:
                 body = f"ref: {symbolic}\n" if symbolic else f"{new}\n"

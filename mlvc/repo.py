@@ -29,7 +29,9 @@ class Repo:
         if not os.path.isfile(os.path.join(self.dir, "HEAD")):
             raise NotARepositoryError(self.root)
         self.config = _config.Config.load(_config.config_path(self.dir))
-        self.store = LooseObjectStore(os.path.join(self.dir, "objects"), level=self.config.zstd_level)
+        self.store = LooseObjectStore(os.path.join(self.dir, "objects"), level=self.config.zstd_level,
+                                      keyframe_interval=self.config.keyframe_interval,
+                                      cache_bytes=self.config.cache_mb << 20)
         self.refs = RefStore(self.dir)
 
     # -- opening ---------------------------------------------------------------------------------------
@@ -155,10 +157,12 @@ class Repo:
 
         return show(self, rev)
 
-    def checkout(self, rev: str, output: str | None = None, force: bool = False, progress: Progress = NULL):
+    def checkout(self, rev: str, output: str | None = None, force: bool = False, progress: Progress = NULL,
+                 tensors: Iterable[str] | str | None = None):
+        """Check out `rev`; with `tensors` (globs), restore just those tensors into the working checkpoint."""
         from .ops.checkout import checkout
 
-        return checkout(self, rev, output=output, force=force, progress=progress)
+        return checkout(self, rev, output=output, force=force, progress=progress, tensors=tensors)
 
     def switch(self, branch: str, create: bool = False, start: str = "HEAD", force: bool = False,
                progress: Progress = NULL):
@@ -175,6 +179,80 @@ class Repo:
         from .ops.fsck import fsck
 
         return fsck(self, progress=progress)
+
+    # evaluation ledger (mlvc/ledger.py, mlvc/tasks.py, ops/evalrun.py, ops/evals.py, ops/report.py)
+    @property
+    def ledger(self):
+        from .ledger import Ledger
+
+        return Ledger(os.path.join(self.dir, "ledger"))
+
+    def tasks(self) -> dict:
+        from .tasks import load_tasks
+
+        return load_tasks(self)
+
+    def eval_run(self, revs: Iterable[str] | None = None, tasks: Iterable[str] | None = None, force: bool = False,
+                 progress: Progress = NULL, on_outcome=None):
+        from .ops.evalrun import run
+
+        return run(self, list(revs) if revs else None, list(tasks) if tasks else None, force, progress, on_outcome)
+
+    def record_eval(self, rev: str, task: str, metrics: dict[str, float], **kwargs):
+        from .ops.evalrun import record
+
+        return record(self, rev, task, metrics, **kwargs)
+
+    def eval_show(self, rev_range: str | None = None, include_all: bool = False, tasks: Iterable[str] | None = None):
+        from .ops.evals import effect_table
+
+        return effect_table(self, rev_range, include_all, list(tasks) if tasks else None)
+
+    def eval_compare(self, a: str, b: str, tasks: Iterable[str] | None = None):
+        from .ops.evals import compare
+
+        return compare(self, a, b, list(tasks) if tasks else None)
+
+    def report(self, output: str, rev: str = "HEAD", max_commits: int = 200):
+        from .ops.report import write_report
+
+        return write_report(self, output, rev, max_commits)
+
+    # diff, rollback, merge (mlvc/ops/diff.py, revert.py, reset.py, merge.py, restore.py)
+    def diff(self, a: str | None = "HEAD", b: str | None = None, tensors: Iterable[str] | str | None = None,
+             progress: Progress = NULL):
+        """Tensor-by-tensor comparison of commit `a` with commit `b` (None: the working checkpoint)."""
+        from .ops.diff import diff
+
+        return diff(self, a, b, tensors=tensors, progress=progress)
+
+    def revert(self, rev: str, mainline: int | None = None, message: str | None = None,
+               progress: Progress = NULL):
+        from .ops.revert import revert
+
+        return revert(self, rev, mainline=mainline, message=message, progress=progress)
+
+    def reset(self, rev: str, hard: bool = False, force: bool = False, progress: Progress = NULL):
+        from .ops.reset import reset
+
+        return reset(self, rev, hard=hard, force=force, progress=progress)
+
+    def reflog(self, ref: str = "HEAD", n: int | None = None):
+        from .ops.reset import reflog
+
+        return reflog(self, ref, n)
+
+    def merge(self, rev: str, strategy: str | None = None, scale: float | None = None, message: str | None = None,
+              progress: Progress = NULL):
+        from .ops.merge import merge
+
+        return merge(self, rev, strategy=strategy, scale=scale, message=message, progress=progress)
+
+    def restore(self, rev: str, tensors: Iterable[str] | str, progress: Progress = NULL):
+        """Write the named tensors (globs) as they are in `rev` into the working checkpoint; HEAD stays."""
+        from .ops.restore import restore
+
+        return restore(self, rev, tensors, progress=progress)
 
     # branches and tags
     def branches(self) -> dict[str, str]:

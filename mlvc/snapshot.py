@@ -34,6 +34,39 @@ class NamedBuffer:
     data: memoryview
 
 
+@dataclass
+class History:
+    """The same file in the parent and grandparent commits: where a new chunk's delta bases come from.
+
+    A tensor's chunk i is delta-coded against chunk i of the tensor with the same name, dtype and shape
+    (chunks then cover the same elements); a blob's or header's chunk i against chunk i of the same path."""
+
+    parent: FileEntry | None = None
+    grandparent: FileEntry | None = None
+
+    @staticmethod
+    def _tensor(entry: FileEntry | None, name: str, dtype: str, shape: list[int]) -> list[str] | None:
+        if entry is None:
+            return None
+        t = next((t for t in entry.tensors if t.name == name), None)
+        return list(t.chunks) if t is not None and t.dtype == dtype and list(t.shape) == list(shape) else None
+
+    def tensor(self, name: str, dtype: str, shape: list[int]) -> dict:
+        return {"bases": self._tensor(self.parent, name, dtype, shape),
+                "bases2": self._tensor(self.grandparent, name, dtype, shape)}
+
+    def header(self) -> dict:
+        return {"bases": self.parent.header if self.parent else None,
+                "bases2": self.grandparent.header if self.grandparent else None}
+
+    def blob(self) -> dict:
+        return {"bases": self.parent.chunks if self.parent else None,
+                "bases2": self.grandparent.chunks if self.grandparent else None}
+
+
+NO_HISTORY = History()
+
+
 @contextlib.contextmanager
 def _mapped(path: str) -> Iterator[tuple[memoryview, callable]]:
     """The file as a read-only memoryview over mmap, and a `release(offset)` that drops the pages before
@@ -60,32 +93,34 @@ def _mapped(path: str) -> Iterator[tuple[memoryview, callable]]:
             mm.close()
 
 
-def snapshot_path(pipe: Pipeline, abs_path: str, rel: str, as_blob: bool = False) -> FileEntry:
+def snapshot_path(pipe: Pipeline, abs_path: str, rel: str, as_blob: bool = False,
+                  history: History = NO_HISTORY) -> FileEntry:
     kind = KIND_BLOB if as_blob else formats.kind_of(rel)
     if not os.path.isfile(abs_path):
         raise PathError(f"{rel} is not a file")
     if kind == KIND_SAFETENSORS:
-        return _snapshot_safetensors(pipe, abs_path, rel)
+        return _snapshot_safetensors(pipe, abs_path, rel, history)
     if kind == KIND_TORCH:
-        return _snapshot_torch(pipe, abs_path, rel)
-    return _snapshot_blob(pipe, abs_path, rel)
+        return _snapshot_torch(pipe, abs_path, rel, history)
+    return _snapshot_blob(pipe, abs_path, rel, history)
 
 
-def _snapshot_blob(pipe: Pipeline, abs_path: str, rel: str) -> FileEntry:
+def _snapshot_blob(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
     with _mapped(abs_path) as (mv, release):
-        segs = [Segment(KIND_BLOB, mv, 1, len(mv))]
+        segs = [Segment(KIND_BLOB, mv, 1, len(mv), **history.blob())]
         results, fhash = pipe.ingest(segs, release)
         del segs
     return FileEntry(rel, KIND_BLOB, results[KIND_BLOB].nbytes, fhash, chunks=results[KIND_BLOB].chunks)
 
 
-def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str) -> FileEntry:
+def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
     with open(abs_path, "rb") as f:
         layout = st.read_layout(f, rel)
     with _mapped(abs_path) as (mv, release):
         ds = layout.data_start
-        segs = [Segment(HEADER_KEY, mv[:ds], 1, ds)]
-        segs += [Segment(i, mv[ds + t.begin : ds + t.end], plane_width(t.dtype), ds + t.end)
+        segs = [Segment(HEADER_KEY, mv[:ds], 1, ds, **history.header())]
+        segs += [Segment(i, mv[ds + t.begin : ds + t.end], plane_width(t.dtype), ds + t.end,
+                         **history.tensor(t.name, t.dtype, t.shape))
                  for i, t in enumerate(layout.tensors)]
         results, fhash = pipe.ingest(segs, release)
         size = len(mv)
@@ -96,12 +131,13 @@ def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str) -> FileEntry:
 
 
 def snapshot_buffers(pipe: Pipeline, rel: str, buffers: list[NamedBuffer],
-                     metadata: dict[str, str] | None = None) -> FileEntry:
+                     metadata: dict[str, str] | None = None, history: History = NO_HISTORY) -> FileEntry:
     """In-memory tensors committed as a safetensors file at `rel` (sorted by name)."""
     buffers = sorted(buffers, key=lambda b: b.name)
     layout = st.build_layout([(b.name, b.dtype, b.shape, len(b.data)) for b in buffers], metadata)
-    segs = [Segment(HEADER_KEY, memoryview(layout.header_bytes), 1)]
-    segs += [Segment(i, b.data, plane_width(b.dtype)) for i, b in enumerate(buffers)]
+    segs = [Segment(HEADER_KEY, memoryview(layout.header_bytes), 1, **history.header())]
+    segs += [Segment(i, b.data, plane_width(b.dtype), **history.tensor(b.name, b.dtype, b.shape))
+             for i, b in enumerate(buffers)]
     results, fhash = pipe.ingest(segs)
     tensors = [TensorEntry(b.name, b.dtype, list(b.shape), len(b.data), results[i].hash, results[i].chunks)
                for i, b in enumerate(buffers)]
@@ -117,7 +153,7 @@ def _file_hash(path: str) -> str:
     return h.hexdigest()
 
 
-def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str) -> FileEntry:
+def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
     from .dtypes import from_torch
     from .formats import torchfile
 
@@ -138,7 +174,8 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str) -> FileEntry:
             dtype = from_torch(t.dtype)
         except TypeError as e:
             raise FormatError(rel, str(e)) from None
-        segs.append(Segment(name, torchfile.tensor_bytes(t), plane_width(dtype)))
+        segs.append(Segment(name, torchfile.tensor_bytes(t), plane_width(dtype),
+                            **history.tensor(name, dtype, list(t.shape))))
     results, _ = pipe.ingest(segs)
     del segs
     skel = torchfile.skeleton_bytes(skeleton)

@@ -2,7 +2,9 @@
 last hashed, so that `status` on an unchanged multi-GB checkpoint costs one stat() instead of a read.
 
 Like git's index it guards against racy writes: an entry whose file was modified less than RACY_NS before
-the cache was written is not trusted (a write in the same clock tick could leave the stat unchanged).
+its stat was taken is not trusted (a write in the same clock tick could leave the stat unchanged). The stat
+is taken *before* the file is hashed (`stat_now`, passed to `record`), so a write during the hashing shows as
+a changed stat; each entry keeps its own time `at`, so re-saving the cache never makes an old entry trusted.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class StatCache:
                 data = json.load(f)
             self.entries = dict(data.get("files", {}))
             self.written_ns = int(data.get("written_ns", 0))
+            for e in self.entries.values():
+                e.setdefault("at", self.written_ns)
         except (FileNotFoundError, ValueError, TypeError, AttributeError):
             pass  # a missing or damaged cache only costs a re-hash
         self.dirty = False
@@ -43,16 +47,32 @@ class StatCache:
             st = os.stat(abs_path)
         except OSError:
             return None
-        if e.get("stat") != _stat_key(st) or st.st_mtime_ns + RACY_NS >= self.written_ns:
+        if e.get("stat") != _stat_key(st) or st.st_mtime_ns + RACY_NS >= e.get("at", self.written_ns):
             return None
         return e.get("hash")
 
-    def record(self, rel: str, abs_path: str, file_hash: str) -> None:
+    @staticmethod
+    def stat_now(abs_path: str) -> tuple[list[int], int] | None:
+        """The file's stat fields and a time no later than when they were read; take this before hashing
+        the file and pass it to `record`."""
+        at = time.time_ns()
         try:
-            st = os.stat(abs_path)
+            return _stat_key(os.stat(abs_path)), at
         except OSError:
-            return
-        self.entries[rel] = {"stat": _stat_key(st), "hash": file_hash}
+            return None
+
+    def record(self, rel: str, abs_path: str, file_hash: str,
+               seen: tuple[list[int], int] | None = None) -> None:
+        """Remember that the file hashed to `file_hash`. `seen` is `stat_now()` from before the hashing;
+        without it (a file mlvc itself just wrote) the stat is read now and timed when the cache is saved."""
+        if seen is None:
+            try:
+                entry = {"stat": _stat_key(os.stat(abs_path)), "hash": file_hash}
+            except OSError:
+                return
+        else:
+            entry = {"stat": seen[0], "hash": file_hash, "at": seen[1]}
+        self.entries[rel] = entry
         self.dirty = True
 
     def forget(self, rel: str) -> None:
@@ -63,6 +83,8 @@ class StatCache:
         if not self.dirty:
             return
         self.written_ns = time.time_ns()
+        for e in self.entries.values():
+            e.setdefault("at", self.written_ns)  # entries recorded without a stat from before hashing
         data = json.dumps({"written_ns": self.written_ns, "files": self.entries}, sort_keys=True)
         try:
             atomic_write_bytes(self.path, data.encode(), sync_dir=False)

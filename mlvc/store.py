@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,11 +30,59 @@ class PutResult:
         return self.stored_size > 0
 
 
-class ObjectStore:
-    """Objects addressed by the xxh3-128 of their raw content."""
+class _LRU:
+    """Decoded objects by id, bounded in bytes: the bases of delta chains, so that reading many commits of
+    a series (or a chain and then its successor) decodes each base once."""
 
-    def __init__(self, level: int = 1):
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[bytes | bytearray, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, oid: str):
+        with self._lock:
+            item = self._items.get(oid)
+            if item is not None:
+                self._items.move_to_end(oid)
+            return item
+
+    def put(self, oid: str, raw, depth: int) -> None:
+        if len(raw) > self.max_bytes:
+            return
+        with self._lock:
+            if oid in self._items:
+                return
+            self._items[oid] = (raw, depth)
+            self._bytes += len(raw)
+            while self._bytes > self.max_bytes:
+                _, (old, _d) = self._items.popitem(last=False)
+                self._bytes -= len(old)
+
+    def pop(self, oid: str) -> None:
+        with self._lock:
+            item = self._items.pop(oid, None)
+            if item is not None:
+                self._bytes -= len(item[0])
+
+
+DEFAULT_KEYFRAME_INTERVAL = 8
+DEFAULT_CACHE_BYTES = 128 << 20
+
+
+class ObjectStore:
+    """Objects addressed by the xxh3-128 of their raw content.
+
+    `keyframe_interval` K bounds delta chains: an object is stored as a delta only while its chain stays
+    under K links, so every K-th version of a chunk is a full object and a read decodes at most K objects.
+    K = 1 turns deltas off.
+    """
+
+    def __init__(self, level: int = 1, keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.level = level
+        self.keyframe_interval = keyframe_interval
+        self._cache = _LRU(cache_bytes)
 
     # -- what a backend provides -------------------------------------------------------------------
     def has(self, oid: str) -> bool:
@@ -53,7 +102,7 @@ class ObjectStore:
     def stored_size(self, oid: str) -> int:
         raise NotImplementedError
 
-    def delete(self, oid: str) -> None:
+    def _delete_file(self, oid: str) -> None:
         raise NotImplementedError
 
     def flush(self) -> None:
@@ -64,26 +113,86 @@ class ObjectStore:
         return None
 
     # -- shared logic ------------------------------------------------------------------------------
-    def put(self, raw, width: int = 1, oid: str | None = None) -> PutResult:
-        """Store raw bytes (encoded with byte planes of `width` and zstd); dedupes by content."""
+    def put(self, raw, width: int = 1, oid: str | None = None, base: str | None = None,
+            base2: str | None = None, remember: bool = False) -> PutResult:
+        """Store raw bytes; dedupes by content. With `base` (the same chunk in the parent commit) and
+        optionally `base2` (in the grandparent), the object may be stored as a delta when that is smaller.
+
+        `remember` keeps the raw bytes in the base cache: a training loop committing every N steps then
+        finds its next commit's delta bases in memory instead of decoding their chains."""
         oid = oid or hash_bytes(raw)
         n = len(memoryview(raw).cast("B"))
         if self.has(oid):
+            if remember and self._cache.get(oid) is None:
+                self._cache.put(oid, bytes(raw), self.header(oid).depth)
             return PutResult(oid, n, 0)
-        data = codec.encode(raw, width, self.level)
+        data = None
+        if base and base != oid and self.keyframe_interval > 1:
+            b1 = self._base(base)
+            if b1 is not None:
+                b2 = self._base(base2) if base2 and base2 not in (oid, base) else None
+                data = codec.encode_delta(raw, width, self.level, b1, b2)
+        if data is None:
+            data = codec.encode(raw, width, self.level)
         written = self.write_file(oid, data)
+        if remember:
+            self._cache.put(oid, bytes(raw), codec.ObjectHeader.parse(data).depth)
         return PutResult(oid, n, len(data) if written else 0)
 
+    def _base(self, oid: str) -> codec.Base | None:
+        """A usable delta base: present, intact, and shallow enough that a delta on it keeps the chain
+        under the keyframe interval. Anything else means "store a full object", never an error."""
+        try:
+            # The depth is in the header: a base too deep to use is refused before its chain is decoded
+            # (decoding a K-deep chain per chunk only to store a keyframe cost time and peak memory).
+            if self._cache.get(oid) is None and self.header(oid).depth + 1 >= self.keyframe_interval:
+                return None
+            raw, depth = self._load(oid, cache=True)
+        except (ObjectNotFoundError, CorruptObjectError):
+            return None
+        return codec.Base(oid, raw, depth) if depth + 1 < self.keyframe_interval else None
+
     def get(self, oid: str) -> bytes | bytearray:
-        """The raw content of an object, verified against its id."""
+        """The raw content of an object, verified against its id (and through its delta chain)."""
+        return self._load(oid)[0]
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._cache.max_bytes
+
+    def verify(self, oid: str) -> None:
+        """Read the object from its file (not the cache) and check it decodes to content matching its id."""
+        self._load(oid, from_cache=False)
+
+    def _load(self, oid: str, cache: bool = False, from_cache: bool = True) -> tuple[bytes | bytearray, int]:
+        hit = self._cache.get(oid) if from_cache else None
+        if hit is not None:
+            return hit
         data = self.read_file(oid)
         try:
-            raw = codec.decode(data)
+            h = codec.ObjectHeader.parse(data)
+            base_depths = []
+
+            def get_base(bid: str):
+                try:
+                    braw, bdepth = self._load(bid, cache=True)
+                except ObjectNotFoundError:
+                    raise codec.DecodeError(f"its delta base {bid} is missing") from None
+                if bdepth >= h.depth:  # depths strictly fall along a chain: no cycles, bounded recursion
+                    raise codec.DecodeError(f"base {bid} has depth {bdepth}, not below {h.depth}")
+                base_depths.append(bdepth)
+                return braw
+
+            raw = codec.decode(data, get_base)
+            if base_depths and h.depth != 1 + max(base_depths):
+                raise codec.DecodeError(f"depth {h.depth} does not follow from its bases' depths {base_depths}")
         except codec.DecodeError as e:
             raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
         if hash_bytes(raw) != oid:
             raise CorruptObjectError(oid, "content does not match its id", self.locate(oid))
-        return raw
+        if cache:
+            self._cache.put(oid, raw, h.depth)
+        return raw, h.depth
 
     def header(self, oid: str) -> codec.ObjectHeader:
         try:
@@ -91,10 +200,21 @@ class ObjectStore:
         except codec.DecodeError as e:
             raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
 
+    def bases(self, oid: str) -> list[str]:
+        """The objects this one is a delta against (empty for a full object)."""
+        try:
+            return codec.bases(self.read_file(oid)[: codec.HEADER_SIZE + 16])
+        except codec.DecodeError as e:
+            raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
+
+    def delete(self, oid: str) -> None:
+        self._cache.pop(oid)
+        self._delete_file(oid)
+
 
 class MemoryObjectStore(ObjectStore):
-    def __init__(self, level: int = 1):
-        super().__init__(level)
+    def __init__(self, level: int = 1, **kwargs):
+        super().__init__(level, **kwargs)
         self._objects: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
@@ -120,15 +240,15 @@ class MemoryObjectStore(ObjectStore):
     def stored_size(self, oid):
         return len(self.read_file(oid))
 
-    def delete(self, oid):
+    def _delete_file(self, oid):
         self._objects.pop(oid, None)
 
 
 class LooseObjectStore(ObjectStore):
     """One file per object: `root/ab/cdef...` (first two hex digits name the folder)."""
 
-    def __init__(self, root: str, level: int = 1):
-        super().__init__(level)
+    def __init__(self, root: str, level: int = 1, **kwargs):
+        super().__init__(level, **kwargs)
         self.root = root
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
@@ -142,7 +262,7 @@ class LooseObjectStore(ObjectStore):
         return self._path(oid)
 
     def has(self, oid):
-        return os.path.exists(self._path(oid))
+        return is_object_id(oid) and os.path.exists(self._path(oid))
 
     def read_file(self, oid):
         try:
@@ -200,7 +320,9 @@ class LooseObjectStore(ObjectStore):
         except FileNotFoundError:
             raise ObjectNotFoundError(oid) from None
 
-    def delete(self, oid):
+    def _delete_file(self, oid):
+        if not is_object_id(oid):
+            return
         try:
             os.chmod(self._path(oid), 0o644)
             os.unlink(self._path(oid))

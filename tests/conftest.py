@@ -14,8 +14,15 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from mlvc.repo import Repo
+
+# The suite is deterministic by default: hypothesis draws the same examples on every run (and keeps no
+# example database). HYPOTHESIS_PROFILE=explore searches with fresh random examples, and more of them.
+settings.register_profile("default", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=500, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def _write_chunk_size(repo: Repo, chunk_size: int) -> Repo:

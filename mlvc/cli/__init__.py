@@ -48,6 +48,9 @@ def cli(directory: str | None) -> None:
 
 
 from . import core  # noqa: E402,F401  (registers the commands)
+from . import history_cmds  # noqa: E402,F401  (diff, revert, reset, reflog, merge)
+from . import eval_cmds  # noqa: E402,F401  (eval, ledger, report)
+from . import storage_cmds  # noqa: E402,F401  (stats)
 
 
 def main() -> None:

@@ -15,6 +15,22 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 
 
+class DashDashCommand(click.Command):
+    """A command taking tensor globs after a bare `--` (`mlvc diff A B -- 'encoder.*'`): what follows `--` is
+    put in ctx.meta["globs"] (None without `--`) instead of being mixed with the positional arguments."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        globs = None
+        if "--" in args:
+            i = args.index("--")
+            args, globs = args[:i], args[i + 1 :]
+        ctx.meta["globs"] = globs
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return super().collect_usage_pieces(ctx) + ["[-- GLOB...]"]
+
+
 def open_repo():
     from ..repo import Repo
 

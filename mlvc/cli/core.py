@@ -9,7 +9,7 @@ import click
 from ..errors import FsckError, MlvcError
 from ..util import human_bytes
 from . import cli
-from ._common import echo_json, json_option, progress, quiet_option, short, table, with_repo
+from ._common import DashDashCommand, echo_json, json_option, progress, quiet_option, short, table, with_repo
 
 
 @cli.command()
@@ -113,9 +113,10 @@ def status(repo, as_json, quiet) -> None:
 @click.argument("rev", default="HEAD")
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @click.option("-n", "--max-count", "n", type=click.IntRange(min=0), default=None, help="Show at most N commits.")
+@click.option("--stat", is_flag=True, help="Per commit: tensors changed against its first parent and the relative change.")
 @json_option
 @with_repo
-def log(repo, rev, oneline, n, as_json) -> None:
+def log(repo, rev, oneline, n, stat, as_json) -> None:
     """Show the history reachable from REV (default HEAD)."""
     if repo.head() is None and rev == "HEAD":
         if as_json:
@@ -124,14 +125,23 @@ def log(repo, rev, oneline, n, as_json) -> None:
             click.echo("No commits yet.")
         return
     commits = repo.log(rev, n)
+    stats = {}
+    if stat:
+        from ..ops.diff import diff_commit
+
+        stats = {c.id: diff_commit(repo, c.id, progress=progress()) for c in commits}
     if as_json:
-        echo_json([c.to_json() for c in commits])
+        from dataclasses import asdict
+
+        echo_json([{**c.to_json(), **({"stat": asdict(stats[c.id].total())} if stat else {})} for c in commits])
         return
+    if stat:
+        from ._diffview import short_stat, summary
     labels = _labels(repo)
     for c in commits:
         deco = f" ({', '.join(labels[c.id])})" if c.id in labels else ""
         if oneline:
-            click.echo(f"{short(c.id)}{deco} {c.message.splitlines()[0]}")
+            click.echo(f"{short(c.id)}{deco} {c.message.splitlines()[0]}" + (f"  [{short_stat(stats[c.id])}]" if stat else ""))
             continue
         click.echo(f"commit {c.id}{deco}")
         if len(c.parents) > 1:
@@ -144,6 +154,8 @@ def log(repo, rev, oneline, n, as_json) -> None:
         for line in c.message.splitlines():
             click.echo(f"    {line}")
         click.echo("")
+        if stat:
+            click.echo(f" {summary(stats[c.id])}\n")
 
 
 def _labels(repo) -> dict[str, list[str]]:
@@ -161,13 +173,19 @@ def _labels(repo) -> dict[str, list[str]]:
 
 @cli.command()
 @click.argument("rev", default="HEAD")
+@click.option("--stat", is_flag=True, help="Summarize the change by layer group instead of by tensor.")
+@click.option("--no-diff", is_flag=True, help="Leave out the diff against the parent (it reads the changed tensors).")
 @json_option
+@quiet_option
 @with_repo
-def show(repo, rev, as_json) -> None:
-    """Show a commit: its metadata and its files."""
+def show(repo, rev, stat, no_diff, as_json, quiet) -> None:
+    """Show a commit: its metadata, its files, and what it changed against its first parent."""
+    from ..ops.diff import diff_commit
+
     s = repo.show(rev)
+    d = None if no_diff else diff_commit(repo, s.commit.id, progress=progress(quiet))
     if as_json:
-        echo_json(s.to_json())
+        echo_json({**s.to_json(), **({"diff": d.to_json()} if d else {})})
         return
     c = s.commit
     click.echo(f"commit {c.id}")
@@ -187,9 +205,14 @@ def show(repo, rev, as_json) -> None:
     rows = [[f.path, f.kind + ("" if f.exact else " (tensor-exact)"), len(f.tensors) or "", human_bytes(f.size)]
             for f in s.manifest.files]
     click.echo(table(rows, ["file", "kind", "tensors", "size"]))
+    if d is not None:
+        from ._diffview import echo_diff
+
+        click.echo(f"\nChanges against {'parent ' + short(d.a) if d.a else 'nothing (first commit)'}:")
+        echo_diff(d, stat=stat)
 
 
-@cli.command()
+@cli.command(cls=DashDashCommand)
 @click.argument("rev")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Write the files under this folder instead of the working tree (HEAD does not move).")
@@ -198,7 +221,21 @@ def show(repo, rev, as_json) -> None:
 @quiet_option
 @with_repo
 def checkout(repo, rev, output, force, as_json, quiet) -> None:
-    """Check out REV: write its files (in place, or under --output) and, in place, move HEAD to it."""
+    """Check out REV: write its files (in place, or under --output) and, in place, move HEAD to it.
+
+    With tensor globs after `--`, only those tensors are restored from REV into the working checkpoint
+    files (rewritten atomically, other tensors kept as they are); HEAD does not move."""
+    globs = click.get_current_context().meta.get("globs")
+    if globs is not None:
+        if not globs:
+            raise click.UsageError("name the tensors to restore after `--` (globs such as 'encoder.layer.0.*')")
+        r = repo.checkout(rev, output=output, force=force, progress=progress(quiet), tensors=globs)
+        if as_json:
+            echo_json(r.to_json())
+            return
+        click.echo(f"Restored {len(r.tensors)} tensor(s) from {short(r.commit)} into {len(r.files)} working "
+                   f"file(s); HEAD did not move (`mlvc status` shows them as changed).")
+        return
     r = repo.checkout(rev, output=output, force=force, progress=progress(quiet))
     if as_json:
         echo_json(r.to_json())

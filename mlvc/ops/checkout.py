@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DirtyWorkingCheckpointError, RefError
+from ..errors import DirtyWorkingCheckpointError, MlvcError, RefError
 from ..objects import FileEntry, Manifest
 from ..progress import NULL, Progress
 from ..refs import HEAD, HEADS, check_name
@@ -34,7 +35,15 @@ class CheckoutResult:
 
 
 def checkout(repo: Repo, rev: str, output: str | None = None, force: bool = False,
-             progress: Progress = NULL) -> CheckoutResult:
+             progress: Progress = NULL, tensors: Iterable[str] | str | None = None):
+    """Check out a whole commit (a CheckoutResult), or with `tensors` (globs) restore just those tensors into
+    the working checkpoint without moving HEAD (a RestoreResult, see ops/restore.py)."""
+    if tensors is not None:
+        from .restore import restore
+
+        if output is not None:
+            raise MlvcError("restoring single tensors writes into the working checkpoint; drop --output")
+        return restore(repo, rev, tensors, progress=progress)
     cid = repo.resolve(rev)
     manifest = repo.read_manifest(repo.read_commit(cid).manifest)
     if output is not None:
@@ -81,6 +90,34 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
                        progress: Progress, create: bool = False) -> CheckoutResult:
     head = repo.head()
     head_manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
+    plan = plan_worktree(repo, head_manifest, manifest, force, progress)
+    if create:
+        repo.refs.update(HEADS + branch, cid, expected=None, who=repo.author(), message=f"branch: created at {cid[:12]}")
+    result = CheckoutResult(cid, repo.root, branch or "(detached)")
+    apply_worktree(repo, plan, result, progress)
+    old_desc = repo.head_branch() or (head[:12] if head else "nothing")
+    message = f"checkout: moving from {old_desc} to {branch or cid[:12]}"
+    if branch:
+        repo.refs.update(HEAD, None, symbolic=HEADS + branch, who=repo.author(), message=message)
+    else:
+        repo.refs.update(HEAD, cid, who=repo.author(), message=message)
+    return result
+
+
+@dataclass
+class WorktreePlan:
+    """What bringing the working checkpoint from HEAD's tree to another tree writes and removes."""
+
+    todo: list[tuple[FileEntry, str]]
+    remove: list[str]
+    unchanged: list[str]
+    cache: StatCache
+
+
+def plan_worktree(repo: Repo, head_manifest: Manifest | None, manifest: Manifest, force: bool,
+                  progress: Progress = NULL, only: set[str] | None = None) -> WorktreePlan:
+    """Check that nothing uncommitted would be lost (DirtyWorkingCheckpointError unless `force`) and list the
+    files to write and remove. With `only`, just those paths are considered (revert and merge)."""
     committed = {f.path: f for f in head_manifest.files} if head_manifest else {}
     target = {f.path: f for f in manifest.files}
     roots = sorted(set(head_manifest.roots if head_manifest else []) | set(manifest.roots))
@@ -89,36 +126,36 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
     # What would be lost: changes to committed files, and untracked files the target would overwrite.
     conflicts = [p for p, e in current.items() if p in committed and e.hash != committed[p].hash]
     conflicts += [p for p, e in current.items() if p not in committed and p in target and e.hash != target[p].hash]
+    if only is not None:
+        conflicts = [p for p in conflicts if p in only]
     if conflicts and not force:
         cache.save()
         raise DirtyWorkingCheckpointError(sorted(conflicts))
     for path in target:
         safe_target(repo.root, path)
-    if create:
-        repo.refs.update(HEADS + branch, cid, expected=None, who=repo.author(), message=f"branch: created at {cid[:12]}")
-    result = CheckoutResult(cid, repo.root, branch or "(detached)")
-    todo = []
+    todo, unchanged = [], []
     for path, f in target.items():
+        if only is not None and path not in only:
+            continue
         if path in current and current[path].hash == f.hash:
-            result.unchanged.append(path)
+            unchanged.append(path)
         else:
             todo.append((f, repo.abs_path(path)))
-    _write_all(repo, todo, result, progress)
-    for f, full in todo:
-        cache.record(f.path, full, f.hash)
-    for path in committed:
-        if path not in target and os.path.isfile(repo.abs_path(path)):
+    remove = [p for p in committed if p not in target and (only is None or p in only)]
+    return WorktreePlan(todo, remove, unchanged, cache)
+
+
+def apply_worktree(repo: Repo, plan: WorktreePlan, result: CheckoutResult, progress: Progress = NULL) -> None:
+    result.unchanged.extend(plan.unchanged)
+    _write_all(repo, plan.todo, result, progress)
+    for f, full in plan.todo:
+        plan.cache.record(f.path, full, f.hash)
+    for path in plan.remove:
+        if os.path.isfile(repo.abs_path(path)):
             os.unlink(repo.abs_path(path))
-            cache.forget(path)
+            plan.cache.forget(path)
             result.removed.append(path)
-    cache.save()
-    old_desc = repo.head_branch() or (head[:12] if head else "nothing")
-    message = f"checkout: moving from {old_desc} to {branch or cid[:12]}"
-    if branch:
-        repo.refs.update(HEAD, None, symbolic=HEADS + branch, who=repo.author(), message=message)
-    else:
-        repo.refs.update(HEAD, cid, who=repo.author(), message=message)
-    return result
+    plan.cache.save()
 
 
 def _write_all(repo: Repo, todo: list[tuple[FileEntry, str]], result: CheckoutResult, progress: Progress) -> None:

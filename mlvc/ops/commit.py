@@ -9,12 +9,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..chunking import IngestStats
 from ..errors import FormatError, MlvcError, NothingToCommitError, PathError
 from ..objects import Commit, FileEntry, Manifest
 from ..progress import NULL, Progress
 from ..refs import HEAD
-from ..snapshot import NamedBuffer, snapshot_buffers, snapshot_path
+from ..snapshot import History, NamedBuffer, snapshot_buffers, snapshot_path
 from ..statcache import StatCache
 from ..util import canonical_json, utc_now
 from .worktree import list_files
@@ -53,33 +52,38 @@ def commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: 
     except (TypeError, ValueError) as e:
         raise MlvcError(f"metadata must be JSON (strings, numbers, lists, dicts; no NaN): {e}") from None
     parent = repo.head()
-    parent_manifest = repo.read_manifest(repo.read_commit(parent).manifest) if parent else None
+    parent_manifest, grand_manifest = _lineage(repo, parent)
     if obj is not None and paths is not None:
         raise MlvcError("give either an object to commit or paths, not both")
     if isinstance(obj, (str, os.PathLike)):
         paths, obj = [os.fspath(obj)], None
 
-    stats = IngestStats()
     cache = StatCache(repo.dir)
     with repo.pipeline(progress=progress) as pipe:
         if obj is not None:
             rel = repo.rel_path(path, repo.root) if path else DEFAULT_STATE_DICT_PATH
+            buffers = _buffers(obj)
+            pipe.remember = sum(len(b.data) for b in buffers) <= repo.store.cache_bytes
             progress.start("commit")
-            files = [snapshot_buffers(pipe, rel, _buffers(obj))]
+            files = [snapshot_buffers(pipe, rel, buffers, history=_history(rel, parent_manifest, grand_manifest))]
             roots = [rel]
         else:
             roots = _roots(repo, paths, parent_manifest)
             rels = list_files(repo, roots)
             if not rels:
                 raise PathError(f"nothing to commit: no files under {', '.join(roots)}")
-            progress.start("commit", sum(os.path.getsize(repo.abs_path(r)) for r in rels))
+            total = sum(os.path.getsize(repo.abs_path(r)) for r in rels)
+            pipe.remember = total <= repo.store.cache_bytes
+            progress.start("commit", total)
             blob_globs = list(as_blob)
             files = []
             for rel in rels:
                 blob = any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(os.path.basename(rel), g) for g in blob_globs)
-                entry = snapshot_path(pipe, repo.abs_path(rel), rel, as_blob=blob)
+                seen = cache.stat_now(repo.abs_path(rel))  # before hashing: a write meanwhile shows
+                entry = snapshot_path(pipe, repo.abs_path(rel), rel, as_blob=blob,
+                                      history=_history(rel, parent_manifest, grand_manifest))
                 files.append(entry)
-                cache.record(rel, repo.abs_path(rel), entry.hash)
+                cache.record(rel, repo.abs_path(rel), entry.hash, seen)
         progress.finish()
         stats = pipe.stats
         manifest = Manifest(roots, files, repo.config.chunk_size)
@@ -103,6 +107,19 @@ def commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: 
     return CommitResult(c, branch, len(files), sum(len(f.tensors) for f in files), stats.raw_bytes,
                         stats.stored_bytes, stats.chunks, stats.new_chunks,
                         [f.path for f in files if f.kind == "torch" and not f.exact])
+
+
+def _lineage(repo: Repo, parent: str | None) -> tuple[Manifest | None, Manifest | None]:
+    """The manifests of the parent and the grandparent (first parents): the delta bases of a new commit."""
+    if parent is None:
+        return None, None
+    pc = repo.read_commit(parent)
+    grand = repo.read_manifest(repo.read_commit(pc.parents[0]).manifest) if pc.parents else None
+    return repo.read_manifest(pc.manifest), grand
+
+
+def _history(rel: str, parent: Manifest | None, grand: Manifest | None) -> History:
+    return History(parent.file(rel) if parent else None, grand.file(rel) if grand else None)
 
 
 def _roots(repo: Repo, paths: Iterable[str] | None, parent_manifest: Manifest | None) -> list[str]:
@@ -152,7 +169,7 @@ def _buffer(name: str, v: Any) -> NamedBuffer:
         a = np.asarray(v)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a, order="C")  # not ascontiguousarray: it turns a 0-d array into shape (1,)
         try:
             dtype = from_numpy(a.dtype)
         except TypeError as e:

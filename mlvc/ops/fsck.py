@@ -43,17 +43,21 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
     progress.start("fsck", len(ids))
     for oid in ids:
         try:
-            repo.store.get(oid)
+            repo.store.verify(oid)
         except CorruptObjectError as e:
             bad.add(oid)
-            report.problems.append(Problem(oid, "corrupt", e.reason, e.path))
+            if e.object_id == oid:
+                report.problems.append(Problem(oid, "corrupt", e.reason, e.path))
+            else:  # intact itself, but a delta on a damaged base: it cannot be read either
+                report.problems.append(Problem(oid, "corrupt base", f"its delta base {e.object_id} is corrupt: "
+                                               f"{e.reason}", repo.store.locate(oid)))
         report.objects_checked += 1
         progress.advance(1)
     progress.finish()
 
     starts: dict[str, str] = {}
     for kind, prefix in (("branch", HEADS), ("tag", TAGS)):
-        for name in repo.refs.list(prefix):
+        for name in repo.refs.names(prefix):  # not list(): it stops at the first unreadable ref
             try:
                 cid = repo.refs.resolve(prefix + name)
             except MlvcError as e:

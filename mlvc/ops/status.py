@@ -69,8 +69,9 @@ def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cac
             if old is not None and cache.lookup(rel, full) == old.hash:
                 out[rel] = old
                 continue
+            seen = cache.stat_now(full)  # before hashing: a write meanwhile shows as a changed stat
             entry = snapshot_path(pipe, full, rel, as_blob=old is not None and old.kind == "blob")
-            cache.record(rel, full, entry.hash)
+            cache.record(rel, full, entry.hash, seen)
             out[rel] = entry
     return out
 

@@ -1,0 +1,208 @@
+"""Storage and speed of mlvc on real checkpoint series, against the alternatives, measured in one run.
+
+Series come from benchmarks/make_series.py (fine-tunes of all-MiniLM-L6-v2). For each series:
+  stored/raw for: full copies (what git-lfs and DVC store), zstd -1 and -3 of each file, ZipNN (the real
+  package: byte grouping + entropy coding per tensor), content-defined-chunking dedupe of the files with
+  ~64 KiB chunks (what Xet does; fastcdc), raw and zstd-compressed chunks, and mlvc;
+  commit and checkout wall time per checkpoint against `zstd -1 -T0` and `zstd -d` of the same file, and peak
+  RSS of the mlvc processes.
+
+Run: python benchmarks/storage.py [--series DIR] [--json benchmarks/out/storage.json]
+Needs: fastcdc, zipnn (benchmark-only), the zstd binary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import zstandard
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from mlvc.repo import Repo
+op, repo_dir, arg = sys.argv[1], sys.argv[2], sys.argv[3]
+repo = Repo(repo_dir)
+t = time.perf_counter()
+if op == "commit":
+    r = repo.commit(message=arg, paths=["model.safetensors"], allow_empty=True)
+    out = {{"new_bytes": r.new_bytes, "raw_bytes": r.raw_bytes}}
+else:
+    repo.checkout(arg, output=sys.argv[4], force=True)
+    out = {{}}
+out["seconds"] = time.perf_counter() - t
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def files_of(series_dir: str) -> list[str]:
+    paths = glob.glob(os.path.join(series_dir, "ckpt-*", "model.safetensors"))
+    return sorted(paths, key=lambda p: int(os.path.basename(os.path.dirname(p)).split("-")[1]))
+
+
+def zstd_size(paths: list[str], level: int) -> int:
+    c = zstandard.ZstdCompressor(level=level, threads=-1)
+    total = 0
+    for p in paths:
+        with open(p, "rb") as f:
+            total += len(c.compress(f.read()))
+    return total
+
+
+def zipnn_size(paths: list[str]) -> int:
+    from safetensors import safe_open
+    from zipnn import ZipNN
+
+    zippers = {}
+    total = 0
+    for p in paths:
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+        total += 8 + n
+        with safe_open(p, "np") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                dtype = sl.get_dtype()
+                arr = f.get_tensor(k) if dtype != "BF16" else None
+                raw = arr.tobytes() if arr is not None else _raw_tensor_bytes(p, k)
+                name = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(dtype)
+                if name is None or len(raw) < 1024:
+                    total += len(raw)
+                    continue
+                z = zippers.setdefault(name, ZipNN(input_format="byte", bytearray_dtype=name, threads=2))
+                total += min(len(z.compress(raw)), len(raw))
+    return total
+
+
+def _raw_tensor_bytes(path: str, name: str) -> bytes:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        b, e = header[name]["data_offsets"]
+        f.seek(8 + n + b)
+        return f.read(e - b)
+
+
+def cdc_sizes(paths: list[str]) -> tuple[int, int]:
+    from fastcdc import fastcdc
+
+    seen = set()
+    raw = comp = 0
+    c = zstandard.ZstdCompressor(level=1)
+    for p in paths:
+        with open(p, "rb") as f:
+            data = f.read()
+        for ch in fastcdc(data, min_size=16384, avg_size=65536, max_size=262144, fat=True, hf=None):
+            key = hash(ch.data)
+            if key in seen:
+                continue
+            seen.add(key)
+            raw += ch.length
+            comp += min(len(c.compress(ch.data)), ch.length)
+    return raw, comp
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def du(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(b, f)) for b, _, fs in os.walk(folder) for f in fs)
+
+
+def run_mlvc(paths: list[str], work: str) -> dict:
+    repo = os.path.join(work, "repo")
+    os.makedirs(repo)
+    subprocess.run([sys.executable, "-m", "mlvc", "init", repo], check=True, cwd=ROOT, capture_output=True)
+    script = CHILD.format(root=ROOT)
+    commits, checkouts = [], []
+    target = os.path.join(repo, "model.safetensors")
+    for i, p in enumerate(paths):
+        shutil.copyfile(p, target)
+        r = subprocess.run([sys.executable, "-c", script, "commit", repo, f"ckpt {i}"], capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(r.stderr)
+        res = json.loads(r.stdout)
+        zt = timed(["zstd", "-1", "-T0", "-q", "-f", target, "-o", os.path.join(work, "z.zst")])
+        res["zstd_seconds"] = zt
+        commits.append(res)
+    for i, p in enumerate(paths):
+        out = os.path.join(work, f"out-{i}")
+        rev = f"HEAD~{len(paths) - 1 - i}"
+        r = subprocess.run([sys.executable, "-c", script, "checkout", repo, rev, out], capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(r.stderr)
+        res = json.loads(r.stdout)
+        with open(os.path.join(out, "model.safetensors"), "rb") as a, open(p, "rb") as b:
+            res["exact"] = a.read() == b.read()
+        shutil.copyfile(p, os.path.join(work, "ref.safetensors"))
+        subprocess.run(["zstd", "-1", "-T0", "-q", "-f", os.path.join(work, "ref.safetensors"), "-o",
+                        os.path.join(work, "ref.zst")], check=True)
+        res["zstd_d_seconds"] = timed(["zstd", "-d", "-q", "-f", os.path.join(work, "ref.zst"), "-o",
+                                       os.path.join(work, "ref.out")])
+        shutil.rmtree(out)
+        checkouts.append(res)
+    return {"stored": du(os.path.join(repo, ".mlvc", "objects")), "commits": commits, "checkouts": checkouts}
+
+
+def main() -> None:
+    from tabulate import tabulate
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", default=os.path.join(HERE, "out", "series"))
+    ap.add_argument("--json", default=os.path.join(HERE, "out", "storage.json"))
+    ap.add_argument("--only", nargs="*", help="series names (fp32 bf16 frozen)")
+    args = ap.parse_args()
+    names = args.only or sorted(os.listdir(args.series))
+    results = {}
+    size_rows, speed_rows = [], []
+    for name in names:
+        paths = files_of(os.path.join(args.series, name))
+        if not paths:
+            continue
+        raw = sum(os.path.getsize(p) for p in paths)
+        work = tempfile.mkdtemp(prefix=f"mlvc-bench-{name}-")
+        try:
+            m = run_mlvc(paths, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        cdc_raw, cdc_z = cdc_sizes(paths)
+        sizes = {"full copies (git-lfs, DVC)": raw, "zstd -1 per file": zstd_size(paths, 1),
+                 "zstd -3 per file": zstd_size(paths, 3), "ZipNN per tensor": zipnn_size(paths),
+                 "CDC 64 KiB dedupe (Xet-like)": cdc_raw, "CDC dedupe + zstd-1 (Xet-like)": cdc_z, "mlvc": m["stored"]}
+        results[name] = {"checkpoints": len(paths), "raw_bytes": raw, "stored": sizes, "mlvc": m}
+        for method, size in sizes.items():
+            size_rows.append([name, method, f"{size / 1e6:.1f}", f"{size / raw:.3f}"])
+        c = m["commits"][1:] or m["commits"]
+        k = m["checkouts"]
+        mb = os.path.getsize(paths[0]) / 1e6
+        speed_rows.append([name, len(paths), f"{mb:.1f}",
+                           f"{sum(x['seconds'] for x in c) / len(c):.3f}", f"{sum(x['zstd_seconds'] for x in c) / len(c):.3f}",
+                           f"{sum(x['seconds'] for x in k) / len(k):.3f}", f"{sum(x['zstd_d_seconds'] for x in k) / len(k):.3f}",
+                           f"{max(x['peak_rss_mb'] for x in m['commits'] + k):.0f}", all(x["exact"] for x in k)])
+    print(tabulate(size_rows, headers=["series", "method", "stored MB", "stored/raw"]))
+    print()
+    print(tabulate(speed_rows, headers=["series", "ckpts", "MB each", "mlvc commit s", "zstd -1 -T0 s",
+                                        "mlvc checkout s", "zstd -d s", "peak RSS MB", "byte-exact"]))
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

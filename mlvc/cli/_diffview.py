@@ -1,0 +1,124 @@
+"""Rendering a TreeDiff as text: tensor tables, layer-group tables, one-line summaries (diff, show, log)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import click
+
+from ._common import table
+
+TENSOR_HEADERS = ["tensor", "status", "dtype", "shape", "changed", "changed %", "l2", "rel_change", "max_abs",
+                  "cosine"]
+GROUP_HEADERS = ["group", "tensors changed", "elements changed", "l2", "rel_change"]
+
+
+def num(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return "0" if x == 0 else f"{x:.4g}"
+
+
+def pct(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    return f"{x * 100:.3g}%"
+
+
+def _pair(a: Any, b: Any, show) -> str:
+    if a is None and b is None:
+        return "-"
+    if a is None or b is None or a == b:
+        return show(b if b is not None else a)
+    return f"{show(a)} -> {show(b)}"
+
+
+def _shape(s: list[int]) -> str:
+    return "x".join(map(str, s)) if s else "scalar"
+
+
+def tensor_rows(tensors) -> list[list[str]]:
+    return [[t.name, t.status, _pair(t.dtype_a, t.dtype_b, str), _pair(t.shape_a, t.shape_b, _shape), num(t.changed),
+             pct(t.changed_frac), num(t.l2), num(t.rel_change), num(t.max_abs), cosine(t.cosine)] for t in tensors]
+
+
+def cosine(x: float | None) -> str:
+    """Cosines of checkpoints are close to 1: show enough digits to see how close."""
+    return "-" if x is None else ("1" if x == 1 else f"{x:.6g}")
+
+
+def group_rows(groups) -> list[list[str]]:
+    return [[g.name, f"{g.changed_tensors}/{g.tensors}", f"{g.changed:,}/{g.numel:,} ({pct(g.changed / g.numel if g.numel else 0.0)})",
+             num(g.l2), num(g.rel_change)] for g in groups]
+
+
+def check_column(cls, column: str | None) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    if column is not None and column not in names:
+        raise click.BadParameter(f"{column!r} is not a column; choose one of {', '.join(names)}",
+                                 param_hint="--sort")
+
+
+def sort_items(items: list, column: str | None, reverse: bool) -> list:
+    """Sort by a dataclass field: numbers largest first, text A to Z; missing values last either way."""
+    if not column:
+        return list(items)[::-1] if reverse else list(items)
+    if items:
+        check_column(type(items[0]), column)
+    present = [i for i in items if getattr(i, column) is not None]
+    missing = [i for i in items if getattr(i, column) is None]
+
+    def key(i):
+        v = getattr(i, column)
+        if isinstance(v, float) and math.isnan(v):
+            return (1, 0.0)
+        return (0, v if not isinstance(v, list) else math.prod(v))
+
+    numeric = bool(present) and isinstance(getattr(present[0], column), (int, float, list))
+    present.sort(key=key if numeric else (lambda i: str(getattr(i, column))), reverse=numeric != reverse)
+    return present + missing
+
+
+def summary(d) -> str:
+    total = d.total()
+    if not total.changed_tensors:
+        return f"No tensor changed ({total.tensors} compared)."
+    by_status: dict[str, int] = {}
+    for t in d.changed:
+        by_status[t.status] = by_status.get(t.status, 0) + 1
+    kinds = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(by_status.items()))
+    frac = total.changed / total.numel if total.numel else 0.0
+    return (f"{total.changed_tensors} of {total.tensors} tensor(s) changed ({kinds}); {total.changed:,} of "
+            f"{total.numel:,} elements ({pct(frac)}); l2 {num(total.l2)}, relative change {num(total.rel_change)}")
+
+
+def short_stat(d) -> str:
+    """One line for `log --stat`."""
+    total = d.total()
+    if not total.changed_tensors:
+        return "no tensor changed"
+    return f"{total.changed_tensors}/{total.tensors} tensor(s) changed, relative change {num(total.rel_change)}"
+
+
+def echo_diff(d, stat: bool = False, show_all: bool = False, sort_by: str | None = None, reverse: bool = False) -> None:
+    if stat:
+        groups = sort_items(d.groups if show_all else [g for g in d.groups if g.changed_tensors], sort_by, reverse)
+        if groups:
+            click.echo(table(group_rows(groups), GROUP_HEADERS))
+    else:
+        tensors = sort_items(d.tensors if show_all else d.changed, sort_by, reverse)
+        if tensors:
+            click.echo(table(tensor_rows(tensors), TENSOR_HEADERS))
+    click.echo(summary(d))

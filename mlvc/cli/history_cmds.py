@@ -1,0 +1,149 @@
+"""diff, revert, reset, reflog and merge: comparing checkpoints, undoing changes, combining branches."""
+
+from __future__ import annotations
+
+import click
+
+from . import cli
+from ._common import DashDashCommand, echo_json, json_option, progress, quiet_option, short, table, with_repo
+from ._diffview import check_column, echo_diff, sort_items
+
+
+@cli.command(cls=DashDashCommand)
+@click.argument("revs", nargs=-1, metavar="[A] [B]")
+@click.option("--sort", "sort_by", metavar="COLUMN",
+              help="Sort rows by a column (name, status, numel, changed, changed_frac, l2, rel_change, max_abs, "
+                   "cosine; with --stat: a group column). Numbers largest first.")
+@click.option("--reverse", is_flag=True, help="Reverse the order.")
+@click.option("--stat", is_flag=True, help="One line per layer group instead of one per tensor.")
+@click.option("--all", "show_all", is_flag=True, help="List unchanged tensors (or groups) too.")
+@json_option
+@quiet_option
+@with_repo
+def diff(repo, revs, sort_by, reverse, stat, show_all, as_json, quiet) -> None:
+    """Compare checkpoints tensor by tensor: HEAD with the working checkpoint, A with the working
+    checkpoint, or A with B. Tensor names after `--` (globs) limit the comparison."""
+    if len(revs) > 2:
+        raise click.UsageError("give at most two revisions (put tensor globs after `--`)")
+    from ..ops.diff import GroupDiff, TensorDiff
+
+    check_column(GroupDiff if stat and not as_json else TensorDiff, sort_by)
+    a = revs[0] if revs else "HEAD"
+    b = revs[1] if len(revs) == 2 else None
+    globs = click.get_current_context().meta.get("globs")
+    d = repo.diff(a, b, tensors=globs, progress=progress(quiet))
+    if as_json:
+        if sort_by:
+            d.tensors = sort_items(d.tensors, sort_by, reverse)
+        echo_json(d.to_json())
+        return
+    click.echo(f"diff {a} ({short(d.a)}) -> {b + ' (' + short(d.b) + ')' if b else 'working checkpoint'}")
+    echo_diff(d, stat=stat, show_all=show_all, sort_by=sort_by, reverse=reverse)
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("--mainline", type=click.IntRange(min=1), default=None,
+              help="For a merge commit: the parent whose side is kept (1: the branch merged into).")
+@click.option("-m", "--message", default=None, help="Message of the new commit (default: 'Revert \"...\"').")
+@json_option
+@quiet_option
+@with_repo
+def revert(repo, rev, mainline, message, as_json, quiet) -> None:
+    """Make a new commit that undoes REV: each tensor REV changed gets back its value from before REV.
+
+    Later changes to other tensors are kept. A tensor REV changed that was changed again later is a
+    conflict: all conflicts are listed and nothing is written (exit 16)."""
+    r = repo.revert(rev, mainline=mainline, message=message, progress=progress(quiet))
+    if as_json:
+        echo_json(r.to_json())
+        return
+    click.echo(f"[{r.branch or 'detached HEAD'} {short(r.commit.id)}] {r.commit.message.splitlines()[0]}")
+    click.echo(f" {len(r.restored)} tensor(s)/file(s) restored to their value before {short(r.reverted)}; "
+               f"{len(r.written)} working file(s) rewritten")
+    for name in r.restored[:20]:
+        click.echo(f"  {name}")
+    if len(r.restored) > 20:
+        click.echo(f"  ... and {len(r.restored) - 20} more (see --json)")
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("--hard", is_flag=True, help="Also rewrite the working checkpoint to REV.")
+@click.option("-f", "--force", is_flag=True, help="With --hard: discard uncommitted changes.")
+@json_option
+@quiet_option
+@with_repo
+def reset(repo, rev, hard, force, as_json, quiet) -> None:
+    """Move the current branch (or detached HEAD) to REV. The reflog keeps the way back:
+    `mlvc reset HEAD@{1}` undoes a reset."""
+    if force and not hard:
+        raise click.UsageError("--force only makes sense with --hard")
+    r = repo.reset(rev, hard=hard, force=force, progress=progress(quiet))
+    if as_json:
+        echo_json(r.to_json())
+        return
+    what = r.branch or "detached HEAD"
+    click.echo(f"{what} is now at {short(r.new)} (was {short(r.old)}): "
+               f"{repo.read_commit(r.new).message.splitlines()[0] if repo.read_commit(r.new).message else ''}")
+    if hard:
+        click.echo(f"Working checkpoint: {len(r.written)} file(s) written, {len(r.removed)} removed.")
+    else:
+        click.echo("The working checkpoint was not touched; `mlvc status` shows how it differs from the new HEAD.")
+    if r.old and r.old != r.new:
+        click.echo(f"Undo with `mlvc reset {'--hard ' if hard else ''}{r.old[:12]}` (or HEAD@{{1}}).")
+
+
+@cli.command()
+@click.argument("ref", default="HEAD")
+@click.option("-n", "--max-count", "n", type=click.IntRange(min=0), default=None, help="Show at most N entries.")
+@json_option
+@with_repo
+def reflog(repo, ref, n, as_json) -> None:
+    """Show where REF (HEAD, a branch or a tag) has pointed, newest first. Each REF@{N} is a revision."""
+    lines = repo.reflog(ref, n)
+    if as_json:
+        echo_json([line.to_json() for line in lines])
+        return
+    if not lines:
+        click.echo(f"No reflog entries for {ref}.")
+        return
+    for line in lines:
+        e = line.entry
+        click.echo(f"{short(e.new) if e.new else '(deleted)':12}  {line.selector}: {e.message}  ({e.time}, {e.who})")
+
+
+@cli.command()
+@click.argument("rev", metavar="BRANCH")
+@click.option("--strategy", type=click.Choice(["ours", "theirs", "average", "task-arithmetic"]), default=None,
+              help="How to combine tensors changed on both sides (default: such tensors are conflicts).")
+@click.option("--scale", type=float, default=None,
+              help="task-arithmetic: scale each branch's delta from the merge base by S (default 1).")
+@click.option("-m", "--message", default=None, help="Message of the merge commit.")
+@json_option
+@quiet_option
+@with_repo
+def merge(repo, rev, strategy, scale, message, as_json, quiet) -> None:
+    """Merge BRANCH (any revision) into the current branch, tensor by tensor against the merge base.
+
+    A tensor changed on one side only is taken from that side exactly. One changed on both sides is a
+    conflict unless --strategy says how to combine it: ours, theirs, average ((ours + theirs) / 2) or
+    task-arithmetic (base + S*(ours - base) + S*(theirs - base)). On conflict nothing is written (exit 16)."""
+    r = repo.merge(rev, strategy=strategy, scale=scale, message=message, progress=progress(quiet))
+    if as_json:
+        echo_json(r.to_json())
+        return
+    if r.up_to_date:
+        click.echo(f"Already up to date: {rev} ({short(r.theirs)}) is already part of HEAD.")
+        return
+    if r.fast_forward:
+        click.echo(f"Fast-forward {short(r.ours)}..{short(r.theirs)}: {len(r.written)} working file(s) updated.")
+        return
+    click.echo(f"[{r.branch or 'detached HEAD'} {short(r.commit.id)}] {r.commit.message.splitlines()[0]}")
+    click.echo(f" merge base {short(r.base)}; {len(r.from_theirs)} tensor(s)/file(s) taken from {rev}; "
+               f"{len(r.resolved)} changed on both sides resolved by {strategy or '-'}"
+               + (f" (scale {r.scale:g})" if r.scale is not None else ""))
+    if r.resolved:
+        click.echo(table([[name] for name in r.resolved[:50]], [f"resolved by {strategy}"]))
+        if len(r.resolved) > 50:
+            click.echo(f"... and {len(r.resolved) - 50} more (see --json)")

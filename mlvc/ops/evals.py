@@ -1,0 +1,268 @@
+"""Ledger queries: the effect table (each commit's metrics and their change against its parent) and compare.
+
+The value of (commit, task, metric) is the newest "ok" row for it. A commit's baseline for a metric is its
+nearest first-parent ancestor that has a value for that metric (normally the parent itself), so the change
+shown is the effect of the updates since that measurement. A change is an improvement or a regression by the
+metric's direction, and "unchanged" when its size is within the metric's tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EvalError, RevisionError
+from ..ledger import STATUS_OK, Record
+from ..tasks import load_tasks
+
+if TYPE_CHECKING:
+    from ..objects import Commit
+    from ..repo import Repo
+
+IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "unchanged"
+
+
+@dataclass
+class Column:
+    task: str
+    metric: str
+    higher_is_better: bool | None
+    tolerance: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.metric}"
+
+
+@dataclass
+class Cell:
+    value: float | None  # None: no "ok" measurement
+    status: str  # "ok", "failed", "timeout" (no value, the last try failed) or "missing"
+    base: float | None = None
+    base_commit: str | None = None
+    delta: float | None = None
+    rel_delta: float | None = None  # delta / |base|; None when base is 0
+    effect: str | None = None  # improved / regressed / unchanged; None without a base or a direction
+    error: str | None = None  # why the last try failed (status "failed" or "timeout")
+    stderr_tail: str | None = None
+
+
+@dataclass
+class EffectRow:
+    commit: str
+    parent: str | None
+    time: str
+    author: str
+    message: str
+    cells: dict[str, Cell]  # by Column.key
+
+    def to_json(self) -> dict[str, Any]:
+        return {"commit": self.commit, "parent": self.parent, "time": self.time, "author": self.author,
+                "message": self.message, "cells": {k: asdict(c) for k, c in self.cells.items()}}
+
+
+@dataclass
+class EffectTable:
+    columns: list[Column]
+    rows: list[EffectRow]  # newest first, like `mlvc log`
+
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": [asdict(c) | {"key": c.key} for c in self.columns],
+                "rows": [r.to_json() for r in self.rows]}
+
+
+@dataclass
+class CompareRow:
+    task: str
+    metric: str
+    a: float | None
+    b: float | None
+    delta: float | None
+    rel_delta: float | None
+    effect: str | None
+    higher_is_better: bool | None
+    tolerance: float = 0.0
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    rows: list[CompareRow] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "rows": [asdict(r) for r in self.rows]}
+
+
+class _Index:
+    """The ledger as {(commit, task, metric): newest ok row} plus failures and the column list."""
+
+    def __init__(self, repo: Repo, records: list[Record] | None = None):
+        records = repo.ledger.records() if records is None else records  # oldest first
+        self.values: dict[tuple[str, str, str], Record] = {}
+        self.last_try: dict[tuple[str, str], Record] = {}
+        seen_cols: dict[tuple[str, str], bool | None] = {}
+        for r in records:
+            self.last_try[(r.commit, r.task)] = r
+            if r.status == STATUS_OK and r.metric is not None:
+                self.values[(r.commit, r.task, r.metric)] = r
+                seen_cols[(r.task, r.metric)] = r.higher_is_better
+        configured = load_tasks(repo)
+        # Tasks that only ever failed still get columns (their configured metrics, else one named "-"),
+        # so that a failing evaluator shows up in the table instead of vanishing from it.
+        for task in sorted({t for _, t in self.last_try} - {t for t, _ in seen_cols}):
+            metrics = configured[task].metrics if task in configured else {}
+            for metric in metrics or ["-"]:
+                seen_cols[(task, metric)] = None
+        self.columns: dict[tuple[str, str], Column] = {}
+        for (task, metric), hib in sorted(seen_cols.items()):
+            spec = configured[task].metrics.get(metric) if task in configured else None
+            self.columns[(task, metric)] = Column(task, metric, spec.higher_is_better if spec else hib,
+                                                  spec.tolerance if spec else 0.0)
+        self.commits = {r.commit for r in records}
+
+    def value(self, commit: str, col: Column) -> float | None:
+        r = self.values.get((commit, col.task, col.metric))
+        return r.value if r else None
+
+
+def judge(col: Column, base: float | None, value: float | None) -> tuple[float | None, float | None, str | None]:
+    """(delta, relative delta, effect) of moving from `base` to `value` on a column."""
+    if base is None or value is None:
+        return None, None, None
+    delta = value - base
+    rel = delta / abs(base) if base != 0 else None
+    if col.higher_is_better is None:
+        return delta, rel, None
+    if abs(delta) <= col.tolerance:
+        return delta, rel, UNCHANGED
+    return delta, rel, IMPROVED if (delta > 0) == col.higher_is_better else REGRESSED
+
+
+def commits_in_range(repo: Repo, rev_range: str | None) -> list[Commit]:
+    """`A..B`: reachable from B but not from A; `REV`: reachable from REV; None: from HEAD. Newest first."""
+    if not rev_range:
+        return repo.log("HEAD") if repo.head() else []
+    if ".." in rev_range:
+        a, _, b = rev_range.partition("..")
+        if not a or not b or ".." in b:
+            raise RevisionError(rev_range, "a range is A..B")
+        excluded = {c.id for c in repo.log(a)}
+        return [c for c in repo.log(b) if c.id not in excluded]
+    return repo.log(rev_range)
+
+
+def effect_table(repo: Repo, rev_range: str | None = None, include_all: bool = False,
+                 tasks: list[str] | None = None) -> EffectTable:
+    """Commits as rows, task/metric as columns, each value with its change against the commit's baseline."""
+    idx = _Index(repo)
+    cols = [c for c in idx.columns.values() if not tasks or c.task in tasks]
+    commits = commits_in_range(repo, rev_range)
+    cache = {c.id: c for c in commits}
+    rows = []
+    for c in commits:
+        evaluated = c.id in idx.commits
+        if not include_all and not evaluated:
+            continue
+        cells = {}
+        for col in cols:
+            value = idx.value(c.id, col)
+            if value is None:
+                last = idx.last_try.get((c.id, col.task))
+                status = last.status if last is not None and last.status != STATUS_OK else "missing"
+                failed = status != "missing"
+                cells[col.key] = Cell(None, status, error=last.error if failed else None,
+                                      stderr_tail=last.stderr_tail if failed else None)
+                continue
+            base_commit = _baseline(repo, c, col, idx, cache)
+            base = idx.value(base_commit, col) if base_commit else None
+            delta, rel, effect = judge(col, base, value)
+            cells[col.key] = Cell(value, STATUS_OK, base, base_commit, delta, rel, effect)
+        rows.append(EffectRow(c.id, c.parents[0] if c.parents else None, c.time, c.author, c.message, cells))
+    return EffectTable(cols, rows)
+
+
+def _baseline(repo: Repo, commit: Commit, col: Column, idx: _Index, cache: dict[str, Commit]) -> str | None:
+    """The nearest first-parent ancestor of `commit` with a value for `col`."""
+    seen = set()
+    c = commit
+    while c.parents:
+        pid = c.parents[0]
+        if pid in seen:  # pragma: no cover - a cycle cannot exist in a content-addressed graph
+            return None
+        seen.add(pid)
+        if idx.value(pid, col) is not None:
+            return pid
+        if pid not in cache:
+            cache[pid] = repo.read_commit(pid)
+        c = cache[pid]
+    return None
+
+
+def compare(repo: Repo, a: str, b: str, tasks: list[str] | None = None) -> Comparison:
+    """Per task and metric: the value at A, at B, B - A and (B - A) / |A|."""
+    ca, cb = repo.resolve(a), repo.resolve(b)
+    idx = _Index(repo)
+    out = Comparison(ca, cb)
+    for col in idx.columns.values():
+        if tasks and col.task not in tasks:
+            continue
+        va, vb = idx.value(ca, col), idx.value(cb, col)
+        if va is None and vb is None:
+            continue
+        delta, rel, effect = judge(col, va, vb)
+        out.rows.append(CompareRow(col.task, col.metric, va, vb, delta, rel, effect, col.higher_is_better,
+                                   col.tolerance))
+    if not out.rows:
+        raise EvalError(f"neither {a} ({ca[:12]}) nor {b} ({cb[:12]}) has recorded results; run "
+                        "`mlvc eval run REV` or `mlvc eval record REV --task T metric=value` first")
+    return out
+
+
+# -- text helpers shared by the CLI and the report ---------------------------------------------------------
+MARKS = {IMPROVED: "✓", REGRESSED: "✗", UNCHANGED: "="}
+
+
+def fmt_value(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v:.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.4g}"
+
+
+def fmt_delta(d: float | None) -> str:
+    if d is None:
+        return ""
+    return f"{d:+.4f}" if 1e-3 <= abs(d) < 1e4 or d == 0 else f"{d:+.3g}"
+
+
+def fmt_rel(r: float | None) -> str:
+    return "" if r is None else f"{r * 100:+.2f}%"
+
+
+def fmt_cell(cell: Cell) -> str:
+    if cell.value is None:
+        return "" if cell.status == "missing" else cell.status.upper()
+    if cell.delta is None:
+        return fmt_value(cell.value)
+    mark = MARKS.get(cell.effect or "", "")
+    return f"{fmt_value(cell.value)} ({fmt_delta(cell.delta)}{' ' + mark if mark else ''})"
+
+
+LEGEND = ("✓ improvement, ✗ regression (by each metric's direction), = change within tolerance; "
+          "changes are against the nearest evaluated first-parent ancestor")
+
+
+def render_effect_table(table: EffectTable, message_width: int = 32) -> str:
+    """The effect table as text (what `mlvc eval show` prints), legend included."""
+    from tabulate import tabulate
+
+    if not table.rows:
+        return "No results in the ledger for these commits; `mlvc eval run` or `mlvc eval record` adds some."
+    headers = ["commit", "message"] + [c.key for c in table.columns]
+    rows = []
+    for r in table.rows:
+        line = r.message.splitlines()[0] if r.message else ""
+        if len(line) > message_width:
+            line = line[: message_width - 1] + "…"
+        rows.append([r.commit[:12], line] + [fmt_cell(r.cells[c.key]) for c in table.columns])
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True) + "\n\n" + LEGEND

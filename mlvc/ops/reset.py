@@ -1,0 +1,66 @@
+"""reset and reflog: move the current branch to any commit, and the record that makes every move undoable."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..progress import NULL, Progress
+from ..refs import ReflogEntry
+from ..revparse import reflog_ref
+from .checkout import CheckoutResult, apply_worktree, plan_worktree
+from .treebuild import move_head
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+
+@dataclass
+class ResetResult:
+    branch: str | None  # the branch that moved, None when HEAD is detached
+    old: str | None
+    new: str
+    hard: bool
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reset(repo: Repo, rev: str, hard: bool = False, force: bool = False, progress: Progress = NULL) -> ResetResult:
+    """Point the current branch (or detached HEAD) at `rev`. Without `hard` the working checkpoint is left
+    as it is (it then shows as changed against the new HEAD); with `hard` it is rewritten to `rev`, refusing
+    when that would lose uncommitted changes unless `force`. The old position stays in the reflog:
+    `mlvc reset HEAD@{1}` goes back."""
+    new = repo.resolve(rev)
+    old = repo.head()
+    result = ResetResult(repo.head_branch(), old, new, hard)
+    if hard:
+        head_manifest = repo.read_manifest(repo.read_commit(old).manifest) if old else None
+        target = repo.read_manifest(repo.read_commit(new).manifest)
+        plan = plan_worktree(repo, head_manifest, target, force, progress)
+        written = CheckoutResult(new, repo.root, None)
+        apply_worktree(repo, plan, written, progress)
+        result.written, result.removed = written.written, written.removed
+    move_head(repo, old, new, f"reset: moving to {rev}")
+    return result
+
+
+@dataclass
+class ReflogLine:
+    selector: str  # "HEAD@{0}", "main@{3}", usable as a revision
+    entry: ReflogEntry
+
+    def to_json(self) -> dict[str, Any]:
+        return {"selector": self.selector, **asdict(self.entry)}
+
+
+def reflog(repo: Repo, ref: str = "HEAD", n: int | None = None) -> list[ReflogLine]:
+    """The moves of a ref (HEAD, a branch or tag short name, or refs/...), newest first."""
+    full = reflog_ref(repo, ref)
+    short = "HEAD" if full == "HEAD" else ref
+    entries = repo.refs.reflog(full)
+    if n is not None:
+        entries = entries[:n]
+    return [ReflogLine(f"{short}@{{{i}}}", e) for i, e in enumerate(entries)]

@@ -1,0 +1,149 @@
+"""restore (`mlvc checkout REV -- GLOB...`): put some tensors of a commit into the working checkpoint.
+
+Each affected safetensors file is rewritten atomically (a temp file beside it, fsynced, renamed): the
+tensors that match take their value (and dtype and shape) from REV, every other tensor keeps its working
+bytes, uncommitted changes included. The header is kept verbatim when the tensor layout did not change;
+otherwise it is rebuilt with the file's __metadata__. A tensor REV has but the working file lacks is appended.
+Like `git checkout REV -- PATH`, the matching tensors' uncommitted values are overwritten; HEAD does not move.
+Files that are not safetensors are only restored whole (when every tensor of the file matches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import mmap
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CorruptObjectError, FormatError, MlvcError
+from ..formats import safetensors as st
+from ..objects import KIND_SAFETENSORS, FileEntry, TensorEntry
+from ..progress import NULL, Progress
+from ..util import fsync_dir, new_hasher
+from .treebuild import header_bytes, header_metadata
+from .worktree import safe_target, write_file
+
+if TYPE_CHECKING:
+    from ..chunking import Pipeline
+    from ..repo import Repo
+
+
+@dataclass
+class RestoreResult:
+    commit: str
+    tensors: list[str] = field(default_factory=list)  # names restored
+    files: list[str] = field(default_factory=list)  # working files rewritten
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def restore(repo: Repo, rev: str, tensors: Iterable[str] | str, progress: Progress = NULL) -> RestoreResult:
+    patterns = [tensors] if isinstance(tensors, str) else list(tensors)
+    if not patterns:
+        raise MlvcError("name the tensors to restore (globs such as 'encoder.layer.0.*')")
+    cid = repo.resolve(rev)
+    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
+    names = manifest.tensors()
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise MlvcError(f"no tensor in {rev} matches {', '.join(map(repr, unmatched))}")
+    file_of = {id(t): f for f in manifest.files for t in f.tensors}
+    by_file: dict[str, tuple[FileEntry, dict[str, TensorEntry]]] = {}
+    result = RestoreResult(cid)
+    for key, t in names.items():
+        if any(fnmatch.fnmatchcase(key, p) for p in patterns):
+            f = file_of[id(t)]
+            by_file.setdefault(f.path, (f, {}))[1][t.name] = t
+            result.tensors.append(key)
+    # check everything before writing anything
+    for path, (f, chosen) in by_file.items():
+        safe_target(repo.root, path)
+        if f.kind != KIND_SAFETENSORS and len(chosen) != len(f.tensors):
+            raise FormatError(path, f"tensors of a {f.kind} file can only be restored all together; "
+                                    f"check out the whole file with `mlvc checkout {rev} -o DIR`")
+        target = repo.abs_path(path)
+        if f.kind == KIND_SAFETENSORS and os.path.isfile(target):
+            with open(target, "rb") as fh:
+                st.read_layout(fh, path)  # a damaged working file is reported, not rewritten
+    progress.start("restore")
+    with repo.pipeline(progress=progress) as pipe:
+        for path, (f, chosen) in sorted(by_file.items()):
+            target = repo.abs_path(path)
+            if len(chosen) == len(f.tensors) and (f.kind != KIND_SAFETENSORS or not os.path.isfile(target)):
+                write_file(pipe, f, target)  # the whole file, byte for byte
+            else:
+                _rewrite(pipe, f, chosen, target)
+            result.files.append(path)
+    progress.finish()
+    return result
+
+
+def _rewrite(pipe: Pipeline, f: FileEntry, chosen: dict[str, TensorEntry], target: str) -> None:
+    """Rewrite (or create) the working safetensors file at `target` with the chosen tensors from the store."""
+    with contextlib.ExitStack() as stack:
+        if os.path.isfile(target):
+            fh = stack.enter_context(open(target, "rb"))
+            layout = st.read_layout(fh, f.path)
+            size = os.fstat(fh.fileno()).st_size
+            mm = stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)) if size else b""
+            ds = layout.data_start
+            working = [(s.name, s.dtype, list(s.shape), (ds + s.begin, ds + s.end)) for s in layout.tensors]
+            header, meta = layout.header_bytes, layout.metadata
+        else:
+            mm, working, header = b"", [], None
+            meta = header_metadata(header_bytes(pipe, f)) if f.header else None
+        items: list[tuple[str, str, list[int], object]] = []
+        for name, dtype, shape, span in working:
+            t = chosen.get(name)
+            items.append((name, t.dtype, list(t.shape), t) if t else (name, dtype, shape, span))
+        have = {name for name, *_ in working}
+        items += [(t.name, t.dtype, list(t.shape), t) for t in f.tensors if t.name in chosen and t.name not in have]
+        # Keep a header verbatim when the layout matches one: the working file's, or REV's (then the file
+        # comes out byte for byte as committed when every other tensor also matches).
+        specs = [(n, d, s) for n, d, s, _ in items]
+        rev_specs = [(t.name, t.dtype, list(t.shape)) for t in f.tensors]
+        if header is not None and specs == [(n, d, s) for n, d, s, _ in working]:
+            pass
+        elif sorted(specs) == sorted(rev_specs) and f.header:
+            order = {t.name: i for i, t in enumerate(f.tensors)}
+            items.sort(key=lambda x: order[x[0]])
+            header = header_bytes(pipe, f)
+        else:
+            sizes = [(n, d, s, x.nbytes if isinstance(x, TensorEntry) else x[1] - x[0]) for n, d, s, x in items]
+            header = st.build_layout(sizes, meta).header_bytes
+        folder = os.path.dirname(target)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-mlvc-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(header)
+                for _name, _dtype, _shape, x in items:
+                    if isinstance(x, TensorEntry):
+                        _copy_tensor(pipe, x, out)
+                    else:
+                        for pos in range(x[0], x[1], 1 << 24):
+                            out.write(mm[pos : min(pos + (1 << 24), x[1])])
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    fsync_dir(folder)
+
+
+def _copy_tensor(pipe: Pipeline, t: TensorEntry, out) -> None:
+    h = new_hasher()
+    for chunk in pipe.read(t.chunks):
+        out.write(chunk)
+        h.update(chunk)
+        pipe.progress.advance(len(chunk))
+    if h.hexdigest() != t.hash:
+        raise CorruptObjectError(t.hash, f"tensor {t.name} does not rebuild to its committed hash")

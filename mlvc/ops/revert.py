@@ -1,0 +1,117 @@
+"""revert: a new commit that undoes what one earlier commit did, tensor by tensor, keeping everything since.
+
+For each tensor the reverted commit changed (added, removed, changed in value, dtype or shape) the new commit
+takes the value it had in that commit's parent, provided HEAD still holds the value the reverted commit gave
+it. A tensor that was changed again later is a conflict: every conflict is reported and nothing is written
+(no object, no ref, no working file). Files that are not safetensors are reverted whole, on the same rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConflictError, MlvcError, NothingToCommitError
+from ..objects import Commit, Manifest
+from ..progress import NULL, Progress
+from ..util import utc_now
+from .checkout import CheckoutResult, apply_worktree, plan_worktree
+from .treebuild import (Conflict, Key, build_manifest, changed_paths, check_clean, describe, move_head,
+                        same_file, same_tensor, same_value, tensor_level, values)
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+
+@dataclass
+class RevertResult:
+    commit: Commit
+    reverted: str
+    branch: str | None
+    restored: list[str] = field(default_factory=list)  # the tensors (or files) given back their old value
+    written: list[str] = field(default_factory=list)  # working files rewritten
+
+    def to_json(self) -> dict[str, Any]:
+        return {"commit": self.commit.to_json(), "reverted": self.reverted, "branch": self.branch,
+                "restored": self.restored, "written": self.written}
+
+
+def changes(old: Manifest | None, new: Manifest | None) -> dict[Key, tuple[Any, Any]]:
+    """What going from `old` to `new` changed: key -> (old value, new value), None for absent."""
+    vo, vn = values(old), values(new)
+    fo = {f.path: f for f in old.files} if old else {}
+    fn = {f.path: f for f in new.files} if new else {}
+    out: dict[Key, tuple[Any, Any]] = {}
+    # a path that is not safetensors on both sides (blob, torch, or a kind change) is one value: the file
+    whole = {p for p in set(fo) | set(fn) if not tensor_level(fo.get(p), fn.get(p))}
+    for path in sorted(whole):
+        if not same_file(fo.get(path), fn.get(path)):
+            out[(path, None)] = (fo.get(path), fn.get(path))
+    for key in sorted(set(vo) | set(vn), key=lambda k: (k[0], k[1] or "")):
+        if key[0] not in whole and not same_tensor(vo.get(key), vn.get(key)):
+            out[key] = (vo.get(key), vn.get(key))
+    return out
+
+
+def _what(before, after) -> str:
+    if before is None:
+        return "added"
+    if after is None:
+        return "removed"
+    return "changed"
+
+
+def revert(repo: Repo, rev: str, mainline: int | None = None, message: str | None = None,
+           progress: Progress = NULL) -> RevertResult:
+    head = repo.head()
+    if head is None:
+        raise MlvcError("nothing is committed yet: there is nothing to revert")
+    cid = repo.resolve(rev)
+    c = repo.read_commit(cid)
+    if not c.parents:
+        raise MlvcError(f"{cid[:12]} is the first commit: reverting it would leave nothing; use `mlvc reset` "
+                        "or commit an empty checkpoint instead")
+    if len(c.parents) > 1 and mainline is None:
+        raise MlvcError(f"{cid[:12]} is a merge of {len(c.parents)} parents: pass --mainline N to say which "
+                        "parent's side to keep (1 is the branch that was merged into)")
+    n = mainline or 1
+    if not 1 <= n <= len(c.parents):
+        raise MlvcError(f"--mainline {n}: {cid[:12]} has {len(c.parents)} parent(s)")
+    parent = c.parents[n - 1]
+    p_manifest = repo.read_manifest(repo.read_commit(parent).manifest)
+    c_manifest = repo.read_manifest(c.manifest)
+    h_manifest = repo.read_manifest(repo.read_commit(head).manifest)
+    todo = changes(p_manifest, c_manifest)
+    if not todo:
+        raise NothingToCommitError(f"{cid[:12]} changed no tensor or file against its parent: nothing to revert")
+    now = values(h_manifest)
+    h_files = {f.path: f for f in h_manifest.files}
+    conflicts = []
+    for key, (before, after) in todo.items():
+        current = h_files.get(key[0]) if key[1] is None else now.get(key)
+        if key[1] is not None and not tensor_level(h_files.get(key[0])):
+            conflicts.append(Conflict(key, "its file is no longer safetensors in HEAD"))
+        elif not same_value(key, current, after):
+            later = "removed" if current is None else ("re-added" if after is None else "changed again")
+            conflicts.append(Conflict(key, f"{_what(before, after)} by {cid[:12]}, then {later} later"))
+    if conflicts:
+        raise ConflictError(f"cannot revert {cid[:12]}", conflicts,
+                            "resolve by hand: check out the old values with `mlvc checkout "
+                            f"{parent[:12]} -- NAME...` and commit")
+    want = {key: before for key, (before, _after) in todo.items()}
+    paths = {key[0] for key in want}
+    check_clean(repo, h_manifest, paths)
+    with repo.pipeline(progress=progress) as pipe:
+        new_manifest = build_manifest(pipe, h_manifest, want, [p_manifest, c_manifest])
+        manifest_id = repo.write_json_object(new_manifest.to_bytes())
+    title = c.message.splitlines()[0] if c.message else cid[:12]
+    msg = message or f'Revert "{title}"\n\nThis reverts commit {cid}.'
+    meta = {"revert": {"commit": cid, "parent": parent}}
+    new = Commit(manifest_id, [head], repo.author(), utc_now(), msg, meta)
+    new.id = repo.write_json_object(new.to_bytes())
+    repo.store.flush()
+    plan = plan_worktree(repo, h_manifest, new_manifest, False, progress, only=changed_paths(h_manifest, new_manifest))
+    written = CheckoutResult(new.id, repo.root, None)
+    apply_worktree(repo, plan, written, progress)
+    branch = move_head(repo, head, new.id, f"revert: {title}")
+    return RevertResult(new, cid, branch, [describe(k) for k in want], written.written + written.removed)

@@ -1,0 +1,154 @@
+"""Where diff reads tensors from: a commit (chunks decoded from the store) or the working checkpoint (bytes
+read straight from the files, safetensors through mmap, torch files through torch.load), chunk by chunk."""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ..chunking import aligned_chunk
+from ..dtypes import plane_width
+from ..errors import MlvcError
+from ..objects import KIND_SAFETENSORS, KIND_TORCH, FileEntry, Manifest, TensorEntry
+from ..progress import Progress
+
+if TYPE_CHECKING:
+    from ..chunking import Pipeline
+    from ..repo import Repo
+
+
+class Side:
+    """Tensors of one checkpoint and how to read their chunks."""
+
+    def __init__(self, commit: str | None, tensors: dict[str, TensorEntry], chunk_size: int):
+        self.commit = commit
+        self.tensors = tensors
+        self.chunk_size = chunk_size
+
+    def step(self, t: TensorEntry) -> int:
+        return aligned_chunk(self.chunk_size, plane_width(t.dtype))
+
+    def read(self, t: TensorEntry, indices: list[int]) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def stored(self) -> bool:
+        return True
+
+
+class StoredSide(Side):
+    def __init__(self, commit, tensors, chunk_size, pipe: Pipeline):
+        super().__init__(commit, tensors, chunk_size)
+        self.pipe = pipe
+
+    def read(self, t, indices):
+        return self.pipe.read([t.chunks[i] for i in indices])
+
+
+class WorkingSide(Side):
+    """The working checkpoint: tensor bytes read straight from the files (safetensors through mmap)."""
+
+    def __init__(self, repo: Repo, files: list[FileEntry], chunk_size: int, stack: contextlib.ExitStack):
+        manifest = Manifest([], files, chunk_size)
+        super().__init__(None, manifest.tensors(), chunk_size)
+        self.repo = repo
+        self.file_of = {id(t): f for f in files for t in f.tensors}
+        self.stack = stack
+        self.views: dict[str, dict[str, memoryview]] = {}
+
+    def stored(self):
+        return False
+
+    def _tensor_bytes(self, t: TensorEntry) -> memoryview:
+        f = self.file_of[id(t)]
+        if f.path not in self.views:
+            self.views[f.path] = self._open(f)
+        return self.views[f.path][t.name]
+
+    def _open(self, f: FileEntry) -> dict[str, memoryview]:
+        path = self.repo.abs_path(f.path)
+        if f.kind == KIND_SAFETENSORS:
+            from ..formats import safetensors as st
+
+            fh = self.stack.enter_context(open(path, "rb"))
+            layout = st.read_layout(fh, f.path)
+            size = os.fstat(fh.fileno()).st_size
+            mv = memoryview(b"") if size == 0 else self.stack.enter_context(_mmap_view(fh))
+            ds = layout.data_start
+            views = {s.name: mv[ds + s.begin : ds + s.end] for s in layout.tensors}
+            self.stack.callback(_release_all, views)  # runs before the map closes
+            return views
+        if f.kind == KIND_TORCH:
+            from ..formats import torchfile
+
+            _skeleton, named = torchfile.flatten(torchfile.load(path, f.path))
+            return {name: torchfile.tensor_bytes(t) for name, t in named}
+        return {}
+
+    def read(self, t, indices):
+        mv = self._tensor_bytes(t)
+        step = self.step(t)
+        for i in indices:
+            yield mv[i * step : (i + 1) * step]
+
+
+@contextlib.contextmanager
+def _mmap_view(fh) -> Iterator[memoryview]:
+    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    mv = memoryview(mm)
+    try:
+        yield mv
+    finally:
+        try:
+            mv.release()
+            mm.close()
+        except BufferError:  # an array made from it is still alive somewhere: the GC closes the map
+            pass
+
+
+def _release_all(views: dict[str, memoryview]) -> None:
+    for v in views.values():
+        with contextlib.suppress(BufferError):
+            v.release()
+    views.clear()
+
+
+def commit_side(repo: Repo, rev: str, pipe: Pipeline) -> Side:
+    cid = repo.resolve(rev)
+    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
+    return StoredSide(cid, manifest.tensors(), manifest.chunk_size, pipe)
+
+
+def working_side(repo: Repo, stack: contextlib.ExitStack, progress: Progress) -> Side:
+    from ..statcache import StatCache
+    from .status import working_entries
+
+    head = repo.head()
+    if head is None:
+        raise MlvcError("nothing is committed yet, so there is no working checkpoint to diff against; "
+                        "`mlvc commit PATH -m MSG` makes the first commit")
+    manifest = repo.read_manifest(repo.read_commit(head).manifest)
+    cache = StatCache(repo.dir)
+    entries = working_entries(repo, manifest, manifest.roots, cache, progress)
+    cache.save()
+    return WorkingSide(repo, list(entries.values()), manifest.chunk_size, stack)
+
+
+class ByteStream:
+    """Bytes from an iterator of pieces (chunks), taken in any sizes: element blocks across chunk borders."""
+
+    def __init__(self, pieces: Iterator[bytes]):
+        self.pieces = pieces
+        self.buf = bytearray()
+
+    def take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            piece = next(self.pieces, None)
+            if piece is None:
+                break
+            self.buf += piece
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out

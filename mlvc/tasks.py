@@ -1,0 +1,200 @@
+"""Evaluation tasks: what `mlvc eval run` runs on a checked-out commit, read from the repository settings.
+
+Tasks live under `[tasks.NAME]` in two places, both optional:
+
+1. `mlvc.toml` at the repository root (beside the code, meant to be committed with it: shared settings);
+2. `.mlvc/config.toml` (this repository's own settings).
+
+A task defined in both is taken whole from `.mlvc/config.toml` (local settings override shared ones, as in
+git); the two are not merged key by key. docs/ledger.md shows the format; here it is checked.
+
+The command is a list of arguments (or one string, split with shell rules *before* placeholders are filled
+in). Placeholders `{checkpoint}`, `{output}`, `{commit}`, `{task}`, `{seed}` and `{python}` (the interpreter
+running mlvc) are replaced inside each argument; a value never becomes more than one argument and no shell
+sees it, so a path with spaces or quotes is safe. Any other text, braces included, is passed as it is (so
+`python -c` code with dicts or f-strings works); only these exact names are placeholders.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, EvalError
+from .util import canonical_json, hash_bytes
+
+if TYPE_CHECKING:
+    from .repo import Repo
+
+PROJECT_FILE = "mlvc.toml"
+PLACEHOLDERS = ("checkpoint", "output", "commit", "task", "seed", "python")
+DEFAULT_TIMEOUT = 3600.0
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+_TASK_KEYS = {"command", "timeout", "metrics", "dataset", "dataset_hash", "seed", "env", "cwd", "description"}
+_DIRECTIONS = {"higher": True, "lower": False}
+
+
+@dataclass
+class MetricSpec:
+    name: str
+    higher_is_better: bool
+    tolerance: float = 0.0  # changes no larger than this (absolute) count as "no change"
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    command: list[str]  # argument templates, placeholders not yet filled in
+    metrics: dict[str, MetricSpec]
+    timeout: float = DEFAULT_TIMEOUT  # seconds
+    dataset: str | None = None
+    dataset_hash: str | None = None
+    seed: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "."  # where the command runs; relative paths are relative to the repository root
+    description: str | None = None
+    source: str = ""  # the file the task was read from
+
+    def spec_dict(self) -> dict[str, Any]:
+        """What was run: the parts that change a measurement (not the timeout, tolerances or directions)."""
+        return {"command": list(self.command), "dataset": self.dataset, "dataset_hash": self.dataset_hash,
+                "seed": self.seed, "env": dict(sorted(self.env.items()))}
+
+    def spec_json(self) -> str:
+        return canonical_json(self.spec_dict()).decode()
+
+    @property
+    def spec_hash(self) -> str:
+        return hash_bytes(canonical_json(self.spec_dict()))
+
+    def uses_output_file(self) -> bool:
+        return any("output" in placeholders(arg) for arg in self.command)
+
+    def argv(self, values: dict[str, str]) -> list[str]:
+        """The command with placeholders filled in: one argument per template, never re-split."""
+        return [fill(arg, values) for arg in self.command]
+
+
+def placeholders(template: str) -> set[str]:
+    return {m.group(1) for m in _PLACEHOLDER.finditer(template)}
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Replace each placeholder in one pass: a filled-in value is never scanned for placeholders again."""
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def load_tasks(repo: Repo) -> dict[str, TaskSpec]:
+    """Every configured task, by name (`.mlvc/config.toml` over `mlvc.toml`)."""
+    tasks: dict[str, TaskSpec] = {}
+    project = os.path.join(repo.root, PROJECT_FILE)
+    try:
+        with open(project, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raw = {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{project} is not valid TOML ({e}); fix it") from None
+    tasks.update(parse_tasks(raw.get("tasks", {}), project))
+    local = os.path.join(repo.dir, "config.toml")
+    tasks.update(parse_tasks(repo.config.raw.get("tasks", {}), local))
+    return tasks
+
+
+def get_task(repo: Repo, name: str, tasks: dict[str, TaskSpec] | None = None) -> TaskSpec:
+    tasks = load_tasks(repo) if tasks is None else tasks
+    if name not in tasks:
+        known = ", ".join(sorted(tasks)) or "none"
+        raise EvalError(f"no task named {name!r} (configured: {known}); add [tasks.{name}] to "
+                        f"{PROJECT_FILE} or .mlvc/config.toml (docs/ledger.md)")
+    return tasks[name]
+
+
+def parse_tasks(raw: Any, source: str) -> dict[str, TaskSpec]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [tasks] must be a table of tasks, like [tasks.accuracy]")
+    return {name: parse_task(name, body, source) for name, body in raw.items()}
+
+
+def parse_task(name: str, body: Any, source: str) -> TaskSpec:
+    where = f"{source}: [tasks.{name}]"
+    if not _TASK_NAME.match(name):
+        raise ConfigError(f"{where}: a task name is 1-100 letters, digits, '.', '_' or '-', starting with a "
+                          "letter or digit")
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where} must be a table with at least `command` and `metrics`")
+    unknown = set(body) - _TASK_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(_TASK_KEYS))}")
+    command = _parse_command(body.get("command"), where)
+    metrics = _parse_metrics(body.get("metrics"), where)
+    timeout = body.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (0 < timeout <= 7 * 86400):
+        raise ConfigError(f"{where}: timeout is a number of seconds between 0 and 604800, got {timeout!r}")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"{where}: seed must be an integer, got {seed!r}")
+    if seed is None and any("seed" in placeholders(a) for a in command):
+        raise ConfigError(f"{where}: the command uses {{seed}} but the task sets no seed")
+    env = body.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ConfigError(f"{where}: env must be a table of strings, like env = {{ OMP_NUM_THREADS = \"1\" }}")
+    strings = {}
+    for key in ("dataset", "dataset_hash", "cwd", "description"):
+        value = body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        strings[key] = value
+    return TaskSpec(name, command, metrics, float(timeout), strings["dataset"], strings["dataset_hash"], seed,
+                    dict(env), strings["cwd"] or ".", strings["description"], source)
+
+
+def _parse_command(cmd: Any, where: str) -> list[str]:
+    if cmd is None:
+        raise ConfigError(f"{where}: `command` is missing, e.g. command = [\"python\", \"eval.py\", "
+                          "\"{checkpoint}\", \"{output}\"]")
+    if isinstance(cmd, str):
+        try:
+            cmd = shlex.split(cmd)
+        except ValueError as e:
+            raise ConfigError(f"{where}: cannot split command ({e}); write it as a list of arguments") from None
+    if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd):
+        raise ConfigError(f"{where}: command must be a non-empty list of strings (or one string)")
+    if not any("checkpoint" in placeholders(a) for a in cmd):
+        raise ConfigError(f"{where}: the command never mentions {{checkpoint}}, so it cannot see the commit "
+                          "it should evaluate")
+    return list(cmd)
+
+
+def _parse_metrics(raw: Any, where: str) -> dict[str, MetricSpec]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: `metrics` is missing or empty, e.g. metrics = {{ accuracy = \"higher\", "
+                          "loss = { direction = \"lower\", tolerance = 0.01 } }")
+    out = {}
+    for name, spec in raw.items():
+        if isinstance(spec, str):
+            spec = {"direction": spec}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: metric {name!r} must be \"higher\", \"lower\" or a table with direction")
+        unknown = set(spec) - {"direction", "tolerance"}
+        if unknown:
+            raise ConfigError(f"{where}: metric {name!r} has unknown key(s) {', '.join(sorted(unknown))}")
+        direction = spec.get("direction")
+        if direction not in _DIRECTIONS:
+            raise ConfigError(f"{where}: metric {name!r}: direction must be \"higher\" or \"lower\" (which is "
+                              f"better), got {direction!r}")
+        tol = spec.get("tolerance", 0.0)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol >= 0) or tol == float("inf"):
+            raise ConfigError(f"{where}: metric {name!r}: tolerance must be a number >= 0, got {tol!r}")
+        out[name] = MetricSpec(name, _DIRECTIONS[direction], float(tol))
+    return out
