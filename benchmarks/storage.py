@@ -29,20 +29,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
 from mlvc.repo import Repo
 op, repo_dir, arg = sys.argv[1], sys.argv[2], sys.argv[3]
 repo = Repo(repo_dir)
 t = time.perf_counter()
 if op == "commit":
-    r = repo.commit(message=arg, paths=["model.safetensors"], allow_empty=True)
+    r = repo.commit(message=arg, paths=[repo_dir + "/model.safetensors"], allow_empty=True)
     out = {{"new_bytes": r.new_bytes, "raw_bytes": r.raw_bytes}}
 else:
     repo.checkout(arg, output=sys.argv[4], force=True)
     out = {{}}
 out["seconds"] = time.perf_counter() - t
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak
+out["peak_rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(json.dumps(out))
 """
 

@@ -66,7 +66,9 @@ class Pipeline:
         self.tmp_dir = tmp_dir  # where scratch files go (torch.save needs a path)
         self.chunk_size = chunk_size
         self.threads = threads or default_threads()
-        self.window = 2 * self.threads + 2
+        # Chunks in flight beyond the ones being worked on: each holds a chunk's bytes until consumed, so
+        # the window is what peak memory grows with (threads + 2 keeps every worker fed).
+        self.window = self.threads + 2
         self.progress = progress
         self.stats = IngestStats()
         self.remember = False  # keep what is stored in the store's base cache (see ObjectStore.put)
@@ -83,10 +85,14 @@ class Pipeline:
             self._pool = None
 
     def _put(self, data: memoryview, width: int, base: str | None, base2: str | None):
+        """(id, new stored bytes, the bytes that were hashed). When storing, the chunk is copied first, so
+        that its id, its stored encoding and the tensor and file hashes all come from the same bytes even if
+        the file under the map is rewritten meanwhile (snapshot then notices and refuses the commit)."""
         if self.store is None:
-            return hash_bytes(data), 0
+            return hash_bytes(data), 0, data
+        data = bytes(data)
         r = self.store.put(data, width, base=base, base2=base2, remember=self.remember)
-        return r.id, r.stored_size
+        return r.id, r.stored_size, data
 
     def ingest(self, segments: Iterable[Segment], release: Callable[[int], None] | None = None
                ) -> tuple[dict[object, SegmentResult], str]:
@@ -94,11 +100,11 @@ class Pipeline:
         results: dict[object, SegmentResult] = {}
         file_hasher = new_hasher()
         hashers: dict[object, object] = {}
-        inflight: deque[tuple[SegmentResult, object, memoryview, Future | tuple, int | None]] = deque()
+        inflight: deque[tuple[SegmentResult, object, Future | tuple, int | None]] = deque()
 
         def consume() -> None:
-            res, hasher, mv, fut, end = inflight.popleft()
-            oid, stored = fut.result() if isinstance(fut, Future) else fut
+            res, hasher, fut, end = inflight.popleft()
+            oid, stored, mv = fut.result() if isinstance(fut, Future) else fut
             res.chunks.append(oid)
             hasher.update(mv)
             file_hasher.update(mv)
@@ -121,7 +127,7 @@ class Pipeline:
                 end = None if seg.end_offset is None else seg.end_offset - n + start + len(mv)
                 args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i))
                 fut = self._pool.submit(self._put, *args) if self._pool else self._put(*args)
-                inflight.append((res, hasher, mv, fut, end))
+                inflight.append((res, hasher, fut, end))
                 while len(inflight) > self.window:
                     consume()
         while inflight:

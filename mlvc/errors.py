@@ -2,7 +2,7 @@
 
 Every error the library raises on purpose is an :class:`MlvcError`. Subclasses also inherit the builtin
 that fits, carry the facts as attributes, and their message says what to do next. The CLI maps each class
-to an exit code in one table (:data:`EXIT_CODES`).
+(and OSError) to an exit code in one table (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -104,6 +104,15 @@ class UnsafePickleError(FormatError):
         )
 
 
+class FileChangedError(MlvcError, RuntimeError):
+    """A file was rewritten while mlvc read it: what was read may mix two versions, so nothing is kept."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"{path} changed while it was being read; commit again once whatever writes it has "
+                         "finished (nothing was committed)")
+
+
 class PathError(MlvcError, ValueError):
     """A path that is missing, outside the repository, or otherwise unusable."""
 
@@ -155,7 +164,9 @@ class FsckError(MlvcError, RuntimeError):
 
 
 # One table from exception class to exit code; the most specific class wins (looked up along the MRO).
-EXIT_CODES: dict[type[MlvcError], int] = {
+# OSError is the one builtin here: a file system error mlvc did not anticipate (a missing output folder, a
+# full disk, no permission). mlvc's own classes that also inherit an OSError subclass reach MlvcError first.
+EXIT_CODES: dict[type[BaseException], int] = {
     MlvcError: 1,
     NotARepositoryError: 3,
     RepositoryExistsError: 3,
@@ -164,6 +175,7 @@ EXIT_CODES: dict[type[MlvcError], int] = {
     CorruptObjectError: 5,
     FsckError: 5,
     DirtyWorkingCheckpointError: 6,
+    FileChangedError: 6,
     NothingToCommitError: 6,
     RefError: 7,
     RefConflictError: 7,
@@ -176,6 +188,7 @@ EXIT_CODES: dict[type[MlvcError], int] = {
     EvalError: 14,
     EvalFailedError: 15,
     ConflictError: 16,
+    OSError: 17,
 }
 
 

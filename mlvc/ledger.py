@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import math
+import numbers
 import os
 import socket
 import uuid
@@ -281,12 +282,32 @@ def _validate(r: Record) -> None:
     if r.status == STATUS_OK:
         if not r.metric:
             raise EvalError(f"task {r.task!r}: a measurement needs a metric name")
-        if isinstance(r.value, bool) or not isinstance(r.value, (int, float)) or not math.isfinite(r.value):
+        value = _as_float(r.value)
+        if value is None or not math.isfinite(value):
             raise EvalError(f"task {r.task!r}, metric {r.metric!r}: the value must be a finite number, "
                             f"got {r.value!r}")
-        r.value = float(r.value)
+        r.value = value
     if r.seed is not None and (isinstance(r.seed, bool) or not isinstance(r.seed, int)):
         raise EvalError(f"seed must be an integer, got {r.seed!r}")
+
+
+def _as_float(value: Any) -> float | None:
+    """A metric value as a float, or None when it is not a number.
+
+    Accepts any real number: int, float, Fraction, Decimal, and the scalars a training loop produces (numpy
+    scalars, 0-d numpy arrays, one-element torch tensors: anything with __float__). Refuses booleans (Python,
+    numpy or torch), strings and complex numbers.
+    """
+    if isinstance(value, (bool, str, bytes)) or getattr(getattr(value, "dtype", None), "kind", None) == "b":
+        return None
+    if str(getattr(value, "dtype", "")) == "torch.bool":
+        return None
+    if not isinstance(value, numbers.Real) and not hasattr(type(value), "__float__"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):  # e.g. a numpy array of several elements
+        return None
 
 
 def _utc(t: _dt.datetime) -> _dt.datetime:

@@ -31,6 +31,11 @@ def check_rel_path(path: str) -> str:
     return path
 
 
+def check_root(path: str) -> str:
+    """A tracked path: a file or folder path as check_rel_path allows, or "." for the whole repository."""
+    return path if path == "." else check_rel_path(path)
+
+
 @dataclass
 class TensorEntry:
     name: str
@@ -119,7 +124,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        return cls([check_rel_path(r) for r in d["roots"]], [FileEntry.from_dict(f) for f in d["files"]],
+        return cls([check_root(r) for r in d["roots"]], [FileEntry.from_dict(f) for f in d["files"]],
                    int(d["chunk_size"]))
 
     def file(self, path: str) -> FileEntry | None:

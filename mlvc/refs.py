@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,15 +44,44 @@ class ReflogEntry:
     message: str
 
 
+LOCK_WAIT = 2.0  # seconds to wait for another process's ref lock
+STALE_LOCK = 600  # a lock file older than this was left by a process that died
+
+
+def _lock_advice(lock: str) -> str:
+    try:
+        age = time.time() - os.stat(lock).st_mtime
+    except FileNotFoundError:
+        return "another mlvc process held its lock; try again"
+    if age > STALE_LOCK:
+        return (f"{lock} is {age / 60:.0f} minutes old: a process that died left it; if no mlvc is running, "
+                "remove that file")
+    return f"another mlvc process is updating it ({lock}); try again when it has finished"
+
+
 class RefStore:
     def __init__(self, mlvc_dir: str):
         self.dir = mlvc_dir
 
+    def _parts(self, ref: str) -> list[str]:
+        """A ref's path parts, refusing anything but HEAD and names under refs/heads/ or refs/tags/ whose
+        parts are all ordinary names: a ref name can never reach a file outside those folders."""
+        parts = ref.split("/")
+        if ref != HEAD and not (ref.startswith((HEADS, TAGS)) and len(parts) > 2
+                                and all(p and p not in (".", "..") and "\x00" not in p for p in parts)):
+            raise RefError(f"{ref!r} is not a ref mlvc can use (HEAD, refs/heads/NAME or refs/tags/NAME)")
+        return parts
+
     def _path(self, ref: str) -> str:
-        return os.path.join(self.dir, *ref.split("/"))
+        return os.path.join(self.dir, *self._parts(ref))
+
+    def _folder(self, prefix: str) -> str:
+        """The folder of HEADS or TAGS."""
+        assert prefix in (HEADS, TAGS)
+        return os.path.join(self.dir, *prefix.strip("/").split("/"))
 
     def _log_path(self, ref: str) -> str:
-        return os.path.join(self.dir, "logs", *ref.split("/"))
+        return os.path.join(self.dir, "logs", *self._parts(ref))
 
     # -- reading -----------------------------------------------------------------------------------
     def read_raw(self, ref: str) -> str | None:
@@ -74,14 +104,17 @@ class RefStore:
         if raw is None:
             return None
         if raw.startswith("ref: "):
-            return self.resolve(raw[5:])
+            target = raw[5:]
+            if ref != HEAD or not target.startswith(HEADS):  # only HEAD is symbolic, and only to a branch
+                raise RefError(f"{ref} holds {raw!r}: only HEAD may point at a branch; run `mlvc fsck`")
+            return self.resolve(target)
         if not is_object_id(raw):
             raise RefError(f"ref {ref} holds {raw!r}, not a commit id; run `mlvc fsck`")
         return raw
 
     def names(self, prefix: str) -> list[str]:
         """Short names of the refs under a prefix (HEADS or TAGS), without reading them."""
-        base = self._path(prefix.rstrip("/"))
+        base = self._folder(prefix)
         out: list[str] = []
         for folder, _dirs, files in os.walk(base):
             for name in files:
@@ -105,11 +138,18 @@ class RefStore:
         path = self._path(ref)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         lock = path + ".lock"
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise RefConflictError(ref, f"it is locked by another mlvc process ({lock}); if no mlvc is "
-                                        "running, remove that lock file") from None
+        deadline = time.monotonic() + LOCK_WAIT
+        delay = 0.005
+        while True:
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                if time.monotonic() < deadline:  # another mlvc is moving this ref: wait our turn
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+                    continue
+                raise RefConflictError(ref, _lock_advice(lock)) from None
         os.close(fd)
         try:
             yield lock
@@ -142,6 +182,12 @@ class RefStore:
                 fsync_dir(os.path.dirname(path))
                 os.unlink(lock)
                 self._prune_empty(os.path.dirname(path))
+                # Like git, a deleted ref takes its reflog with it (`branch -d` prints the commit it was
+                # at); a log left behind would also block a later ref named like a folder of it.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._log_path(ref))
+                self._prune_empty(os.path.dirname(self._log_path(ref)))
+                return
             else:
                 body = f"ref: {symbolic}\n" if symbolic else f"{new}\n"
                 with open(lock, "w", encoding="utf-8") as f:
@@ -155,7 +201,9 @@ class RefStore:
             self.append_log(ref, current, new_value, who, message)
 
     def _prune_empty(self, folder: str) -> None:
-        stop = {self._path(HEADS.rstrip("/")), self._path(TAGS.rstrip("/")), self.dir}
+        logs = os.path.join(self.dir, "logs")
+        stop = {self._folder(HEADS), self._folder(TAGS), self.dir, logs, os.path.join(logs, "refs"),
+                os.path.join(logs, "refs", "heads"), os.path.join(logs, "refs", "tags")}
         while folder not in stop and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
             folder = os.path.dirname(folder)

@@ -7,6 +7,7 @@ The methods are thin: each operation lives in its own module under `mlvc/ops/`.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -91,8 +92,16 @@ class Repo:
         except Exception:
             return False
 
-    def write_json_object(self, data: bytes) -> str:
+    def write_manifest(self, manifest: Manifest) -> str:
+        """Store a manifest, after checking it reads back: a tree no command could read never gets an id
+        that a commit (and so a ref) could point at."""
+        data = manifest.to_bytes()
+        Manifest.from_dict(json.loads(data))
         return self.store.put(data).id
+
+    def write_commit(self, commit: Commit) -> str:
+        commit.id = self.store.put(commit.to_bytes()).id
+        return commit.id
 
     def pipeline(self, store: bool = True, progress: Progress = NULL, chunk_size: int | None = None) -> Pipeline:
         return Pipeline(self.store if store else None, chunk_size or self.config.chunk_size,

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from . import formats
 from .chunking import Pipeline, Segment, VerifyingWriter
 from .dtypes import plane_width
-from .errors import FormatError, PathError
+from .errors import CorruptObjectError, FileChangedError, FormatError, PathError
 from .formats import safetensors as st
 from .objects import KIND_BLOB, KIND_SAFETENSORS, KIND_TORCH, FileEntry, TensorEntry
 from .util import hash_bytes, new_hasher
 
 HEADER_KEY = "\x00header"
-_RELEASE_EVERY = 32 << 20
+_RELEASE_EVERY = 8 << 20  # mapped pages behind the consumer are dropped in steps of this size
 
 
 @dataclass
@@ -98,11 +98,21 @@ def snapshot_path(pipe: Pipeline, abs_path: str, rel: str, as_blob: bool = False
     kind = KIND_BLOB if as_blob else formats.kind_of(rel)
     if not os.path.isfile(abs_path):
         raise PathError(f"{rel} is not a file")
+    before = _identity(abs_path)
     if kind == KIND_SAFETENSORS:
-        return _snapshot_safetensors(pipe, abs_path, rel, history)
-    if kind == KIND_TORCH:
-        return _snapshot_torch(pipe, abs_path, rel, history)
-    return _snapshot_blob(pipe, abs_path, rel, history)
+        entry = _snapshot_safetensors(pipe, abs_path, rel, history)
+    elif kind == KIND_TORCH:
+        entry = _snapshot_torch(pipe, abs_path, rel, history)
+    else:
+        entry = _snapshot_blob(pipe, abs_path, rel, history)
+    if _identity(abs_path) != before:
+        raise FileChangedError(rel)
+    return entry
+
+
+def _identity(path: str) -> tuple[int, int, int, int]:
+    st_ = os.stat(path)
+    return st_.st_size, st_.st_mtime_ns, st_.st_ino, st_.st_ctime_ns
 
 
 def _snapshot_blob(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
@@ -145,7 +155,8 @@ def snapshot_buffers(pipe: Pipeline, rel: str, buffers: list[NamedBuffer],
     return FileEntry(rel, KIND_SAFETENSORS, size, fhash, tensors=tensors, header=results[HEADER_KEY].chunks)
 
 
-def _file_hash(path: str) -> str:
+def file_hash(path: str) -> str:
+    """The whole-file hash of a file on disk (what FileEntry.hash records)."""
     h = new_hasher()
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
@@ -186,7 +197,7 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -
         r = results[base]
         tensors.append(TensorEntry(name, from_torch(t.dtype), list(t.shape), r.nbytes, r.hash, r.chunks,
                                    aliases.get(name)))
-    fhash = _file_hash(abs_path)
+    fhash = file_hash(abs_path)
     archive = torchfile.archive_name(abs_path)
     if exact and pipe.store is not None:
         # Rebuild it the way checkout will, and see whether the bytes come out the same.
@@ -230,16 +241,26 @@ def write_entry(pipe: Pipeline, entry: FileEntry, f) -> None:
     w.check()
 
 
+def tensor_chunks(pipe: Pipeline, t: TensorEntry) -> Iterator[bytes]:
+    """A tensor's decoded chunks in order. After the last one, raises CorruptObjectError when together they
+    do not rebuild the tensor (its byte length and whole-tensor hash): a caller that consumes every chunk
+    has checked the tensor, and must not make what it wrote visible before the loop ends."""
+    h = new_hasher()
+    n = 0
+    for chunk in pipe.read(t.chunks):
+        h.update(chunk)
+        n += len(chunk)
+        yield chunk
+    if n != t.nbytes or h.hexdigest() != t.hash:
+        raise CorruptObjectError(t.hash, f"tensor {t.name} does not rebuild to its committed hash")
+
+
 def read_tensor_bytes(pipe: Pipeline, t: TensorEntry) -> bytearray:
     out = bytearray(t.nbytes)
     pos = 0
-    for chunk in pipe.read(t.chunks):
+    for chunk in tensor_chunks(pipe, t):
         out[pos : pos + len(chunk)] = chunk
         pos += len(chunk)
-    if pos != t.nbytes or hash_bytes(out) != t.hash:
-        from .errors import CorruptObjectError
-
-        raise CorruptObjectError(t.hash, f"tensor {t.name} does not rebuild to its committed hash")
     return out
 
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
 from mlvc.cli import cli
-from mlvc.errors import (EXIT_CODES, DirtyWorkingCheckpointError, NotARepositoryError, RepositoryExistsError,
-                         RevisionError)
+from mlvc.errors import (EXIT_CODES, DirtyWorkingCheckpointError, NotARepositoryError, RefError,
+                         RepositoryExistsError, RevisionError)
 
 
 @pytest.fixture
@@ -281,6 +281,32 @@ def test_debug_env_shows_traceback(repo, monkeypatch):
     monkeypatch.setenv("MLVC_DEBUG", "1")
     r = CliRunner().invoke(cli, ["show", "nosuch"])
     assert isinstance(r.exception, RevisionError)
+
+
+def test_os_errors_are_one_line_with_their_own_exit_code(run, repo, monkeypatch):
+    from mlvc.errors import exit_code_for
+
+    code = EXIT_CODES[OSError]
+    assert code not in {c for cls, c in EXIT_CODES.items() if cls is not OSError}
+    assert exit_code_for(PermissionError(13, "Permission denied", "x")) == code
+    assert exit_code_for(NotARepositoryError("x")) == EXIT_CODES[NotARepositoryError]  # MlvcError still wins
+    missing = repo / "no" / "such" / "folder"
+    r = run("report", "-o", str(missing / "r.html"), code=code)
+    assert r.output.splitlines() == [f"error: {missing}: No such file or directory"]
+    assert not missing.exists()
+    # MLVC_DEBUG=1 shows the traceback instead
+    monkeypatch.setenv("MLVC_DEBUG", "1")
+    r = CliRunner().invoke(cli, ["report", "-o", str(missing / "r.html")])
+    assert isinstance(r.exception, FileNotFoundError)
+
+
+def test_branch_and_its_folder_clash_is_a_ref_error(run, repo):
+    run("branch", "a")
+    r = run("branch", "a/b", code=EXIT_CODES[RefError])
+    assert "branch 'a' exists" in r.output and "Traceback" not in r.output
+    run("tag", "x/y")
+    r = run("tag", "x", code=EXIT_CODES[RefError])
+    assert "tag 'x/y' exists" in r.output
 
 
 def test_run_from_a_subfolder(run, repo, monkeypatch):

@@ -229,6 +229,40 @@ def test_equal_chunks_inside_a_changed_tensor_are_read_once_then_cached(small_re
     check(second, expected(a, b))
 
 
+def test_select_tensors_rule():
+    from mlvc.ops.select import select_tensors
+
+    names = ["enc.1.w", "enc.0.w", "head.b"]
+    assert select_tensors(names, None, "HEAD") == names
+    assert select_tensors(names, "enc.*", "HEAD") == ["enc.1.w", "enc.0.w"]  # the given order is kept
+    assert select_tensors(names, ["head.b", "enc.0.*"], "HEAD") == ["enc.0.w", "head.b"]
+    assert select_tensors(names, [], "HEAD") == []
+    assert select_tensors(iter(names), "*.b", "HEAD") == ["head.b"]
+    with pytest.raises(MlvcError) as e:  # globs match whole names, case-sensitively
+        select_tensors(names, ["enc.*", "x*", "enc", "HEAD.B"], "v1")
+    assert str(e.value) == ("no tensor in v1 matches 'x*', 'enc', 'HEAD.B'; names are matched whole, "
+                            "e.g. 'encoder.layer.*.attention.*'")
+
+
+def test_diff_load_and_restore_select_tensors_alike(small_repo):
+    rng = np.random.default_rng(3)
+    path = os.path.join(small_repo.root, "model.safetensors")
+    sd = {"a.w": rng.standard_normal(64).astype(np.float32), "b.w": rng.standard_normal(64).astype(np.float32)}
+    write_safetensors_np(path, sd)
+    c1 = small_repo.commit(path, message="1").commit.id
+    assert [t.name for t in small_repo.diff(c1, c1, tensors="a.*").tensors] == ["a.w"]
+    assert list(small_repo.load(c1, ["a.*"], framework="numpy")) == ["a.w"]
+    assert small_repo.restore(c1, ["a.*"]).tensors == ["a.w"]
+    tail = "matches 'zz*'; names are matched whole, e.g. 'encoder.layer.*.attention.*'"
+    for call, where in [(lambda: small_repo.diff(c1, c1, tensors=["a.*", "zz*"]), f"{c1} or {c1}"),
+                        (lambda: small_repo.diff(None, tensors="zz*"), "the empty checkpoint or the working checkpoint"),
+                        (lambda: small_repo.load("HEAD", ["a.*", "zz*"], framework="numpy"), "HEAD"),
+                        (lambda: small_repo.restore("HEAD", ["zz*"]), "HEAD")]:
+        with pytest.raises(MlvcError) as e:
+            call()
+        assert str(e.value) == f"no tensor in {where} {tail}"
+
+
 def test_working_checkpoint_is_read_from_the_file_without_storing(small_repo, monkeypatch):
     rng = np.random.default_rng(7)
     path = os.path.join(small_repo.root, "model.safetensors")
@@ -321,7 +355,7 @@ def test_cli_diff_table_stat_json_sort_and_globs(cli_repo):
     assert "No tensor changed (6 compared)" in run("diff")  # working checkpoint == HEAD
     assert "is not a column" in run("diff", "--sort", "bogus", code=2)
     assert "at most two revisions" in run("diff", "a", "b", "c", code=2)
-    assert "no tensor on either side matches" in run("diff", "HEAD~1", "HEAD", "--", "nope*", code=1)
+    assert "no tensor in HEAD~1 or HEAD matches 'nope*'" in run("diff", "HEAD~1", "HEAD", "--", "nope*", code=1)
     assert "unknown revision" in run("diff", "nosuchrev", code=4)
 
 

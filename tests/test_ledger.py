@@ -68,6 +68,47 @@ def test_bad_rows_are_refused_and_nothing_is_written(tmp_path, bad, message):
     assert led.parts() == []
 
 
+@pytest.mark.parametrize("bad", ["0.5", b"1", 1j, float("inf"), 10**400, None, [0.5]],
+                         ids=["str", "bytes", "complex", "inf", "huge_int", "none", "list"])
+def test_values_that_are_not_finite_numbers_are_refused(tmp_path, bad):
+    led = Ledger(str(tmp_path / "ledger"))
+    with pytest.raises(EvalError, match="finite number"):
+        led.append([rec(value=bad)])
+    assert led.parts() == []
+
+
+def test_numpy_and_torch_scalars_are_accepted_as_floats(tmp_path, repo):
+    np = pytest.importorskip("numpy")
+    from fractions import Fraction
+
+    values = {"f32": np.float32(0.5), "i64": np.int64(3), "f64": np.float64(0.25), "zero_d": np.array(0.75),
+              "frac": Fraction(1, 4), "int": 2}
+    try:
+        import torch
+
+        values.update(t0=torch.tensor(0.5), t1=torch.tensor([1.5]))
+    except ImportError:
+        pass
+    led = Ledger(str(tmp_path / "ledger"))
+    led.append([rec(metric=k, value=v) for k, v in values.items()])
+    got = {r.metric: r.value for r in led.records()}
+    assert got == {k: float(v) for k, v in values.items()}
+    assert all(type(v) is float for v in got.values())
+    for bad in (np.bool_(True), np.array(False), np.float32("nan"), np.array([1.0, 2.0])):
+        with pytest.raises(EvalError, match="finite number"):
+            led.append([rec(value=bad)])
+
+    # through the library, as a training loop would call it
+    from conftest import write_safetensors_np
+
+    path = os.path.join(repo.root, "m.safetensors")
+    write_safetensors_np(path, {"w": np.ones(4, np.float32)})
+    cid = repo.commit(path, message="m").commit.id
+    r = repo.record_eval("HEAD", "train", {"acc": np.float32(0.5), "loss": np.array(1.25)})
+    assert r.metrics == {"acc": 0.5, "loss": 1.25}
+    assert {(x.commit, x.metric, x.value) for x in repo.ledger.records()} == {(cid, "acc", 0.5), (cid, "loss", 1.25)}
+
+
 def _append_worker(folder: str, worker: int, appends: int, rows: int) -> None:
     led = Ledger(folder)
     for i in range(appends):

@@ -138,7 +138,8 @@ def test_delete(refs):
     assert not os.path.exists(_ref_file(refs, ref))
     assert not os.path.exists(os.path.join(refs.dir, "refs", "heads", "feature"))  # empty folders pruned
     assert refs.list(HEADS) == {}
-    assert refs.reflog(ref)[0].old == A and refs.reflog(ref)[0].new is None
+    assert refs.reflog(ref) == []  # the reflog goes with the ref, as in git
+    assert not os.path.exists(os.path.join(refs.dir, "logs", "refs", "heads", "feature"))
 
 
 def test_delete_with_stale_expected_is_a_conflict(refs):

@@ -323,8 +323,29 @@ def test_branches_and_tags(repo):
     assert set(repo.branches()) == {"main"}
     with pytest.raises(RefError, match="no branch"):
         repo.delete_branch("dev")
-    reflog = repo.refs.reflog("refs/heads/dev")
-    assert reflog[0].new is None and reflog[0].old == c2
+    assert repo.refs.reflog("refs/heads/dev") == []  # deleted with the branch, as in git
+
+
+@pytest.mark.parametrize("kind", ["branch", "tag"])
+def test_a_ref_cannot_also_be_a_folder_of_refs(repo, kind):
+    c0, c1, c2 = three_commits(repo)
+    create = repo.create_branch if kind == "branch" else repo.create_tag
+    listing = repo.branches if kind == "branch" else repo.tags
+    before = dict(listing())
+    create("a", c0)
+    with pytest.raises(RefError, match=f"cannot create {kind} 'a/b': {kind} 'a' exists"):
+        create("a/b", c1)
+    with pytest.raises(RefError, match=f"{kind} 'a' exists"):
+        create("a/b/c", c1, force=True)
+    create("x/y", c1)
+    with pytest.raises(RefError, match=f"cannot create {kind} 'x': {kind} 'x/y' exists"):
+        create("x", c2)
+    with pytest.raises(RefError, match=f"{kind} 'x/y' exists"):
+        create("x", c2, force=True)
+    create("ab", c2)  # a shared prefix that is not a folder is fine
+    create("x/z", c2)  # and so is a sibling in the same folder
+    assert listing() == {**before, "a": c0, "x/y": c1, "ab": c2, "x/z": c2}
+    assert repo.fsck().ok
 
 
 # -- checkout -------------------------------------------------------------------------------------------------
@@ -651,6 +672,26 @@ def test_deleted_object_is_reported_missing(repo, tmp_path, what):
     with pytest.raises(ObjectNotFoundError):
         repo.checkout("main~1", output=str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out" / "model.safetensors")
+
+
+def test_fsck_names_the_child_of_a_missing_parent(repo):
+    first, second = _commit_two(repo)
+    repo.store.delete(first)  # HEAD's parent; the reflog of main and HEAD still name it too
+    report = repo.fsck()
+    assert [(p.object_id, p.problem, p.detail) for p in report.problems] == [
+        (first, "missing", f"commit referenced by commit {second[:12]}")]
+    assert report.commits_reached == 1
+
+
+def test_fsck_still_checks_commits_only_the_reflog_reaches(repo):
+    first, second = _commit_two(repo)
+    repo.reset(first, hard=True)  # second is now only in the reflog
+    manifest = repo.read_commit(second).manifest
+    repo.store.delete(second)
+    report = repo.fsck()
+    assert [(p.object_id, p.problem, p.detail) for p in report.problems] == [
+        (second, "missing", "commit referenced by a reflog entry")]
+    assert manifest  # (the commit's other objects are simply unreachable now)
 
 
 def test_fsck_reports_a_bad_ref(repo):

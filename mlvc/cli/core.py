@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 
 import click
 
-from ..errors import FsckError, MlvcError
+from ..errors import FsckError
 from ..util import human_bytes
 from . import cli
 from ._common import DashDashCommand, echo_json, json_option, progress, quiet_option, short, table, with_repo

@@ -15,8 +15,22 @@ def _ref(kind: str, name: str) -> str:
     return (HEADS if kind == "branch" else TAGS) + check_name(name, kind)
 
 
+def _check_folder_clash(repo: Repo, kind: str, name: str) -> None:
+    """Refs are files under refs/heads/ (refs/tags/): a ref `a` and a ref `a/b` cannot both exist, since `a`
+    would have to be a file and a folder at once."""
+    prefix, plural = (HEADS, "branches") if kind == "branch" else (TAGS, "tags")
+    for other in repo.refs.names(prefix):
+        if name.startswith(other + "/"):
+            raise RefError(f"cannot create {kind} {name!r}: {kind} {other!r} exists, and {other!r} cannot also "
+                           f"be a folder of {plural}; delete {other!r} or pick another name")
+        if other.startswith(name + "/"):
+            raise RefError(f"cannot create {kind} {name!r}: {kind} {other!r} exists, so {name!r} is a folder "
+                           f"of {plural}; pick another name")
+
+
 def create_ref(repo: Repo, kind: str, name: str, rev: str, force: bool) -> str:
     ref = _ref(kind, name)
+    _check_folder_clash(repo, kind, name)
     cid = repo.resolve(rev)
     old = repo.refs.resolve(ref)
     if old is not None and not force:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import DirtyWorkingCheckpointError, MlvcError, RefError
+from ..errors import DirtyWorkingCheckpointError, MlvcError, PathError, RefError
 from ..objects import FileEntry, Manifest
 from ..progress import NULL, Progress
 from ..refs import HEAD, HEADS, check_name
-from ..snapshot import _file_hash
+from ..snapshot import file_hash
 from ..statcache import StatCache
 from .status import working_entries
-from .worktree import safe_target, write_file
+from .worktree import StagedFiles, safe_target
 
 if TYPE_CHECKING:
     from ..repo import Repo
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -68,13 +71,14 @@ def switch(repo: Repo, branch: str, create: bool = False, start: str = "HEAD", f
 
 def _checkout_to(repo: Repo, cid: str, manifest: Manifest, base: str, force: bool,
                  progress: Progress) -> CheckoutResult:
+    _check_output(repo, base)
     os.makedirs(base, exist_ok=True)
     result = CheckoutResult(cid, base, None)
     todo: list[tuple[FileEntry, str]] = []
     conflicts = []
     for f in manifest.files:
         target = safe_target(base, f.path)
-        if os.path.isfile(target) and _file_hash(target) == f.hash:
+        if os.path.isfile(target) and file_hash(target) == f.hash:
             result.unchanged.append(f.path)
         elif os.path.exists(target) and not force:
             conflicts.append(os.path.join(base, f.path))
@@ -82,8 +86,23 @@ def _checkout_to(repo: Repo, cid: str, manifest: Manifest, base: str, force: boo
             todo.append((f, target))
     if conflicts:
         raise DirtyWorkingCheckpointError(conflicts)
-    _write_all(repo, todo, result, progress)
+    with StagedFiles() as staged:  # all the files, or (a bad object) none of them
+        _write_all(repo, staged, todo, result, progress)
+        staged.commit()
     return result
+
+
+def _check_output(repo: Repo, base: str) -> None:
+    """Refuse an output folder inside .mlvc/ (symlinks followed): a checkpoint written there could overwrite
+    the repository's own objects, refs or settings. The one exception is mlvc's scratch folder .mlvc/tmp/,
+    where `mlvc eval run` checks commits out for its evaluators (and removes them afterwards)."""
+    real_dir, real_base = os.path.realpath(repo.dir), os.path.realpath(base)
+    scratch = os.path.join(real_dir, "tmp")
+    if os.path.commonpath([real_dir, real_base]) == real_dir and (
+            real_base == scratch or os.path.commonpath([scratch, real_base]) != scratch):
+        raise PathError(f"refusing to check out into {base}: it is inside the repository's own folder "
+                        f"{repo.dir}, which mlvc manages itself; pass an --output folder outside .mlvc/ "
+                        "(or check out in place, without --output)")
 
 
 def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | None, force: bool,
@@ -91,16 +110,30 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
     head = repo.head()
     head_manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
     plan = plan_worktree(repo, head_manifest, manifest, force, progress)
-    if create:
-        repo.refs.update(HEADS + branch, cid, expected=None, who=repo.author(), message=f"branch: created at {cid[:12]}")
     result = CheckoutResult(cid, repo.root, branch or "(detached)")
-    apply_worktree(repo, plan, result, progress)
     old_desc = repo.head_branch() or (head[:12] if head else "nothing")
     message = f"checkout: moving from {old_desc} to {branch or cid[:12]}"
-    if branch:
-        repo.refs.update(HEAD, None, symbolic=HEADS + branch, who=repo.author(), message=message)
-    else:
-        repo.refs.update(HEAD, cid, who=repo.author(), message=message)
+
+    def move_refs() -> None:
+        # HEAD moves by compare-and-swap from the commit it was planned from: if another process moved
+        # it (or the branch it follows) in the meantime, RefConflictError and nothing changed.
+        if create:
+            repo.refs.update(HEADS + branch, cid, expected=None, who=repo.author(),
+                             message=f"branch: created at {cid[:12]}")
+        try:
+            if branch:
+                repo.refs.update(HEAD, None, expected=head, symbolic=HEADS + branch, who=repo.author(),
+                                 message=message)
+            else:
+                repo.refs.update(HEAD, cid, expected=head, who=repo.author(), message=message)
+        except BaseException:
+            if create:  # undo the branch this switch created
+                with contextlib.suppress(MlvcError, OSError):
+                    repo.refs.update(HEADS + branch, None, expected=cid, who=repo.author(),
+                                     message="branch: deleted (the switch to it failed)")
+            raise
+
+    apply_worktree(repo, plan, result, progress, move_refs)
     return result
 
 
@@ -145,9 +178,18 @@ def plan_worktree(repo: Repo, head_manifest: Manifest | None, manifest: Manifest
     return WorktreePlan(todo, remove, unchanged, cache)
 
 
-def apply_worktree(repo: Repo, plan: WorktreePlan, result: CheckoutResult, progress: Progress = NULL) -> None:
+def apply_worktree(repo: Repo, plan: WorktreePlan, result: CheckoutResult, progress: Progress = NULL,
+                   move_ref: Callable[[], T] | None = None) -> T | None:
+    """Carry out a plan all or nothing, and return what `move_ref` returned. Three phases:
+    1. write and verify every new file into a temp file beside its target (a bad object stops here);
+    2. `move_ref()`: move HEAD or the branch by compare-and-swap (a ref that moved stops here);
+    3. rename the temp files into place, then remove the files the new tree lacks.
+    Stopped in phase 1 or 2, every temp file is removed: working files and refs are as they were."""
+    with StagedFiles() as staged:
+        _write_all(repo, staged, plan.todo, result, progress)
+        moved = move_ref() if move_ref is not None else None
+        staged.commit()
     result.unchanged.extend(plan.unchanged)
-    _write_all(repo, plan.todo, result, progress)
     for f, full in plan.todo:
         plan.cache.record(f.path, full, f.hash)
     for path in plan.remove:
@@ -156,13 +198,16 @@ def apply_worktree(repo: Repo, plan: WorktreePlan, result: CheckoutResult, progr
             plan.cache.forget(path)
             result.removed.append(path)
     plan.cache.save()
+    return moved
 
 
-def _write_all(repo: Repo, todo: list[tuple[FileEntry, str]], result: CheckoutResult, progress: Progress) -> None:
+def _write_all(repo: Repo, staged: StagedFiles, todo: list[tuple[FileEntry, str]], result: CheckoutResult,
+               progress: Progress) -> None:
+    """Phase 1: stage every file (written, fsynced and verified, not yet renamed into place)."""
     progress.start("checkout", sum(f.size for f, _ in todo))
     with repo.pipeline(progress=progress) as pipe:
         for f, path in todo:
-            write_file(pipe, f, path)
+            staged.write(pipe, f, path)
             result.written.append(f.path)
             result.bytes_written += f.size
     progress.finish()

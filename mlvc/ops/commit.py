@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, MlvcError, NothingToCommitError, PathError
-from ..objects import Commit, FileEntry, Manifest
+from ..objects import Commit, Manifest
 from ..progress import NULL, Progress
 from ..refs import HEAD
 from ..snapshot import History, NamedBuffer, snapshot_buffers, snapshot_path
@@ -87,14 +87,14 @@ def commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: 
         progress.finish()
         stats = pipe.stats
         manifest = Manifest(roots, files, repo.config.chunk_size)
-        manifest_id = repo.write_json_object(manifest.to_bytes())
+        manifest_id = repo.write_manifest(manifest)
     if parent_manifest is not None and not allow_empty and manifest_id == repo.read_commit(parent).manifest:
         cache.save()
         raise NothingToCommitError("nothing to commit: the checkpoint is identical to HEAD (pass --allow-empty "
                                    "to commit anyway)")
     meta.update({k: v for k, v in _code_revision(repo.root).items() if k not in meta})
     c = Commit(manifest_id, [parent] if parent else [], repo.author(), utc_now(), message, meta)
-    c.id = repo.write_json_object(c.to_bytes())
+    repo.write_commit(c)
     repo.store.flush()  # every object durable before a ref points at it
     branch = repo.head_branch()
     summary = f"commit{'' if parent else ' (initial)'}: {message.splitlines()[0]}"

@@ -14,7 +14,6 @@ docs/diff.md defines every number, including NaN and inf.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import math
 import re
 from collections.abc import Iterable
@@ -24,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..dtypes import ITEMSIZE
-from ..errors import MlvcError
 from ..normcache import NormCache
 from ..numeric import as_numbers, is_numeric
 from ..objects import TensorEntry
 from ..progress import NULL, Progress
+from .select import select_tensors
 from .tensorsource import ByteStream, Side, commit_side, working_side
 
 if TYPE_CHECKING:
@@ -314,29 +313,17 @@ def _cosine(acc: _Acc) -> float | None:
     return max(-1.0, min(1.0, acc.ab / (math.sqrt(acc.aa) * math.sqrt(acc.bb))))
 
 
-def _select(names: Iterable[str], patterns: list[str] | None) -> list[str]:
-    names = list(names)
-    if patterns is None:
-        return names
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unmatched:
-        raise MlvcError(f"no tensor on either side matches {', '.join(map(repr, unmatched))}; "
-                        "names are matched whole, e.g. 'encoder.layer.*.attention.*'")
-    return chosen
-
-
 def diff(repo: Repo, a: str | None = "HEAD", b: str | None = None, *,
          tensors: Iterable[str] | str | None = None, progress: Progress = NULL) -> TreeDiff:
     """Compare commit `a` with commit `b` (None: the working checkpoint), optionally only the tensors whose
     names match the globs in `tensors`. `a` None stands for an empty checkpoint (everything added)."""
-    patterns = None if tensors is None else ([tensors] if isinstance(tensors, str) else list(tensors))
     norms = NormCache(repo.dir)
     with contextlib.ExitStack() as stack:
         pipe = stack.enter_context(repo.pipeline())
         side_b = commit_side(repo, b, pipe) if b is not None else working_side(repo, stack, progress)
         side_a = commit_side(repo, a, pipe) if a is not None else Side(None, {}, side_b.chunk_size)
-        names = _select(sorted(set(side_a.tensors) | set(side_b.tensors), key=natural_key), patterns)
+        where = f"{'the empty checkpoint' if a is None else a} or {'the working checkpoint' if b is None else b}"
+        names = select_tensors(sorted(set(side_a.tensors) | set(side_b.tensors), key=natural_key), tensors, where)
         differ = _Differ(side_a, side_b, norms, progress)
         progress.start("diff")
         out = [differ.compare(n) for n in names]

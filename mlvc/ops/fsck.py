@@ -70,11 +70,20 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
             starts.setdefault(head, "HEAD")
     except MlvcError as e:
         report.problems.append(Problem("", "bad ref", str(e), "HEAD"))
-    for oid in repo.refs.all_reflog_ids():
-        starts.setdefault(oid, "a reflog entry")
 
+    # Depth-first from branches, tags and HEAD first, so that a missing commit is reported as the parent of
+    # the commit that names it; reflog entries then only add the starting points that walk did not reach.
     seen: set[str] = set()
-    stack = list(starts.items())
+    _walk(repo, report, bad, seen, list(starts.items())[::-1])
+    for oid in repo.refs.all_reflog_ids():
+        if oid not in seen:
+            _walk(repo, report, bad, seen, [(oid, "a reflog entry")])
+    return report
+
+
+def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: list[tuple[str, str]]) -> None:
+    """Check every commit reachable from `stack` ((commit id, what names it) pairs), its manifest and
+    chunks, skipping what is in `seen` and adding what it visits."""
     while stack:
         cid, via = stack.pop()
         if cid in seen:
@@ -113,4 +122,3 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
                                                    "a corrupt object", repo.store.locate(oid)))
                 elif not repo.store.has(oid):
                     report.problems.append(Problem(oid, "missing", f"chunk of {f.path} in commit {cid[:12]}"))
-    return report

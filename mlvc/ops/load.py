@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import MlvcError
 from ..snapshot import load_tensors
+from .select import select_tensors
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -30,11 +30,6 @@ def load(repo: Repo, rev: str, tensors: Iterable[str] | None, framework: str | N
     manifest = repo.read_manifest(repo.read_commit(repo.resolve(rev)).manifest)
     entries = manifest.tensors()
     if tensors is not None:
-        patterns = [tensors] if isinstance(tensors, str) else list(tensors)
-        chosen = {n: t for n, t in entries.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
-        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in entries)]
-        if unmatched:
-            raise MlvcError(f"no tensor in {rev} matches {', '.join(map(repr, unmatched))}")
-        entries = chosen
+        entries = {n: entries[n] for n in select_tensors(entries, tensors, rev)}
     with repo.pipeline() as pipe:
         return load_tensors(pipe, entries, framework)

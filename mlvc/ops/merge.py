@@ -121,8 +121,8 @@ def merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | None
     if base == ours:
         plan = plan_worktree(repo, o_manifest, t_manifest, False, progress, only=changed_paths(o_manifest, t_manifest))
         written = CheckoutResult(theirs, repo.root, None)
-        apply_worktree(repo, plan, written, progress)
-        move_head(repo, ours, theirs, f"merge {rev}: fast-forward")
+        apply_worktree(repo, plan, written, progress,
+                       lambda: move_head(repo, ours, theirs, f"merge {rev}: fast-forward"))
         result.fast_forward = True
         result.written = written.written + written.removed
         return result
@@ -140,17 +140,18 @@ def merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | None
         for key, (eb, eo, et) in arithmetic.items():
             want[key] = _combine(pipe, key[1], eb, eo, et, strategy, s)
         new_manifest = build_manifest(pipe, o_manifest, want, [t_manifest, b_manifest])
-        manifest_id = repo.write_json_object(new_manifest.to_bytes())
+        manifest_id = repo.write_manifest(new_manifest)
     meta = {"merge": {"base": base, "theirs": theirs, "rev": rev, "strategy": strategy, "scale": s,
                       "resolved": result.resolved}}
     msg = message or f"Merge {rev} into {branch or 'detached HEAD'}"
     c = Commit(manifest_id, [ours, theirs], repo.author(), utc_now(), msg, meta)
-    c.id = repo.write_json_object(c.to_bytes())
+    repo.write_commit(c)
     repo.store.flush()
     plan = plan_worktree(repo, o_manifest, new_manifest, False, progress, only=changed_paths(o_manifest, new_manifest))
     written = CheckoutResult(c.id, repo.root, None)
-    apply_worktree(repo, plan, written, progress)
-    move_head(repo, ours, c.id, f"merge {rev}: {strategy or 'no conflicts'}")
+    # new files staged and verified, then the branch moves (compare-and-swap), then the files go into place
+    apply_worktree(repo, plan, written, progress,
+                   lambda: move_head(repo, ours, c.id, f"merge {rev}: {strategy or 'no conflicts'}"))
     result.commit = c
     result.written = written.written + written.removed
     return result

@@ -36,14 +36,17 @@ def reset(repo: Repo, rev: str, hard: bool = False, force: bool = False, progres
     new = repo.resolve(rev)
     old = repo.head()
     result = ResetResult(repo.head_branch(), old, new, hard)
-    if hard:
-        head_manifest = repo.read_manifest(repo.read_commit(old).manifest) if old else None
-        target = repo.read_manifest(repo.read_commit(new).manifest)
-        plan = plan_worktree(repo, head_manifest, target, force, progress)
-        written = CheckoutResult(new, repo.root, None)
-        apply_worktree(repo, plan, written, progress)
-        result.written, result.removed = written.written, written.removed
-    move_head(repo, old, new, f"reset: moving to {rev}")
+    message = f"reset: moving to {rev}"
+    if not hard:
+        move_head(repo, old, new, message)
+        return result
+    head_manifest = repo.read_manifest(repo.read_commit(old).manifest) if old else None
+    target = repo.read_manifest(repo.read_commit(new).manifest)
+    plan = plan_worktree(repo, head_manifest, target, force, progress)
+    written = CheckoutResult(new, repo.root, None)
+    # new files staged and verified, then the branch moves (compare-and-swap), then the files go into place
+    apply_worktree(repo, plan, written, progress, lambda: move_head(repo, old, new, message))
+    result.written, result.removed = written.written, written.removed
     return result
 
 

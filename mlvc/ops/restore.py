@@ -1,6 +1,7 @@
 """restore (`mlvc checkout REV -- GLOB...`): put some tensors of a commit into the working checkpoint.
 
-Each affected safetensors file is rewritten atomically (a temp file beside it, fsynced, renamed): the
+The affected files are rewritten all or nothing (each into a temp file beside it, fsynced and verified;
+only when every one is written are they renamed into place, so a bad object changes nothing): the
 tensors that match take their value (and dtype and shape) from REV, every other tensor keeps its working
 bytes, uncommitted changes included. The header is kept verbatim when the tensor layout did not change;
 otherwise it is rebuilt with the file's __metadata__. A tensor REV has but the working file lacks is appended.
@@ -11,21 +12,20 @@ Files that are not safetensors are only restored whole (when every tensor of the
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import mmap
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptObjectError, FormatError, MlvcError
+from ..errors import FormatError, MlvcError
 from ..formats import safetensors as st
 from ..objects import KIND_SAFETENSORS, FileEntry, TensorEntry
 from ..progress import NULL, Progress
-from ..util import fsync_dir, new_hasher
+from ..snapshot import tensor_chunks
+from .select import select_tensors
 from .treebuild import header_bytes, header_metadata
-from .worktree import safe_target, write_file
+from .worktree import StagedFiles, safe_target
 
 if TYPE_CHECKING:
     from ..chunking import Pipeline
@@ -49,17 +49,14 @@ def restore(repo: Repo, rev: str, tensors: Iterable[str] | str, progress: Progre
     cid = repo.resolve(rev)
     manifest = repo.read_manifest(repo.read_commit(cid).manifest)
     names = manifest.tensors()
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unmatched:
-        raise MlvcError(f"no tensor in {rev} matches {', '.join(map(repr, unmatched))}")
     file_of = {id(t): f for f in manifest.files for t in f.tensors}
     by_file: dict[str, tuple[FileEntry, dict[str, TensorEntry]]] = {}
     result = RestoreResult(cid)
-    for key, t in names.items():
-        if any(fnmatch.fnmatchcase(key, p) for p in patterns):
-            f = file_of[id(t)]
-            by_file.setdefault(f.path, (f, {}))[1][t.name] = t
-            result.tensors.append(key)
+    for key in select_tensors(names, patterns, rev):
+        t = names[key]
+        f = file_of[id(t)]
+        by_file.setdefault(f.path, (f, {}))[1][t.name] = t
+        result.tensors.append(key)
     # check everything before writing anything
     for path, (f, chosen) in by_file.items():
         safe_target(repo.root, path)
@@ -71,20 +68,23 @@ def restore(repo: Repo, rev: str, tensors: Iterable[str] | str, progress: Progre
             with open(target, "rb") as fh:
                 st.read_layout(fh, path)  # a damaged working file is reported, not rewritten
     progress.start("restore")
-    with repo.pipeline(progress=progress) as pipe:
+    with repo.pipeline(progress=progress) as pipe, StagedFiles() as staged:
         for path, (f, chosen) in sorted(by_file.items()):
             target = repo.abs_path(path)
             if len(chosen) == len(f.tensors) and (f.kind != KIND_SAFETENSORS or not os.path.isfile(target)):
-                write_file(pipe, f, target)  # the whole file, byte for byte
+                staged.write(pipe, f, target)  # the whole file, byte for byte
             else:
-                _rewrite(pipe, f, chosen, target)
+                _rewrite(pipe, staged, f, chosen, target)
             result.files.append(path)
+        staged.commit()  # every file written and verified: now they all go into place
     progress.finish()
     return result
 
 
-def _rewrite(pipe: Pipeline, f: FileEntry, chosen: dict[str, TensorEntry], target: str) -> None:
-    """Rewrite (or create) the working safetensors file at `target` with the chosen tensors from the store."""
+def _rewrite(pipe: Pipeline, staged: StagedFiles, f: FileEntry, chosen: dict[str, TensorEntry],
+             target: str) -> None:
+    """Stage a rewrite (or creation) of the working safetensors file at `target` with the chosen tensors from
+    the store."""
     with contextlib.ExitStack() as stack:
         if os.path.isfile(target):
             fh = stack.enter_context(open(target, "rb"))
@@ -116,34 +116,17 @@ def _rewrite(pipe: Pipeline, f: FileEntry, chosen: dict[str, TensorEntry], targe
         else:
             sizes = [(n, d, s, x.nbytes if isinstance(x, TensorEntry) else x[1] - x[0]) for n, d, s, x in items]
             header = st.build_layout(sizes, meta).header_bytes
-        folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-mlvc-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(header)
-                for _name, _dtype, _shape, x in items:
-                    if isinstance(x, TensorEntry):
-                        _copy_tensor(pipe, x, out)
-                    else:
-                        for pos in range(x[0], x[1], 1 << 24):
-                            out.write(mm[pos : min(pos + (1 << 24), x[1])])
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    fsync_dir(folder)
+        with staged.open(target) as out:
+            out.write(header)
+            for _name, _dtype, _shape, x in items:
+                if isinstance(x, TensorEntry):
+                    _copy_tensor(pipe, x, out)
+                else:
+                    for pos in range(x[0], x[1], 1 << 24):
+                        out.write(mm[pos : min(pos + (1 << 24), x[1])])
 
 
 def _copy_tensor(pipe: Pipeline, t: TensorEntry, out) -> None:
-    h = new_hasher()
-    for chunk in pipe.read(t.chunks):
+    for chunk in tensor_chunks(pipe, t):  # checks the tensor's hash at the end
         out.write(chunk)
-        h.update(chunk)
         pipe.progress.advance(len(chunk))
-    if h.hexdigest() != t.hash:
-        raise CorruptObjectError(t.hash, f"tensor {t.name} does not rebuild to its committed hash")

@@ -103,15 +103,16 @@ def revert(repo: Repo, rev: str, mainline: int | None = None, message: str | Non
     check_clean(repo, h_manifest, paths)
     with repo.pipeline(progress=progress) as pipe:
         new_manifest = build_manifest(pipe, h_manifest, want, [p_manifest, c_manifest])
-        manifest_id = repo.write_json_object(new_manifest.to_bytes())
+        manifest_id = repo.write_manifest(new_manifest)
     title = c.message.splitlines()[0] if c.message else cid[:12]
     msg = message or f'Revert "{title}"\n\nThis reverts commit {cid}.'
     meta = {"revert": {"commit": cid, "parent": parent}}
     new = Commit(manifest_id, [head], repo.author(), utc_now(), msg, meta)
-    new.id = repo.write_json_object(new.to_bytes())
+    repo.write_commit(new)
     repo.store.flush()
     plan = plan_worktree(repo, h_manifest, new_manifest, False, progress, only=changed_paths(h_manifest, new_manifest))
     written = CheckoutResult(new.id, repo.root, None)
-    apply_worktree(repo, plan, written, progress)
-    branch = move_head(repo, head, new.id, f"revert: {title}")
+    # new files staged and verified, then the branch moves (compare-and-swap), then the files go into place
+    branch = apply_worktree(repo, plan, written, progress,
+                            lambda: move_head(repo, head, new.id, f"revert: {title}"))
     return RevertResult(new, cid, branch, [describe(k) for k in want], written.written + written.removed)

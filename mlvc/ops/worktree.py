@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..chunking import Pipeline
 from ..errors import PathError
 from ..objects import FileEntry, check_rel_path
 from ..snapshot import write_entry
+from ..util import fsync_dir
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -48,19 +50,82 @@ def safe_target(base: str, rel: str) -> str:
     return target
 
 
-def write_file(pipe: Pipeline, entry: FileEntry, target: str) -> None:
-    """Write one file atomically: a temp file beside the target, verified, fsynced, then renamed."""
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-mlvc-", dir=folder)
-    try:
+class StagedFiles:
+    """New files for several targets, made visible all together or not at all.
+
+    Phase 1: `open(target)` (or `write(pipe, entry, target)`, which also verifies the file's hash) writes a
+    temp file beside its target and fsyncs it; nothing a reader can see changes. Phase 2: `commit()` renames
+    every temp file over its target, then fsyncs their folders (util.atomic_writer's durable sequence, with
+    the rename deferred until every file is written). Used as a context manager: leaving the block without
+    `commit()` (a bad object, a ref that moved under us) removes every temp file and the folders made for
+    them, so nothing changed. Between the two phases a caller moves its ref (see checkout.apply_worktree).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, str]] = []  # (temp file, target)
+        self._made: list[str] = []  # folders created for targets, parents first
+        self._committed = False
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._committed:
+            self.abort()
+
+    def _folder(self, target: str) -> str:
+        folder = os.path.dirname(os.path.abspath(target))
+        missing, f = [], folder
+        while not os.path.isdir(f):
+            missing.append(f)
+            f = os.path.dirname(f)
+        os.makedirs(folder, exist_ok=True)
+        self._made.extend(reversed(missing))
+        return folder
+
+    @contextlib.contextmanager
+    def open(self, target: str, mode: int = 0o644) -> Iterator[BinaryIO]:
+        """A temp file for `target`, flushed and fsynced when the block ends (renamed only by commit())."""
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-mlvc-", dir=self._folder(target))
+        self.pending.append((tmp, target))
         with os.fdopen(fd, "wb") as f:
-            write_entry(pipe, entry, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        os.chmod(tmp, mode)
+
+    def write(self, pipe: Pipeline, entry: FileEntry, target: str) -> None:
+        """Stage the file `entry` describes for `target`, verified against its committed hash."""
+        with self.open(target) as f:
+            write_entry(pipe, entry, f)
+
+    def commit(self) -> None:
+        """Rename every temp file over its target, then make the renames (and new folders) durable."""
+        folders: dict[str, None] = {}
+        for tmp, target in self.pending:
+            os.replace(tmp, target)
+            folders[os.path.dirname(os.path.abspath(target))] = None
+        self._committed = True
+        for folder in self._made:
+            folders[os.path.dirname(folder)] = None
+        for folder in folders:
+            fsync_dir(folder)
+        self.pending = []
+
+    def abort(self) -> None:
+        """Remove every temp file not yet renamed, and the folders made for them when they are empty."""
+        for tmp, _target in self.pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self.pending = []
+        for folder in reversed(self._made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        self._made = []
+
+
+def write_file(pipe: Pipeline, entry: FileEntry, target: str) -> None:
+    """Write one file atomically: a temp file beside the target, verified, fsynced, then renamed."""
+    with StagedFiles() as staged:
+        staged.write(pipe, entry, target)
+        staged.commit()
