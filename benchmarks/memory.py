@@ -5,14 +5,19 @@ scaled normal samples, generated and written tensor by tensor in blocks, so this
 runs each step in a fresh child process and measures its peak resident set (ru_maxrss of that one child,
 from os.wait4, cross-checked by the child's own VmHWM where the child is Python) and its wall time:
 
-    mlvc commit     Repo.commit(<file>) into a fresh repository
-    mlvc checkout   Repo.checkout("HEAD", output=DIR), then verified byte for byte (sha256 of both files)
-    zstd -1 -T0     compress the same file (baseline; skipped with a note when no zstd binary is found)
-    zstd -d         decompress it again
-    cp              plain copy (page cache to page cache)
-    cp + sync       copy, then fsync the copy (mlvc fsyncs every object and the checked-out file)
+    mlvc commit           Repo.commit(<file>) into a fresh repository
+    mlvc checkout         Repo.checkout("HEAD", output=DIR), then verified byte for byte (sha256 of both files)
+    mlvc commit, step k   after a simulated training step rewrote the file in place (every weight moved by
+                          about 1e-3 of its size), commit it again: the parent's chunks are delta bases; by
+                          default 7 steps, so the last commit ends a 7-link delta chain
+    mlvc checkout, step N check out the last of those commits (decoding its chains), verified byte for byte
+    zstd -1 -T0           compress the same file (baseline; skipped with a note when no zstd binary is found)
+    zstd -d               decompress it again
+    cp                    plain copy (page cache to page cache)
+    cp + sync             copy, then fsync the copy (mlvc fsyncs every object and the checked-out file)
 
     python benchmarks/memory.py                  # 2 GiB in a temporary folder, removed afterwards
+    python benchmarks/memory.py --threads 16     # the same with 16 worker threads (a 16-core host's default)
     python benchmarks/memory.py --size-gb 4 --workdir /big/disk --keep
 
 Prints a table and writes benchmarks/out/memory.json. Exit status 1 if the checkout is not byte-identical
@@ -258,9 +263,9 @@ def main() -> int:
     ap.add_argument("--config", action="append", default=[], metavar="KEY=INT",
                     help="another [core] setting for the repository, e.g. cache_mb=32 (repeatable)")
     ap.add_argument("--limit-mb", type=float, default=512, help="peak RSS target for the mlvc steps, in MiB")
-    ap.add_argument("--steps", type=int, default=1, help="after the first commit, this many simulated training "
+    ap.add_argument("--steps", type=int, default=7, help="after the first commit, this many simulated training "
                     "steps, each committed (the parent's chunks are delta bases), then a checkout of the last; "
-                    "0 skips them (default 1)")
+                    "default 7: the deepest chain under the default keyframe interval 8; 0 skips them")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "memory.json"))
     args = ap.parse_args()
     from tabulate import tabulate

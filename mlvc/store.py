@@ -93,6 +93,10 @@ class ObjectStore:
         """The stored object file (header + payload), unverified. ObjectNotFoundError if absent."""
         raise NotImplementedError
 
+    def read_head(self, oid: str, n: int) -> bytes:
+        """The first n bytes of the stored object file (fewer if it is shorter). ObjectNotFoundError if absent."""
+        return bytes(self.read_file(oid)[:n])
+
     def write_file(self, oid: str, data: bytes) -> bool:
         """Store an encoded object file under oid unless present; True if it was written."""
         raise NotImplementedError
@@ -169,22 +173,32 @@ class ObjectStore:
         hit = self._cache.get(oid) if from_cache else None
         if hit is not None:
             return hit
-        data = self.read_file(oid)
         try:
-            h = codec.ObjectHeader.parse(data)
-            base_depths = []
-
-            def get_base(bid: str):
+            # Only the header is read before the bases are decoded: a chain decode then holds one object
+            # file at a time instead of one per link, so a reader's peak memory does not grow with the depth.
+            head = self.read_head(oid, codec.HEADER_SIZE + 16)
+            h = codec.ObjectHeader.parse(head)
+            bases: dict[str, tuple[bytes | bytearray, int]] = {}
+            for bid in codec.bases(head):
                 try:
                     braw, bdepth = self._load(bid, cache=True)
                 except ObjectNotFoundError:
                     raise codec.DecodeError(f"its delta base {bid} is missing") from None
                 if bdepth >= h.depth:  # depths strictly fall along a chain: no cycles, bounded recursion
                     raise codec.DecodeError(f"base {bid} has depth {bdepth}, not below {h.depth}")
-                base_depths.append(bdepth)
-                return braw
+                bases[bid] = (braw, bdepth)
+            data = self.read_file(oid)
+            if bytes(data[: len(head)]) != head:
+                raise codec.DecodeError("the object file changed while it was read")
+
+            def get_base(bid: str):
+                if bid not in bases:
+                    raise codec.DecodeError(f"names a base {bid} its header does not")
+                return bases[bid][0]
 
             raw = codec.decode(data, get_base)
+            del data
+            base_depths = [d for _, d in bases.values()]
             if base_depths and h.depth != 1 + max(base_depths):
                 raise codec.DecodeError(f"depth {h.depth} does not follow from its bases' depths {base_depths}")
         except codec.DecodeError as e:
@@ -197,14 +211,14 @@ class ObjectStore:
 
     def header(self, oid: str) -> codec.ObjectHeader:
         try:
-            return codec.ObjectHeader.parse(self.read_file(oid)[: codec.HEADER_SIZE])
+            return codec.ObjectHeader.parse(self.read_head(oid, codec.HEADER_SIZE))
         except codec.DecodeError as e:
             raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
 
     def bases(self, oid: str) -> list[str]:
         """The objects this one is a delta against (empty for a full object)."""
         try:
-            return codec.bases(self.read_file(oid)[: codec.HEADER_SIZE + 16])
+            return codec.bases(self.read_head(oid, codec.HEADER_SIZE + 16))
         except codec.DecodeError as e:
             raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
 
@@ -269,6 +283,13 @@ class LooseObjectStore(ObjectStore):
         try:
             with open(self._path(oid), "rb") as f:
                 return f.read()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(oid) from None
+
+    def read_head(self, oid, n):
+        try:
+            with open(self._path(oid), "rb") as f:
+                return f.read(n)
         except FileNotFoundError:
             raise ObjectNotFoundError(oid) from None
 

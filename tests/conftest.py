@@ -25,15 +25,17 @@ settings.register_profile("explore", derandomize=False, max_examples=500, print_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-def _write_chunk_size(repo: Repo, chunk_size: int) -> Repo:
+def set_config(repo: Repo, key: str, value) -> Repo:
+    """Set one [core] value in the repository's config.toml and return the repository reopened with it."""
     path = os.path.join(repo.dir, "config.toml")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    text = re.sub(r"(?m)^chunk_size = \d+", f"chunk_size = {chunk_size}", text)
+    text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+    assert n == 1, key
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     reopened = Repo(repo.root)
-    assert reopened.config.chunk_size == chunk_size
+    assert getattr(reopened.config, key) == value
     return reopened
 
 
@@ -41,7 +43,7 @@ def make_repo(path, chunk_size: int | None = None) -> Repo:
     """A fresh repository at `path` (created), optionally with a small chunk size."""
     os.makedirs(path, exist_ok=True)
     repo = Repo.init(str(path))
-    return _write_chunk_size(repo, chunk_size) if chunk_size else repo
+    return set_config(repo, "chunk_size", chunk_size) if chunk_size else repo
 
 
 def sha256_file(path) -> str:

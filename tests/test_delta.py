@@ -4,7 +4,6 @@ byte-exact checkout of every commit of a series whose tensors change, move, vani
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from mlvc import codec, delta
 from mlvc.repo import Repo
 from mlvc.store import MemoryObjectStore
 
-from conftest import flip_byte, make_repo, sha256_file, write_safetensors_np
+from conftest import flip_byte, make_repo, set_config, sha256_file, write_safetensors_np
 
 WIDTH_DTYPES = {1: np.uint8, 2: np.float16, 4: np.float32, 8: np.float64}
 
@@ -146,8 +145,7 @@ def _series_step(rng, sd: dict, step: int) -> dict:
 
 def test_series_checks_out_byte_exact_with_chains_longer_than_k(tmp_path):
     repo = make_repo(tmp_path / "repo", chunk_size=4096)
-    _set(repo, "keyframe_interval", 3)
-    repo = Repo(repo.root)
+    repo = set_config(repo, "keyframe_interval", 3)
     rng = np.random.default_rng(0)
     sd = {"layer.0.weight": rng.standard_normal((64, 48)).astype(np.float32),
           "layer.1.weight": rng.standard_normal((48, 32)).astype(np.float32),
@@ -171,15 +169,6 @@ def test_series_checks_out_byte_exact_with_chains_longer_than_k(tmp_path):
         cold.checkout(f"HEAD~{7 - i}", output=str(out))
         assert sha256_file(out / "model.safetensors") == want, f"commit {i}"
     assert cold.fsck().ok
-
-
-def _set(repo: Repo, key: str, value) -> None:
-    path = os.path.join(repo.dir, "config.toml")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 @settings(max_examples=15, deadline=None)

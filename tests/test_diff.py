@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import _write_chunk_size, write_safetensors_np
+from conftest import set_config, write_safetensors_np
 from mlvc.cli import cli
 from mlvc.errors import MlvcError
 from mlvc.ops.diff import layer_group
@@ -150,7 +150,7 @@ def test_different_chunking_on_the_two_sides(tmp_path):
     b = a.copy()
     b[::7] += 1
     c1 = repo.commit({"w": a}, message="a").commit.id
-    repo = _write_chunk_size(repo, 8192)
+    repo = set_config(repo, "chunk_size", 8192)
     c2 = repo.commit({"w": b}, message="b").commit.id
     assert len(tensor_chunks(repo, c1)["w"]) != len(tensor_chunks(repo, c2)["w"])
     check(by_name(repo.diff(c1, c2))["w"], expected(a, b))
