@@ -8,7 +8,6 @@ over every backend).
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 from . import codec
 from .errors import CorruptObjectError, ObjectNotFoundError
-from .util import fsync_dir, hash_bytes, is_object_id
+from .util import atomic_writer, fsync_dir, hash_bytes, is_object_id
 
 
 @dataclass(frozen=True)
@@ -302,18 +301,9 @@ class LooseObjectStore(ObjectStore):
             os.makedirs(folder, exist_ok=True)
             with self._lock:
                 self._dirty.add(self.root)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # the folder is fsynced once per commit, in flush(), before any ref points at the object
+        with atomic_writer(path, mode=0o444, sync_dir=False) as f:
+            f.write(data)
         with self._lock:
             self._dirty.add(folder)
         return True

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FormatError, MlvcError, NothingToCommitError, PathError
 from ..objects import Commit, Manifest
 from ..progress import NULL, Progress
-from ..refs import HEAD
 from ..snapshot import History, NamedBuffer, snapshot_buffers, snapshot_path
 from ..statcache import StatCache
 from ..util import canonical_json, utc_now
+from .treebuild import move_head
 from .worktree import list_files
 
 if TYPE_CHECKING:
@@ -96,13 +96,8 @@ def commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: 
     c = Commit(manifest_id, [parent] if parent else [], repo.author(), utc_now(), message, meta)
     repo.write_commit(c)
     repo.store.flush()  # every object durable before a ref points at it
-    branch = repo.head_branch()
     summary = f"commit{'' if parent else ' (initial)'}: {message.splitlines()[0]}"
-    if branch:
-        repo.refs.update("refs/heads/" + branch, c.id, expected=parent, who=repo.author(), message=summary)
-        repo.refs.append_log(HEAD, parent, c.id, repo.author(), summary)
-    else:
-        repo.refs.update(HEAD, c.id, expected=parent, who=repo.author(), message=summary)
+    branch = move_head(repo, parent, c.id, summary)
     cache.save()
     return CommitResult(c, branch, len(files), sum(len(f.tensors) for f in files), stats.raw_bytes,
                         stats.stored_bytes, stats.chunks, stats.new_chunks,
