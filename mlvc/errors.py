@@ -65,6 +65,16 @@ class RefConflictError(MlvcError, RuntimeError):
         super().__init__(f"cannot update {ref}: {reason}")
 
 
+class LockBusyError(MlvcError, RuntimeError):
+    """A lock held by another live process past the wait (or by a process on another host)."""
+
+    def __init__(self, what: str, holder):
+        self.what = what
+        self.holder = holder  # lockfile.LockInfo
+        super().__init__(f"cannot update {what}: another mlvc process holds {holder.describe()}; try again when "
+                         f"it has finished (if that process no longer exists, remove {holder.path})")
+
+
 class DirtyWorkingCheckpointError(MlvcError, RuntimeError):
     def __init__(self, paths: list[str]):
         self.paths = list(paths)
@@ -179,6 +189,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     NothingToCommitError: 6,
     RefError: 7,
     RefConflictError: 7,
+    LockBusyError: 7,
     FormatError: 8,
     UnsafePickleError: 9,
     PathError: 10,

@@ -1,9 +1,13 @@
 """Refs: branches (refs/heads/*), tags (refs/tags/*) and HEAD, each move logged in a reflog.
 
 A ref file holds a commit id and a newline; HEAD holds "ref: refs/heads/NAME" or a commit id (detached).
-A ref moves only by compare-and-swap: the lock file `REF.lock` is created with O_EXCL, the current value is
-checked against what the caller expected, the new value is written into the lock file, fsynced, and
-renamed over the ref. The lock file is the temp file, so a crash leaves either the old or the new value.
+A ref moves only by compare-and-swap, through explicit operations (as dulwich's): `set_if_equals`,
+`add_if_new`, `remove_if_equals`, and `set_symbolic` for HEAD. Each takes the ref's lock (`REF.lock`, the one
+lock primitive of mlvc/lockfile.py: it records its holder, and a dead holder's lock is cleared), checks the
+current value against what the caller expected, appends the reflog line, then writes the new value with the
+one durable write (util.atomic_writer: temp file, fsync, rename, fsync the folder). The reflog line goes first,
+as git writes it: when the append fails (a full disk) nothing moved and the error says so; a crash between the
+two leaves a reflog line for a move that did not land, never a move without its line.
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ import contextlib
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from . import faults, lockfile
 from .errors import RefConflictError, RefError
-from .util import fsync_dir, is_object_id, utc_now
+from .util import TMP_PREFIX, atomic_write_bytes, fsync_dir, is_object_id, utc_now
 
 HEAD = "HEAD"
 HEADS = "refs/heads/"
@@ -42,21 +46,6 @@ class ReflogEntry:
     who: str
     time: str
     message: str
-
-
-LOCK_WAIT = 2.0  # seconds to wait for another process's ref lock
-STALE_LOCK = 600  # a lock file older than this was left by a process that died
-
-
-def _lock_advice(lock: str) -> str:
-    try:
-        age = time.time() - os.stat(lock).st_mtime
-    except FileNotFoundError:
-        return "another mlvc process held its lock; try again"
-    if age > STALE_LOCK:
-        return (f"{lock} is {age / 60:.0f} minutes old: a process that died left it; if no mlvc is running, "
-                "remove that file")
-    return f"another mlvc process is updating it ({lock}); try again when it has finished"
 
 
 class RefStore:
@@ -86,10 +75,15 @@ class RefStore:
     # -- reading -----------------------------------------------------------------------------------
     def read_raw(self, ref: str) -> str | None:
         try:
-            with open(self._path(ref), encoding="utf-8") as f:
-                return f.read().strip()
+            with open(self._path(ref), "rb") as f:
+                data = f.read(4096)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        try:
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise RefError(f"ref {ref} holds bytes that are not text ({data[:40]!r}); it is damaged: run "
+                           "`mlvc fsck`, then point it at a commit again (`mlvc reflog` lists where it was)") from None
 
     def head_target(self) -> str | None:
         """The branch ref HEAD points at ("refs/heads/main"), or None when HEAD is detached."""
@@ -118,7 +112,7 @@ class RefStore:
         out: list[str] = []
         for folder, _dirs, files in os.walk(base):
             for name in files:
-                if name.endswith(".lock") or name.startswith(".tmp-"):
+                if name.endswith(lockfile.LOCK_SUFFIX) or name.startswith(TMP_PREFIX):
                     continue
                 out.append(os.path.relpath(os.path.join(folder, name), base).replace(os.sep, "/"))
         return sorted(out)
@@ -134,78 +128,71 @@ class RefStore:
 
     # -- writing -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _locked(self, ref: str) -> Iterator[str]:
+    def _locked(self, ref: str) -> Iterator[str | None]:
+        """Hold the ref's lock; yields its current value (a commit id, None when absent)."""
         path = self._path(ref)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        lock = path + ".lock"
-        deadline = time.monotonic() + LOCK_WAIT
-        delay = 0.005
-        while True:
-            try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                break
-            except FileExistsError:
-                if time.monotonic() < deadline:  # another mlvc is moving this ref: wait our turn
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.1)
-                    continue
-                raise RefConflictError(ref, _lock_advice(lock)) from None
-        os.close(fd)
-        try:
-            yield lock
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
-            raise
+        with lockfile.locked(path + lockfile.LOCK_SUFFIX, ref):
+            raw = self.read_raw(ref)
+            yield self.resolve(ref) if raw is not None else None
 
-    def update(self, ref: str, new: str | None, expected: str | None | bool = True, message: str = "",
-               who: str = "", symbolic: str | None = None) -> None:
-        """Compare-and-swap a ref to `new` (a commit id), or delete it when new is None.
-
-        `expected` is the value the caller last saw (None: the ref must not exist); True skips the check.
-        With `symbolic`, the ref (HEAD) is written as "ref: <symbolic>" instead.
-        """
+    def _swap(self, ref: str, expected: str | None, body: str | None, new: str | None, who: str,
+              message: str) -> None:
+        """Under the lock: check, log, then write `body` (None: delete the ref)."""
         if new is not None and not is_object_id(new):
             raise RefError(f"refusing to point {ref} at {new!r}: not a commit id")
-        with self._locked(ref) as lock:
-            current_raw = self.read_raw(ref)
-            current = self.resolve(ref) if current_raw is not None else None
-            if expected is not True and current != expected:
-                os.unlink(lock)
+        with self._locked(ref) as current:
+            if current != expected:
                 raise RefConflictError(ref, f"it moved (expected {expected}, found {current}); try again")
             path = self._path(ref)
-            if new is None and symbolic is None:
-                # Delete while still holding the lock: released first, another process could move the
-                # ref in between and have its update silently deleted.
+            if body is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 fsync_dir(os.path.dirname(path))
-                os.unlink(lock)
-                self._prune_empty(os.path.dirname(path))
+                faults.point("ref.deleted")
                 # Like git, a deleted ref takes its reflog with it (`branch -d` prints the commit it was
                 # at); a log left behind would also block a later ref named like a folder of it.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._log_path(ref))
-                self._prune_empty(os.path.dirname(self._log_path(ref)))
-                return
             else:
-                body = f"ref: {symbolic}\n" if symbolic else f"{new}\n"
-                with open(lock, "w", encoding="utf-8") as f:
-                    f.write(body)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(lock, path)
-                fsync_dir(os.path.dirname(path))
-        new_value = self.resolve(ref) if symbolic else new
-        if current != new_value or message:
-            self.append_log(ref, current, new_value, who, message)
+                if current != new or message:
+                    self.append_log(ref, current, new, who, message)
+                atomic_write_bytes(path, body.encode())
+                faults.point("ref.moved")
+        if body is None:
+            self._prune_empty(os.path.dirname(self._path(ref)))
+            self._prune_empty(os.path.dirname(self._log_path(ref)))
+
+    def set_if_equals(self, ref: str, old: str | None, new: str, who: str = "", message: str = "") -> None:
+        """Point `ref` at commit `new` if it is at `old` now (None: it must not exist); RefConflictError else."""
+        self._swap(ref, old, f"{new}\n", new, who, message)
+
+    def add_if_new(self, ref: str, new: str, who: str = "", message: str = "") -> None:
+        """Create `ref` at `new`; RefConflictError if it exists."""
+        self._swap(ref, None, f"{new}\n", new, who, message)
+
+    def remove_if_equals(self, ref: str, old: str, who: str = "", message: str = "") -> None:
+        """Delete `ref` (and its reflog) if it is at `old` now; RefConflictError else."""
+        if ref == HEAD:
+            raise RefError("HEAD cannot be deleted")
+        self._swap(ref, old, None, None, who, message)
+
+    def set_symbolic(self, ref: str, target: str, old: str | None, who: str = "", message: str = "") -> None:
+        """Make HEAD follow the branch `target` (refs/heads/NAME) if HEAD is at commit `old` now."""
+        if ref != HEAD or not target.startswith(HEADS):
+            raise RefError(f"only HEAD may point at a branch, not {ref} at {target}")
+        self._parts(target)
+        self._swap(ref, old, f"ref: {target}\n", self.resolve(target), who, message)
 
     def _prune_empty(self, folder: str) -> None:
         logs = os.path.join(self.dir, "logs")
         stop = {self._folder(HEADS), self._folder(TAGS), self.dir, logs, os.path.join(logs, "refs"),
                 os.path.join(logs, "refs", "heads"), os.path.join(logs, "refs", "tags")}
         while folder not in stop and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
+            try:
+                os.rmdir(folder)
+            except OSError:  # another process made a ref in it meanwhile
+                return
             folder = os.path.dirname(folder)
 
     # -- reflog ------------------------------------------------------------------------------------
@@ -214,35 +201,57 @@ class RefStore:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         line = json.dumps({"old": old, "new": new, "who": who, "time": utc_now(), "message": message},
                           ensure_ascii=False, sort_keys=True)
-        # One short O_APPEND write per line: concurrent appends do not interleave.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        data = (line + "\n").encode("utf-8", "surrogateescape")
+        # One short O_APPEND write per line: concurrent appends do not interleave. A line torn by a crash
+        # has no newline: start on a fresh line so the torn one cannot swallow this entry.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, (line + "\n").encode())
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                data = b"\n" + data
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
+        faults.point("reflog.appended")
+
+    def reflog_lines(self, ref: str) -> tuple[list[ReflogEntry], int]:
+        """(entries oldest first, number of damaged lines skipped: torn by a crash, or not mlvc's)."""
+        try:
+            with open(self._log_path(ref), "rb") as f:
+                lines = f.read().split(b"\n")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return [], 0
+        out, bad = [], 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line.decode("utf-8"))
+                old, new = d.get("old"), d.get("new")
+                if not all(x is None or (isinstance(x, str) and is_object_id(x)) for x in (old, new)):
+                    raise ValueError("not commit ids")
+                out.append(ReflogEntry(ref, old, new, str(d.get("who", "")), str(d.get("time", "")),
+                                       str(d.get("message", ""))))
+            except (ValueError, AttributeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                bad += 1
+        return out, bad
 
     def reflog(self, ref: str) -> list[ReflogEntry]:
-        """Entries newest first; a torn last line (crash mid-append) is skipped."""
-        try:
-            with open(self._log_path(ref), encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            return []
+        """Entries newest first; damaged lines (a line torn by a crash mid-append) are skipped."""
+        return self.reflog_lines(ref)[0][::-1]
+
+    def reflog_refs(self) -> list[str]:
+        """Every ref that has a reflog."""
+        base = os.path.join(self.dir, "logs")
         out = []
-        for line in lines:
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            out.append(ReflogEntry(ref, d.get("old"), d.get("new"), d.get("who", ""), d.get("time", ""),
-                                   d.get("message", "")))
-        return out[::-1]
+        for folder, _dirs, files in os.walk(base):
+            out += [os.path.relpath(os.path.join(folder, n), base).replace(os.sep, "/") for n in files
+                    if not n.startswith(TMP_PREFIX)]
+        return sorted(out)
 
     def all_reflog_ids(self) -> Iterator[str]:
-        base = os.path.join(self.dir, "logs")
-        for folder, _dirs, files in os.walk(base):
-            for name in files:
-                ref = os.path.relpath(os.path.join(folder, name), base).replace(os.sep, "/")
+        for ref in self.reflog_refs():
+            with contextlib.suppress(RefError):
                 for e in self.reflog(ref):
                     yield from (x for x in (e.old, e.new) if x)

@@ -12,7 +12,10 @@ from typing import Any
 
 import xxhash
 
+from . import faults
+
 ID_HEX_LEN = 32  # xxh3-128 as lowercase hex
+TMP_PREFIX = ".tmp-mlvc-"  # every temp file mlvc makes starts so: fsck reports leftovers, gc removes them
 
 
 def hash_bytes(data) -> str:
@@ -54,18 +57,20 @@ def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True) -> Iterat
     whole new one, never half of it.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        faults.point("write.synced")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    faults.point("write.renamed")
     if sync_dir:
         fsync_dir(folder)
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import make_repo, write_safetensors_np
 
-from mlvc import snapshot
+from mlvc import lockfile, snapshot
 from mlvc.cli import cli
-from mlvc.errors import FileChangedError, RefConflictError, RefError
+from mlvc.errors import FileChangedError, LockBusyError, RefError
 from mlvc.refs import HEAD
 
 
@@ -45,7 +44,7 @@ def test_ref_store_refuses_paths_outside_refs(cli_repo):
         with pytest.raises(RefError):
             cli_repo.refs.resolve(ref)
         with pytest.raises(RefError):
-            cli_repo.refs.update(ref, cli_repo.head())
+            cli_repo.refs.set_if_equals(ref, None, cli_repo.head())
 
 
 def test_a_symbolic_ref_pointing_anywhere_but_a_branch_is_an_error(cli_repo):
@@ -84,23 +83,22 @@ def test_a_file_rewritten_during_commit_is_refused(tmp_path, monkeypatch):
 
 def test_a_busy_ref_lock_is_waited_for(cli_repo):
     lock = os.path.join(cli_repo.dir, "refs", "heads", "main.lock")
-    open(lock, "w").close()
-    threading.Timer(0.3, os.unlink, [lock]).start()  # the other process finishes
+    held = lockfile.acquire(lock, "test")
+    threading.Timer(0.3, held.release).start()  # the other process finishes
     cli_repo.create_branch("side")
-    cli_repo.refs.update("refs/heads/main", cli_repo.head(), expected=cli_repo.head(), message="same")
+    cli_repo.refs.set_if_equals("refs/heads/main", cli_repo.head(), cli_repo.head(), message="same")
     assert not os.path.exists(lock)
 
 
-def test_a_lock_that_stays_is_reported_and_an_old_one_called_stale(cli_repo, monkeypatch):
-    monkeypatch.setattr("mlvc.refs.LOCK_WAIT", 0.2)
+def test_a_lock_that_stays_is_reported_with_its_holder(cli_repo, monkeypatch):
+    monkeypatch.setattr(lockfile, "DEFAULT_WAIT", 0.2)
     lock = os.path.join(cli_repo.dir, "refs", "heads", "main.lock")
-    open(lock, "w").close()
-    with pytest.raises(RefConflictError, match="another mlvc process is updating it"):
-        cli_repo.refs.update("refs/heads/main", cli_repo.head())
-    old = time.time() - 3600
-    os.utime(lock, (old, old))
-    with pytest.raises(RefConflictError, match="remove that file"):
-        cli_repo.refs.update("refs/heads/main", cli_repo.head())
+    with lockfile.locked(lock, "test"):
+        with pytest.raises(LockBusyError, match=f"pid {os.getpid()}") as e:
+            cli_repo.refs.set_if_equals("refs/heads/main", cli_repo.head(), cli_repo.head())
+        assert "remove" in str(e.value)
+        r = CliRunner().invoke(cli, ["commit", "-m", "x", "--allow-empty"])
+        assert r.exit_code == 7 and "Traceback" not in r.output
 
 
 def test_a_deleted_branch_takes_its_reflog_and_frees_the_name(cli_repo):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
-from mlvc.errors import MlvcError, RefConflictError, RefError
+from mlvc import lockfile
+from mlvc.errors import LockBusyError, MlvcError, RefConflictError, RefError
 from mlvc.refs import HEAD, HEADS, TAGS, RefStore, check_name
 
 A, B, C = "a" * 32, "b" * 32, "c" * 32
@@ -26,7 +28,7 @@ def _ref_file(refs: RefStore, ref: str) -> str:
 
 def test_create_and_resolve(refs):
     assert refs.resolve(MAIN) is None
-    refs.update(MAIN, A, expected=None, message="create")
+    refs.set_if_equals(MAIN, None, A, message="create")
     assert refs.resolve(MAIN) == A
     with open(_ref_file(refs, MAIN)) as f:
         assert f.read() == A + "\n"
@@ -34,18 +36,18 @@ def test_create_and_resolve(refs):
 
 
 def test_compare_and_swap_moves_when_expected_matches(refs):
-    refs.update(MAIN, A, expected=None)
-    refs.update(MAIN, B, expected=A)
+    refs.set_if_equals(MAIN, None, A)
+    refs.set_if_equals(MAIN, A, B)
     assert refs.resolve(MAIN) == B
 
 
 @pytest.mark.parametrize("stale", [None, A, C])
 def test_stale_expected_value_is_a_conflict_and_changes_nothing(refs, stale):
-    refs.update(MAIN, A, expected=None)
-    refs.update(MAIN, B, expected=A)
+    refs.set_if_equals(MAIN, None, A)
+    refs.set_if_equals(MAIN, A, B)
     log_before = refs.reflog(MAIN)
     with pytest.raises(RefConflictError) as e:
-        refs.update(MAIN, C, expected=stale, message="should not land")
+        refs.set_if_equals(MAIN, stale, C, message="should not land")
     assert isinstance(e.value, MlvcError)
     assert e.value.ref == MAIN
     assert refs.resolve(MAIN) == B
@@ -54,54 +56,74 @@ def test_stale_expected_value_is_a_conflict_and_changes_nothing(refs, stale):
 
 
 def test_create_when_it_exists_is_a_conflict(refs):
-    refs.update(MAIN, A, expected=None)
+    refs.set_if_equals(MAIN, None, A)
     with pytest.raises(RefConflictError):
-        refs.update(MAIN, B, expected=None)
+        refs.set_if_equals(MAIN, None, B)
     assert refs.resolve(MAIN) == A
 
 
-def test_existing_lock_file_is_a_conflict(refs):
-    refs.update(MAIN, A, expected=None)
+def test_a_lock_held_by_a_live_process_is_a_conflict(refs, monkeypatch):
+    monkeypatch.setattr(lockfile, "DEFAULT_WAIT", 0.1)
+    refs.set_if_equals(MAIN, None, A)
+    lock = _ref_file(refs, MAIN) + ".lock"
+    held = lockfile.acquire(lock, "test")  # a second open file: its flock conflicts as another process's would
+    with open(lock, "rb") as f:
+        record = f.read()
+    with pytest.raises(LockBusyError) as e:
+        refs.set_if_equals(MAIN, A, B)
+    assert f"pid {os.getpid()}" in str(e.value) and "main.lock" in str(e.value)
+    assert refs.resolve(MAIN) == A
+    with open(lock, "rb") as f:  # someone else's lock is never removed or overwritten
+        assert f.read() == record
+    held.release()
+    refs.set_if_equals(MAIN, A, B)
+    assert refs.resolve(MAIN) == B
+
+
+def test_lock_on_a_ref_that_does_not_exist_yet(refs, monkeypatch):
+    monkeypatch.setattr(lockfile, "DEFAULT_WAIT", 0.1)
+    os.makedirs(os.path.dirname(_ref_file(refs, MAIN)), exist_ok=True)
+    with lockfile.locked(_ref_file(refs, MAIN) + ".lock", "test"):
+        with pytest.raises(LockBusyError):
+            refs.set_if_equals(MAIN, None, A)
+        assert refs.resolve(MAIN) is None
+        assert refs.list(HEADS) == {}  # the lock file is not listed as a branch
+
+
+def test_a_dead_holders_lock_is_cleared(refs):
+    """A lock left by a process killed while holding it (here: a file no process holds) does not block."""
+    refs.set_if_equals(MAIN, None, A)
     lock = _ref_file(refs, MAIN) + ".lock"
     with open(lock, "w") as f:
-        f.write("held by another process\n")
-    with pytest.raises(RefConflictError) as e:
-        refs.update(MAIN, B, expected=A)
-    assert "lock" in str(e.value)
-    assert refs.resolve(MAIN) == A
-    with open(lock) as f:  # someone else's lock is never removed or overwritten
-        assert f.read() == "held by another process\n"
-    os.unlink(lock)
-    refs.update(MAIN, B, expected=A)
-    assert refs.resolve(MAIN) == B
+        f.write('{"pid": 999999, "host": "%s", "since": "then", "command": "mlvc commit"}' % socket.gethostname())
+    assert lockfile.is_stale(lock)
+    refs.set_if_equals(MAIN, A, B)
+    assert refs.resolve(MAIN) == B and not os.path.exists(lock)
 
 
-def test_lock_on_a_ref_that_does_not_exist_yet(refs):
-    os.makedirs(os.path.dirname(_ref_file(refs, MAIN)), exist_ok=True)
-    open(_ref_file(refs, MAIN) + ".lock", "w").close()
-    with pytest.raises(RefConflictError):
-        refs.update(MAIN, A, expected=None)
-    assert refs.resolve(MAIN) is None
-    assert refs.list(HEADS) == {}  # the lock file is not listed as a branch
-
-
-def test_unconditional_update(refs):
-    refs.update(MAIN, A, expected=True)
-    refs.update(MAIN, B)  # expected defaults to True: no check
-    assert refs.resolve(MAIN) == B
+def test_another_hosts_lock_is_never_cleared(refs, monkeypatch):
+    monkeypatch.setattr(lockfile, "DEFAULT_WAIT", 0.1)
+    refs.set_if_equals(MAIN, None, A)
+    lock = _ref_file(refs, MAIN) + ".lock"
+    with open(lock, "w") as f:
+        f.write('{"pid": 1, "host": "elsewhere.example", "since": "then", "command": "mlvc commit"}')
+    assert not lockfile.is_stale(lock)
+    with pytest.raises(LockBusyError, match="elsewhere.example"):
+        refs.set_if_equals(MAIN, A, B)
+    assert refs.resolve(MAIN) == A and os.path.exists(lock)
 
 
 def test_refuses_a_value_that_is_not_a_commit_id(refs):
     for bad in ("", "main", "A" * 32, "a" * 31, "a" * 33):
         with pytest.raises(RefError):
-            refs.update(MAIN, bad)
+            refs.set_if_equals(MAIN, None, bad)
     assert refs.resolve(MAIN) is None
 
 
 def test_reflog_newest_first(refs):
-    refs.update(MAIN, A, expected=None, who="alice", message="one")
-    refs.update(MAIN, B, expected=A, who="bob", message="two")
-    refs.update(MAIN, C, expected=B, who="carol", message="three")
+    refs.set_if_equals(MAIN, None, A, who="alice", message="one")
+    refs.set_if_equals(MAIN, A, B, who="bob", message="two")
+    refs.set_if_equals(MAIN, B, C, who="carol", message="three")
     log = refs.reflog(MAIN)
     assert [(e.old, e.new, e.who, e.message) for e in log] == [
         (B, C, "carol", "three"), (A, B, "bob", "two"), (None, A, "alice", "one")]
@@ -110,30 +132,44 @@ def test_reflog_newest_first(refs):
 
 
 def test_reflog_lines_are_appended(refs):
-    refs.update(MAIN, A, expected=None, message="one")
+    refs.set_if_equals(MAIN, None, A, message="one")
     path = os.path.join(refs.dir, "logs", "refs", "heads", "main")
     with open(path) as f:
         first = f.read()
-    refs.update(MAIN, B, expected=A, message="two")
+    refs.set_if_equals(MAIN, A, B, message="two")
     with open(path) as f:
         both = f.read()
     assert both.startswith(first)
     assert both.count("\n") == 2
 
 
-def test_reflog_skips_a_torn_last_line(refs):
-    refs.update(MAIN, A, expected=None, message="one")
+def test_reflog_skips_a_torn_line_and_keeps_the_next_entry(refs):
+    refs.set_if_equals(MAIN, None, A, message="one")
     path = os.path.join(refs.dir, "logs", "refs", "heads", "main")
     with open(path, "a") as f:
         f.write('{"old": "aaaa", "new": ')  # a crash mid-append
     assert [e.message for e in refs.reflog(MAIN)] == ["one"]
+    refs.set_if_equals(MAIN, A, B, message="two")  # the next append must not be glued to the torn line
+    assert [e.message for e in refs.reflog(MAIN)] == ["two", "one"]
+    assert refs.reflog_lines(MAIN)[1] == 1
+
+
+def test_non_utf8_ref_and_reflog_are_errors_not_tracebacks(refs):
+    refs.set_if_equals(MAIN, None, A, message="one")
+    with open(os.path.join(refs.dir, "logs", "refs", "heads", "main"), "ab") as f:
+        f.write(b"\xff\xfe garbage\n")
+    assert [e.message for e in refs.reflog(MAIN)] == ["one"]
+    with open(_ref_file(refs, MAIN), "wb") as f:
+        f.write(b"\xff" * 32 + b"\n")
+    with pytest.raises(RefError, match="not text"):
+        refs.resolve(MAIN)
 
 
 def test_delete(refs):
     ref = HEADS + "feature/deep/x"
-    refs.update(ref, A, expected=None)
+    refs.set_if_equals(ref, None, A)
     assert refs.list(HEADS) == {"feature/deep/x": A}
-    refs.update(ref, None, expected=A, message="deleted")
+    refs.remove_if_equals(ref, A, message="deleted")
     assert refs.resolve(ref) is None
     assert not os.path.exists(_ref_file(refs, ref))
     assert not os.path.exists(os.path.join(refs.dir, "refs", "heads", "feature"))  # empty folders pruned
@@ -143,27 +179,27 @@ def test_delete(refs):
 
 
 def test_delete_with_stale_expected_is_a_conflict(refs):
-    refs.update(MAIN, A, expected=None)
+    refs.set_if_equals(MAIN, None, A)
     with pytest.raises(RefConflictError):
-        refs.update(MAIN, None, expected=B)
+        refs.remove_if_equals(MAIN, B)
     assert refs.resolve(MAIN) == A
 
 
 def test_list_branches_and_tags(refs):
-    refs.update(HEADS + "main", A, expected=None)
-    refs.update(HEADS + "dev/x", B, expected=None)
-    refs.update(TAGS + "v1", C, expected=None)
+    refs.set_if_equals(HEADS + "main", None, A)
+    refs.set_if_equals(HEADS + "dev/x", None, B)
+    refs.set_if_equals(TAGS + "v1", None, C)
     assert refs.list(HEADS) == {"dev/x": B, "main": A}
     assert refs.list(TAGS) == {"v1": C}
 
 
 def test_symbolic_head_and_detached_head(refs):
-    refs.update(HEAD, None, symbolic=MAIN, message="init")
+    refs.set_symbolic(HEAD, MAIN, None, message="init")
     assert refs.head_target() == MAIN
     assert refs.resolve(HEAD) is None  # unborn branch
-    refs.update(MAIN, A, expected=None)
+    refs.set_if_equals(MAIN, None, A)
     assert refs.resolve(HEAD) == A
-    refs.update(HEAD, B, message="detach")
+    refs.set_if_equals(HEAD, A, B, message="detach")
     assert refs.head_target() is None
     assert refs.resolve(HEAD) == B
     assert refs.resolve(MAIN) == A

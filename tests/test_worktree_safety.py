@@ -184,7 +184,7 @@ def race(monkeypatch):
     seen = {}
 
     def arm(repo: Repo, ref: str, to: str) -> None:
-        original = RefStore.update
+        original = RefStore._swap
 
         def racing(self, *args, **kwargs):
             if "work" not in seen:
@@ -192,10 +192,10 @@ def race(monkeypatch):
                                 if not os.path.basename(k).startswith(".tmp")}
                 seen["tmp"] = leftovers(repo)
                 other = Repo(repo.root)
-                original(other.refs, ref, to, expected=True, who="other", message="another process")
+                other.refs.set_if_equals(ref, other.refs.resolve(ref), to, who="other", message="another process")
             return original(self, *args, **kwargs)
 
-        monkeypatch.setattr(RefStore, "update", racing)
+        monkeypatch.setattr(RefStore, "_swap", racing)
 
     return arm, seen
 

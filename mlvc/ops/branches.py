@@ -37,7 +37,7 @@ def create_ref(repo: Repo, kind: str, name: str, rev: str, force: bool) -> str:
         raise RefError(f"{kind} {name!r} already exists (at {old[:12]}); pass --force to move it")
     if kind == "branch" and force and repo.head_branch() == name:
         raise RefError(f"cannot force-move the current branch {name!r}; use `mlvc reset` or switch away first")
-    repo.refs.update(ref, cid, expected=old, who=repo.author(), message=f"{kind}: created from {rev}")
+    repo.refs.set_if_equals(ref, old, cid, who=repo.author(), message=f"{kind}: created from {rev}")
     return cid
 
 
@@ -48,5 +48,5 @@ def delete_ref(repo: Repo, kind: str, name: str) -> str:
         raise RefError(f"no {kind} named {name!r}; see `mlvc {kind}`")
     if kind == "branch" and repo.head_branch() == name:
         raise RefError(f"cannot delete the current branch {name!r}; switch to another branch first")
-    repo.refs.update(ref, None, expected=old, who=repo.author(), message=f"{kind}: deleted")
+    repo.refs.remove_if_equals(ref, old, who=repo.author(), message=f"{kind}: deleted")
     return old

@@ -118,19 +118,17 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
         # HEAD moves by compare-and-swap from the commit it was planned from: if another process moved
         # it (or the branch it follows) in the meantime, RefConflictError and nothing changed.
         if create:
-            repo.refs.update(HEADS + branch, cid, expected=None, who=repo.author(),
-                             message=f"branch: created at {cid[:12]}")
+            repo.refs.add_if_new(HEADS + branch, cid, who=repo.author(), message=f"branch: created at {cid[:12]}")
         try:
             if branch:
-                repo.refs.update(HEAD, None, expected=head, symbolic=HEADS + branch, who=repo.author(),
-                                 message=message)
+                repo.refs.set_symbolic(HEAD, HEADS + branch, head, who=repo.author(), message=message)
             else:
-                repo.refs.update(HEAD, cid, expected=head, who=repo.author(), message=message)
+                repo.refs.set_if_equals(HEAD, head, cid, who=repo.author(), message=message)
         except BaseException:
             if create:  # undo the branch this switch created
                 with contextlib.suppress(MlvcError, OSError):
-                    repo.refs.update(HEADS + branch, None, expected=cid, who=repo.author(),
-                                     message="branch: deleted (the switch to it failed)")
+                    repo.refs.remove_if_equals(HEADS + branch, cid, who=repo.author(),
+                                               message="branch: deleted (the switch to it failed)")
             raise
 
     apply_worktree(repo, plan, result, progress, move_refs)

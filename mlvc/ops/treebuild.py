@@ -10,6 +10,7 @@ safetensors' layout rules keeping the template's __metadata__.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from dataclasses import dataclass
@@ -238,8 +239,9 @@ def move_head(repo: Repo, old: str | None, new: str, message: str) -> str | None
     branch's and HEAD's reflogs record the move. Returns the branch name (None when detached)."""
     branch = repo.head_branch()
     if branch:
-        repo.refs.update(HEADS + branch, new, expected=old, who=repo.author(), message=message)
-        repo.refs.append_log(HEAD, old, new, repo.author(), message)
+        repo.refs.set_if_equals(HEADS + branch, old, new, who=repo.author(), message=message)
+        with contextlib.suppress(OSError):  # the branch moved and logged it: HEAD's own log is a convenience
+            repo.refs.append_log(HEAD, old, new, repo.author(), message)
     else:
-        repo.refs.update(HEAD, new, expected=old, who=repo.author(), message=message)
+        repo.refs.set_if_equals(HEAD, old, new, who=repo.author(), message=message)
     return branch
