@@ -315,6 +315,11 @@ def fsck(repo, as_json, quiet) -> None:
         if report.problems:
             rows = [[p.problem, short(p.object_id) if p.object_id else "", p.detail, p.path or ""] for p in report.problems]
             click.echo(table(rows, ["problem", "object", "detail", "where"]))
+        if report.leftovers:
+            click.echo(f"{len(report.leftovers)} leftover(s) of interrupted commands (nothing is lost; "
+                       "`mlvc gc` clears them):")
+            click.echo(table([[p.problem, p.path or "", p.detail] for p in report.leftovers],
+                             ["leftover", "where", "detail"]))
     if not report.ok:
         raise FsckError(f"fsck found {len(report.problems)} problem(s); restore the damaged objects from a copy "
                         "or a remote, or check out only commits that are intact")

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DirtyWorkingCheckpointError, MlvcError, PathError, RefError
-from ..objects import FileEntry, Manifest
+from ..objects import Manifest
 from ..progress import NULL, Progress
 from ..refs import HEAD, HEADS, check_name
 from ..snapshot import file_hash
 from ..statcache import StatCache
-from .status import working_entries
-from .worktree import StagedFiles, safe_target
+from .worktree import Applied, Write, plan_changes, recover, safe_target, update_worktree
 
 if TYPE_CHECKING:
     from ..repo import Repo
-
-T = TypeVar("T")
-
 
 @dataclass
 class CheckoutResult:
@@ -74,22 +70,25 @@ def _checkout_to(repo: Repo, cid: str, manifest: Manifest, base: str, force: boo
     _check_output(repo, base)
     os.makedirs(base, exist_ok=True)
     result = CheckoutResult(cid, base, None)
-    todo: list[tuple[FileEntry, str]] = []
+    writes: list[Write] = []
     conflicts = []
     for f in manifest.files:
         target = safe_target(base, f.path)
-        if os.path.isfile(target) and file_hash(target) == f.hash:
+        if os.path.isfile(target) and not os.path.islink(target) and file_hash(target) == f.hash:
             result.unchanged.append(f.path)
-        elif os.path.exists(target) and not force:
+        elif os.path.lexists(target) and not force:
             conflicts.append(os.path.join(base, f.path))
         else:
-            todo.append((f, target))
+            writes.append(Write.of(f))
     if conflicts:
         raise DirtyWorkingCheckpointError(conflicts)
-    with StagedFiles() as staged:  # all the files, or (a bad object) none of them
-        _write_all(repo, staged, todo, result, progress)
-        staged.commit()
+    _fill(result, update_worktree(repo, writes, [], base=base, unchanged=result.unchanged, progress=progress))
     return result
+
+
+def _fill(result: CheckoutResult, applied: Applied) -> None:
+    result.written, result.removed, result.unchanged = applied.written, applied.removed, applied.unchanged
+    result.bytes_written = applied.bytes_written
 
 
 def _check_output(repo: Repo, base: str) -> None:
@@ -107,9 +106,11 @@ def _check_output(repo: Repo, base: str) -> None:
 
 def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | None, force: bool,
                        progress: Progress, create: bool = False) -> CheckoutResult:
+    recover(repo)
     head = repo.head()
     head_manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
-    plan = plan_worktree(repo, head_manifest, manifest, force, progress)
+    cache = StatCache(repo.dir)
+    writes, removes, unchanged = plan_changes(repo, head_manifest, manifest, force, progress, cache=cache)
     result = CheckoutResult(cid, repo.root, branch or "(detached)")
     old_desc = repo.head_branch() or (head[:12] if head else "nothing")
     message = f"checkout: moving from {old_desc} to {branch or cid[:12]}"
@@ -131,81 +132,7 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
                                                message="branch: deleted (the switch to it failed)")
             raise
 
-    apply_worktree(repo, plan, result, progress, move_refs)
+    _fill(result, update_worktree(repo, writes, removes, move_ref=move_refs, unchanged=unchanged,
+                                  expect_head=(f"ref: {HEADS}{branch}" if branch else cid, cid), force=force,
+                                  progress=progress, cache=cache))
     return result
-
-
-@dataclass
-class WorktreePlan:
-    """What bringing the working checkpoint from HEAD's tree to another tree writes and removes."""
-
-    todo: list[tuple[FileEntry, str]]
-    remove: list[str]
-    unchanged: list[str]
-    cache: StatCache
-
-
-def plan_worktree(repo: Repo, head_manifest: Manifest | None, manifest: Manifest, force: bool,
-                  progress: Progress = NULL, only: set[str] | None = None) -> WorktreePlan:
-    """Check that nothing uncommitted would be lost (DirtyWorkingCheckpointError unless `force`) and list the
-    files to write and remove. With `only`, just those paths are considered (revert and merge)."""
-    committed = {f.path: f for f in head_manifest.files} if head_manifest else {}
-    target = {f.path: f for f in manifest.files}
-    roots = sorted(set(head_manifest.roots if head_manifest else []) | set(manifest.roots))
-    cache = StatCache(repo.dir)
-    current = working_entries(repo, head_manifest, roots, cache, progress)
-    # What would be lost: changes to committed files, and untracked files the target would overwrite.
-    conflicts = [p for p, e in current.items() if p in committed and e.hash != committed[p].hash]
-    conflicts += [p for p, e in current.items() if p not in committed and p in target and e.hash != target[p].hash]
-    if only is not None:
-        conflicts = [p for p in conflicts if p in only]
-    if conflicts and not force:
-        cache.save()
-        raise DirtyWorkingCheckpointError(sorted(conflicts))
-    for path in target:
-        safe_target(repo.root, path)
-    todo, unchanged = [], []
-    for path, f in target.items():
-        if only is not None and path not in only:
-            continue
-        if path in current and current[path].hash == f.hash:
-            unchanged.append(path)
-        else:
-            todo.append((f, repo.abs_path(path)))
-    remove = [p for p in committed if p not in target and (only is None or p in only)]
-    return WorktreePlan(todo, remove, unchanged, cache)
-
-
-def apply_worktree(repo: Repo, plan: WorktreePlan, result: CheckoutResult, progress: Progress = NULL,
-                   move_ref: Callable[[], T] | None = None) -> T | None:
-    """Carry out a plan all or nothing, and return what `move_ref` returned. Three phases:
-    1. write and verify every new file into a temp file beside its target (a bad object stops here);
-    2. `move_ref()`: move HEAD or the branch by compare-and-swap (a ref that moved stops here);
-    3. rename the temp files into place, then remove the files the new tree lacks.
-    Stopped in phase 1 or 2, every temp file is removed: working files and refs are as they were."""
-    with StagedFiles() as staged:
-        _write_all(repo, staged, plan.todo, result, progress)
-        moved = move_ref() if move_ref is not None else None
-        staged.commit()
-    result.unchanged.extend(plan.unchanged)
-    for f, full in plan.todo:
-        plan.cache.record(f.path, full, f.hash)
-    for path in plan.remove:
-        if os.path.isfile(repo.abs_path(path)):
-            os.unlink(repo.abs_path(path))
-            plan.cache.forget(path)
-            result.removed.append(path)
-    plan.cache.save()
-    return moved
-
-
-def _write_all(repo: Repo, staged: StagedFiles, todo: list[tuple[FileEntry, str]], result: CheckoutResult,
-               progress: Progress) -> None:
-    """Phase 1: stage every file (written, fsynced and verified, not yet renamed into place)."""
-    progress.start("checkout", sum(f.size for f, _ in todo))
-    with repo.pipeline(progress=progress) as pipe:
-        for f, path in todo:
-            staged.write(pipe, f, path)
-            result.written.append(f.path)
-            result.bytes_written += f.size
-    progress.finish()

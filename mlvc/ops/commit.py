@@ -15,8 +15,7 @@ from ..progress import NULL, Progress
 from ..snapshot import History, NamedBuffer, snapshot_buffers, snapshot_path
 from ..statcache import StatCache
 from ..util import canonical_json, utc_now
-from .treebuild import move_head
-from .worktree import list_files
+from .worktree import list_files, move_head, recover
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -51,6 +50,7 @@ def commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: 
         canonical_json(meta)
     except (TypeError, ValueError) as e:
         raise MlvcError(f"metadata must be JSON (strings, numbers, lists, dicts; no NaN): {e}") from None
+    recover(repo)  # an interrupted checkout is finished (or undone) before the work tree is read
     parent = repo.head()
     parent_manifest, grand_manifest = _lineage(repo, parent)
     if obj is not None and paths is not None:

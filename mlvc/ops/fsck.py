@@ -1,13 +1,24 @@
-"""fsck: verify every object's content against its id, and that everything refs reach is present."""
+"""fsck: verify every object's content against its id, that everything refs reach is present, that refs,
+reflogs and the ledger are intact, and list what interrupted processes left behind.
+
+Two lists: `problems` is damage (a corrupt or missing object, a ref that names nothing, a damaged ledger part):
+the repository is not ok. `leftovers` is what a killed process leaves and what `mlvc gc` clears (or the next
+command finishes): stale locks, temp files in .mlvc and in the work tree, an interrupted work-tree update,
+reflog lines torn by a crash. They lose nothing, so they do not make the repository not ok.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import os
+
+from .. import lockfile
 from ..errors import CorruptObjectError, MlvcError, ObjectNotFoundError
 from ..progress import NULL, Progress
 from ..refs import HEAD, HEADS, TAGS
+from ..util import TMP_PREFIX
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -16,7 +27,7 @@ if TYPE_CHECKING:
 @dataclass
 class Problem:
     object_id: str
-    problem: str  # "corrupt", "missing" or "bad ref"
+    problem: str  # "corrupt", "missing", "bad ref", ... ; leftovers: "stale lock", "temp file", ...
     detail: str
     path: str | None = None
 
@@ -26,6 +37,7 @@ class FsckReport:
     objects_checked: int = 0
     commits_reached: int = 0
     problems: list[Problem] = field(default_factory=list)
+    leftovers: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -33,7 +45,7 @@ class FsckReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "objects_checked": self.objects_checked, "commits_reached": self.commits_reached,
-                "problems": [asdict(p) for p in self.problems]}
+                "problems": [asdict(p) for p in self.problems], "leftovers": [asdict(p) for p in self.leftovers]}
 
 
 def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
@@ -68,6 +80,9 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
         head = repo.refs.resolve(HEAD)
         if head:
             starts.setdefault(head, "HEAD")
+        elif starts:  # HEAD names a branch that does not exist, in a repository that has commits
+            report.problems.append(Problem("", "bad ref", f"HEAD names {repo.refs.head_target()}, which does not "
+                                           "exist; point it at a branch with `mlvc switch NAME`", "HEAD"))
     except MlvcError as e:
         report.problems.append(Problem("", "bad ref", str(e), "HEAD"))
 
@@ -78,7 +93,59 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
     for oid in repo.refs.all_reflog_ids():
         if oid not in seen:
             _walk(repo, report, bad, seen, [(oid, "a reflog entry")])
+    for ref in repo.refs.reflog_refs():
+        try:
+            damaged = repo.refs.reflog_lines(ref)[1]
+        except MlvcError as e:
+            report.problems.append(Problem("", "bad reflog", str(e), f"logs/{ref}"))
+            continue
+        if damaged:
+            report.leftovers.append(Problem("", "damaged reflog line", f"{damaged} line(s) torn by a crash or not "
+                                            "mlvc's are skipped when the reflog is read", f"logs/{ref}"))
+    _check_ledger(repo, report)
+    _leftovers(repo, report)
     return report
+
+
+def _check_ledger(repo: Repo, report: FsckReport) -> None:
+    for problem in repo.ledger.verify():
+        if problem.kind != "temp file":  # temp files are listed with every other one in _leftovers
+            report.problems.append(Problem("", f"ledger: {problem.kind}", problem.detail, problem.path))
+
+
+def _leftovers(repo: Repo, report: FsckReport) -> None:
+    """Stale locks, temp files (in .mlvc, and `.tmp-mlvc-*` in the tracked folders), interrupted updates."""
+    from .worktree import pending
+
+    for lock in lockfile.find_locks(repo.dir):
+        if lockfile.is_stale(lock):
+            info = lockfile.read_info(lock)
+            report.leftovers.append(Problem("", "stale lock", f"left by {info.describe() if info else lock}, a "
+                                            "process that is gone; the next command or `mlvc gc` clears it", lock))
+    for journal in pending(repo):
+        report.leftovers.append(Problem("", "interrupted work-tree update", "the next checkout, status or commit "
+                                        "finishes it (or undoes it when its ref did not move)", journal))
+    for folder, dirs, files in os.walk(repo.dir):
+        dirs.sort()
+        for name in sorted(files):
+            if name.startswith((TMP_PREFIX, ".tmp-")):
+                report.leftovers.append(Problem("", "temp file", "left by an interrupted write; `mlvc gc` removes it",
+                                                os.path.join(folder, name)))
+    try:
+        head = repo.head()
+        roots = repo.read_manifest(repo.read_commit(head).manifest).roots if head else []
+    except MlvcError:
+        roots = []
+    for root in roots:
+        top = repo.abs_path(root)
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if d != ".mlvc")
+            for name in sorted(files):
+                if name.startswith(TMP_PREFIX):
+                    report.leftovers.append(Problem("", "temp file", "left in the work tree by an interrupted "
+                                                    "checkout; `mlvc gc` removes it", os.path.join(folder, name)))
 
 
 def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: list[tuple[str, str]]) -> None:

@@ -31,10 +31,10 @@ from ..objects import Commit, TensorEntry
 from ..progress import NULL, Progress
 from ..snapshot import NamedBuffer
 from ..util import utc_now
-from .checkout import CheckoutResult, apply_worktree, plan_worktree
 from .tensorsource import ByteStream
-from .treebuild import (Conflict, Key, build_manifest, changed_paths, check_clean, describe, move_head,
+from .treebuild import (Conflict, Key, build_manifest, changed_paths, describe,
                         same_value, values)
+from .worktree import check_clean, head_after, move_head, plan_changes, recover, update_worktree
 
 if TYPE_CHECKING:
     from ..chunking import Pipeline
@@ -105,6 +105,7 @@ def merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | None
             raise MlvcError("--scale applies to --strategy task-arithmetic only")
         if not math.isfinite(scale):
             raise MlvcError(f"--scale must be a finite number, not {scale}")
+    recover(repo)
     ours = repo.head()
     if ours is None:
         raise MlvcError("nothing is committed yet on this branch: there is nothing to merge into")
@@ -119,12 +120,13 @@ def merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | None
     o_manifest = repo.read_manifest(repo.read_commit(ours).manifest)
     t_manifest = repo.read_manifest(repo.read_commit(theirs).manifest)
     if base == ours:
-        plan = plan_worktree(repo, o_manifest, t_manifest, False, progress, only=changed_paths(o_manifest, t_manifest))
-        written = CheckoutResult(theirs, repo.root, None)
-        apply_worktree(repo, plan, written, progress,
-                       lambda: move_head(repo, ours, theirs, f"merge {rev}: fast-forward"))
+        writes, removes, unchanged = plan_changes(repo, o_manifest, t_manifest, False, progress,
+                                                  only=changed_paths(o_manifest, t_manifest))
+        applied = update_worktree(repo, writes, removes, expect_head=head_after(repo, theirs), unchanged=unchanged,
+                                  move_ref=lambda: move_head(repo, ours, theirs, f"merge {rev}: fast-forward"),
+                                  progress=progress)
         result.fast_forward = True
-        result.written = written.written + written.removed
+        result.written = applied.written + applied.removed
         return result
 
     b_manifest = repo.read_manifest(repo.read_commit(base).manifest) if base else None
@@ -147,13 +149,13 @@ def merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | None
     c = Commit(manifest_id, [ours, theirs], repo.author(), utc_now(), msg, meta)
     repo.write_commit(c)
     repo.store.flush()
-    plan = plan_worktree(repo, o_manifest, new_manifest, False, progress, only=changed_paths(o_manifest, new_manifest))
-    written = CheckoutResult(c.id, repo.root, None)
-    # new files staged and verified, then the branch moves (compare-and-swap), then the files go into place
-    apply_worktree(repo, plan, written, progress,
-                   lambda: move_head(repo, ours, c.id, f"merge {rev}: {strategy or 'no conflicts'}"))
+    writes, removes, unchanged = plan_changes(repo, o_manifest, new_manifest, False, progress,
+                                              only=changed_paths(o_manifest, new_manifest))
+    applied = update_worktree(repo, writes, removes, expect_head=head_after(repo, c.id), unchanged=unchanged,
+                              move_ref=lambda: move_head(repo, ours, c.id, f"merge {rev}: {strategy or 'no conflicts'}"),
+                              progress=progress)
     result.commit = c
-    result.written = written.written + written.removed
+    result.written = applied.written + applied.removed
     return result
 
 

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..progress import NULL, Progress
 from ..refs import ReflogEntry
 from ..revparse import reflog_ref
-from .checkout import CheckoutResult, apply_worktree, plan_worktree
-from .treebuild import move_head
+from .worktree import head_after, move_head, plan_changes, recover, update_worktree
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -40,13 +39,13 @@ def reset(repo: Repo, rev: str, hard: bool = False, force: bool = False, progres
     if not hard:
         move_head(repo, old, new, message)
         return result
+    recover(repo)
     head_manifest = repo.read_manifest(repo.read_commit(old).manifest) if old else None
     target = repo.read_manifest(repo.read_commit(new).manifest)
-    plan = plan_worktree(repo, head_manifest, target, force, progress)
-    written = CheckoutResult(new, repo.root, None)
-    # new files staged and verified, then the branch moves (compare-and-swap), then the files go into place
-    apply_worktree(repo, plan, written, progress, lambda: move_head(repo, old, new, message))
-    result.written, result.removed = written.written, written.removed
+    writes, removes, unchanged = plan_changes(repo, head_manifest, target, force, progress)
+    applied = update_worktree(repo, writes, removes, move_ref=lambda: move_head(repo, old, new, message),
+                              expect_head=head_after(repo, new), unchanged=unchanged, force=force, progress=progress)
+    result.written, result.removed = applied.written, applied.removed
     return result
 
 

@@ -12,6 +12,7 @@ Files that are not safetensors are only restored whole (when every tensor of the
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from ..progress import NULL, Progress
 from ..snapshot import tensor_chunks
 from .select import select_tensors
 from .treebuild import header_bytes, header_metadata
-from .worktree import StagedFiles, safe_target
+from .worktree import Write, recover, safe_target, update_worktree
 
 if TYPE_CHECKING:
     from ..chunking import Pipeline
@@ -46,6 +47,7 @@ def restore(repo: Repo, rev: str, tensors: Iterable[str] | str, progress: Progre
     patterns = [tensors] if isinstance(tensors, str) else list(tensors)
     if not patterns:
         raise MlvcError("name the tensors to restore (globs such as 'encoder.layer.0.*')")
+    recover(repo)
     cid = repo.resolve(rev)
     manifest = repo.read_manifest(repo.read_commit(cid).manifest)
     names = manifest.tensors()
@@ -67,24 +69,23 @@ def restore(repo: Repo, rev: str, tensors: Iterable[str] | str, progress: Progre
         if f.kind == KIND_SAFETENSORS and os.path.isfile(target):
             with open(target, "rb") as fh:
                 st.read_layout(fh, path)  # a damaged working file is reported, not rewritten
-    progress.start("restore")
-    with repo.pipeline(progress=progress) as pipe, StagedFiles() as staged:
-        for path, (f, chosen) in sorted(by_file.items()):
-            target = repo.abs_path(path)
-            if len(chosen) == len(f.tensors) and (f.kind != KIND_SAFETENSORS or not os.path.isfile(target)):
-                staged.write(pipe, f, target)  # the whole file, byte for byte
-            else:
-                _rewrite(pipe, staged, f, chosen, target)
-            result.files.append(path)
-        staged.commit()  # every file written and verified: now they all go into place
-    progress.finish()
+    writes = []
+    for path, (f, chosen) in sorted(by_file.items()):
+        target = repo.abs_path(path)
+        if len(chosen) == len(f.tensors) and (f.kind != KIND_SAFETENSORS or not os.path.isfile(target)):
+            writes.append(Write.of(f))  # the whole file, byte for byte
+        else:
+            writes.append(Write(path, sum(t.nbytes for t in chosen.values()), None,
+                                functools.partial(_rewrite, f=f, chosen=chosen, target=target)))
+        result.files.append(path)
+    # every file written and verified, then they all go into place (HEAD does not move)
+    update_worktree(repo, writes, [], progress=progress)
     return result
 
 
-def _rewrite(pipe: Pipeline, staged: StagedFiles, f: FileEntry, chosen: dict[str, TensorEntry],
-             target: str) -> None:
-    """Stage a rewrite (or creation) of the working safetensors file at `target` with the chosen tensors from
-    the store."""
+def _rewrite(pipe: Pipeline, out, f: FileEntry, chosen: dict[str, TensorEntry], target: str) -> None:
+    """Write into `out` a rewrite (or creation) of the working safetensors file at `target` with the chosen
+    tensors from the store."""
     with contextlib.ExitStack() as stack:
         if os.path.isfile(target):
             fh = stack.enter_context(open(target, "rb"))
@@ -116,14 +117,13 @@ def _rewrite(pipe: Pipeline, staged: StagedFiles, f: FileEntry, chosen: dict[str
         else:
             sizes = [(n, d, s, x.nbytes if isinstance(x, TensorEntry) else x[1] - x[0]) for n, d, s, x in items]
             header = st.build_layout(sizes, meta).header_bytes
-        with staged.open(target) as out:
-            out.write(header)
-            for _name, _dtype, _shape, x in items:
-                if isinstance(x, TensorEntry):
-                    _copy_tensor(pipe, x, out)
-                else:
-                    for pos in range(x[0], x[1], 1 << 24):
-                        out.write(mm[pos : min(pos + (1 << 24), x[1])])
+        out.write(header)
+        for _name, _dtype, _shape, x in items:
+            if isinstance(x, TensorEntry):
+                _copy_tensor(pipe, x, out)
+            else:
+                for pos in range(x[0], x[1], 1 << 24):
+                    out.write(mm[pos : min(pos + (1 << 24), x[1])])
 
 
 def _copy_tensor(pipe: Pipeline, t: TensorEntry, out) -> None:

@@ -15,9 +15,9 @@ from ..errors import ConflictError, MlvcError, NothingToCommitError
 from ..objects import Commit, Manifest
 from ..progress import NULL, Progress
 from ..util import utc_now
-from .checkout import CheckoutResult, apply_worktree, plan_worktree
-from .treebuild import (Conflict, Key, build_manifest, changed_paths, check_clean, describe, move_head,
-                        same_file, same_tensor, same_value, tensor_level, values)
+from .treebuild import (Conflict, Key, build_manifest, changed_paths, describe, same_file, same_tensor,
+                        same_value, tensor_level, values)
+from .worktree import check_clean, head_after, move_head, plan_changes, recover, update_worktree
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -63,6 +63,7 @@ def _what(before, after) -> str:
 
 def revert(repo: Repo, rev: str, mainline: int | None = None, message: str | None = None,
            progress: Progress = NULL) -> RevertResult:
+    recover(repo)
     head = repo.head()
     if head is None:
         raise MlvcError("nothing is committed yet: there is nothing to revert")
@@ -110,9 +111,8 @@ def revert(repo: Repo, rev: str, mainline: int | None = None, message: str | Non
     new = Commit(manifest_id, [head], repo.author(), utc_now(), msg, meta)
     repo.write_commit(new)
     repo.store.flush()
-    plan = plan_worktree(repo, h_manifest, new_manifest, False, progress, only=changed_paths(h_manifest, new_manifest))
-    written = CheckoutResult(new.id, repo.root, None)
-    # new files staged and verified, then the branch moves (compare-and-swap), then the files go into place
-    branch = apply_worktree(repo, plan, written, progress,
-                            lambda: move_head(repo, head, new.id, f"revert: {title}"))
-    return RevertResult(new, cid, branch, [describe(k) for k in want], written.written + written.removed)
+    writes, removes, unchanged = plan_changes(repo, h_manifest, new_manifest, False, progress,
+                                              only=changed_paths(h_manifest, new_manifest))
+    applied = update_worktree(repo, writes, removes, move_ref=lambda: move_head(repo, head, new.id, f"revert: {title}"),
+                              expect_head=head_after(repo, new.id), unchanged=unchanged, progress=progress)
+    return RevertResult(new, cid, applied.moved, [describe(k) for k in want], applied.written + applied.removed)

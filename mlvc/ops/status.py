@@ -9,7 +9,7 @@ from ..objects import FileEntry, Manifest
 from ..progress import NULL, Progress
 from ..snapshot import snapshot_path
 from ..statcache import StatCache
-from .worktree import list_files
+from .worktree import list_files, recover
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -77,6 +77,7 @@ def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cac
 
 
 def status(repo: Repo, progress: Progress = NULL) -> Status:
+    recover(repo)
     head = repo.head()
     manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
     roots = manifest.roots if manifest else []

@@ -10,23 +10,17 @@ safetensors' layout rules keeping the template's __metadata__.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 from ..chunking import Pipeline, Segment
 from ..dtypes import plane_width
-from ..errors import DirtyWorkingCheckpointError
 from ..formats import safetensors as st
 from ..objects import KIND_SAFETENSORS, FileEntry, Manifest, TensorEntry
-from ..refs import HEAD, HEADS
 from ..snapshot import HEADER_KEY, NamedBuffer, tensor_chunks
 from ..util import new_hasher
-
-if TYPE_CHECKING:
-    from ..repo import Repo
 
 Key = tuple[str, Union[str, None]]  # (file path, tensor name); name None: the whole file
 Item = Union[TensorEntry, NamedBuffer]
@@ -214,34 +208,3 @@ def changed_paths(a: Manifest | None, b: Manifest | None) -> set[str]:
     fa = {f.path: f for f in a.files} if a else {}
     fb = {f.path: f for f in b.files} if b else {}
     return {p for p in set(fa) | set(fb) if not same_file(fa.get(p), fb.get(p))}
-
-
-# -- the working checkpoint and HEAD ------------------------------------------------------------------------
-
-
-def check_clean(repo: Repo, head: Manifest, paths: set[str]) -> None:
-    """Refuse (DirtyWorkingCheckpointError) when any of these committed files has uncommitted changes."""
-    from ..statcache import StatCache
-    from .status import working_entries
-
-    committed = {f.path: f for f in head.files}
-    cache = StatCache(repo.dir)
-    current = working_entries(repo, head, head.roots, cache)
-    cache.save()
-    dirty = sorted(p for p in paths if (p in current) != (p in committed)
-                   or (p in current and current[p].hash != committed[p].hash))
-    if dirty:
-        raise DirtyWorkingCheckpointError(dirty)
-
-
-def move_head(repo: Repo, old: str | None, new: str, message: str) -> str | None:
-    """Point the current branch (or a detached HEAD) at `new` by compare-and-swap from `old`; both the
-    branch's and HEAD's reflogs record the move. Returns the branch name (None when detached)."""
-    branch = repo.head_branch()
-    if branch:
-        repo.refs.set_if_equals(HEADS + branch, old, new, who=repo.author(), message=message)
-        with contextlib.suppress(OSError):  # the branch moved and logged it: HEAD's own log is a convenience
-            repo.refs.append_log(HEAD, old, new, repo.author(), message)
-    else:
-        repo.refs.set_if_equals(HEAD, old, new, who=repo.author(), message=message)
-    return branch

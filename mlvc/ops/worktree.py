@@ -1,131 +1,536 @@
-"""The working checkpoint: which files the tracked paths cover now, and writing files into the tree."""
+"""The working checkpoint, and the one work-tree transaction every verb that rewrites it goes through.
+
+`update_worktree` (checkout, switch, reset --hard, revert, merge, checkout --output, restore) runs five steps
+in an order that is the guarantee, under the work-tree lock (`.mlvc/worktree.lock`):
+
+1. plan: every file to write, remove or keep; refuse (changing nothing) what would lose uncommitted work
+   (DirtyWorkingCheckpointError) and what cannot be done (a folder where the target has a file, an untracked
+   file where it has a folder, a path through a symlink or outside the work tree: PathError);
+2. stage: write each new file into a temp file in its folder (or the work tree's top folder when that folder
+   does not exist yet), fsync it, and verify it against its committed hash; nothing visible changes;
+3. journal: `.mlvc/txn/ID.json` lists the temp files, their targets and the removals;
+4. move the ref (a compare-and-swap: a ref that moved under us stops here, and every temp file is removed);
+5. apply: remove the files the target lacks, rename the temp files into place, remove emptied folders,
+   fsync the folders, delete the journal.
+
+A process killed anywhere leaves a journal; `recover` (run by the next work-tree verb, `status`, `commit`,
+`fsck` and `gc`) finishes the transaction when its ref moved (roll forward) and removes its temp files
+otherwise (roll back), so the work tree ends all old or all new, matching HEAD.
+
+Every write, rename and removal goes through a folder descriptor opened component by component with
+O_NOFOLLOW (`_Tree`): a folder the user replaced by a symlink is refused, never followed, so nothing outside
+the work tree is ever written, renamed or removed, whatever happens between the plan and the apply.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
-import tempfile
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO
+import stat
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from ..chunking import Pipeline
-from ..errors import PathError
-from ..objects import FileEntry, check_rel_path
+from .. import faults, lockfile
+from ..errors import DirtyWorkingCheckpointError, MlvcError, PathError
+from ..objects import FileEntry, Manifest, check_rel_path
+from ..progress import NULL, Progress
+from ..refs import HEAD, HEADS
 from ..snapshot import write_entry
-from ..util import fsync_dir
+from ..statcache import StatCache
+from ..util import TMP_PREFIX, atomic_write_bytes, fsync_dir, new_hasher
 
 if TYPE_CHECKING:
+    from ..chunking import Pipeline
     from ..repo import Repo
 
+T = TypeVar("T")
+
 SKIP_DIRS = {".mlvc", ".git", ".hg", ".svn", "__pycache__"}
+TXN_DIR = "txn"
+WORKTREE_LOCK = "worktree.lock"
+
+
+# -- listing the tracked files ---------------------------------------------------------------------------
 
 
 def list_files(repo: Repo, roots: list[str]) -> list[str]:
-    """Every file under the tracked paths (a path may be a file or a folder), sorted, root-relative."""
+    """Every file under the tracked paths (a path may be a file or a folder), sorted, root-relative.
+
+    Symlinks: a symlinked file is read through (its content is committed; checkout writes a regular file);
+    a symlinked folder is never followed: inside a tracked folder it is refused with a PathError, as is a
+    tracked path that passes through one (it could pull in files from anywhere on the machine)."""
     out: set[str] = set()
     for root in roots:
         full = repo.abs_path(root)
-        if os.path.isfile(full):
-            out.add(root)
-        elif os.path.isdir(full):
+        _check_no_symlinked_folder(repo.root, root)
+        if os.path.isdir(full) and not os.path.islink(full):
             for folder, dirs, files in os.walk(full):
+                for d in dirs:
+                    if os.path.islink(os.path.join(folder, d)) and d not in SKIP_DIRS:
+                        rel = os.path.relpath(os.path.join(folder, d), repo.root).replace(os.sep, "/")
+                        raise PathError(f"{rel} is a symlink to a folder ({os.path.realpath(os.path.join(folder, d))}):"
+                                        " mlvc never follows symlinked folders; commit the files it holds by their "
+                                        "own path, or move it out of the tracked folder")
                 dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
                 for name in files:
-                    if name.startswith(".tmp-"):
+                    if name.startswith(TMP_PREFIX):
                         continue
                     path = os.path.join(folder, name)
                     if os.path.isfile(path):
                         out.add(os.path.relpath(path, repo.root).replace(os.sep, "/"))
+        elif os.path.isfile(full):
+            out.add(root)
     return sorted(out)
 
 
-def safe_target(base: str, rel: str) -> str:
-    """Where a stored path goes under `base`, refusing anything that would land outside it."""
-    check_rel_path(rel)
-    target = os.path.join(base, *rel.split("/"))
-    real_base = os.path.realpath(base)
-    real_parent = os.path.realpath(os.path.dirname(target))
-    if os.path.commonpath([real_base, real_parent]) != real_base:
-        raise PathError(f"refusing to write {rel}: it would land outside {base} (through a symlink?)")
-    return target
+def _check_no_symlinked_folder(root: str, rel: str) -> None:
+    if rel == ".":
+        return
+    parts = rel.split("/")
+    cur = root
+    for i, p in enumerate(parts):
+        cur = os.path.join(cur, p)
+        if os.path.islink(cur) and (i < len(parts) - 1 or os.path.isdir(cur)):
+            raise PathError(f"{'/'.join(parts[:i + 1])} is a symlink to a folder ({os.path.realpath(cur)}): mlvc "
+                            "never follows symlinked folders; commit the real folder's path instead")
 
 
-class StagedFiles:
-    """New files for several targets, made visible all together or not at all.
+# -- safe file operations under one folder ----------------------------------------------------------------
 
-    Phase 1: `open(target)` (or `write(pipe, entry, target)`, which also verifies the file's hash) writes a
-    temp file beside its target and fsyncs it; nothing a reader can see changes. Phase 2: `commit()` renames
-    every temp file over its target, then fsyncs their folders (util.atomic_writer's durable sequence, with
-    the rename deferred until every file is written). Used as a context manager: leaving the block without
-    `commit()` (a bad object, a ref that moved under us) removes every temp file and the folders made for
-    them, so nothing changed. Between the two phases a caller moves its ref (see checkout.apply_worktree).
-    """
 
-    def __init__(self) -> None:
-        self.pending: list[tuple[str, str]] = []  # (temp file, target)
-        self._made: list[str] = []  # folders created for targets, parents first
-        self._committed = False
+class _Tree:
+    """File operations confined to one folder: every path is opened component by component with O_NOFOLLOW,
+    so a symlink anywhere below `base` is refused (PathError), never followed."""
 
-    def __enter__(self) -> StagedFiles:
-        return self
+    def __init__(self, base: str):
+        self.base = base
+        self._fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
 
-    def __exit__(self, *exc) -> None:
-        if not self._committed:
-            self.abort()
-
-    def _folder(self, target: str) -> str:
-        folder = os.path.dirname(os.path.abspath(target))
-        missing, f = [], folder
-        while not os.path.isdir(f):
-            missing.append(f)
-            f = os.path.dirname(f)
-        os.makedirs(folder, exist_ok=True)
-        self._made.extend(reversed(missing))
-        return folder
+    def close(self) -> None:
+        os.close(self._fd)
 
     @contextlib.contextmanager
-    def open(self, target: str, mode: int = 0o644) -> Iterator[BinaryIO]:
-        """A temp file for `target`, flushed and fsynced when the block ends (renamed only by commit())."""
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-mlvc-", dir=self._folder(target))
-        self.pending.append((tmp, target))
-        with os.fdopen(fd, "wb") as f:
+    def parent(self, rel: str, create: bool = False) -> Iterator[tuple[int | None, str]]:
+        """(descriptor of rel's folder, last name); the descriptor is None when a folder is missing (and
+        `create` is False)."""
+        check_rel_path(rel)
+        parts = rel.split("/")
+        fd = os.dup(self._fd)
+        try:
+            for i, part in enumerate(parts[:-1]):
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        os.close(fd)
+                        fd = -1
+                        break
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    faults.point("worktree.mkdir")
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise PathError(f"refusing to touch {rel}: {'/'.join(parts[:i + 1])} in {self.base} is "
+                                        "a symlink or a file, not a folder (mlvc never writes through symlinks)") from None
+                    raise
+                os.close(fd)
+                fd = nfd
+            yield (fd if fd >= 0 else None), parts[-1]
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        with self.parent(rel) as (fd, name):
+            if fd is None:
+                return None
+            try:
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+
+    def unlink(self, rel: str) -> bool:
+        with self.parent(rel) as (fd, name):
+            if fd is None:
+                return False
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                return False
+            os.fsync(fd)
+        faults.point("worktree.removed")
+        return True
+
+    def rmdir_empty(self, rel: str) -> bool:
+        with self.parent(rel) as (fd, name):
+            if fd is None:
+                return False
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError:  # not empty, gone, or not a folder
+                return False
+            os.fsync(fd)
+        return True
+
+    def rename(self, tmp_rel: str, rel: str) -> None:
+        with self.parent(tmp_rel) as (sfd, sname), self.parent(rel, create=True) as (dfd, dname):
+            os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+            if sfd is not None and not os.path.samestat(os.fstat(sfd), os.fstat(dfd)):
+                os.fsync(sfd)
+        faults.point("worktree.renamed")
+
+    @contextlib.contextmanager
+    def create_temp(self, tmp_rel: str, mode: int = 0o644) -> Iterator[BinaryIO]:
+        with self.parent(tmp_rel) as (fd, name):
+            if fd is None:
+                raise PathError(f"{os.path.dirname(tmp_rel)} vanished from {self.base} during the checkout")
+            tfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=fd)
+        with os.fdopen(tfd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        faults.point("worktree.staged")
 
-    def write(self, pipe: Pipeline, entry: FileEntry, target: str) -> None:
-        """Stage the file `entry` describes for `target`, verified against its committed hash."""
-        with self.open(target) as f:
-            write_entry(pipe, entry, f)
-
-    def commit(self) -> None:
-        """Rename every temp file over its target, then make the renames (and new folders) durable."""
-        folders: dict[str, None] = {}
-        for tmp, target in self.pending:
-            os.replace(tmp, target)
-            folders[os.path.dirname(os.path.abspath(target))] = None
-        self._committed = True
-        for folder in self._made:
-            folders[os.path.dirname(folder)] = None
-        for folder in folders:
-            fsync_dir(folder)
-        self.pending = []
-
-    def abort(self) -> None:
-        """Remove every temp file not yet renamed, and the folders made for them when they are empty."""
-        for tmp, _target in self.pending:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        self.pending = []
-        for folder in reversed(self._made):
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-        self._made = []
+    def hash_file(self, rel: str) -> str | None:
+        with self.parent(rel) as (fd, name):
+            if fd is None:
+                return None
+            try:
+                ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:
+                return None
+        h = new_hasher()
+        with os.fdopen(ffd, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+        return h.hexdigest()
 
 
-def write_file(pipe: Pipeline, entry: FileEntry, target: str) -> None:
-    """Write one file atomically: a temp file beside the target, verified, fsynced, then renamed."""
-    with StagedFiles() as staged:
-        staged.write(pipe, entry, target)
-        staged.commit()
+def safe_target(base: str, rel: str) -> str:
+    """Where a stored path goes under `base`; PathError when it would pass through a symlink or a file."""
+    tree = _Tree(base)
+    try:
+        with tree.parent(rel):
+            pass
+    finally:
+        tree.close()
+    return os.path.join(base, *rel.split("/"))
+
+
+# -- the plan -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Write:
+    """One file to stage: `rel` under the base folder, written (and verified) by `fill(pipe, f)`; `hash` is
+    the whole file's hash when known (recovery checks a staged file against it before putting it in place)."""
+
+    rel: str
+    size: int
+    hash: str | None
+    fill: Callable[[Pipeline, BinaryIO], None]
+
+    @classmethod
+    def of(cls, entry: FileEntry) -> Write:
+        """The committed file: write_entry verifies it as it writes. A torch file recorded as tensor-exact
+        only has no whole-file hash to check it against afterwards."""
+        exact = entry.kind != "torch" or entry.exact
+        return cls(entry.path, entry.size, entry.hash if exact else None, lambda pipe, f: write_entry(pipe, entry, f))
+
+
+@dataclass
+class Applied:
+    """What a work-tree transaction did."""
+
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+    moved: Any = None  # what the ref move returned
+
+
+def plan_changes(repo: Repo, head_manifest: Manifest | None, manifest: Manifest, force: bool,
+                 progress: Progress = NULL, only: set[str] | None = None,
+                 cache: StatCache | None = None) -> tuple[list[Write], list[str], list[str]]:
+    """(writes, removals, unchanged) that bring the working checkpoint from HEAD's tree to `manifest`.
+    DirtyWorkingCheckpointError (unless `force`) when uncommitted work would be lost; with `only`, just
+    those paths are considered (revert and merge)."""
+    from .status import working_entries
+
+    committed = {f.path: f for f in head_manifest.files} if head_manifest else {}
+    target = {f.path: f for f in manifest.files}
+    roots = sorted(set(head_manifest.roots if head_manifest else []) | set(manifest.roots))
+    cache = cache or StatCache(repo.dir)
+    current = working_entries(repo, head_manifest, roots, cache, progress)
+    # What would be lost: changes to committed files, and untracked files the target would overwrite.
+    conflicts = [p for p, e in current.items() if p in committed and e.hash != committed[p].hash]
+    conflicts += [p for p, e in current.items() if p not in committed and p in target and e.hash != target[p].hash]
+    if only is not None:
+        conflicts = [p for p in conflicts if p in only]
+    if conflicts and not force:
+        cache.save()
+        raise DirtyWorkingCheckpointError(sorted(conflicts))
+    writes, unchanged = [], []
+    for path, f in target.items():
+        if only is not None and path not in only:
+            continue
+        if path in current and current[path].hash == f.hash:
+            unchanged.append(path)
+        else:
+            writes.append(Write.of(f))
+    removes = [p for p in committed if p not in target and (only is None or p in only)]
+    return writes, removes, unchanged
+
+
+def _check_shapes(tree: _Tree, writes: list[Write], removes: list[str], force: bool) -> None:
+    """Refuse, before anything changes, what the file system cannot take: a path through a symlink, a file
+    where the target has a folder (unless it is a tracked file being removed), a folder where the target has
+    a file (unless everything in it is being removed)."""
+    removing = set(removes)
+    problems: list[str] = []
+
+    def walk(rel: str) -> bool:
+        """True when every folder on the way to rel is a real folder (or missing)."""
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            st = tree.lstat(prefix)
+            if st is None:
+                return True
+            if stat.S_ISLNK(st.st_mode):
+                raise PathError(f"refusing to touch {rel}: {prefix} in {tree.base} is a symlink (mlvc never "
+                                "writes, renames or removes through symlinks); nothing was changed")
+            if not stat.S_ISDIR(st.st_mode):
+                if prefix not in removing:
+                    problems.append(f"{prefix} is a file in the work tree, where the commit has a folder")
+                return False
+        return True
+
+    for rel in removes:
+        walk(rel)
+    for w in writes:
+        if not walk(w.rel):
+            continue
+        st = tree.lstat(w.rel)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            inside = [r for r in _files_under(os.path.join(tree.base, *w.rel.split("/")))
+                      if f"{w.rel}/{r}" not in removing]
+            if inside:
+                problems.append(f"{w.rel} is a folder in the work tree holding files mlvc does not track "
+                                f"({', '.join(inside[:3])}{' ...' if len(inside) > 3 else ''}), where the commit "
+                                "has a file")
+    if problems:
+        raise PathError("cannot update the work tree, nothing was changed: " + "; ".join(problems)
+                        + "; move those paths out of the way and run the command again")
+
+
+def _files_under(folder: str) -> list[str]:
+    out = []
+    for dirpath, dirs, files in os.walk(folder):
+        dirs.sort()
+        out += [os.path.relpath(os.path.join(dirpath, n), folder).replace(os.sep, "/") for n in sorted(files)]
+        out += [os.path.relpath(os.path.join(dirpath, d), folder).replace(os.sep, "/") for d in dirs
+                if os.path.islink(os.path.join(dirpath, d))]
+    return out
+
+
+# -- the transaction ------------------------------------------------------------------------------------
+
+
+def update_worktree(repo: Repo, writes: list[Write], removes: list[str], *, base: str | None = None,
+                    move_ref: Callable[[], T] | None = None, expect_head: tuple[str, str] | None = None,
+                    unchanged: list[str] | None = None, force: bool = False, progress: Progress = NULL,
+                    cache: StatCache | None = None) -> Applied:
+    """Carry out a plan all or nothing (see the module docstring). `move_ref` moves HEAD or the branch by
+    compare-and-swap; `expect_head` is (raw HEAD, commit id) as they are once it has run, so that recovery
+    can tell whether it did. Without `move_ref` (checkout --output, restore) the journal is the commit point."""
+    base = os.path.realpath(base or repo.root)
+    in_place = base == os.path.realpath(repo.root)
+    result = Applied(unchanged=list(unchanged or []))
+    with lockfile.locked(os.path.join(repo.dir, WORKTREE_LOCK), "the work tree", wait=30.0):
+        recover(repo, locked=True)
+        tree = _Tree(base)
+        try:
+            _check_shapes(tree, writes, removes, force)
+            txn = uuid.uuid4().hex[:16]
+            temps = [_temp_name(tree, w.rel, txn, i) for i, w in enumerate(writes)]
+            journal = {"base": base, "state": "staging", "head": list(expect_head) if expect_head else None,
+                       "renames": [[t, w.rel, w.hash] for t, w in zip(temps, writes)], "removes": list(removes)}
+            jpath = os.path.join(repo.dir, TXN_DIR, txn + ".json")
+            os.makedirs(os.path.dirname(jpath), exist_ok=True)
+            atomic_write_bytes(jpath, json.dumps(journal).encode())
+            try:
+                _stage(repo, tree, writes, temps, result, progress)
+                result.moved = move_ref() if move_ref is not None else None
+            except BaseException:
+                _roll_back(tree, journal)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(jpath)
+                raise
+            journal["state"] = "applying"
+            atomic_write_bytes(jpath, json.dumps(journal).encode())
+            _roll_forward(tree, journal, verify=False)
+            result.removed = [r for r in removes]
+            os.unlink(jpath)
+        finally:
+            tree.close()
+    if in_place:
+        cache = cache or StatCache(repo.dir)
+        for w in writes:
+            if w.hash is not None:
+                cache.record(w.rel, repo.abs_path(w.rel), w.hash)
+        for rel in removes:
+            cache.forget(rel)
+        cache.save()
+    return result
+
+
+def _temp_name(tree: _Tree, rel: str, txn: str, i: int) -> str:
+    """A temp file beside the target when its folder exists as a real folder, else in the top folder."""
+    folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    name = f"{TMP_PREFIX}{txn}-{i}"
+    if folder:
+        st = tree.lstat(folder)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return f"{folder}/{name}"
+    return name
+
+
+def _stage(repo: Repo, tree: _Tree, writes: list[Write], temps: list[str], result: Applied,
+           progress: Progress) -> None:
+    progress.start("checkout", sum(w.size for w in writes))
+    with repo.pipeline(progress=progress) as pipe:
+        for w, tmp in zip(writes, temps):
+            with tree.create_temp(tmp) as f:
+                w.fill(pipe, f)
+            result.written.append(w.rel)
+            result.bytes_written += w.size
+    progress.finish()
+
+
+def _roll_back(tree: _Tree, journal: dict) -> None:
+    for tmp, _rel, _h in journal["renames"]:
+        with contextlib.suppress(OSError, PathError):
+            tree.unlink(tmp)
+
+
+def _roll_forward(tree: _Tree, journal: dict, verify: bool) -> None:
+    """Removals first (a folder may have to make way for a file), then the renames, then emptied folders."""
+    for rel in journal["removes"]:
+        st = tree.lstat(rel)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            tree.unlink(rel)
+    for tmp, rel, h in journal["renames"]:
+        if tree.lstat(tmp) is None:
+            continue  # already renamed (a recovery running again)
+        if verify and h is not None and tree.hash_file(tmp) != h:
+            tree.unlink(tmp)  # never put an unverified file in place
+            continue
+        st = tree.lstat(rel)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            _remove_empty_folders(tree, rel)
+        tree.rename(tmp, rel)
+    for rel in journal["removes"]:
+        parts = rel.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            if not tree.rmdir_empty("/".join(parts[:i])):
+                break
+
+
+def _remove_empty_folders(tree: _Tree, rel: str) -> None:
+    folder = os.path.join(tree.base, *rel.split("/"))
+    for dirpath, dirs, _files in os.walk(folder, topdown=False):
+        for d in dirs:
+            tree.rmdir_empty(os.path.relpath(os.path.join(dirpath, d), tree.base).replace(os.sep, "/"))
+    tree.rmdir_empty(rel)
+
+
+def pending(repo: Repo) -> list[str]:
+    """Journals of interrupted work-tree transactions."""
+    folder = os.path.join(repo.dir, TXN_DIR)
+    try:
+        return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+
+
+def recover(repo: Repo, locked: bool = False) -> list[str]:
+    """Finish or undo every interrupted work-tree transaction; returns what was done, one line each."""
+    journals = pending(repo)
+    if not journals:
+        return []
+    if not locked:
+        with lockfile.locked(os.path.join(repo.dir, WORKTREE_LOCK), "the work tree", wait=30.0):
+            return recover(repo, locked=True)
+    done = []
+    for jpath in journals:
+        try:
+            with open(jpath, "rb") as f:
+                journal = json.loads(f.read())
+            base = journal["base"]
+        except (OSError, ValueError, KeyError, TypeError):
+            os.unlink(jpath)  # a journal torn before its rename cannot exist; anything else is not ours
+            continue
+        if not os.path.isdir(base):
+            os.unlink(jpath)
+            continue
+        forward = journal.get("state") == "applying"
+        if not forward and journal.get("head"):
+            raw_head, commit = journal["head"]
+            with contextlib.suppress(MlvcError):
+                forward = repo.refs.read_raw(HEAD) == raw_head and repo.refs.resolve(HEAD) == commit
+        tree = _Tree(base)
+        try:
+            if forward:
+                _roll_forward(tree, journal, verify=journal.get("state") != "applying")
+            else:
+                _roll_back(tree, journal)
+        finally:
+            tree.close()
+        os.unlink(jpath)
+        with contextlib.suppress(OSError):
+            fsync_dir(os.path.dirname(jpath))
+        done.append(f"{'finished' if forward else 'undid'} an interrupted work-tree update of {base}")
+    return done
+
+
+# -- moving HEAD and checking for uncommitted work ------------------------------------------------------
+
+
+def head_after(repo: Repo, commit: str, branch: str | None = None) -> tuple[str, str]:
+    """(raw HEAD, commit) once HEAD is at `commit`: on `branch` (default: the current one) or detached."""
+    if branch is None:
+        branch = repo.head_branch()
+    return (f"ref: {HEADS}{branch}" if branch else commit), commit
+
+
+def move_head(repo: Repo, old: str | None, new: str, message: str) -> str | None:
+    """Point the current branch (or a detached HEAD) at `new` by compare-and-swap from `old`; both the
+    branch's and HEAD's reflogs record the move. Returns the branch name (None when detached)."""
+    branch = repo.head_branch()
+    if branch:
+        repo.refs.set_if_equals(HEADS + branch, old, new, who=repo.author(), message=message)
+        with contextlib.suppress(OSError):  # the branch moved and logged it: HEAD's own log is a convenience
+            repo.refs.append_log(HEAD, old, new, repo.author(), message)
+    else:
+        repo.refs.set_if_equals(HEAD, old, new, who=repo.author(), message=message)
+    return branch
+
+
+def check_clean(repo: Repo, head: Manifest, paths: set[str]) -> None:
+    """Refuse (DirtyWorkingCheckpointError) when any of these committed files has uncommitted changes."""
+    from .status import working_entries
+
+    committed = {f.path: f for f in head.files}
+    cache = StatCache(repo.dir)
+    current = working_entries(repo, head, head.roots, cache)
+    cache.save()
+    dirty = sorted(p for p in paths if (p in current) != (p in committed)
+                   or (p in current and current[p].hash != committed[p].hash))
+    if dirty:
+        raise DirtyWorkingCheckpointError(dirty)
