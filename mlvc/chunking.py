@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from queue import Empty, SimpleQueue
 from dataclasses import dataclass, field
 
-from .errors import CorruptObjectError
+from .errors import CorruptObjectError, FileChangedError
 from .progress import NULL, Progress
 from .store import ObjectStore
 from .util import hash_bytes, new_hasher
@@ -26,14 +27,58 @@ def default_threads() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
+class FileRange:
+    """Bytes [offset, offset + length) of an open file, read only when a chunk needs them (`read_into`).
+
+    Files are read with preadv (into buffers the pipeline recycles), never mapped: a mapped file that another
+    process truncates kills the reader with SIGBUS, which Python cannot catch, while a read simply comes back
+    short, which is reported as FileChangedError (the file changed while it was read; nothing is committed).
+    Slicing gives a sub-range without reading anything, so a segment over a 100 GB file costs nothing until
+    its chunks are read, one window at a time."""
+
+    __slots__ = ("fd", "offset", "length", "path")
+
+    def __init__(self, fd: int, offset: int, length: int, path: str):
+        self.fd, self.offset, self.length, self.path = fd, offset, length, path
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, s: slice) -> FileRange:
+        start, stop, step = s.indices(self.length)
+        assert step == 1, "a file range is sliced contiguously"
+        return FileRange(self.fd, self.offset + start, max(0, stop - start), self.path)
+
+    def read(self) -> bytes:
+        """The range's bytes; FileChangedError when the file ends before it (it shrank since it was opened)."""
+        return bytes(self.read_into(bytearray(self.length)))
+
+    def read_into(self, buf: bytearray) -> memoryview:
+        """The range read into the start of `buf` (at least `length` bytes), as a view of those bytes;
+        FileChangedError when the file ends before the range does."""
+        view = memoryview(buf)[: self.length]
+        got = 0
+        try:
+            while got < self.length:
+                n = os.preadv(self.fd, [view[got : got + (1 << 30)]], self.offset + got)
+                if not n:
+                    raise FileChangedError(self.path)
+                got += n
+        except OSError as e:
+            if e.errno is not None and e.filename is None:
+                e.filename = self.path
+            raise
+        return view
+
+
 @dataclass
 class Segment:
-    """A byte range to store as chunks: a tensor's bytes, a header, or a file's bytes."""
+    """A byte range to store as chunks: a tensor's bytes, a header, or a file's bytes (in memory, or a
+    FileRange read chunk by chunk)."""
 
     key: object
-    data: memoryview
+    data: memoryview | FileRange
     width: int = 1
-    end_offset: int | None = None  # where the range ends in its source file (to release mapped pages)
     bases: list[str] | None = None  # chunk ids of the same range in the parent commit (delta bases)
     bases2: list[str] | None = None  # ... and in the grandparent (for the linear-prediction delta)
 
@@ -73,6 +118,10 @@ class Pipeline:
         self.stats = IngestStats()
         self.remember = False  # keep what is stored in the store's base cache (see ObjectStore.put)
         self._pool: ThreadPoolExecutor | None = None
+        # Buffers that file ranges are read into, recycled once their chunk is consumed: at most window + 1
+        # are ever made. A fresh buffer per chunk costs a page fault per page (glibc maps large blocks, and
+        # unmaps them when freed), which made hashing a file twice as slow as reading it.
+        self._buffers: SimpleQueue[bytearray] = SimpleQueue()
 
     def __enter__(self) -> Pipeline:
         if self.store is not None or self.threads > 1:
@@ -84,54 +133,78 @@ class Pipeline:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _put(self, data: memoryview, width: int, base: str | None, base2: str | None):
-        """(id, new stored bytes, the bytes that were hashed). When storing, the chunk is copied first, so
-        that its id, its stored encoding and the tensor and file hashes all come from the same bytes even if
-        the file under the map is rewritten meanwhile (snapshot then notices and refuses the commit)."""
+    def _put(self, data: memoryview | FileRange, width: int, base: str | None, base2: str | None):
+        """(id, new stored bytes, the bytes that were hashed, the pool buffer holding them or None). A file
+        range is read here (in a worker) into a pool buffer, which only this chunk uses until it is consumed;
+        an in-memory chunk is copied first when storing, so that its id, its stored encoding and the tensor
+        and file hashes all come from the same bytes even if the caller's buffer changes meanwhile."""
+        buf = None
+        if isinstance(data, FileRange):
+            try:
+                buf = self._buffers.get_nowait()
+            except Empty:
+                buf = bytearray(max(self.chunk_size, data.length))
+            if len(buf) < data.length:
+                buf = bytearray(data.length)
+            data = data.read_into(buf)
+        elif self.store is not None and not isinstance(data, bytes):
+            data = bytes(data)
         if self.store is None:
-            return hash_bytes(data), 0, data
-        data = bytes(data)
+            return hash_bytes(data), 0, data, buf
         r = self.store.put(data, width, base=base, base2=base2, remember=self.remember)
-        return r.id, r.stored_size, data
+        return r.id, r.stored_size, data, buf
 
-    def ingest(self, segments: Iterable[Segment], release: Callable[[int], None] | None = None
-               ) -> tuple[dict[object, SegmentResult], str]:
-        """Store every segment's chunks; returns per-key results and the hash of all bytes in order."""
+    def ingest(self, segments: Iterable[Segment]) -> tuple[dict[object, SegmentResult], str]:
+        """Store every segment's chunks; returns per-key results and the hash of all bytes in order.
+
+        At most `window` chunks are in flight (read, encoded, or waiting to be hashed in order), so memory
+        stays bounded whatever the file size. An exception (a full disk, a file that changed, Ctrl-C) leaves
+        through here as itself: no buffer is exported from anything that must be closed on the way out."""
         results: dict[object, SegmentResult] = {}
         file_hasher = new_hasher()
         hashers: dict[object, object] = {}
-        inflight: deque[tuple[SegmentResult, object, Future | tuple, int | None]] = deque()
+        inflight: deque[tuple[SegmentResult, object, Future | tuple]] = deque()
 
         def consume() -> None:
-            res, hasher, fut, end = inflight.popleft()
-            oid, stored, mv = fut.result() if isinstance(fut, Future) else fut
+            res, hasher, fut = inflight.popleft()
+            oid, stored, mv, buf = fut.result() if isinstance(fut, Future) else fut
+            n = len(mv)
             res.chunks.append(oid)
             hasher.update(mv)
             file_hasher.update(mv)
+            del mv
+            if buf is not None:  # hashed and stored: its buffer can take the next chunk
+                self._buffers.put(buf)
             self.stats.chunks += 1
-            self.stats.raw_bytes += len(mv)
+            self.stats.raw_bytes += n
             if stored:
                 self.stats.new_chunks += 1
                 self.stats.stored_bytes += stored
-            self.progress.advance(len(mv))
-            if release is not None and end is not None:
-                release(end)
+            self.progress.advance(n)
 
-        for seg in segments:
-            res = results[seg.key] = SegmentResult(nbytes=len(seg.data))
-            hasher = hashers[seg.key] = new_hasher()
-            step = aligned_chunk(self.chunk_size, seg.width)
-            n = len(seg.data)
-            for i, start in enumerate(range(0, n, step)):
-                mv = seg.data[start : start + step]
-                end = None if seg.end_offset is None else seg.end_offset - n + start + len(mv)
-                args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i))
-                fut = self._pool.submit(self._put, *args) if self._pool else self._put(*args)
-                inflight.append((res, hasher, fut, end))
-                while len(inflight) > self.window:
-                    consume()
-        while inflight:
-            consume()
+        try:
+            for seg in segments:
+                res = results[seg.key] = SegmentResult(nbytes=len(seg.data))
+                hasher = hashers[seg.key] = new_hasher()
+                step = aligned_chunk(self.chunk_size, seg.width)
+                n = len(seg.data)
+                for i, start in enumerate(range(0, n, step)):
+                    mv = seg.data[start : start + step]
+                    args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i))
+                    fut = self._pool.submit(self._put, *args) if self._pool else self._put(*args)
+                    inflight.append((res, hasher, fut))
+                    while len(inflight) > self.window:
+                        consume()
+            while inflight:
+                consume()
+        except BaseException:
+            # Nothing still running may outlive this call: a worker reading a file range after its caller
+            # closed the file would read from a closed (or reused) descriptor.
+            futures = [f for _, _, f in inflight if isinstance(f, Future)]
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
         for key, res in results.items():
             res.hash = hashers[key].hexdigest()
         return results, file_hasher.hexdigest()

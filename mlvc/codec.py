@@ -183,12 +183,22 @@ def _unpack_planes(payload: memoryview, width: int, raw_length: int) -> bytearra
     return out
 
 
+# zstd cannot expand a frame by more than this: every block (at most 128 KiB of output) costs at least a
+# 3-byte header and 1 byte of content (an RLE block), so 32768x is the format's ceiling; twice that leaves a
+# margin. A frame that declares more than its size allows is damaged or crafted, and is refused before
+# anything is allocated for it (a 30-byte object declaring 16 TiB would otherwise end in a MemoryError).
+MAX_ZSTD_RATIO = 1 << 16
+
+
 def _frame_size(frame) -> int:
-    """The content size a zstd frame declares (encode always writes it), read without decompressing."""
+    """The content size a zstd frame declares (encode always writes it), read without decompressing;
+    DecodeError when the frame is too small to hold that much."""
     try:
         size = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as e:
         raise DecodeError(f"zstd: {e}") from None
+    if size > len(frame) * MAX_ZSTD_RATIO:
+        raise DecodeError(f"a {len(frame)}-byte zstd frame cannot hold the {size} bytes it declares")
     return size
 
 

@@ -28,33 +28,57 @@ class Config:
 
     @classmethod
     def load(cls, path: str) -> Config:
+        """The settings in `path` (defaults when it does not exist). Every value is checked: a ConfigError
+        names the key and what it may be (a TOML boolean is not an integer, nor is 2.0 or "2")."""
         try:
             with open(path, "rb") as f:
-                raw = tomllib.load(f)
+                data = f.read()
         except FileNotFoundError:
             return cls()
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML ({e}); fix or remove it") from None
+        try:
+            raw = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not UTF-8 text (byte {e.start} is not UTF-8); fix or remove it") from None
+        except ValueError as e:  # TOMLDecodeError, and an integer past Python's 4300-digit limit
+            raise ConfigError(f"{path} is not valid TOML ({_show(str(e), 200)}); fix or remove it") from None
+        except RecursionError:
+            raise ConfigError(f"{path} nests too deeply to be an mlvc config; fix or remove it") from None
+        for table in TABLES:
+            if not isinstance(raw.get(table, {}), dict):
+                raise ConfigError(f"{path}: [{table}] must be a table of settings, not a value")
         core = raw.get("core", {})
         cfg = cls(raw=raw)
-        try:
-            cfg.chunk_size = int(core.get("chunk_size", DEFAULT_CHUNK_SIZE))
-            cfg.zstd_level = int(core.get("zstd_level", DEFAULT_ZSTD_LEVEL))
-            cfg.threads = int(core.get("threads", 0))
-            cfg.keyframe_interval = int(core.get("keyframe_interval", DEFAULT_KEYFRAME_INTERVAL))
-            cfg.cache_mb = int(core.get("cache_mb", DEFAULT_CACHE_MB))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{path}: [core] values must be integers ({e})") from None
-        if not (64 <= cfg.chunk_size <= 1 << 30) or cfg.chunk_size % 8:
-            raise ConfigError(f"{path}: core.chunk_size must be a multiple of 8 between 64 B and 1 GiB")
-        if not (1 <= cfg.keyframe_interval <= 256):
-            raise ConfigError(f"{path}: core.keyframe_interval must be between 1 (no deltas) and 256")
-        if cfg.cache_mb < 0:
-            raise ConfigError(f"{path}: core.cache_mb must not be negative")
-        if not (-7 <= cfg.zstd_level <= 22):
-            raise ConfigError(f"{path}: core.zstd_level must be between -7 and 22")
-        cfg.user_name = raw.get("user", {}).get("name")
+        for key, (low, high, default, note) in CORE_RANGES.items():
+            value = core.get(key, default)
+            if type(value) is not int or not low <= value <= high:
+                raise ConfigError(f"{path}: core.{key} must be an integer from {low} to {high}{note}, "
+                                  f"not {_show(value)}")
+            setattr(cfg, key, value)
+        if cfg.chunk_size % 8:
+            raise ConfigError(f"{path}: core.chunk_size must be a multiple of 8 (whole elements of any dtype), "
+                              f"not {cfg.chunk_size}")
+        name = raw.get("user", {}).get("name")
+        if name is not None and not (isinstance(name, str) and name.strip() and "\n" not in name):
+            raise ConfigError(f"{path}: user.name must be a one-line string, not {_show(name)}")
+        cfg.user_name = name
         return cfg
+
+
+# [core] key -> (lowest, highest, default, what it means); every value must be a TOML integer in range.
+CORE_RANGES: dict[str, tuple[int, int, int, str]] = {
+    "chunk_size": (64, 1 << 30, DEFAULT_CHUNK_SIZE, " bytes (a multiple of 8)"),
+    "zstd_level": (-7, 22, DEFAULT_ZSTD_LEVEL, ""),
+    "threads": (0, 256, 0, " (0: one per core)"),
+    "keyframe_interval": (1, 256, DEFAULT_KEYFRAME_INTERVAL, " (1: no deltas)"),
+    "cache_mb": (0, 1 << 20, DEFAULT_CACHE_MB, " MiB"),
+}
+# Top-level names that must be tables when present (read by other modules: gc settings, evaluation tasks).
+TABLES = ("core", "user", "gc", "tasks")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) and limit > 60 else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_default(path: str) -> None:

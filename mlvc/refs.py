@@ -233,7 +233,7 @@ class RefStore:
                     raise ValueError("not commit ids")
                 out.append(ReflogEntry(ref, old, new, str(d.get("who", "")), str(d.get("time", "")),
                                        str(d.get("message", ""))))
-            except (ValueError, AttributeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            except (ValueError, AttributeError, RecursionError):  # Unicode/JSONDecodeError are ValueErrors
                 bad += 1
         return out, bad
 

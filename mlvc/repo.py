@@ -6,10 +6,12 @@ The methods are thin: each operation lives in its own module under `mlvc/ops/`.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import config as _config
@@ -98,6 +100,19 @@ class Repo:
         data = manifest.to_bytes()
         Manifest.from_dict(json.loads(data))
         return self.store.put(data).id
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held while an operation writes objects that no ref names yet (commit, revert, merge): a lock file
+        under `.mlvc/inflight/` whose age tells `mlvc gc` to keep every object younger than the oldest such
+        operation, so even `gc --prune=now` never sweeps the objects of a commit in flight."""
+        from . import lockfile
+        from .ops.gc import INFLIGHT_DIR
+
+        folder = os.path.join(self.dir, INFLIGHT_DIR)
+        os.makedirs(folder, exist_ok=True)
+        with lockfile.locked(os.path.join(folder, f"{uuid.uuid4().hex}.lock"), "an object write"):
+            yield
 
     def write_commit(self, commit: Commit) -> str:
         commit.id = self.store.put(commit.to_bytes()).id
@@ -189,6 +204,14 @@ class Repo:
 
         return fsck(self, progress=progress)
 
+    def gc(self, prune=None, prune_temp=None, dry_run: bool = False, progress: Progress = NULL):
+        """Delete unreachable objects older than the grace period (`prune`: "now", "2.weeks.ago", seconds...;
+        default `gc.grace`, 2 weeks), old temp files (`prune_temp`, default `gc.temp_grace`, 1 day) and stale
+        locks; a GcResult. `dry_run` reports what would go and deletes nothing."""
+        from .ops.gc import gc
+
+        return gc(self, prune=prune, prune_temp=prune_temp, dry_run=dry_run, progress=progress)
+
     # evaluation ledger (mlvc/ledger.py, mlvc/tasks.py, ops/evalrun.py, ops/evals.py, ops/report.py)
     @property
     def ledger(self):
@@ -222,10 +245,19 @@ class Repo:
 
         return compare(self, a, b, list(tasks) if tasks else None)
 
-    def report(self, output: str, rev: str = "HEAD", max_commits: int = 200):
-        from .ops.report import write_report
+    def report_data(self, rev: str = "HEAD", max_commits: int = 200):
+        """What the HTML report shows: history, effect table, layer diffs, refs (an ops.report.ReportData)."""
+        from .ops.report import report_data
 
-        return write_report(self, output, rev, max_commits)
+        return report_data(self, rev, max_commits)
+
+    def report(self, output: str, rev: str = "HEAD", max_commits: int = 200):
+        """Write the HTML report to `output` (a ReportResult). A convenience for notebooks and scripts: the one
+        library method that reaches up into mlvc.render (lazily); everything it renders is report_data()."""
+        from .render.report import require, write_report
+
+        require()
+        return write_report(self.report_data(rev, max_commits), output)
 
     # diff, rollback, merge (mlvc/ops/diff.py, revert.py, reset.py, merge.py, restore.py)
     def diff(self, a: str | None = "HEAD", b: str | None = None, tensors: Iterable[str] | str | None = None,

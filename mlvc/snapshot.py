@@ -6,22 +6,22 @@ With a store, a snapshot writes chunks; with `Pipeline(store=None)` it only comp
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-import mmap
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from . import formats
-from .chunking import Pipeline, Segment, VerifyingWriter
+from .chunking import FileRange, Pipeline, Segment, VerifyingWriter
 from .dtypes import plane_width
-from .errors import CorruptObjectError, FileChangedError, FormatError, PathError
+from .errors import CorruptObjectError, FileChangedError, FormatError, ObjectNotFoundError, PathError
 from .formats import safetensors as st
-from .objects import KIND_BLOB, KIND_SAFETENSORS, KIND_TORCH, FileEntry, TensorEntry
+from .objects import KIND_BLOB, KIND_SAFETENSORS, KIND_TORCH, FileEntry, TensorEntry, check_rel_path
+from .progress import NULL
 from .util import hash_bytes, new_hasher
 
 HEADER_KEY = "\x00header"
-_RELEASE_EVERY = 8 << 20  # mapped pages behind the consumer are dropped in steps of this size
 
 
 @dataclass
@@ -67,35 +67,11 @@ class History:
 NO_HISTORY = History()
 
 
-@contextlib.contextmanager
-def _mapped(path: str) -> Iterator[tuple[memoryview, callable]]:
-    """The file as a read-only memoryview over mmap, and a `release(offset)` that drops the pages before
-    `offset` from this process (so a 100 GB file never makes a 100 GB resident set)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            yield memoryview(b""), lambda _offset: None
-            return
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        done = [0]
-
-        def release(offset: int) -> None:
-            upto = offset - offset % mmap.PAGESIZE
-            if upto - done[0] >= _RELEASE_EVERY and hasattr(mm, "madvise"):
-                mm.madvise(mmap.MADV_DONTNEED, done[0], upto - done[0])
-                done[0] = upto
-
-        mv = memoryview(mm)
-        try:
-            yield mv, release
-        finally:
-            mv.release()
-            mm.close()
-
-
 def snapshot_path(pipe: Pipeline, abs_path: str, rel: str, as_blob: bool = False,
                   history: History = NO_HISTORY) -> FileEntry:
     kind = KIND_BLOB if as_blob else formats.kind_of(rel)
+    if pipe.store is not None:
+        check_rel_path(rel)  # a path no manifest can hold (not UTF-8, too deep) is refused before any work
     if not os.path.isfile(abs_path):
         raise PathError(f"{rel} is not a file")
     before = _identity(abs_path)
@@ -115,26 +91,50 @@ def _identity(path: str) -> tuple[int, int, int, int]:
     return st_.st_size, st_.st_mtime_ns, st_.st_ino, st_.st_ctime_ns
 
 
+# User files are read, never mapped: a mapped file that another process truncates while it is committed kills
+# mlvc with SIGBUS (Python cannot catch it), and a map with buffers exported from it cannot be closed when an
+# error or Ctrl-C unwinds (a BufferError then hides the real exception). Blobs and safetensors files are read
+# with pread chunk by chunk (chunking.FileRange: memory bounded by the pipeline's window); a read that comes
+# back short is a FileChangedError, and nothing is committed.
+
+
+@contextlib.contextmanager
+def _mapped(path: str) -> Iterator[tuple[memoryview, callable]]:
+    """The whole file as a memoryview over bytes read into memory (no mmap, so no SIGBUS), and a no-op
+    `release(offset)` kept for callers written against the old map. It costs the file's size in memory:
+    only for formats that need random access to the whole file (torch); blobs and safetensors files use
+    FileRange. FileChangedError when the file ends before the size it had when opened."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(size)
+        mv = memoryview(buf)
+        got = 0
+        while got < size:
+            n = f.readinto(mv[got:])
+            if not n:
+                raise FileChangedError(path)
+            got += n
+    yield mv.toreadonly(), lambda _offset: None
+
+
 def _snapshot_blob(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
-    with _mapped(abs_path) as (mv, release):
-        segs = [Segment(KIND_BLOB, mv, 1, len(mv), **history.blob())]
-        results, fhash = pipe.ingest(segs, release)
-        del segs
+    with open(abs_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        segs = [Segment(KIND_BLOB, FileRange(f.fileno(), 0, size, rel), 1, **history.blob())]
+        results, fhash = pipe.ingest(segs)
     return FileEntry(rel, KIND_BLOB, results[KIND_BLOB].nbytes, fhash, chunks=results[KIND_BLOB].chunks)
 
 
 def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
     with open(abs_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         layout = st.read_layout(f, rel)
-    with _mapped(abs_path) as (mv, release):
         ds = layout.data_start
-        segs = [Segment(HEADER_KEY, mv[:ds], 1, ds, **history.header())]
-        segs += [Segment(i, mv[ds + t.begin : ds + t.end], plane_width(t.dtype), ds + t.end,
+        segs = [Segment(HEADER_KEY, memoryview(layout.header_bytes), 1, **history.header())]
+        segs += [Segment(i, FileRange(f.fileno(), ds + t.begin, t.nbytes, rel), plane_width(t.dtype),
                          **history.tensor(t.name, t.dtype, t.shape))
                  for i, t in enumerate(layout.tensors)]
-        results, fhash = pipe.ingest(segs, release)
-        size = len(mv)
-        del segs
+        results, fhash = pipe.ingest(segs)
     tensors = [TensorEntry(t.name, t.dtype, t.shape, t.nbytes, results[i].hash, results[i].chunks)
                for i, t in enumerate(layout.tensors)]
     return FileEntry(rel, KIND_SAFETENSORS, size, fhash, tensors=tensors, header=results[HEADER_KEY].chunks)
@@ -165,73 +165,146 @@ def file_hash(path: str) -> str:
 
 
 def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
+    """A torch file as its tensors, plus a *frame* (every byte of the file outside the storage records that
+    are a tensor's bytes, verbatim) and a *layout* interleaving the two (see FileEntry). Nothing is
+    re-serialized, so the rebuild is byte for byte whatever the pickle holds (Parameters, views, strings,
+    legacy format, any archive name). With a store, the entry is also rebuilt from the stored objects by
+    write_entry, exactly as checkout will, before it is returned; should that ever fail, the whole file goes
+    into the frame and is checked again, so a committed torch file always checks out."""
     from .dtypes import from_torch
     from .formats import torchfile
 
     obj = torchfile.load(abs_path, rel)
-    skeleton, named = torchfile.flatten(obj)
+    named = torchfile.named_tensors(obj, rel)
     first_by_key: dict[tuple, str] = {}
     aliases: dict[str, str] = {}
-    exact = True
-    segs = []
     for name, t in named:
-        key = torchfile.storage_key(t)
-        if key in first_by_key:
-            aliases[name] = first_by_key[key]
-            continue
-        first_by_key[key] = name
-        exact = exact and torchfile.rebuilds_exactly(t)
-        try:
-            dtype = from_torch(t.dtype)
-        except TypeError as e:
-            raise FormatError(rel, str(e)) from None
-        segs.append(Segment(name, torchfile.tensor_bytes(t), plane_width(dtype),
-                            **history.tensor(name, dtype, list(t.shape))))
-    results, _ = pipe.ingest(segs)
-    del segs
-    skel = torchfile.skeleton_bytes(skeleton)
-    skel_id = pipe.store.put(skel).id if pipe.store is not None else hash_bytes(skel)
+        first = first_by_key.setdefault(torchfile.storage_key(t), name)
+        if first != name:
+            aliases[name] = first
+    # a generator, so that a tensor's contiguous copy (if it needs one) lives only while it is chunked
+    results, _ = pipe.ingest(Segment(name, torchfile.tensor_bytes(t), plane_width(from_torch(t.dtype)),
+                                     **history.tensor(name, from_torch(t.dtype), list(t.shape)))
+                             for name, t in named if name not in aliases)
     tensors = []
     for name, t in named:
-        base = aliases.get(name, name)
-        r = results[base]
+        r = results[aliases.get(name, name)]
         tensors.append(TensorEntry(name, from_torch(t.dtype), list(t.shape), r.nbytes, r.hash, r.chunks,
                                    aliases.get(name)))
-    fhash = file_hash(abs_path)
-    archive = torchfile.archive_name(abs_path)
-    if exact and pipe.store is not None:
-        # Rebuild it the way checkout will, and see whether the bytes come out the same.
-        objs = dict(named)
-        for name, base in aliases.items():
-            objs[name] = torchfile.alias_of(objs[base])
-        rebuilt = torchfile.unflatten(torchfile.skeleton_from_bytes(skel, rel), objs)
-        h = new_hasher()
-        torchfile.save(rebuilt, _HashSink(h), archive, pipe.tmp_dir)
-        exact = h.hexdigest() == fhash
-    return FileEntry(rel, KIND_TORCH, os.path.getsize(abs_path), fhash, tensors=tensors, skeleton=skel_id,
-                     exact=exact, archive=archive)
+    sizes = {t.untyped_storage().nbytes() for _name, t in named} - {0}
+    del obj, named  # torch's map of the file can go
+    by_content: dict[tuple[int, str], str] = {}
+    for name, r in results.items():
+        if r.nbytes:
+            by_content.setdefault((r.nbytes, r.hash), name)
+    with open(abs_path, "rb") as f:
+        whole = FileRange(f.fileno(), 0, os.fstat(f.fileno()).st_size, rel)
+        fhash = _range_hash(whole)
+        pieces = []  # (start, end, tensor name): storage records whose bytes are exactly a tensor's
+        for a, b in torchfile.storage_ranges(f, len(whole), sizes):
+            name = by_content.get((b - a, _range_hash(whole[a:b])))
+            if name is not None:
+                pieces.append((a, b, name))
+        entry = _torch_entry(pipe, whole, fhash, tensors, pieces, history)
+        if pipe.store is not None and not _rebuilds(pipe, entry):
+            entry = _torch_entry(pipe, whole, fhash, tensors, [], history)
+            if not _rebuilds(pipe, entry):
+                raise CorruptObjectError(fhash, "the store does not give back the objects just written", rel)
+    return entry
+
+
+def _range_hash(r: FileRange) -> str:
+    h = new_hasher()
+    for start in range(0, len(r), 1 << 22):
+        h.update(r[start : start + (1 << 22)].read())
+    return h.hexdigest()
+
+
+def _torch_entry(pipe: Pipeline, whole: FileRange, fhash: str, tensors: list[TensorEntry],
+                 pieces: list[tuple[int, int, str]], history: History) -> FileEntry:
+    """The entry whose layout puts the named tensors at `pieces` and every other byte of the file (`whole`)
+    in the frame."""
+    layout: list[int | str] = []
+    parts: list[FileRange] = []
+    pos = 0
+    for a, b, name in pieces:
+        if a > pos:
+            parts.append(whole[pos:a])
+            layout.append(a - pos)
+        layout.append(name)
+        pos = b
+    if pos < len(whole):
+        parts.append(whole[pos:])
+        layout.append(len(whole) - pos)
+    bases = [e.frame if e is not None and e.kind == KIND_TORCH else None
+             for e in (history.parent, history.grandparent)]
+    data = parts[0] if len(parts) == 1 else _Joined(parts)
+    results, _ = pipe.ingest([Segment("frame", data, 1, bases=bases[0], bases2=bases[1])])
+    return FileEntry(whole.path, KIND_TORCH, len(whole), fhash, tensors=tensors,
+                     frame=results["frame"].chunks, layout=layout)
+
+
+class _Joined:
+    """Several file ranges read as one (length and slices, as Pipeline.ingest reads a segment), so that the
+    frame is chunked as one range and read a chunk at a time; a chunk within one part stays a FileRange (read
+    by a worker), one across parts is read here."""
+
+    def __init__(self, parts: list[FileRange]):
+        self.parts = parts
+        self.starts = [0]
+        for p in parts:
+            self.starts.append(self.starts[-1] + len(p))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, s: slice):
+        start, stop, _step = s.indices(len(self))
+        i = bisect.bisect_right(self.starts, start) - 1
+        out = []
+        while start < stop:
+            p = self.parts[i]
+            piece = p[start - self.starts[i] : stop - self.starts[i]]
+            out.append(piece)
+            start += len(piece)
+            i += 1
+        if len(out) == 1:
+            return out[0]
+        return b"".join(p.read() for p in out)
+
+
+def _rebuilds(pipe: Pipeline, entry: FileEntry) -> bool:
+    """Whether write_entry, reading the stored objects back, gives the file's bytes: checkout's own path."""
+    progress, pipe.progress = pipe.progress, NULL
+    try:
+        write_entry(pipe, entry, _Discard())
+    except (CorruptObjectError, ObjectNotFoundError):
+        return False
+    finally:
+        pipe.progress = progress
+    return True
 
 
 # -- writing back -----------------------------------------------------------------------------------------
 
 
-class _HashSink:
-    def __init__(self, hasher):
-        self.write = hasher.update
+class _Discard:
+    """A file that forgets what is written to it (the commit-time rebuild only needs the hash)."""
+
+    def write(self, data) -> None:
+        pass
 
 
 def write_entry(pipe: Pipeline, entry: FileEntry, f) -> None:
     """Write the file an entry describes into the open binary file `f`, verifying the whole-file hash
-    (or, for torch files that are not byte-exact, each tensor's hash)."""
+    (or, for torch entries from before the frame/layout design that are not byte-exact, each tensor's hash)."""
     w = VerifyingWriter(f, entry.hash, entry.path, pipe.progress)
+    if entry.kind == KIND_TORCH and entry.layout is not None:
+        _write_torch(pipe, entry, w)
+        w.check()
+        return
     if entry.kind == KIND_TORCH:
-        from .formats import torchfile
-
-        obj = torchfile.unflatten(torchfile.skeleton_from_bytes(pipe.store.get(entry.skeleton), entry.path),
-                                  load_tensors(pipe, {t.name: t for t in entry.tensors}, "torch"))
-        torchfile.save(obj, w, entry.archive, pipe.tmp_dir)
-        if entry.exact:
-            w.check()
+        _write_torch_skeleton(pipe, entry, w)
         return
     ids = entry.chunks if entry.kind == KIND_BLOB else list(entry.header or [])
     for t in entry.tensors if entry.kind != KIND_BLOB else []:
@@ -239,6 +312,58 @@ def write_entry(pipe: Pipeline, entry: FileEntry, f) -> None:
     for chunk in pipe.read(ids):
         w.write(chunk)
     w.check()
+
+
+def _write_torch(pipe: Pipeline, entry: FileEntry, w: VerifyingWriter) -> None:
+    """The layout in order: frame bytes and tensors' bytes (each tensor checked against its own hash as it
+    is read); the caller checks the whole file. Needs no torch."""
+    def damaged(why: str) -> CorruptObjectError:
+        return CorruptObjectError(entry.hash, f"the torch file entry cannot be rebuilt: {why}", entry.path)
+
+    by_name = {t.name: t for t in entry.tensors}
+    frame = pipe.read(entry.frame or [])
+    held = memoryview(b"")
+    for piece in entry.layout or []:
+        if isinstance(piece, str):
+            if piece not in by_name:
+                raise damaged(f"its layout names a tensor {piece!r} it does not list")
+            for chunk in tensor_chunks(pipe, by_name[piece]):
+                w.write(chunk)
+        elif isinstance(piece, int) and not isinstance(piece, bool) and piece > 0:
+            n = piece
+            while n:
+                if not held:
+                    chunk = next(frame, None)
+                    if chunk is None:
+                        raise damaged("its frame is shorter than its layout")
+                    held = memoryview(chunk)
+                w.write(held[:n])
+                taken = min(n, len(held))
+                held, n = held[taken:], n - taken
+        else:
+            raise damaged(f"its layout holds {piece!r}")
+    if held or next(frame, None) is not None:
+        raise damaged("its frame is longer than its layout")
+
+
+def _write_torch_skeleton(pipe: Pipeline, entry: FileEntry, w: VerifyingWriter) -> None:
+    """An entry committed before the frame/layout design: its skeleton with the tensors put back (aliases
+    sharing storage), saved with torch.save; the whole file checked when `exact`, otherwise each tensor
+    against its own hash as it is read."""
+    from .formats import torchfile
+
+    if entry.skeleton is None:
+        raise CorruptObjectError(entry.hash, "a torch file entry with neither a layout nor a skeleton",
+                                 entry.path)
+    skeleton = torchfile.skeleton_from_bytes(pipe.store.get(entry.skeleton), entry.path)
+    try:
+        obj = torchfile.unflatten(skeleton, load_tensors(pipe, {t.name: t for t in entry.tensors}, "torch"))
+    except (KeyError, RecursionError) as e:
+        raise CorruptObjectError(entry.skeleton, f"the skeleton does not fit the tensors ({type(e).__name__})",
+                                 entry.path) from None
+    torchfile.save(obj, w, entry.archive, pipe.tmp_dir)
+    if entry.exact:
+        w.check()
 
 
 def tensor_chunks(pipe: Pipeline, t: TensorEntry) -> Iterator[bytes]:
@@ -284,7 +409,11 @@ def _as_array(buf: bytearray, t: TensorEntry, framework: str):
     if framework == "torch":
         import torch
 
-        dtype = torch_dtype(t.dtype)
+        try:
+            dtype = torch_dtype(t.dtype)
+        except (KeyError, AttributeError):  # a dtype mlvc stores as bytes, or one this torch lacks
+            raise FormatError(t.name, f"dtype {t.dtype} has no torch equivalent here; load it with "
+                                      "framework='numpy' to get its bytes") from None
         if not buf:
             return torch.empty(t.shape, dtype=dtype)
         return torch.frombuffer(buf, dtype=dtype).reshape(t.shape)

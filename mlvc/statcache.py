@@ -34,7 +34,7 @@ class StatCache:
             self.written_ns = int(data.get("written_ns", 0))
             for e in self.entries.values():
                 e.setdefault("at", self.written_ns)
-        except (FileNotFoundError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError):
             pass  # a missing or damaged cache only costs a re-hash
         self.dirty = False
 

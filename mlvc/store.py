@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,11 @@ class _LRU:
 
 DEFAULT_KEYFRAME_INTERVAL = 8
 DEFAULT_CACHE_BYTES = 128 << 20
+# An object that a write dedupes against (or uses as a delta base) gets its mtime set to now when it is older
+# than this, so that `mlvc gc` sees it as young while the commit that needs it has not moved its ref yet
+# (git freshens objects the same way). One hour: a small fraction of gc's grace (2 weeks by default), and a
+# stat per put otherwise. docs/format.md (Garbage collection) says why the grace must exceed it.
+FRESHEN_AFTER = 3600.0
 
 
 class ObjectStore:
@@ -82,6 +88,7 @@ class ObjectStore:
                  cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.level = level
         self.keyframe_interval = keyframe_interval
+        self.freshen_after = FRESHEN_AFTER
         self._cache = _LRU(cache_bytes)
 
     # -- what a backend provides -------------------------------------------------------------------
@@ -109,6 +116,16 @@ class ObjectStore:
     def _delete_file(self, oid: str) -> None:
         raise NotImplementedError
 
+    def mtime(self, oid: str) -> float:
+        """When the object was written or last freshened (seconds since the epoch). ObjectNotFoundError if absent."""
+        raise NotImplementedError
+
+    def freshen(self, oid: str) -> bool:
+        """Mark a present object as just used: its mtime becomes now when older than `freshen_after`. False when
+        the object is absent (gc may have removed it a moment ago: the caller writes it again). A backend without
+        mtimes only says whether the object is there."""
+        return self.has(oid)
+
     def flush(self) -> None:
         """Make every write so far durable (called before a ref is moved to point at them)."""
 
@@ -126,7 +143,9 @@ class ObjectStore:
         finds its next commit's delta bases in memory instead of decoding their chains."""
         oid = oid or hash_bytes(raw)
         n = len(memoryview(raw).cast("B"))
-        if self.has(oid):
+        # An object already here is freshened, not rewritten: it may be old and unreachable (a deleted branch's),
+        # and gc must not remove it now that a commit in flight needs it.
+        if self.has(oid) and self.freshen(oid):
             if remember and self._cache.get(oid) is None:
                 self._cache.put(oid, bytes(raw), self.header(oid).depth)
             return PutResult(oid, n, 0)
@@ -136,9 +155,15 @@ class ObjectStore:
             if b1 is not None:
                 b2 = self._base(base2) if base2 and base2 not in (oid, base) else None
                 data = codec.encode_delta(raw, width, self.level, b1, b2)
+        # A delta needs its bases for as long as it lives: keep them young too. A base gone from the disk (a
+        # cached one that gc removed meanwhile) cannot carry a delta: store the object full instead.
+        if data is not None and not all([self.freshen(bid) for bid in codec.bases(data)]):
+            data = None
         if data is None:
             data = codec.encode(raw, width, self.level)
         written = self.write_file(oid, data)
+        if not written:  # another writer stored it meanwhile
+            self.freshen(oid)
         if remember:
             self._cache.put(oid, bytes(raw), codec.ObjectHeader.parse(data).depth)
         return PutResult(oid, n, len(data) if written else 0)
@@ -168,7 +193,10 @@ class ObjectStore:
         """Read the object from its file (not the cache) and check it decodes to content matching its id."""
         self._load(oid, from_cache=False)
 
-    def _load(self, oid: str, cache: bool = False, from_cache: bool = True) -> tuple[bytes | bytearray, int]:
+    def _load(self, oid: str, cache: bool = False, from_cache: bool = True,
+              below: int | None = None) -> tuple[bytes | bytearray, int]:
+        """`below`: the depth of the delta that needs this object as a base; a base at or above it is refused
+        before its own bases are read, so damaged files naming each other in a cycle cannot recurse forever."""
         hit = self._cache.get(oid) if from_cache else None
         if hit is not None:
             return hit
@@ -177,10 +205,12 @@ class ObjectStore:
             # file at a time instead of one per link, so a reader's peak memory does not grow with the depth.
             head = self.read_head(oid, codec.HEADER_SIZE + 16)
             h = codec.ObjectHeader.parse(head)
+            if below is not None and h.depth >= below:
+                raise codec.DecodeError(f"it has depth {h.depth}, but a delta of depth {below} names it as its base")
             bases: dict[str, tuple[bytes | bytearray, int]] = {}
             for bid in codec.bases(head):
                 try:
-                    braw, bdepth = self._load(bid, cache=True)
+                    braw, bdepth = self._load(bid, cache=True, below=h.depth)
                 except ObjectNotFoundError:
                     raise codec.DecodeError(f"its delta base {bid} is missing") from None
                 if bdepth >= h.depth:  # depths strictly fall along a chain: no cycles, bounded recursion
@@ -230,6 +260,7 @@ class MemoryObjectStore(ObjectStore):
     def __init__(self, level: int = 1, **kwargs):
         super().__init__(level, **kwargs)
         self._objects: dict[str, bytes] = {}
+        self._mtimes: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def has(self, oid):
@@ -246,6 +277,7 @@ class MemoryObjectStore(ObjectStore):
             if oid in self._objects:
                 return False
             self._objects[oid] = bytes(data)
+            self._mtimes[oid] = time.time()
             return True
 
     def ids(self):
@@ -255,7 +287,24 @@ class MemoryObjectStore(ObjectStore):
         return len(self.read_file(oid))
 
     def _delete_file(self, oid):
-        self._objects.pop(oid, None)
+        with self._lock:
+            self._objects.pop(oid, None)
+            self._mtimes.pop(oid, None)
+
+    def mtime(self, oid):
+        try:
+            return self._mtimes[oid]
+        except KeyError:
+            raise ObjectNotFoundError(oid) from None
+
+    def freshen(self, oid):
+        with self._lock:
+            if oid not in self._objects:
+                return False
+            now = time.time()
+            if now - self._mtimes.get(oid, 0.0) > self.freshen_after:
+                self._mtimes[oid] = now
+            return True
 
 
 class LooseObjectStore(ObjectStore):
@@ -338,6 +387,24 @@ class LooseObjectStore(ObjectStore):
             return os.stat(self._path(oid)).st_size
         except FileNotFoundError:
             raise ObjectNotFoundError(oid) from None
+
+    def mtime(self, oid):
+        try:
+            return os.stat(self._path(oid)).st_mtime
+        except FileNotFoundError:
+            raise ObjectNotFoundError(oid) from None
+
+    def freshen(self, oid):
+        path = self._path(oid)
+        try:
+            if time.time() - os.stat(path).st_mtime <= self.freshen_after:
+                return True
+            os.utime(path)  # allowed to the owner even on a read-only (0444) file
+        except FileNotFoundError:
+            return False
+        except OSError:  # another user's object in a shared store: it is there, but we cannot touch it
+            return os.path.exists(path)
+        return True
 
     def _delete_file(self, oid):
         if not is_object_id(oid):

@@ -102,8 +102,8 @@ def load_tasks(repo: Repo) -> dict[str, TaskSpec]:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raw = {}
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{project} is not valid TOML ({e}); fix it") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{project} is not valid TOML ({str(e)[:200]}); fix it") from None
     tasks.update(parse_tasks(raw.get("tasks", {}), project))
     local = os.path.join(repo.dir, "config.toml")
     tasks.update(parse_tasks(repo.config.raw.get("tasks", {}), local))

@@ -66,9 +66,11 @@ def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True) -> Iterat
         os.chmod(tmp, mode)
         faults.point("write.synced")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            e.filename = tmp  # a write error names no file: say where (a full disk: "folder: No space left")
         raise
     faults.point("write.renamed")
     if sync_dir:

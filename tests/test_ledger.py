@@ -182,22 +182,35 @@ def test_compaction_merges_parts_and_drops_only_repeated_rows(tmp_path):
     assert again.path is None and again.rows == 10  # nothing left to do
 
 
-def test_compaction_refuses_while_another_holds_the_lock(tmp_path, repo):
+def test_compaction_refuses_while_a_live_process_holds_the_lock(tmp_path, repo):
+    from mlvc import lockfile
+    from mlvc.errors import LockBusyError
+
     led = repo.ledger
     led.append([rec()])
     led.append([rec()])
     lock = os.path.join(led.folder, ".compact.lock")
-    open(lock, "w").close()
-    with pytest.raises(LedgerError, match="compact.lock") as e:
-        led.compact()
-    assert exit_code_for(e.value) == 13
-    res = CliRunner().invoke(cli, ["-C", repo.root, "ledger", "compact"])
-    assert res.exit_code == 13 and "remove that file" in res.output
-    os.unlink(lock)
+    with lockfile.locked(lock, "the ledger"):  # a live holder (another open file: its flock conflicts)
+        with pytest.raises(LockBusyError, match="compact.lock") as e:
+            led.compact(wait=0.05)
+        assert exit_code_for(e.value) == 7
+        res = CliRunner().invoke(cli, ["-C", repo.root, "ledger", "compact"])
+        assert res.exit_code == 7 and "try again when it has finished" in res.output
+        assert len(led.parts()) == 2
     res = CliRunner().invoke(cli, ["-C", repo.root, "ledger", "compact"])
     assert res.exit_code == 0, res.output
     assert "Merged 2 part(s) into 1: 2 row(s) kept" in res.output
-    assert len(led.parts()) == 1 and len(led.records()) == 2
+    assert len(led.parts()) == 1 and len(led.records()) == 2 and led.verify() == []
+
+
+def test_a_dead_compactions_lock_is_cleared(tmp_path):
+    led = Ledger(str(tmp_path / "ledger"))
+    led.append([rec()])
+    led.append([rec()])
+    open(os.path.join(led.folder, ".compact.lock"), "w").close()  # left by a killed compaction: no flock
+    r = led.compact()
+    assert r.parts_after == 1 and len(led.records()) == 2
+    assert not os.path.exists(os.path.join(led.folder, ".compact.lock"))
 
 
 def test_a_damaged_part_is_reported(tmp_path):
@@ -205,8 +218,10 @@ def test_a_damaged_part_is_reported(tmp_path):
     led.append([rec()])
     with open(os.path.join(led.folder, "part-broken.parquet"), "wb") as f:
         f.write(b"not parquet at all")
-    with pytest.raises(LedgerError, match="cannot be read"):
+    with pytest.raises(LedgerError, match="part-broken.parquet is damaged: it is not a readable Parquet") as e:
         led.records()
+    assert exit_code_for(e.value) == 13 and "mlvc fsck" in str(e.value)
+    assert [(os.path.basename(p.path), p.kind) for p in led.verify()] == [("part-broken.parquet", "damaged")]
 
 
 def test_the_folder_reads_as_one_dataset_with_pyarrow(tmp_path):

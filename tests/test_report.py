@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from mlvc.cli import cli
 from mlvc.ledger import Record
 
 pytest.importorskip("matplotlib", reason="mlvc report needs matplotlib (pip install 'mlvc[report]')")
+pytest.importorskip("jinja2", reason="mlvc report needs jinja2 (pip install 'mlvc[report]')")
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -147,3 +150,94 @@ def test_report_of_a_history_without_results(tmp_path):
     with open(r.path, encoding="utf-8") as f:
         page = f.read()
     assert "No evaluation results yet" in page and "No commit with a parent" in page and "<svg" not in page
+
+
+def test_report_escapes_ref_names_and_labels_a_detached_head(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    path = repo.abs_path("w.safetensors")
+    ids = []
+    for i in range(2):
+        write_safetensors_np(path, {"layer.0.w": np.full(4, i, dtype=np.float32)})
+        ids.append(repo.commit(message=f"c{i} <script>alert(1)</script>", paths=[path]).commit.id)
+    repo.create_tag("v<1>&'x'", ids[0])
+    r = repo.report(str(tmp_path / "r.html"))
+    page = open(r.path, encoding="utf-8").read()
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "tag: v&lt;1&gt;&amp;&#39;x&#39;" in page
+    assert "<span class='label'>HEAD → main</span>" in page
+    repo.checkout(ids[0])
+    data = repo.report_data()
+    assert data.head == ids[0] and data.head_branch is None and data.to_json()["commits"][0]["id"] == ids[0]
+    page = open(repo.report(str(tmp_path / "d.html")).path, encoding="utf-8").read()
+    assert "<span class='label'>HEAD</span>" in page  # detached, as `mlvc log` shows it
+
+
+def test_ref_labels_are_the_same_for_log_and_report():
+    from mlvc.render.labels import ref_labels
+
+    branches, tags = {"main": "a", "exp": "b"}, {"v1": "a"}
+    assert ref_labels("a", "main", branches, tags) == {"a": ["HEAD -> main", "tag: v1"], "b": ["exp"]}
+    assert ref_labels("c", None, branches, tags, arrow="→") == {"c": ["HEAD"], "a": ["main", "tag: v1"],
+                                                                "b": ["exp"]}
+    assert ref_labels(None, "main", {}, {}) == {}
+
+
+def test_the_template_ships_with_the_package():
+    from importlib.resources import files
+
+    templates = files("mlvc.render") / "templates"
+    assert (templates / "report.html.j2").is_file() and (templates / "report.css").is_file()
+    pyproject = open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), encoding="utf-8").read()
+    assert re.search(r'"mlvc\.render" = \["templates/\*"\]', pyproject)
+
+
+MLVC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mlvc")
+PRESENTATION = ("jinja2", "markupsafe", "tabulate", "matplotlib", "html")
+
+
+def _imports(path: str):
+    """(module imported, enclosing function name) for every import in a file."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    out = []
+
+    def visit(node, func):
+        for child in ast.iter_child_nodes(node):
+            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            if isinstance(child, ast.Import):
+                out.extend((a.name, name) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                mod = "." * child.level + (child.module or "")
+                out.extend((f"{mod}.{a.name}" if not child.module else mod, name) for a in child.names)
+            visit(child, name)
+
+    visit(tree, None)
+    return out
+
+
+def test_the_library_never_imports_render():
+    """Layers: cli -> render -> library. Below cli/ and render/, nothing imports render or formats output;
+    the one exception is the Repo.report convenience, which reaches render lazily."""
+    offenders = []
+    for base, _, files in os.walk(MLVC):
+        rel = os.path.relpath(base, MLVC)
+        if rel.split(os.sep)[0] in ("cli", "render"):
+            continue
+        for f in files:
+            if not f.endswith(".py") or (rel == "." and f in ("demo.py", "__main__.py")):
+                continue
+            path = os.path.join(base, f)
+            for mod, func in _imports(path):
+                parts = mod.lstrip(".").split(".")
+                if "render" in parts and not (f == "repo.py" and rel == "." and func == "report"):
+                    offenders.append(f"{os.path.join(rel, f)}: {mod} (in {func})")
+                if rel == "ops" and parts[0] in PRESENTATION:
+                    offenders.append(f"{os.path.join(rel, f)}: {mod}")
+    assert offenders == []
+
+
+def test_help_imports_no_template_engine_or_plotting():
+    code = ("import sys; from mlvc.cli import main; sys.argv=['mlvc','report','--help'];\n"
+            "try:\n    main()\nexcept SystemExit: pass\n"
+            "print('HEAVY', sorted(m for m in ('jinja2', 'matplotlib', 'torch', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out and "self-contained HTML page" in out

@@ -35,19 +35,49 @@ def _os_error_message(e: OSError) -> str:
     return f"{path}: {e.strerror or e}"
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _internal_error_message(e: BaseException) -> str:
+    """One line for an exception mlvc did not raise on purpose: a bug, reported as one."""
+    try:
+        detail = _one_line(str(e))
+    except Exception:  # a str() that fails is no reason to print a traceback
+        detail = ""
+    what = type(e).__name__ + (f": {detail}" if detail else "")
+    return f"internal error: {what} (run with MLVC_DEBUG=1 for the traceback and report it)"
+
+
 class MlvcGroup(click.Group):
+    """Every exception a command lets out becomes one line on stderr and an exit code (mlvc.errors.EXIT_CODES):
+    mlvc's own errors and file-system errors as themselves, Ctrl-C as "interrupted" (130), and anything else,
+    a bug (RecursionError, MemoryError, UnicodeError, ...), as one "internal error" line (70). click's own
+    exits and usage errors pass through. MLVC_DEBUG=1 re-raises instead, for the traceback."""
+
     def invoke(self, ctx: click.Context):
+        debug = os.environ.get("MLVC_DEBUG") == "1"
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except (MlvcError, OSError) as e:
-            if os.environ.get("MLVC_DEBUG") == "1":
+            if debug:
                 raise
             message = e if isinstance(e, MlvcError) else _os_error_message(e)
             click.echo(f"error: {message}", err=True)
             ctx.exit(exit_code_for(e))
         except KeyboardInterrupt:
+            if debug:
+                raise
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(exit_code_for(KeyboardInterrupt()))
+        except Exception as e:
+            if debug:
+                raise
+            click.echo(_internal_error_message(e), err=True)
+            ctx.exit(exit_code_for(e))
 
 
 @click.group(cls=MlvcGroup, context_settings={"help_option_names": ["-h", "--help"]})

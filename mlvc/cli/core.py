@@ -136,7 +136,9 @@ def log(repo, rev, oneline, n, stat, as_json) -> None:
         return
     if stat:
         from ._diffview import short_stat, summary
-    labels = _labels(repo)
+    from ..render.labels import repo_labels
+
+    labels = repo_labels(repo)
     for c in commits:
         deco = f" ({', '.join(labels[c.id])})" if c.id in labels else ""
         if oneline:
@@ -155,19 +157,6 @@ def log(repo, rev, oneline, n, stat, as_json) -> None:
         click.echo("")
         if stat:
             click.echo(f" {summary(stats[c.id])}\n")
-
-
-def _labels(repo) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    head_branch = repo.head_branch()
-    head = repo.head()
-    if head and not head_branch:
-        out.setdefault(head, []).append("HEAD")
-    for name, cid in repo.branches().items():
-        out.setdefault(cid, []).append(f"HEAD -> {name}" if name == head_branch else name)
-    for name, cid in repo.tags().items():
-        out.setdefault(cid, []).append(f"tag: {name}")
-    return out
 
 
 @cli.command()

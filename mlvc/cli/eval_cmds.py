@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 
 import click
 
 from ..errors import EvalFailedError
 from . import cli
-from ._common import echo_json, json_option, progress, quiet_option, short, table, with_repo
+from ._common import echo_json, json_option, progress, quiet_option, short, with_repo
+
 
 @cli.group("eval")
 def eval_group() -> None:
@@ -30,6 +29,8 @@ def eval_run(repo, revs, tasks, force, as_json, quiet) -> None:
     Results, failures and timeouts all go to the ledger. A (commit, task, spec) that already has a result is
     skipped unless --force. Exits with code 15 when an evaluator failed or timed out.
     """
+    from ..render import evals as evals_view
+
     live = not quiet and not as_json and sys.stderr.isatty()
 
     def tell(o) -> None:
@@ -41,23 +42,10 @@ def eval_run(repo, revs, tasks, force, as_json, quiet) -> None:
     if as_json:
         echo_json(result.to_json())
     else:
-        rows = []
-        for o in result.outcomes:
-            if o.status == "ok":
-                detail = ", ".join(f"{k}={v:.6g}" for k, v in o.metrics.items())
-            elif o.status == "skipped":
-                detail = "already in the ledger (--force runs it again)"
-            else:
-                detail = o.error or ""
-            took = f"{o.duration_s:.1f} s" if o.duration_s is not None else ""
-            rows.append([short(o.commit), o.task, o.status, took, detail])
-        click.echo(table(rows, ["commit", "task", "status", "time", "result"]))
-        for o in result.failures:
-            if o.stderr_tail:
-                lines = o.stderr_tail.rstrip().splitlines()[-10:]
-                click.echo(f"\n{o.task} on {short(o.commit)}: last lines of stderr:", err=True)
-                for line in lines:
-                    click.echo(f"  {line}", err=True)
+        click.echo(evals_view.eval_run_text(result))
+        tails = evals_view.failure_tails_text(result)
+        if tails:
+            click.echo(tails, err=True)
     if result.failures:
         raise EvalFailedError([(o.commit, o.task, o.status) for o in result.failures])
 
@@ -89,6 +77,8 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, float]:
 @with_repo
 def eval_record(repo, rev, metrics, task, higher, lower, dataset, dataset_hash, seed, notes, as_json) -> None:
     """Record metrics measured elsewhere for REV (directions come from the task's config unless given)."""
+    from ..render import evals as evals_view
+
     values = _parse_metrics(metrics)
     both = set(higher) & set(lower)
     if both:
@@ -99,8 +89,7 @@ def eval_record(repo, rev, metrics, task, higher, lower, dataset, dataset_hash, 
     if as_json:
         echo_json(r.to_json())
     else:
-        click.echo(f"recorded {len(r.metrics)} metric(s) for {task} on {short(r.commit)}: "
-                   + ", ".join(f"{k}={v:.6g}" for k, v in r.metrics.items()))
+        click.echo(evals_view.recorded_text(task, r.commit, r.metrics))
 
 
 @eval_group.command("show")
@@ -115,33 +104,15 @@ def eval_show(repo, rev_range, tasks, include_all, as_csv, as_json) -> None:
 
     REV-RANGE is A..B (reachable from B, not from A) or REV (reachable from REV); default HEAD.
     """
-    from ..ops.evals import render_effect_table
+    from ..render import evals as evals_view
 
     t = repo.eval_show(rev_range, include_all=include_all, tasks=list(tasks) or None)
     if as_json:
         echo_json(t.to_json())
     elif as_csv:
-        click.echo(_csv(t), nl=False)
+        click.echo(evals_view.effect_table_csv(t), nl=False)
     else:
-        click.echo(render_effect_table(t))
-
-
-def _csv(t) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    head = ["commit", "parent", "time", "message"]
-    for c in t.columns:
-        head += [c.key, f"{c.key}:delta", f"{c.key}:effect"]
-    w.writerow(head)
-    for r in t.rows:
-        line = [r.commit, r.parent or "", r.time, r.message.splitlines()[0] if r.message else ""]
-        for c in t.columns:
-            cell = r.cells[c.key]
-            line += ["" if cell.value is None else repr(cell.value),
-                     "" if cell.delta is None else repr(cell.delta),
-                     cell.effect or ("" if cell.status in ("ok", "missing") else cell.status)]
-        w.writerow(line)
-    return buf.getvalue()
+        click.echo(evals_view.effect_table_text(t))
 
 
 @eval_group.command("compare")
@@ -152,17 +123,13 @@ def _csv(t) -> str:
 @with_repo
 def eval_compare(repo, a, b, tasks, as_json) -> None:
     """Per task and metric: the value at A, at B, B - A and the relative change."""
-    from ..ops.evals import MARKS, fmt_delta, fmt_rel, fmt_value
+    from ..render import evals as evals_view
 
     c = repo.eval_compare(a, b, list(tasks) or None)
     if as_json:
         echo_json(c.to_json())
-        return
-    rows = [[r.task, r.metric, {True: "higher", False: "lower", None: "?"}[r.higher_is_better],
-             fmt_value(r.a), fmt_value(r.b), fmt_delta(r.delta), fmt_rel(r.rel_delta),
-             f"{MARKS.get(r.effect or '', '')} {r.effect or ''}".strip()] for r in c.rows]
-    click.echo(f"A = {short(c.a)} ({a}), B = {short(c.b)} ({b})")
-    click.echo(table(rows, ["task", "metric", "better", "A", "B", "delta", "relative", "effect"]))
+    else:
+        click.echo(evals_view.comparison_text(c, a, b))
 
 
 @eval_group.command("tasks")
@@ -170,21 +137,13 @@ def eval_compare(repo, a, b, tasks, as_json) -> None:
 @with_repo
 def eval_tasks(repo, as_json) -> None:
     """List the configured tasks (from mlvc.toml and .mlvc/config.toml)."""
+    from ..render import evals as evals_view
+
     tasks = repo.tasks()
     if as_json:
-        echo_json({name: {"command": t.command, "timeout": t.timeout, "source": t.source,
-                          "spec_hash": t.spec_hash, "dataset": t.dataset, "seed": t.seed,
-                          "metrics": {m.name: {"direction": m.direction, "tolerance": m.tolerance}
-                                      for m in t.metrics.values()}}
-                   for name, t in tasks.items()})
-        return
-    if not tasks:
-        click.echo("No tasks configured; see docs/ledger.md for [tasks.NAME] in mlvc.toml.")
-        return
-    rows = [[t.name, ", ".join(f"{m.name} ({m.direction}{f' ±{m.tolerance:g}' if m.tolerance else ''})"
-                               for m in t.metrics.values()), f"{t.timeout:g} s", " ".join(t.command)]
-            for t in tasks.values()]
-    click.echo(table(rows, ["task", "metrics", "timeout", "command"]))
+        echo_json(evals_view.tasks_json(tasks))
+    else:
+        click.echo(evals_view.tasks_text(tasks))
 
 
 @cli.group("ledger")
@@ -218,7 +177,10 @@ def ledger_compact(repo, as_json) -> None:
 @with_repo
 def report(repo, rev, output, max_commits, as_json) -> None:
     """Write one self-contained HTML page: history, a chart per task, the effect table, layer changes."""
-    r = repo.report(output, rev=rev, max_commits=max_commits)
+    from ..render.report import require, write_report
+
+    require()  # before the slow part: a missing matplotlib or jinja2 is said at once
+    r = write_report(repo.report_data(rev, max_commits), output)
     if as_json:
         echo_json(r.to_json())
     else:

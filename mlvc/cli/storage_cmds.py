@@ -1,4 +1,4 @@
-"""Commands about the store itself: stats."""
+"""Commands about the store itself: stats, gc."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import click
 
 from ..util import human_bytes
 from . import cli
-from ._common import echo_json, json_option, short, table, with_repo
+from ._common import echo_json, json_option, progress, quiet_option, short, table, with_repo
 
 
 @cli.command()
@@ -35,3 +35,55 @@ def stats(repo, rev, n, as_json) -> None:
     click.echo(f"{len(s.commits)} commit(s): {human_bytes(s.logical_bytes)} logical, {human_bytes(s.stored_bytes)} "
                f"stored ({s.ratio:.3f} of logical) in {s.objects} object(s)")
     click.echo(f"objects by encoding: {enc}; longest delta chain: {s.max_depth}")
+
+
+def _grace_option(value, source):
+    if value is None:
+        return None
+    from ..errors import ConfigError
+    from ..ops.gc import parse_grace
+
+    try:
+        return parse_grace(value, source)
+    except ConfigError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
+
+
+@cli.command()
+@click.option("--prune", "--expire", "prune", metavar="WHEN", default=None,
+              callback=lambda ctx, p, v: _grace_option(v, "--prune"),
+              help="Remove unreachable objects older than this: 'now', '2.weeks.ago', '3d', '12h', 'never' "
+                   "(default: gc.grace, 2 weeks).")
+@click.option("--prune-temp", "prune_temp", metavar="WHEN", default=None,
+              callback=lambda ctx, p, v: _grace_option(v, "--prune-temp"),
+              help="Remove temp files and scratch entries older than this (default: gc.temp_grace, 1 day).")
+@click.option("-n", "--dry-run", is_flag=True, help="Report what would be removed; delete nothing.")
+@json_option
+@quiet_option
+@with_repo
+def gc(repo, prune, prune_temp, dry_run, as_json, quiet) -> None:
+    """Delete unreachable objects past the grace period, old temp files and stale locks.
+
+    Reachable: everything branches, tags, HEAD and reflog entries lead to (commits, parents, manifests,
+    chunks, delta bases). Refuses (exit 5) when a reachable commit is missing or damaged: run `mlvc fsck`."""
+    from ..ops.gc import describe_grace
+
+    r = repo.gc(prune=prune, prune_temp=prune_temp, dry_run=dry_run, progress=progress(quiet))
+    if as_json:
+        echo_json(r.to_json())
+        return
+    verb = "to remove" if dry_run else "removed"
+    rows = [["objects kept", r.objects_kept, f"{r.objects_reachable} reachable, {r.objects_young} young"],
+            [f"objects {verb}", r.objects_removed, human_bytes(r.object_bytes_freed)],
+            [f"temp files {verb}", r.temp_files_removed, human_bytes(r.temp_bytes_freed)],
+            [f"stale locks {'to clear' if dry_run else 'cleared'}", r.locks_cleared, ""]]
+    click.echo(table(rows, ["", "count", "detail"]))
+    click.echo(f"{'would free' if dry_run else 'freed'} {human_bytes(r.bytes_freed)} "
+               f"(grace: objects {describe_grace(r.grace_seconds)}, temp files {describe_grace(r.temp_grace_seconds)})"
+               + ("; dry run: nothing was deleted" if dry_run else ""))
+    for line in r.recovered:
+        click.echo(f"note: {line}")
+    if r.objects_missing:
+        click.echo(f"note: {r.objects_missing} object(s) that reachable commits need are missing; run `mlvc fsck`")
+    if r.worktree_busy:
+        click.echo("note: a work-tree update is in progress; its temp files were left alone")

@@ -8,6 +8,7 @@ mlvc keeps the first 8 + N bytes exactly as read, so checkout rebuilds the file 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -46,51 +47,144 @@ class Layout:
         return self.tensors[-1].end if self.tensors else 0
 
 
-def _numel(shape: list[int]) -> int:
+def _dims_fit(shape: list[int]) -> bool:
+    """Whether the non-zero dims multiply to less than 2**63, as numpy, torch and the safetensors library
+    need even of an empty tensor (a shape [2**62, 2**62, 0] holds no element, yet no library can make it)."""
+    n = 1
+    for d in shape:
+        n *= d or 1
+        if n >= 1 << 63:
+            return False
+    return True
+
+
+def _numel_up_to(shape: list[int], limit: int) -> int:
+    """The element count of `shape`, or limit + 1 once it passes `limit` (a crafted shape of a million dims
+    never makes a million-digit integer)."""
+    if 0 in shape:
+        return 0
     n = 1
     for d in shape:
         n *= d
+        if n > limit:
+            return limit + 1
     return n
 
 
+# Limits far beyond what a real checkpoint uses, that keep a crafted header from costing more than reading it
+# (JSON nested past Python's recursion limit is refused by the parser itself, as a RecursionError).
+MAX_RANK = 64  # dims per shape
+MAX_NAME_BYTES = 64 << 10  # bytes of one tensor name (UTF-8)
+_DTYPE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,31}")  # unknown names of this form are stored as bytes
+_MSG_NAME = 80  # characters of a name shown in a message
+
+
+def _show(name: str) -> str:
+    """A name for a message: repr'd (no control characters), cut to one short line."""
+    text = repr(name)
+    return text if len(text) <= _MSG_NAME else text[: _MSG_NAME - 4] + "...'"
+
+
+def _is_int(x: Any) -> bool:
+    """A JSON integer: `True` is an int to Python but a boolean to JSON, and never a size or an offset."""
+    return type(x) is int
+
+
+def _is_text(s: str) -> bool:
+    """Encodable as UTF-8: a lone surrogate (a "\\ud800" escape in the JSON) is not."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(dup)
+    return out
+
+
 def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
-    """Validate a header; `head` must hold at least the first 8 + N bytes of the file."""
-    if file_size < 8:
+    """Validate a header; `head` must hold at least the first 8 + N bytes of the file.
+
+    Everything wrong is a FormatError naming the file: this parser reads files from anywhere, so it checks
+    every type (a JSON `true` is not a size), every limit (nesting, digits, rank, name length), duplicate
+    keys (two readers could pick different entries), text (UTF-8, no lone surrogates) and the layout (offsets
+    tile the data region exactly, in order)."""
+    if file_size < 8 or len(head) < 8:
         raise FormatError(path, "too short to be a safetensors file")
     (n,) = struct.unpack("<Q", head[:8])
     if n > MAX_HEADER or 8 + n > file_size:
         raise FormatError(path, f"header length {n} is impossible for a {file_size}-byte file; not safetensors?")
-    raw = head[8 : 8 + n]
+    if len(head) < 8 + n:
+        raise FormatError(path, f"header is cut short ({len(head) - 8} of {n} bytes); was the file truncated?")
+    raw = bytes(head[8 : 8 + n])
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(path, f"header is not valid JSON ({e})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(path, f"header is not UTF-8 ({e.reason} at byte {8 + e.start})") from None
+    try:
+        header = json.loads(text, object_pairs_hook=_pairs)
+    except _DuplicateKey as e:
+        raise FormatError(path, f"header names {_show(str(e))} twice") from None
+    except RecursionError:
+        raise FormatError(path, "header JSON is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, and integers past Python's digit limit
+        raise FormatError(path, f"header is not valid JSON ({str(e)[:200]})") from None
     if not isinstance(header, dict):
         raise FormatError(path, "header is not a JSON object")
     metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) and _is_text(v) and _is_text(k)
+                                             for k, v in metadata.items())):
         raise FormatError(path, "__metadata__ must map strings to strings")
+    data_size = file_size - 8 - n
     spans = []
     for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise FormatError(path, f"tensor {name!r}: entry needs dtype, shape and data_offsets") from None
-        if not (isinstance(dtype, str) and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
-                and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
-            raise FormatError(path, f"tensor {name!r}: malformed dtype, shape or offsets")
-        if dtype in ITEMSIZE and _numel(shape) * ITEMSIZE[dtype] != end - begin:
-            raise FormatError(path, f"tensor {name!r}: {end - begin} bytes do not match {dtype} {shape}")
-        spans.append(TensorSpan(name, dtype, list(shape), begin, end))
+        spans.append(_span(path, name, info, data_size))
     spans.sort(key=lambda s: (s.begin, s.end, s.name))
     pos = 0
     for s in spans:
         if s.begin != pos:
-            raise FormatError(path, f"tensor {s.name!r}: data offsets leave a gap or overlap at byte {pos}")
+            what = "overlap" if s.begin < pos else "gap"
+            raise FormatError(path, f"tensor {_show(s.name)}: data offsets leave a {what} at byte {pos} of the "
+                                    "data region")
         pos = s.end
     if 8 + n + pos != file_size:
         raise FormatError(path, f"file is {file_size} bytes but the header accounts for {8 + n + pos}")
     return Layout(bytes(head[: 8 + n]), spans, metadata)
+
+
+def _span(path: str, name: str, info: Any, data_size: int) -> TensorSpan:
+    if not _is_text(name) or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise FormatError(path, f"tensor name {_show(name)} is not UTF-8 text of at most {MAX_NAME_BYTES} bytes")
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise FormatError(path, f"tensor {_show(name)}: entry needs dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not (isinstance(dtype, str) and _DTYPE_NAME.fullmatch(dtype)):
+        raise FormatError(path, f"tensor {_show(name)}: dtype {_show(str(dtype))} is not a safetensors dtype name")
+    if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(_is_int(d) and d >= 0 for d in shape)):
+        raise FormatError(path, f"tensor {_show(name)}: shape must be a list of at most {MAX_RANK} "
+                                "non-negative integers")
+    if not _dims_fit(shape):
+        raise FormatError(path, f"tensor {_show(name)}: its dims multiply past 2**63")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size):
+        raise FormatError(path, f"tensor {_show(name)}: data_offsets must be two integers [begin, end] with "
+                                f"0 <= begin <= end <= {data_size} (the data region)")
+    begin, end = offsets
+    if dtype in ITEMSIZE and _numel_up_to(shape, end - begin) * ITEMSIZE[dtype] != end - begin:
+        shown = str(shape) if len(shape) <= 8 else f"[{len(shape)} dims]"
+        raise FormatError(path, f"tensor {_show(name)}: {end - begin} bytes do not match {dtype} {shown}")
+    return TensorSpan(name, dtype, list(shape), begin, end)
 
 
 def read_layout(f, path: str) -> Layout:
@@ -102,8 +196,8 @@ def read_layout(f, path: str) -> Layout:
     if len(first) < 8:
         raise FormatError(path, "too short to be a safetensors file")
     (n,) = struct.unpack("<Q", first)
-    if n > MAX_HEADER:
-        raise FormatError(path, f"header length {n} is too large; not a safetensors file?")
+    if n > MAX_HEADER or 8 + n > size:
+        raise FormatError(path, f"header length {n} is impossible for a {size}-byte file; not safetensors?")
     return parse_layout(first + f.read(n), size, path)
 
 
@@ -115,6 +209,9 @@ def build_layout(tensors: list[tuple[str, str, list[int], int]], metadata: dict[
     spans = []
     pos = 0
     for name, dtype, shape, nbytes in tensors:
+        if not _is_text(name):
+            raise FormatError("<tensors>", f"tensor name {_show(name)} is not valid UTF-8 text (it holds a lone "
+                                           "surrogate); rename the tensor")
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
         spans.append(TensorSpan(name, dtype, list(shape), pos, pos + nbytes))
         pos += nbytes

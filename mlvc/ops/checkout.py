@@ -134,5 +134,6 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
 
     _fill(result, update_worktree(repo, writes, removes, move_ref=move_refs, unchanged=unchanged,
                                   expect_head=(f"ref: {HEADS}{branch}" if branch else cid, cid), force=force,
+                                  creates=(HEADS + branch, cid) if create else None,
                                   progress=progress, cache=cache))
     return result

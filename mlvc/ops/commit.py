@@ -43,13 +43,21 @@ class CommitResult:
 
 def commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: Iterable[str] | None,
            path: str | None, as_blob: Iterable[str], allow_empty: bool, progress: Progress = NULL) -> CommitResult:
+    with repo.writing():  # gc keeps what this writes until a ref names it
+        return _commit(repo, obj, message, metadata, paths=paths, path=path, as_blob=as_blob,
+                       allow_empty=allow_empty, progress=progress)
+
+
+def _commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: Iterable[str] | None,
+           path: str | None, as_blob: Iterable[str], allow_empty: bool, progress: Progress = NULL) -> CommitResult:
     if not message or not message.strip():
         raise MlvcError("a commit needs a message (-m MSG)")
     meta = dict(metadata or {})
     try:
         canonical_json(meta)
-    except (TypeError, ValueError) as e:
-        raise MlvcError(f"metadata must be JSON (strings, numbers, lists, dicts; no NaN): {e}") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        raise MlvcError(f"metadata must be JSON (strings, numbers, lists, dicts; no NaN; not nested hundreds "
+                        f"of levels deep): {str(e)[:200]}") from None
     recover(repo)  # an interrupted checkout is finished (or undone) before the work tree is read
     parent = repo.head()
     parent_manifest, grand_manifest = _lineage(repo, parent)

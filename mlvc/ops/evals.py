@@ -4,6 +4,8 @@ The value of (commit, task, metric) is the newest "ok" row for it. A commit's ba
 nearest first-parent ancestor that has a value for that metric (normally the parent itself), so the change
 shown is the effect of the updates since that measurement. A change is an improvement or a regression by the
 metric's direction, and "unchanged" when its size is within the metric's tolerance.
+
+This module returns data (EffectTable, Comparison, with to_json); mlvc/render/evals.py turns it into text.
 """
 
 from __future__ import annotations
@@ -217,52 +219,3 @@ def compare(repo: Repo, a: str, b: str, tasks: list[str] | None = None) -> Compa
         raise EvalError(f"neither {a} ({ca[:12]}) nor {b} ({cb[:12]}) has recorded results; run "
                         "`mlvc eval run REV` or `mlvc eval record REV --task T metric=value` first")
     return out
-
-
-# -- text helpers shared by the CLI and the report ---------------------------------------------------------
-MARKS = {IMPROVED: "✓", REGRESSED: "✗", UNCHANGED: "="}
-
-
-def fmt_value(v: float | None) -> str:
-    if v is None:
-        return ""
-    return f"{v:.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.4g}"
-
-
-def fmt_delta(d: float | None) -> str:
-    if d is None:
-        return ""
-    return f"{d:+.4f}" if 1e-3 <= abs(d) < 1e4 or d == 0 else f"{d:+.3g}"
-
-
-def fmt_rel(r: float | None) -> str:
-    return "" if r is None else f"{r * 100:+.2f}%"
-
-
-def fmt_cell(cell: Cell) -> str:
-    if cell.value is None:
-        return "" if cell.status == "missing" else cell.status.upper()
-    if cell.delta is None:
-        return fmt_value(cell.value)
-    mark = MARKS.get(cell.effect or "", "")
-    return f"{fmt_value(cell.value)} ({fmt_delta(cell.delta)}{' ' + mark if mark else ''})"
-
-
-LEGEND = ("✓ improvement, ✗ regression (by each metric's direction), = change within tolerance; "
-          "changes are against the nearest evaluated first-parent ancestor")
-
-
-def render_effect_table(table: EffectTable, message_width: int = 32) -> str:
-    """The effect table as text (what `mlvc eval show` prints), legend included."""
-    from tabulate import tabulate
-
-    if not table.rows:
-        return "No results in the ledger for these commits; `mlvc eval run` or `mlvc eval record` adds some."
-    headers = ["commit", "message"] + [c.key for c in table.columns]
-    rows = []
-    for r in table.rows:
-        line = r.message.splitlines()[0] if r.message else ""
-        if len(line) > message_width:
-            line = line[: message_width - 1] + "…"
-        rows.append([r.commit[:12], line] + [fmt_cell(r.cells[c.key]) for c in table.columns])
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True) + "\n\n" + LEGEND

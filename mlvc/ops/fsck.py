@@ -109,8 +109,11 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
 
 def _check_ledger(repo: Repo, report: FsckReport) -> None:
     for problem in repo.ledger.verify():
-        if problem.kind != "temp file":  # temp files are listed with every other one in _leftovers
-            report.problems.append(Problem("", f"ledger: {problem.kind}", problem.detail, problem.path))
+        if problem.kind == "damaged":
+            report.problems.append(Problem("", "damaged ledger part", problem.detail, problem.path))
+        elif problem.kind != "temp file":  # temp files are listed with every other one in _leftovers
+            # a part from before part hashes, or a file that is not mlvc's: readable, nothing lost
+            report.leftovers.append(Problem("", f"ledger: {problem.kind}", problem.detail, problem.path))
 
 
 def _leftovers(repo: Repo, report: FsckReport) -> None:

@@ -98,6 +98,12 @@ def merge_base(repo: Repo, a: str, b: str) -> str | None:
 
 def merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | None = None,
           message: str | None = None, progress: Progress = NULL) -> MergeResult:
+    with repo.writing():  # gc keeps what this writes until a ref names it
+        return _merge(repo, rev=rev, strategy=strategy, scale=scale, message=message, progress=progress)
+
+
+def _merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | None = None,
+          message: str | None = None, progress: Progress = NULL) -> MergeResult:
     if strategy is not None and strategy not in STRATEGIES:
         raise MlvcError(f"unknown merge strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if scale is not None:

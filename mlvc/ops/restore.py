@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import mmap
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, MlvcError
+from ..chunking import FileRange
 from ..formats import safetensors as st
 from ..objects import KIND_SAFETENSORS, FileEntry, TensorEntry
 from ..progress import NULL, Progress
@@ -90,13 +90,12 @@ def _rewrite(pipe: Pipeline, out, f: FileEntry, chosen: dict[str, TensorEntry], 
         if os.path.isfile(target):
             fh = stack.enter_context(open(target, "rb"))
             layout = st.read_layout(fh, f.path)
-            size = os.fstat(fh.fileno()).st_size
-            mm = stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)) if size else b""
+            whole = FileRange(fh.fileno(), 0, os.fstat(fh.fileno()).st_size, f.path)  # pread: never SIGBUS
             ds = layout.data_start
             working = [(s.name, s.dtype, list(s.shape), (ds + s.begin, ds + s.end)) for s in layout.tensors]
             header, meta = layout.header_bytes, layout.metadata
         else:
-            mm, working, header = b"", [], None
+            whole, working, header = None, [], None
             meta = header_metadata(header_bytes(pipe, f)) if f.header else None
         items: list[tuple[str, str, list[int], object]] = []
         for name, dtype, shape, span in working:
@@ -123,7 +122,7 @@ def _rewrite(pipe: Pipeline, out, f: FileEntry, chosen: dict[str, TensorEntry], 
                 _copy_tensor(pipe, x, out)
             else:
                 for pos in range(x[0], x[1], 1 << 24):
-                    out.write(mm[pos : min(pos + (1 << 24), x[1])])
+                    out.write(whole[pos : min(pos + (1 << 24), x[1])].read())
 
 
 def _copy_tensor(pipe: Pipeline, t: TensorEntry, out) -> None:

@@ -63,6 +63,12 @@ def _what(before, after) -> str:
 
 def revert(repo: Repo, rev: str, mainline: int | None = None, message: str | None = None,
            progress: Progress = NULL) -> RevertResult:
+    with repo.writing():  # gc keeps what this writes until a ref names it
+        return _revert(repo, rev=rev, mainline=mainline, message=message, progress=progress)
+
+
+def _revert(repo: Repo, rev: str, mainline: int | None = None, message: str | None = None,
+           progress: Progress = NULL) -> RevertResult:
     recover(repo)
     head = repo.head()
     if head is None:

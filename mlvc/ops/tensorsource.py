@@ -1,15 +1,13 @@
 """Where diff reads tensors from: a commit (chunks decoded from the store) or the working checkpoint (bytes
-read straight from the files, safetensors through mmap, torch files through torch.load), chunk by chunk."""
+read straight from the files, safetensors with plain reads, torch files through torch.load), chunk by chunk.""" 
 
 from __future__ import annotations
 
 import contextlib
-import mmap
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..chunking import aligned_chunk
+from ..chunking import FileRange, aligned_chunk
 from ..dtypes import plane_width
 from ..errors import MlvcError
 from ..objects import KIND_SAFETENSORS, KIND_TORCH, FileEntry, Manifest, TensorEntry
@@ -48,7 +46,8 @@ class StoredSide(Side):
 
 
 class WorkingSide(Side):
-    """The working checkpoint: tensor bytes read straight from the files (safetensors through mmap)."""
+    """The working checkpoint: tensor bytes read straight from the files (safetensors with pread, never a map:
+    a file truncated meanwhile is a FileChangedError, not a SIGBUS)."""
 
     def __init__(self, repo: Repo, files: list[FileEntry], chunk_size: int, stack: contextlib.ExitStack):
         manifest = Manifest([], files, chunk_size)
@@ -56,30 +55,27 @@ class WorkingSide(Side):
         self.repo = repo
         self.file_of = {id(t): f for f in files for t in f.tensors}
         self.stack = stack
-        self.views: dict[str, dict[str, memoryview]] = {}
+        self.views: dict[str, dict[str, memoryview | FileRange]] = {}
 
     def stored(self):
         return False
 
-    def _tensor_bytes(self, t: TensorEntry) -> memoryview:
+    def _tensor_bytes(self, t: TensorEntry) -> memoryview | FileRange:
         f = self.file_of[id(t)]
         if f.path not in self.views:
             self.views[f.path] = self._open(f)
         return self.views[f.path][t.name]
 
-    def _open(self, f: FileEntry) -> dict[str, memoryview]:
+    def _open(self, f: FileEntry) -> dict[str, memoryview | FileRange]:
         path = self.repo.abs_path(f.path)
         if f.kind == KIND_SAFETENSORS:
             from ..formats import safetensors as st
 
             fh = self.stack.enter_context(open(path, "rb"))
             layout = st.read_layout(fh, f.path)
-            size = os.fstat(fh.fileno()).st_size
-            mv = memoryview(b"") if size == 0 else self.stack.enter_context(_mmap_view(fh))
             ds = layout.data_start
-            views = {s.name: mv[ds + s.begin : ds + s.end] for s in layout.tensors}
-            self.stack.callback(_release_all, views)  # runs before the map closes
-            return views
+            return {s.name: FileRange(fh.fileno(), ds + s.begin, s.end - s.begin, f.path)
+                    for s in layout.tensors}
         if f.kind == KIND_TORCH:
             from ..formats import torchfile
 
@@ -91,28 +87,8 @@ class WorkingSide(Side):
         mv = self._tensor_bytes(t)
         step = self.step(t)
         for i in indices:
-            yield mv[i * step : (i + 1) * step]
-
-
-@contextlib.contextmanager
-def _mmap_view(fh) -> Iterator[memoryview]:
-    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    mv = memoryview(mm)
-    try:
-        yield mv
-    finally:
-        try:
-            mv.release()
-            mm.close()
-        except BufferError:  # an array made from it is still alive somewhere: the GC closes the map
-            pass
-
-
-def _release_all(views: dict[str, memoryview]) -> None:
-    for v in views.values():
-        with contextlib.suppress(BufferError):
-            v.release()
-    views.clear()
+            piece = mv[i * step : (i + 1) * step]
+            yield piece.read() if isinstance(piece, FileRange) else piece
 
 
 def commit_side(repo: Repo, rev: str, pipe: Pipeline) -> Side:

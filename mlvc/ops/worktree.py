@@ -51,6 +51,7 @@ T = TypeVar("T")
 
 SKIP_DIRS = {".mlvc", ".git", ".hg", ".svn", "__pycache__"}
 TXN_DIR = "txn"
+MAX_DEPTH = 255  # folders below the root, as objects.check_rel_path allows
 WORKTREE_LOCK = "worktree.lock"
 
 
@@ -68,23 +69,36 @@ def list_files(repo: Repo, roots: list[str]) -> list[str]:
         full = repo.abs_path(root)
         _check_no_symlinked_folder(repo.root, root)
         if os.path.isdir(full) and not os.path.islink(full):
-            for folder, dirs, files in os.walk(full):
-                for d in dirs:
-                    if os.path.islink(os.path.join(folder, d)) and d not in SKIP_DIRS:
-                        rel = os.path.relpath(os.path.join(folder, d), repo.root).replace(os.sep, "/")
-                        raise PathError(f"{rel} is a symlink to a folder ({os.path.realpath(os.path.join(folder, d))}):"
-                                        " mlvc never follows symlinked folders; commit the files it holds by their "
-                                        "own path, or move it out of the tracked folder")
-                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-                for name in files:
-                    if name.startswith(TMP_PREFIX):
-                        continue
-                    path = os.path.join(folder, name)
-                    if os.path.isfile(path):
-                        out.add(os.path.relpath(path, repo.root).replace(os.sep, "/"))
+            out.update(_walk_files(repo.root, root))
         elif os.path.isfile(full):
             out.add(root)
     return sorted(out)
+
+
+def _walk_files(top: str, root: str) -> Iterator[str]:
+    """Files under the folder `root` (relative to `top`), iteratively (os.walk recurses once per level, and a
+    crafted tree thousands of folders deep would end in RecursionError); deeper than a stored path may be is
+    a PathError."""
+    stack = [root]
+    while stack:
+        rel = stack.pop()
+        folder = os.path.join(top, *rel.split("/")) if rel != "." else top
+        if rel.count("/") >= MAX_DEPTH:
+            raise PathError(f"{rel[:200]}...: folders nested deeper than {MAX_DEPTH} levels cannot be committed")
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            child = e.name if rel == "." else f"{rel}/{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                if e.name not in SKIP_DIRS:
+                    stack.append(child)
+            elif e.is_symlink() and os.path.isdir(e.path):
+                if e.name not in SKIP_DIRS:
+                    raise PathError(f"{child} is a symlink to a folder ({os.path.realpath(e.path)}): mlvc never "
+                                    "follows symlinked folders; commit the files it holds by their own path, or "
+                                    "move it out of the tracked folder")
+            elif not e.name.startswith(TMP_PREFIX) and e.is_file():
+                yield child
 
 
 def _check_no_symlinked_folder(root: str, rel: str) -> None:
@@ -344,11 +358,13 @@ def _files_under(folder: str) -> list[str]:
 
 def update_worktree(repo: Repo, writes: list[Write], removes: list[str], *, base: str | None = None,
                     move_ref: Callable[[], T] | None = None, expect_head: tuple[str, str] | None = None,
-                    unchanged: list[str] | None = None, force: bool = False, progress: Progress = NULL,
-                    cache: StatCache | None = None) -> Applied:
+                    creates: tuple[str, str] | None = None, unchanged: list[str] | None = None,
+                    force: bool = False, progress: Progress = NULL, cache: StatCache | None = None) -> Applied:
     """Carry out a plan all or nothing (see the module docstring). `move_ref` moves HEAD or the branch by
     compare-and-swap; `expect_head` is (raw HEAD, commit id) as they are once it has run, so that recovery
-    can tell whether it did. Without `move_ref` (checkout --output, restore) the journal is the commit point."""
+    can tell whether it did; `creates` is (branch ref, commit) when `move_ref` creates that branch first
+    (`switch -c`): a recovery that rolls back deletes it again. Without `move_ref` (checkout --output,
+    restore) the journal is the commit point."""
     base = os.path.realpath(base or repo.root)
     in_place = base == os.path.realpath(repo.root)
     result = Applied(unchanged=list(unchanged or []))
@@ -359,7 +375,11 @@ def update_worktree(repo: Repo, writes: list[Write], removes: list[str], *, base
             _check_shapes(tree, writes, removes, force)
             txn = uuid.uuid4().hex[:16]
             temps = [_temp_name(tree, w.rel, txn, i) for i, w in enumerate(writes)]
-            journal = {"base": base, "state": "staging", "head": list(expect_head) if expect_head else None,
+            # The base of an in-place update is recorded relative to the root (".") so that a recovery in a
+            # repository that was moved or copied meanwhile finishes the update there, and only there.
+            journal = {"base": "." if in_place else base, "state": "staging",
+                       "head": list(expect_head) if expect_head else None,
+                       "creates": list(creates) if creates else None,
                        "renames": [[t, w.rel, w.hash] for t, w in zip(temps, writes)], "removes": list(removes)}
             jpath = os.path.join(repo.dir, TXN_DIR, txn + ".json")
             os.makedirs(os.path.dirname(jpath), exist_ok=True)
@@ -472,8 +492,8 @@ def recover(repo: Repo, locked: bool = False) -> list[str]:
         try:
             with open(jpath, "rb") as f:
                 journal = json.loads(f.read())
-            base = journal["base"]
-        except (OSError, ValueError, KeyError, TypeError):
+            base = repo.root if journal["base"] == "." else journal["base"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             os.unlink(jpath)  # a journal torn before its rename cannot exist; anything else is not ours
             continue
         if not os.path.isdir(base):
@@ -490,6 +510,11 @@ def recover(repo: Repo, locked: bool = False) -> list[str]:
                 _roll_forward(tree, journal, verify=journal.get("state") != "applying")
             else:
                 _roll_back(tree, journal)
+                if journal.get("creates"):  # the branch a `switch -c` made before HEAD could move to it
+                    ref, commit = journal["creates"]
+                    with contextlib.suppress(MlvcError, OSError):
+                        repo.refs.remove_if_equals(ref, commit, who=repo.author(),
+                                                   message="branch: deleted (the switch to it was interrupted)")
         finally:
             tree.close()
         os.unlink(jpath)

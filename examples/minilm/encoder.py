@@ -1,6 +1,6 @@
 """A small, self-contained sentence encoder for BERT-style checkpoints such as all-MiniLM-L6-v2.
 
-The evaluators of the demo tasks (mlvc/demo_tasks.py) need a forward pass over whatever weights a commit
+The evaluators of the demo tasks (tasks.py beside this file) need a forward pass over whatever weights a commit
 holds. This module is that forward pass in plain torch, read from the checkpoint's safetensors and the model's
 config.json, with the `tokenizers` package reading tokenizer.json: token + position + segment embeddings,
 then N post-LayerNorm transformer layers (self-attention, GELU feed-forward), then mean pooling over the real

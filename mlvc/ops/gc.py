@@ -1,0 +1,367 @@
+"""gc: delete the objects nothing reachable needs, and the leftovers of interrupted processes.
+
+Reachable (the *mark*): every commit named by a branch, a tag, HEAD, any other ref file under `.mlvc/refs/`
+(where remote-tracking refs will live) or any reflog entry; from each commit its parents, its manifest and
+every object a file entry needs (`FileEntry.object_ids()`: header chunks, tensor chunks, blob chunks, torch
+frame chunks and skeleton); and, transitively, every delta base of a kept object (a delta cannot be read without its chain).
+A reachable commit or manifest that is missing or damaged, or a ref that cannot be read, stops gc before it
+deletes anything (GcRefusedError): it cannot know what that commit needed.
+
+Kept besides: every object younger than the grace period (default 2 weeks, `gc.grace`, `--prune`), and the
+bases of those. A commit writes its objects before it moves its ref, so its new objects are young until the
+ref names them; an object it dedupes against (or uses as a delta base) is *freshened* by the store (its mtime
+set to now, `ObjectStore.freshen`), so it is young too, however old and unreachable it was.
+
+The sweep deletes unreachable old objects deepest first (deltas before their bases), so a crash at any point
+leaves every remaining object readable and nothing reachable touched. Then, older than the temp grace (default
+1 day, `gc.temp_grace`, `--prune-temp`): temp files (`.tmp-*`) under `.mlvc/`, entries of the scratch
+folder `.mlvc/tmp/`, and `.tmp-mlvc-*` files in the work tree under HEAD's tracked paths (and in the work
+tree's top folder, where a checkout stages files whose folder does not exist yet), never through a symlink
+and never one an interrupted work-tree transaction's journal names. Last, locks whose holder died.
+
+One gc at a time: it holds `.mlvc/gc.lock`. docs/format.md (Garbage collection) is the user-facing account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import faults, lockfile
+from ..errors import ConfigError, CorruptObjectError, GcRefusedError, MlvcError, ObjectNotFoundError
+from ..progress import NULL, Progress
+from ..refs import HEAD, HEADS, TAGS
+from ..util import is_object_id
+from .gc_leftovers import MLVC_TEMP, clear_stale_locks, sweep_mlvc_temp, sweep_worktree
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+DEFAULT_GRACE = 14 * 86400.0  # objects: git's gc.pruneExpire default ("2.weeks.ago")
+DEFAULT_TEMP_GRACE = 86400.0  # temp files, scratch entries: no write stays silent this long
+GC_LOCK = "gc.lock"
+
+_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60, "minute": 60,
+          "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
+          "w": 604800, "week": 604800, "weeks": 604800}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)[\s.]*([a-z]+)?(?:[\s.]+ago)?$")
+
+
+def parse_grace(value: Any, source: str) -> float:
+    """A grace period in seconds from "now", "never", "2.weeks.ago", "2 weeks", "14d", "3h", "90s", a number
+    of seconds or a timedelta. ConfigError naming `source` (the option or config key) for anything else."""
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0 or math.isnan(value):
+            raise ConfigError(f"{source}: a grace period cannot be negative ({value})")
+        return float(value)
+    text = str(value).strip().lower()
+    if text == "now":
+        return 0.0
+    if text == "never":
+        return math.inf
+    m = _DURATION.match(text)
+    if m and (m.group(2) in _UNITS or (m.group(2) is None and not text.endswith("ago"))):
+        return float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1)
+    raise ConfigError(f"{source}: {value!r} is not a grace period; write e.g. \"now\", \"2.weeks.ago\", "
+                      "\"14 days\", \"12h\", \"30m\" or \"never\"")
+
+
+def describe_grace(seconds: float) -> str:
+    if seconds == 0:
+        return "now"
+    if math.isinf(seconds):
+        return "never"
+    for unit, n in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)} {unit}{'s' if seconds != n else ''}"
+    return f"{seconds:g} s"
+
+
+@dataclass
+class GcResult:
+    dry_run: bool
+    grace_seconds: float  # unreachable objects younger than this are kept
+    temp_grace_seconds: float  # temp files and scratch entries younger than this are kept
+    commits_reached: int = 0
+    objects_reachable: int = 0  # present in the store and needed by a reachable commit (bases included)
+    objects_young: int = 0  # unreachable but kept: younger than the grace, or a delta base of such an object
+    objects_missing: int = 0  # needed by a reachable commit but absent (`mlvc fsck` reports them)
+    objects_removed: int = 0  # (in a dry run: that would be removed)
+    object_bytes_freed: int = 0
+    temp_files_removed: int = 0
+    temp_bytes_freed: int = 0
+    locks_cleared: int = 0
+    worktree_busy: bool = False  # a work-tree update held its lock: the work tree's temp files were not looked at
+    recovered: list[str] = field(default_factory=list)  # interrupted work-tree updates finished or undone first
+    removed_objects: list[str] = field(default_factory=list)
+    removed_temp: list[str] = field(default_factory=list)  # paths relative to the repository root
+    cleared_locks: list[str] = field(default_factory=list)
+
+    @property
+    def objects_kept(self) -> int:
+        return self.objects_reachable + self.objects_young
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.object_bytes_freed + self.temp_bytes_freed
+
+    def to_json(self) -> dict[str, Any]:
+        grace = None if math.isinf(self.grace_seconds) else self.grace_seconds
+        temp = None if math.isinf(self.temp_grace_seconds) else self.temp_grace_seconds
+        return {"dry_run": self.dry_run, "grace_seconds": grace, "temp_grace_seconds": temp,
+                "commits_reached": self.commits_reached, "objects_kept": self.objects_kept,
+                "objects_reachable": self.objects_reachable, "objects_young": self.objects_young,
+                "objects_missing": self.objects_missing, "objects_removed": self.objects_removed,
+                "bytes_freed": self.bytes_freed, "object_bytes_freed": self.object_bytes_freed,
+                "temp_files_removed": self.temp_files_removed, "temp_bytes_freed": self.temp_bytes_freed,
+                "locks_cleared": self.locks_cleared, "worktree_busy": self.worktree_busy,
+                "recovered": list(self.recovered),
+                "removed_objects": list(self.removed_objects), "removed_temp": list(self.removed_temp),
+                "cleared_locks": list(self.cleared_locks)}
+
+
+def configured_graces(repo: Repo) -> tuple[float, float]:
+    """(object grace, temp grace) from `[gc] grace` and `[gc] temp_grace` in config.toml, or the defaults."""
+    section = repo.config.raw.get("gc", {})
+    if not isinstance(section, dict):
+        raise ConfigError("config.toml: [gc] must be a table (grace = \"2.weeks\", temp_grace = \"1.day\")")
+    grace = parse_grace(section["grace"], "gc.grace") if "grace" in section else DEFAULT_GRACE
+    temp = parse_grace(section["temp_grace"], "gc.temp_grace") if "temp_grace" in section else DEFAULT_TEMP_GRACE
+    return grace, temp
+
+
+def gc(repo: Repo, prune: Any = None, prune_temp: Any = None, dry_run: bool = False,
+       progress: Progress = NULL) -> GcResult:
+    """Mark, then sweep objects, temp files and stale locks (module docstring). `prune` / `prune_temp`
+    override the configured grace periods (see parse_grace); `dry_run` reports and deletes nothing."""
+    grace, temp_grace = configured_graces(repo)
+    if prune is not None:
+        grace = parse_grace(prune, "--prune")
+    if prune_temp is not None:
+        temp_grace = parse_grace(prune_temp, "--prune-temp")
+    result = GcResult(dry_run, grace, temp_grace)
+    gc_lock = os.path.join(repo.dir, GC_LOCK)
+    with lockfile.locked(gc_lock, "the repository (another `mlvc gc` is running)"):
+        now = time.time()
+        base_cutoff = now - grace
+
+        def cutoff() -> float:
+            return _fenced(repo, base_cutoff)
+
+        cutoff()  # operations in flight are seen before the refs are read
+        marker = _Marker(repo, result)
+        marker.walk(_tips(repo))  # refuses (GcRefusedError) before anything is deleted
+        _sweep_objects(repo, marker, cutoff, result, progress)
+        sweep_worktree(repo, now - temp_grace, result)
+        sweep_mlvc_temp(repo, now - temp_grace, result)
+        clear_stale_locks(repo, gc_lock, result)
+    return result
+
+
+# -- mark ---------------------------------------------------------------------------------------------
+
+
+def _tips(repo: Repo) -> list[tuple[str, str]]:
+    """(commit id, what names it) for every starting point of the mark."""
+    tips: list[tuple[str, str]] = []
+    refs = [(f"branch {n}", HEADS + n) for n in repo.refs.names(HEADS)]
+    refs += [(f"tag {n}", TAGS + n) for n in repo.refs.names(TAGS)] + [("HEAD", HEAD)]
+    for via, ref in refs:
+        try:
+            cid = repo.refs.resolve(ref)
+        except MlvcError as e:
+            raise GcRefusedError("", f"the ref {ref} cannot be read ({e})") from None
+        if cid:
+            tips.append((cid, via))
+    tips += _other_ref_tips(repo)
+    tips += [(cid, "a reflog entry") for cid in repo.refs.all_reflog_ids()]
+    return tips
+
+
+def _other_ref_tips(repo: Repo) -> list[tuple[str, str]]:
+    """Hook for refs outside refs/heads/ and refs/tags/ (remote-tracking refs, refs/remotes/NAME/BRANCH, once
+    remotes exist): every such ref file and every line of its reflog is a starting point, so that a gc never
+    drops what a namespace it does not know yet points at. A file there that is not a commit id refuses."""
+    import json
+
+    tips: list[tuple[str, str]] = []
+    for top, is_log in ((os.path.join(repo.dir, "refs"), False), (os.path.join(repo.dir, "logs", "refs"), True)):
+        for folder, dirs, files in os.walk(top):
+            if folder == top:
+                dirs[:] = [d for d in dirs if d not in ("heads", "tags")]
+            for name in files:
+                if name.endswith(lockfile.LOCK_SUFFIX) or name.startswith(MLVC_TEMP):
+                    continue
+                path = os.path.join(folder, name)
+                ref = os.path.relpath(path, os.path.dirname(top)).replace(os.sep, "/")
+                with open(path, "rb") as f:
+                    data = f.read()
+                if not is_log:
+                    text = data.decode("utf-8", "replace").strip()
+                    if not is_object_id(text):
+                        raise GcRefusedError("", f"the ref {ref} holds {text[:60]!r}, not a commit id")
+                    tips.append((text, f"ref {ref}"))
+                    continue
+                for line in data.split(b"\n"):
+                    try:
+                        d = json.loads(line)
+                        ids = [d.get("old"), d.get("new")]
+                    except (ValueError, AttributeError):
+                        continue  # a torn line, as RefStore.reflog_lines skips it
+                    tips += [(x, f"the reflog of {ref}") for x in ids if isinstance(x, str) and is_object_id(x)]
+    return tips
+
+
+class _Marker:
+    """The reachable set, grown by walking commits from starting points."""
+
+    def __init__(self, repo: Repo, result: GcResult):
+        self.repo = repo
+        self.result = result
+        self.commits: set[str] = set()
+        self.manifests: set[str] = set()
+        self.needed: set[str] = set()  # commits, manifests and the objects their files name (no bases yet)
+
+    def walk(self, tips: list[tuple[str, str]]) -> None:
+        stack = list(tips)[::-1]
+        while stack:
+            cid, via = stack.pop()
+            if cid in self.commits:
+                continue
+            self.commits.add(cid)
+            try:
+                c = self.repo.read_commit(cid)
+            except ObjectNotFoundError:
+                raise GcRefusedError(cid, f"commit {cid}, named by {via}, is missing") from None
+            except CorruptObjectError as e:
+                raise GcRefusedError(cid, f"commit {cid}, named by {via}, is damaged ({e.reason})") from None
+            self.result.commits_reached += 1
+            self.needed.update((cid, c.manifest))
+            stack.extend((p, f"commit {cid[:12]}") for p in c.parents)
+            if c.manifest in self.manifests:
+                continue
+            self.manifests.add(c.manifest)
+            try:
+                m = self.repo.read_manifest(c.manifest)
+            except ObjectNotFoundError:
+                raise GcRefusedError(c.manifest, f"the manifest {c.manifest} of commit {cid} is missing") from None
+            except CorruptObjectError as e:
+                raise GcRefusedError(c.manifest, f"the manifest {c.manifest} of commit {cid} is damaged "
+                                     f"({e.reason})") from None
+            for f in m.files:
+                self.needed.update(f.object_ids())
+
+
+def _close_bases(store, kept: set[str], start: set[str], strict: bool) -> None:
+    """Add to `kept` every delta base reachable from `start`. `strict`: a header that cannot be read refuses
+    (the objects of reachable commits); else that object's bases are just unknown. An absent object has none
+    to add (a missing reachable one is counted as missing)."""
+    stack = list(start)
+    while stack:
+        oid = stack.pop()
+        try:
+            bases = store.bases(oid)
+        except ObjectNotFoundError:
+            continue
+        except CorruptObjectError as e:
+            if strict:
+                raise GcRefusedError(oid, f"object {oid}, needed by a reachable commit, is damaged ({e.reason}): "
+                                     "the delta bases it needs cannot be read") from None
+            continue
+        for b in bases:
+            if b not in kept:
+                kept.add(b)
+                stack.append(b)
+
+
+# -- sweep: objects -----------------------------------------------------------------------------------
+
+
+INFLIGHT_DIR = "inflight"  # .mlvc/inflight/*.lock: operations writing objects no ref names yet (Repo.writing)
+FENCE_MARGIN = 5.0  # seconds: file times and clocks are not exact
+
+
+def _fenced(repo: Repo, cutoff: float) -> float:
+    """The mtime below which an unreachable object may go, lowered while operations that write objects are
+    in flight (`Repo.writing`): below the start of the oldest one, and below the store's freshening age (an
+    object it deduped against is freshened only when older than that)."""
+    folder = os.path.join(repo.dir, INFLIGHT_DIR)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return cutoff
+    starts = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.endswith(lockfile.LOCK_SUFFIX) and not lockfile.is_stale(path):
+            with contextlib.suppress(FileNotFoundError):
+                starts.append(os.stat(path).st_mtime)
+    if not starts:
+        return cutoff
+    return min(cutoff, min(starts) - FENCE_MARGIN, time.time() - repo.store.freshen_after - FENCE_MARGIN)
+
+
+def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], result: GcResult,
+                   progress: Progress) -> None:
+    store = repo.store
+    reachable = set(marker.needed)
+    _close_bases(store, reachable, set(reachable), True)
+    mtimes: dict[str, float] = {}
+    for oid in store.ids():
+        try:
+            mtimes[oid] = store.mtime(oid)
+        except ObjectNotFoundError:
+            pass
+    # Refs that moved while we marked (a commit that landed, a checkout of a dangling commit): mark from the
+    # tips again; anything new is kept too.
+    before = set(marker.needed)
+    marker.walk(_tips(repo))
+    new = marker.needed - before
+    reachable |= new
+    _close_bases(store, reachable, new, True)
+    limit = cutoff()
+    kept = reachable | {oid for oid, t in mtimes.items() if t > limit}
+    young = kept - reachable
+    _close_bases(store, kept, young, False)
+    candidates = [oid for oid in mtimes if oid not in kept]
+
+    def depth(oid: str) -> int:
+        try:
+            return store.header(oid).depth
+        except (ObjectNotFoundError, CorruptObjectError):
+            return 1 << 16  # unreadable: nothing can be decoded on it, remove it first
+
+    progress.start("gc", len(candidates))
+    # Deepest first: a delta goes before its base, so a crash leaves no object whose base is gone.
+    for oid in sorted(candidates, key=lambda o: (-depth(o), o)):
+        progress.advance(1)
+        if oid in kept:
+            continue
+        try:
+            size = store.stored_size(oid)
+            if store.mtime(oid) > cutoff():  # freshened since it was listed, or an operation started since
+                kept.add(oid)
+                _close_bases(store, kept, {oid}, False)
+                continue
+        except ObjectNotFoundError:
+            continue
+        if not result.dry_run:
+            store.delete(oid)
+            faults.point("gc.deleted")
+        result.objects_removed += 1
+        result.object_bytes_freed += size
+        result.removed_objects.append(oid)
+    progress.finish()
+    present = set(mtimes) - set(result.removed_objects)
+    result.objects_reachable = len(reachable & present)
+    result.objects_young = len((kept - reachable) & present)
+    result.objects_missing = len(reachable - set(mtimes))

@@ -1,0 +1,186 @@
+"""Fuzzing the safetensors reader: random bytes, byte mutations of valid files and structural mutations of
+their JSON headers (re-serialized, sometimes with text-level damage: integers past Python's digit limit,
+deep nesting, lone surrogate escapes, duplicate keys), through parse_layout, read_layout and, for some, the
+whole commit path. Nothing but an MlvcError may come out, and an accepted layout must tile the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given
+
+from conftest import make_repo
+from fuzz_util import check_all, fuzz_settings, mutate_bytes, mutate_json, random_bytes, random_json, seed_batches
+from mlvc.errors import MlvcError
+from mlvc.formats import safetensors as st_format
+from mlvc.store import MemoryObjectStore
+
+# Generated inputs per test: 13,300 in all against the reader.
+RANDOM_INPUTS = 3_000  # random bytes, random length prefixes, random JSON headers
+MUTATION_INPUTS = 5_000  # byte mutations of valid files
+HEADER_INPUTS = 4_000  # structural mutations of valid headers
+FILE_INPUTS = 1_000  # read_layout on mutated files, as commit reads them
+COMMIT_INPUTS = 300  # the whole commit path (mutated files; a repository with an in-memory store)
+
+
+def _valid(tensors: list[tuple[str, str, list[int], bytes]], metadata=None) -> bytes:
+    layout = st_format.build_layout([(n, d, s, len(b)) for n, d, s, b in tensors], metadata)
+    return layout.header_bytes + b"".join(b for *_, b in tensors)
+
+
+SEEDS = [
+    _valid([]),
+    _valid([], {"format": "pt"}),
+    _valid([("a", "F32", [3], np.arange(3, dtype="<f4").tobytes())]),
+    _valid([("w", "F16", [2, 2], bytes(8)), ("b", "I64", [], (7).to_bytes(8, "little")),
+            ("e", "U8", [0], b""), ("z", "BF16", [1, 0, 3], b"")], {"k": "v", "é": "ü"}),
+    _valid([("x.y", "F8_E4M3", [4], b"\x01\x02\x03\x04"), ("u", "F4", [8], b"\x12\x34\x56\x78"),
+            ("b", "BOOL", [2], b"\x00\x01")]),
+    _valid([("t", "I8", [5], bytes(range(5)))]),
+    struct.pack("<Q", 2) + b"{}",  # the smallest header, unpadded
+]
+SEED_HEADERS = [json.loads(s[8 : 8 + struct.unpack("<Q", s[:8])[0]]) for s in SEEDS]
+HEADER_KEYS = ("dtype", "shape", "data_offsets", "__metadata__")
+
+
+def _check(data: bytes, size: int | None = None) -> None:
+    """parse_layout raises only FormatError (an MlvcError); an accepted layout tiles the file exactly."""
+    size = len(data) if size is None else size
+    try:
+        layout = st_format.parse_layout(data, size, "fuzz.safetensors")
+    except MlvcError:
+        return
+    pos = 0
+    for t in layout.tensors:
+        assert type(t.begin) is int and type(t.end) is int and t.begin == pos <= t.end
+        assert all(type(d) is int and d >= 0 for d in t.shape)
+        t.name.encode("utf-8")
+        pos = t.end
+    assert layout.data_start + pos == size
+    assert layout.header_bytes == bytes(data[: layout.data_start])
+
+
+def _with_header(body: bytes, data: bytes = b"", length: int | None = None) -> bytes:
+    return struct.pack("<Q", len(body) if length is None else length) + body + data
+
+
+def _random_file(rng: random.Random) -> bytes:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return random_bytes(rng)
+    if kind == 1:
+        return _with_header(random_bytes(rng), random_bytes(rng, 16))
+    if kind == 2:
+        return _with_header(random_bytes(rng, 16), random_bytes(rng, 16), rng.randrange(2 ** 64))
+    return _with_header(json.dumps(random_json(rng)).encode("utf-8", "surrogatepass"), random_bytes(rng, 32))
+
+
+@fuzz_settings(RANDOM_INPUTS)
+@given(seed_batches())
+def test_random_bytes_and_headers(seeds):
+    check_all(seeds, _random_file, _check)
+
+
+@fuzz_settings(MUTATION_INPUTS)
+@given(seed_batches())
+def test_byte_mutations_of_valid_files(seeds):
+    check_all(seeds, lambda rng: mutate_bytes(rng, rng.choice(SEEDS), head=64), _check)
+
+
+def _mutated_header(rng: random.Random) -> bytes:
+    """A valid header with structural mutations, re-serialized, sometimes damaged as text."""
+    header = mutate_json(rng, rng.choice(SEED_HEADERS), keys=HEADER_KEYS)
+    text = json.dumps(header)
+    op = rng.choice(["none", "none", "none", "long-int", "nest", "surrogate", "dup-key"])
+    if op == "long-int":  # an integer past Python's 4300-digit limit, where a number was
+        at = [i for i, c in enumerate(text) if c.isdigit()]
+        if at:
+            i = rng.choice(at)
+            text = text[:i] + "9" * 5000 + text[i:]
+    elif op == "nest":
+        n = rng.choice([1, 10, 2000, 100_000])
+        text = "[" * n + text + "]" * n
+    elif op == "surrogate":
+        text = text.replace('"', '"\\ud800', 1)
+    elif op == "dup-key" and text.startswith("{") and len(text) > 2:
+        first = text[1:].split(",")[0].rstrip("}")
+        text = "{" + first + "," + text[1:]
+    pad = " " * rng.choice([0, 0, 1, 7])
+    return _with_header((text + pad).encode("utf-8", "surrogatepass"), bytes(rng.choice([0, 1, 3, 4, 8, 64])))
+
+
+@fuzz_settings(HEADER_INPUTS)
+@given(seed_batches())
+def test_structural_mutations_of_valid_headers(seeds):
+    check_all(seeds, _mutated_header, _check)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("fuzz-st") / "f.safetensors")
+
+
+def _any_file(rng: random.Random) -> bytes:
+    return _mutated_header(rng) if rng.random() < 0.3 else mutate_bytes(rng, rng.choice(SEEDS), head=64)
+
+
+def _commit_input(rng: random.Random) -> bytes:
+    """Half the time a valid file with new tensor bytes (so that commits succeed, deltas against the last
+    one included), else any mutated file."""
+    if rng.random() < 0.5:
+        seed = rng.choice(SEEDS)
+        start = 8 + struct.unpack("<Q", seed[:8])[0]
+        return seed[:start] + bytes(b ^ rng.randrange(256) if rng.random() < 0.2 else b for b in seed[start:])
+    return _any_file(rng)
+
+
+@fuzz_settings(FILE_INPUTS)
+@given(seed_batches())
+def test_read_layout_on_mutated_files(scratch, seeds):
+    def check(data: bytes) -> None:
+        with open(scratch, "wb") as f:
+            f.write(data)
+        with open(scratch, "rb") as f:
+            try:
+                layout = st_format.read_layout(f, "fuzz.safetensors")
+            except MlvcError:
+                return
+        assert layout.data_start + layout.data_length == len(data)
+
+    check_all(seeds, _any_file, check)
+
+
+@pytest.fixture(scope="module")
+def memory_repo(tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("fuzz-commit") / "repo", chunk_size=64)
+    repo.store = MemoryObjectStore()
+    return repo
+
+
+@fuzz_settings(COMMIT_INPUTS, batch=10)
+@given(seed_batches(10))
+def test_commit_of_mutated_files(memory_repo, seeds):
+    """The whole commit path (snapshot, manifest, commit, branch) takes any file or refuses it cleanly; what
+    it takes reads back: the file byte for byte, its tensors as arrays."""
+    path = os.path.join(memory_repo.root, "m.safetensors")
+
+    def check(data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            memory_repo.commit(path, message="fuzz", allow_empty=True)
+        except MlvcError:
+            return
+        memory_repo.load(framework="numpy")
+        entry = memory_repo.read_manifest(memory_repo.read_commit(memory_repo.head()).manifest).file("m.safetensors")
+        assert entry.size == len(data)
+        with memory_repo.pipeline() as pipe:
+            assert b"".join(pipe.read(entry.header + [c for t in entry.tensors for c in t.chunks])) == data
+
+    check_all(seeds, _commit_input, check)
