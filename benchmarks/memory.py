@@ -45,6 +45,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MiB = 1 << 20
+sys.path.insert(0, ROOT)
+
+from mlvc.dtypes import DTYPES, ITEMSIZE  # noqa: E402
+from mlvc.numeric import f32_to_bf16_bits  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------
 # the synthetic checkpoint
@@ -53,7 +57,6 @@ MiB = 1 << 20
 def plan_tensors(target_bytes: int, hidden: int = 2048, vocab: int = 32000) -> list[tuple[str, str, list[int]]]:
     """(name, dtype, shape) for a decoder-shaped model: an fp32 embedding, then layers whose dtype alternates
     fp32 / bf16, until the data reaches target_bytes."""
-    size = {"F32": 4, "BF16": 2}
     out = [("model.embed_tokens.weight", "F32", [vocab, hidden])]
     total = vocab * hidden * 4
     layer = 0
@@ -70,25 +73,19 @@ def plan_tensors(target_bytes: int, hidden: int = 2048, vocab: int = 32000) -> l
                             ("mlp.up_proj.weight", [4 * hidden, hidden]),
                             ("mlp.down_proj.weight", [hidden, 4 * hidden])):
             out.append((p + name, dt, shape))
-            total += math.prod(shape) * size[dt]
+            total += math.prod(shape) * ITEMSIZE[dt]
         layer += 1
     out.append(("model.norm.weight", "F32", [hidden]))
     return out
 
 
-def _to_bf16(x: np.ndarray) -> np.ndarray:
-    bits = x.view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
-
-
 def write_checkpoint(path: str, target_bytes: int, seed: int = 0) -> tuple[int, int]:
     """Write the file in blocks of at most 16 Mi elements; returns (file size, tensor count)."""
     tensors = plan_tensors(target_bytes)
-    itemsize = {"F32": 4, "BF16": 2}
     header: dict = {"__metadata__": {"format": "pt", "source": "mlvc benchmarks/memory.py"}}
     pos = 0
     for name, dt, shape in tensors:
-        n = math.prod(shape) * itemsize[dt]
+        n = math.prod(shape) * ITEMSIZE[dt]
         header[name] = {"dtype": dt, "shape": shape, "data_offsets": [pos, pos + n]}
         pos += n
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -97,10 +94,10 @@ def write_checkpoint(path: str, target_bytes: int, seed: int = 0) -> tuple[int, 
     block = 16 << 20
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text)
-        for name, dt, shape in tensors:
+        for _name, dt, shape in tensors:
             if len(shape) == 1:  # norm weights: near one
                 a = (1.0 + 0.05 * rng.standard_normal(shape[0], dtype=np.float32)).astype(np.float32)
-                f.write((_to_bf16(a) if dt == "BF16" else a).tobytes())
+                f.write((f32_to_bf16_bits(a) if dt == "BF16" else a).tobytes())
                 continue
             rows, cols = shape
             std = 1.0 / math.sqrt(cols)
@@ -109,7 +106,7 @@ def write_checkpoint(path: str, target_bytes: int, seed: int = 0) -> tuple[int, 
             for r in range(0, rows, step):
                 a = rng.standard_normal((min(step, rows - r), cols), dtype=np.float32)
                 a *= row_scale[r : r + step, None]
-                f.write((_to_bf16(a) if dt == "BF16" else a).tobytes())
+                f.write((f32_to_bf16_bits(a) if dt == "BF16" else a).tobytes())
         f.flush()
         os.fsync(f.fileno())
     return os.path.getsize(path), len(tensors)
@@ -125,7 +122,7 @@ def training_step(path: str, lr: float = 2e-5, seed: int = 1) -> None:
         header.pop("__metadata__", None)
         start = 8 + n
         for info in sorted(header.values(), key=lambda i: i["data_offsets"][0]):
-            dt = {"F32": np.float32, "BF16": np.uint16}[info["dtype"]]
+            dt = np.float32 if info["dtype"] == "F32" else DTYPES["BF16"].bits.type  # bf16 as its bits
             begin, end = info["data_offsets"]
             step = (16 << 20) * np.dtype(dt).itemsize
             for pos in range(begin, end, step):
@@ -135,7 +132,7 @@ def training_step(path: str, lr: float = 2e-5, seed: int = 1) -> None:
                 x = x.view(np.float32)
                 x += lr * rng.standard_normal(x.shape, dtype=np.float32)
                 f.seek(start + pos)
-                f.write((_to_bf16(x) if dt is np.uint16 else x).tobytes())
+                f.write((f32_to_bf16_bits(x) if dt is np.uint16 else x).tobytes())
         f.flush()
         os.fsync(f.fileno())
 
@@ -270,7 +267,6 @@ def main() -> int:
     args = ap.parse_args()
     from tabulate import tabulate
 
-    sys.path.insert(0, ROOT)
     from mlvc.repo import Repo
 
     own_tmp = args.workdir is None
@@ -376,8 +372,10 @@ def main() -> int:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump({"size_bytes": size, "tensors": n_tensors, "generate_s": gen_s, "cpu_count": os.cpu_count(),
-                       "threads": threads, "chunk_size": chunk_size, "steps": args.steps, "config": args.config, "machine": platform.platform(), "python": platform.python_version(),
-                       "identical": identical, "limit_mib": args.limit_mb, "rss_floor": floor, "rows": rows}, f, indent=2)
+                       "threads": threads, "chunk_size": chunk_size, "steps": args.steps, "config": args.config,
+                       "machine": platform.platform(), "python": platform.python_version(),
+                       "identical": identical, "limit_mib": args.limit_mb, "rss_floor": floor, "rows": rows},
+                      f, indent=2)
         print(f"wrote {args.out}")
         return 0 if identical and not over else 1
     finally:

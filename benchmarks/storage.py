@@ -4,11 +4,15 @@ Series come from benchmarks/make_series.py (fine-tunes of all-MiniLM-L6-v2). For
   stored/raw for: full copies (what git-lfs and DVC store), zstd -1 and -3 of each file, ZipNN (the real
   package: byte grouping + entropy coding per tensor), content-defined-chunking dedupe of the files with
   ~64 KiB chunks (what Xet does; fastcdc), raw and zstd-compressed chunks, and mlvc;
-  commit and checkout wall time per checkpoint against `zstd -1 -T0` and `zstd -d` of the same file, and peak
-  RSS of the mlvc processes.
+  commit and checkout time per checkpoint (each in a fresh process) against `zstd -1 -T0` and `zstd -d` of the
+  same file, and peak RSS of the mlvc processes.
+
+Speed table: the commit columns (mlvc and `zstd -1 -T0`) are means over checkpoints 1..N-1, the delta commits
+of a training run (checkpoint 0's first commit, which stores full objects, is in the JSON and the per-checkpoint
+line); the checkout columns (mlvc and `zstd -d`) are means over all N checkpoints. The headers name the sets.
 
 Run: python benchmarks/storage.py [--series DIR] [--json benchmarks/out/storage.json]
-Needs: fastcdc, zipnn (benchmark-only), the zstd binary.
+Needs: pip install -e '.[bench]' (fastcdc, zipnn), the zstd binary.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ import zstandard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from mlvc.dtypes import DTYPES  # noqa: E402
+from mlvc.formats.safetensors import read_layout  # noqa: E402
+
+ZIPNN_DTYPES = ("F32", "BF16", "F16")  # the float types ZipNN byte-groups (by the same names as torch's)
 
 CHILD = r"""
 import json, sys, time
@@ -63,37 +73,25 @@ def zstd_size(paths: list[str], level: int) -> int:
 
 
 def zipnn_size(paths: list[str]) -> int:
-    from safetensors import safe_open
+    """ZipNN per tensor (the header stored as it is; tensors of other dtypes or under 1 KiB stored raw)."""
     from zipnn import ZipNN
 
     zippers = {}
     total = 0
     for p in paths:
         with open(p, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-        total += 8 + n
-        with safe_open(p, "np") as f:
-            for k in f.keys():
-                sl = f.get_slice(k)
-                dtype = sl.get_dtype()
-                arr = f.get_tensor(k) if dtype != "BF16" else None
-                raw = arr.tobytes() if arr is not None else _raw_tensor_bytes(p, k)
-                name = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(dtype)
-                if name is None or len(raw) < 1024:
-                    total += len(raw)
-                    continue
-                z = zippers.setdefault(name, ZipNN(input_format="byte", bytearray_dtype=name, threads=2))
-                total += min(len(z.compress(raw)), len(raw))
+            layout = read_layout(f, p)
+            data = f.read()
+        total += layout.data_start
+        for t in layout.tensors:
+            raw = data[t.begin : t.end]
+            if t.dtype not in ZIPNN_DTYPES or len(raw) < 1024:
+                total += len(raw)
+                continue
+            name = DTYPES[t.dtype].torch
+            z = zippers.setdefault(name, ZipNN(input_format="byte", bytearray_dtype=name, threads=2))
+            total += min(len(z.compress(raw)), len(raw))
     return total
-
-
-def _raw_tensor_bytes(path: str, name: str) -> bytes:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-        b, e = header[name]["data_offsets"]
-        f.seek(8 + n + b)
-        return f.read(e - b)
 
 
 def cdc_sizes(paths: list[str]) -> tuple[int, int]:
@@ -188,17 +186,27 @@ def main() -> None:
         results[name] = {"checkpoints": len(paths), "raw_bytes": raw, "stored": sizes, "mlvc": m}
         for method, size in sizes.items():
             size_rows.append([name, method, f"{size / 1e6:.1f}", f"{size / raw:.3f}"])
-        c = m["commits"][1:] or m["commits"]
+        n = len(paths)
+        commit_set = list(range(1, n)) or [0]  # the delta commits (a one-checkpoint series: its only commit)
+        c = [m["commits"][i] for i in commit_set]
         k = m["checkouts"]
+        mean = lambda rows, key: sum(x[key] for x in rows) / len(rows)  # noqa: E731
+        means = {"commit_checkpoints": commit_set, "checkout_checkpoints": list(range(n)),
+                 "mlvc_commit_s": mean(c, "seconds"), "zstd_1_s": mean(c, "zstd_seconds"),
+                 "mlvc_checkout_s": mean(k, "seconds"), "zstd_d_s": mean(k, "zstd_d_seconds"),
+                 "first_commit_s": m["commits"][0]["seconds"]}
+        results[name]["means"] = means
         mb = os.path.getsize(paths[0]) / 1e6
-        speed_rows.append([name, len(paths), f"{mb:.1f}",
-                           f"{sum(x['seconds'] for x in c) / len(c):.3f}", f"{sum(x['zstd_seconds'] for x in c) / len(c):.3f}",
-                           f"{sum(x['seconds'] for x in k) / len(k):.3f}", f"{sum(x['zstd_d_seconds'] for x in k) / len(k):.3f}",
+        speed_rows.append([name, n, f"{mb:.1f}", f"{means['mlvc_commit_s']:.3f}", f"{means['zstd_1_s']:.3f}",
+                           f"{means['mlvc_checkout_s']:.3f}", f"{means['zstd_d_s']:.3f}",
                            f"{max(x['peak_rss_mb'] for x in m['commits'] + k):.0f}", all(x["exact"] for x in k)])
+        print(f"{name} per checkpoint: commit s " + ", ".join(f"{x['seconds']:.2f}" for x in m["commits"])
+              + "; checkout s " + ", ".join(f"{x['seconds']:.2f}" for x in k), file=sys.stderr)
     print(tabulate(size_rows, headers=["series", "method", "stored MB", "stored/raw"]))
     print()
-    print(tabulate(speed_rows, headers=["series", "ckpts", "MB each", "mlvc commit s", "zstd -1 -T0 s",
-                                        "mlvc checkout s", "zstd -d s", "peak RSS MB", "byte-exact"]))
+    print(tabulate(speed_rows, headers=["series", "ckpts", "MB each", "mlvc commit s\n(mean, ckpts 1..N-1)",
+                                        "zstd -1 -T0 s\n(mean, ckpts 1..N-1)", "mlvc checkout s\n(mean, all N)",
+                                        "zstd -d s\n(mean, all N)", "peak RSS MB", "byte-exact"]))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)

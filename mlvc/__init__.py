@@ -1,6 +1,6 @@
 """mlvc: version control for model weights."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["Repo", "__version__"]
 

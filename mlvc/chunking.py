@@ -10,13 +10,17 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from queue import Empty, SimpleQueue
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import CorruptObjectError, FileChangedError
 from .progress import NULL, Progress
 from .store import ObjectStore
 from .util import hash_bytes, new_hasher
+
+if TYPE_CHECKING:
+    from xxhash import xxh3_128
 
 
 def aligned_chunk(chunk_size: int, width: int) -> int:
@@ -71,13 +75,22 @@ class FileRange:
         return view
 
 
+class Sliceable(Protocol):
+    """What a segment's bytes can be besides a memoryview or a FileRange (mlvc.snapshot's joined file ranges):
+    a length, and contiguous slices that are the chunks to store."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, s: slice, /) -> memoryview | bytes | FileRange: ...
+
+
 @dataclass
 class Segment:
     """A byte range to store as chunks: a tensor's bytes, a header, or a file's bytes (in memory, or a
     FileRange read chunk by chunk)."""
 
     key: object
-    data: memoryview | FileRange
+    data: memoryview | FileRange | Sliceable
     width: int = 1
     bases: list[str] | None = None  # chunk ids of the same range in the parent commit (delta bases)
     bases2: list[str] | None = None  # ... and in the grandparent (for the linear-prediction delta)
@@ -133,7 +146,7 @@ class Pipeline:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _put(self, data: memoryview | FileRange, width: int, base: str | None, base2: str | None):
+    def _put(self, data: memoryview | bytes | FileRange, width: int, base: str | None, base2: str | None):
         """(id, new stored bytes, the bytes that were hashed, the pool buffer holding them or None). A file
         range is read here (in a worker) into a pool buffer, which only this chunk uses until it is consumed;
         an in-memory chunk is copied first when storing, so that its id, its stored encoding and the tensor
@@ -162,8 +175,8 @@ class Pipeline:
         through here as itself: no buffer is exported from anything that must be closed on the way out."""
         results: dict[object, SegmentResult] = {}
         file_hasher = new_hasher()
-        hashers: dict[object, object] = {}
-        inflight: deque[tuple[SegmentResult, object, Future | tuple]] = deque()
+        hashers: dict[object, xxh3_128] = {}
+        inflight: deque[tuple[SegmentResult, xxh3_128, Future | tuple]] = deque()
 
         def consume() -> None:
             res, hasher, fut = inflight.popleft()

@@ -7,8 +7,9 @@ An object file is a 32-byte header followed by the payload:
 The object id is always the xxh3-128 of the *raw* (decoded) content, whatever the encoding, so encodings
 are a storage detail and can change without changing any id. Full objects have depth 0 and an all-zero
 base id. Delta objects name the object they are a delta against (the chunk at the same position of the same
-tensor in the parent commit); depth is the length of the chain down to a full object, which the store keeps
-bounded (a full "keyframe" every K links).
+tensor, header or blob in the parent commit); depth is 1 + the largest depth of its bases, i.e. the longest
+chain down to a full object. The store writes deltas only below depth K = core.keyframe_interval, so at least
+every K-th version of a chunk is a full "keyframe"; readers check that depths strictly fall along a chain.
 
 Full encodings: raw, zstd (one frame), planes (the bytes split into `width` byte planes, each stored raw or
 as a zstd frame). Delta encodings transform the bytes against the base (see mlvc.delta) and store the
@@ -42,7 +43,8 @@ ENC_ZSTD = 1  # payload is one zstd frame of the raw bytes
 ENC_PLANES = 2  # raw bytes split into `width` byte planes, each stored raw or as a zstd frame
 ENC_XOR = 3  # planes of raw XOR base
 ENC_SUB = 4  # planes of zigzag(raw - base)
-ENC_SPARSE = 5  # u32 length + zstd frame of the changed-element bitmap, then planes of the changed elements' zigzag(raw - base)
+# u32 length + zstd frame of the changed-element bitmap, then planes of the changed elements' zigzag(raw - base)
+ENC_SPARSE = 5
 ENC_PRED = 6  # base2 id (16 bytes), then planes of zigzag(raw - (2*base - base2))
 ENCODING_NAMES = {ENC_RAW: "raw", ENC_ZSTD: "zstd", ENC_PLANES: "planes", ENC_XOR: "xor", ENC_SUB: "sub",
                   ENC_SPARSE: "sparse", ENC_PRED: "pred"}
@@ -147,7 +149,7 @@ def _pack_planes(arr: np.ndarray, width: int, level: int) -> bytes:
             blobs.append(z)
         else:
             table.append(_PLANE_ENTRY.pack(0, len(plane)))
-            blobs.append(plane.data)
+            blobs.append(bytes(plane.data))
     return b"".join([*table, *blobs])
 
 
@@ -177,9 +179,8 @@ def _unpack_planes(payload: memoryview, width: int, raw_length: int) -> bytearra
     out = bytearray(raw_length)
     view = np.frombuffer(out, dtype=np.uint8).reshape(-1, width)
     for i, (mode, blob) in enumerate(blobs):
-        if mode == 1:
-            blob = _decompress_exact(blob, plane_len)
-        view[:, i] = np.frombuffer(blob, dtype=np.uint8)
+        plane = _decompress_exact(blob, plane_len) if mode == 1 else blob
+        view[:, i] = np.frombuffer(plane, dtype=np.uint8)
     return out
 
 
@@ -291,13 +292,12 @@ def encode_delta(raw, width: int, level: int, base: Base, base2: Base | None = N
     full_estimate = sum(len(_full_payload(mv[s], width, level)[2]) for s in spots)
     sizes = {e: estimate(e) for e in candidates}
     best = min(candidates, key=lambda e: sizes[e])
-    if sizes[best] >= full_estimate:
+    pred = best == ENC_PRED and base2 is not None  # pred is a candidate only with base2
+    depth = 1 + max(base.depth, base2.depth if pred and base2 is not None else 0)
+    if sizes[best] >= full_estimate or depth > MAX_DEPTH:
         return None
     payload = _delta_payload(best, mv, b1, b2, width, level)
-    depth = 1 + max(base.depth, base2.depth if best == ENC_PRED else 0)
-    if depth > MAX_DEPTH:
-        return None
-    prefix = bytes.fromhex(base2.id) if best == ENC_PRED else b""
+    prefix = bytes.fromhex(base2.id) if pred and base2 is not None else b""
     return _pack_header(best, width, n, base.id, depth) + prefix + payload
 
 
@@ -311,6 +311,7 @@ def decode(data, get_base: Callable[[str], bytes | bytearray] | None = None) -> 
     mv = memoryview(data)
     h = ObjectHeader.parse(mv)
     payload = mv[HEADER_SIZE:]
+    out: bytes | bytearray
     if h.encoding == ENC_RAW:
         if len(payload) != h.raw_length:
             raise DecodeError(f"payload is {len(payload)} bytes, header says {h.raw_length}")

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .store import DEFAULT_CACHE_BYTES, DEFAULT_KEYFRAME_INTERVAL
 from .util import atomic_write_bytes
 
+# The defaults of every [core] setting live here, at the bottom of the layers (config imports only errors and
+# util); the Repo passes the values to the store and the chunk pipeline. A bare ObjectStore has the same
+# defaults for its own arguments (tests/test_layers.py checks they agree).
 DEFAULT_CHUNK_SIZE = 2 << 20  # 2 MiB: measured in docs/design.md
 DEFAULT_ZSTD_LEVEL = 1
-DEFAULT_CACHE_MB = DEFAULT_CACHE_BYTES >> 20
+DEFAULT_KEYFRAME_INTERVAL = 8  # a full object at least every 8 versions of a chunk
+DEFAULT_CACHE_MB = 128  # decoded delta bases kept in memory
 
 
 @dataclass
@@ -88,7 +91,8 @@ def write_default(path: str) -> None:
         f"chunk_size = {DEFAULT_CHUNK_SIZE}  # bytes per chunk, element-aligned\n"
         f"zstd_level = {DEFAULT_ZSTD_LEVEL}\n"
         "threads = 0  # 0: one per core\n"
-        f"keyframe_interval = {DEFAULT_KEYFRAME_INTERVAL}  # a full object at least every K versions of a chunk; 1: no deltas\n"
+        f"keyframe_interval = {DEFAULT_KEYFRAME_INTERVAL}"
+        "  # a full object at least every K versions of a chunk; 1: no deltas\n"
         f"cache_mb = {DEFAULT_CACHE_MB}  # decoded delta bases kept in memory while reading\n"
     )
     atomic_write_bytes(path, text.encode())

@@ -1,13 +1,20 @@
-"""Exactly invertible transforms of a chunk against a base chunk of the same length and element width.
+"""Exactly invertible transforms of a chunk against a base chunk of the same length and element width: the
+arithmetic behind the four delta encodings of mlvc/codec.py (docs/format.md, "Delta encodings").
 
-- XOR of the bit patterns: equal bits become zero.
-- Wrapping integer subtraction of the bit patterns, then zigzag (signed -> unsigned, (d << 1) ^ (d >> bits-1)):
-  for floats whose values moved a little, the difference of the bit patterns is a small signed integer, and
-  zigzag keeps small negative differences from filling the high bytes with 0xFF.
+- `forward(XOR)` / `inverse(XOR)`: XOR of the bit patterns (encoding 3, xor): equal bits become zero.
+- `forward(SUB)` / `inverse(SUB)`: wrapping integer subtraction of the bit patterns, then zigzag (signed ->
+  unsigned, (d << 1) ^ (d >> bits-1)) (encoding 4, sub): for floats whose values moved a little, the
+  difference of the bit patterns is a small signed integer, and zigzag keeps small negative differences from
+  filling the high bytes with 0xFF.
+- `sparse` / `unsparse`: the mask of the elements that changed and the zigzag differences of those only
+  (encoding 5, sparse): for updates that touch few elements (frozen layers, embedding rows).
+- `predict`: the linear prediction 2*b1 - b2 from the last two versions, which SUB is then taken against
+  (encoding 6, pred): for tensors moving steadily, such as rows that only weight decay touches.
 
-Both work on the raw bytes viewed as unsigned integers of the element width, so they are exact for any
-dtype (NaN payloads, signed zeros, infinities included). Measured on real fp32 AdamW updates
-(../shared/FACTS.md), subtraction+zigzag stores 0.308 of raw where XOR stores 0.379.
+All work on the raw bytes viewed as unsigned integers of the element width (1, 2, 4 or 8 bytes), so they are
+exact for any dtype (NaN payloads, signed zeros, infinities included). Measured on real fp32 AdamW updates
+(../shared/FACTS.md), subtraction+zigzag stores 0.308 of raw where XOR stores 0.379. Which encoding a chunk
+gets is chosen by codec.encode_delta on a sample.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ XOR = "xor"
 SUB = "sub"
 KINDS = (XOR, SUB)
 
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_UINT: dict[int, type[np.unsignedinteger]] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def supports(width: int, nbytes: int) -> bool:

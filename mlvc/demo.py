@@ -57,6 +57,7 @@ def load(module: str = "demo", folder: str | None = None) -> ModuleType:
         folder = folder or example_dir()
         spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(folder, "__init__.py"),
                                                       submodule_search_locations=[folder])
+        assert spec is not None and spec.loader is not None  # a .py file always has a spec with a loader
         pkg = importlib.util.module_from_spec(spec)
         sys.modules[PACKAGE] = pkg
         try:

@@ -40,7 +40,8 @@ class CorruptObjectError(MlvcError, ValueError):
         self.reason = reason
         self.path = path
         where = f" ({path})" if path else ""
-        super().__init__(f"object {object_id} is corrupt{where}: {reason}; run `mlvc fsck` to find every damaged object")
+        super().__init__(f"object {object_id} is corrupt{where}: {reason}; "
+                         "run `mlvc fsck` to find every damaged object")
 
 
 class RevisionError(MlvcError, LookupError):
@@ -104,7 +105,8 @@ class UnsafePickleError(FormatError):
     def __init__(self, path: str, detail: str):
         import re
 
-        found = re.search(r"(Unsupported global: GLOBAL [^\s]+|Unsupported operand \d+|[^\n.]*not an allowed global[^\n.]*)", detail)
+        found = re.search(r"(Unsupported global: GLOBAL [^\s]+|Unsupported operand \d+"
+                          r"|[^\n.]*not an allowed global[^\n.]*)", detail)
         self.detail = found.group(1).strip() if found else "refused by torch.load(weights_only=True)"
         super().__init__(
             path,
@@ -139,6 +141,16 @@ class DependencyError(MlvcError, ImportError):
 
 class LedgerError(MlvcError, RuntimeError):
     """The evaluation ledger cannot be read or changed: a damaged part, or a compaction holds the lock."""
+
+
+class LedgerPartError(LedgerError):
+    """A ledger part that cannot be trusted: its bytes do not match the hash in its name, or do not parse."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"ledger part {path} is damaged: {reason}; run `mlvc fsck` to list every damaged "
+                         "part, then restore this file from a backup or another copy of the repository, or "
+                         "delete it (its rows are lost)")
 
 
 class EvalError(MlvcError, ValueError):

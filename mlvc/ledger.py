@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import faults, lockfile
-from .errors import EvalError, LedgerError
+from .errors import EvalError, LedgerError, LedgerPartError
 from .util import atomic_writer, fsync_dir, hash_bytes, is_object_id
 
 LEDGER_FORMAT = 1
@@ -47,17 +47,6 @@ _HASHED_NAME = re.compile(r"-([0-9a-f]{32})\.parquet$")  # a part name that carr
 TMP_NAME_PREFIX = ".tmp-"  # util.TMP_PREFIX (".tmp-mlvc-") starts so, as did temp files of older versions
 # Columns a reader needs in every part; a part without them was not written by mlvc.
 REQUIRED_COLUMNS = ("row_id", "commit", "task", "status", "time")
-
-
-class LedgerPartError(LedgerError):
-    """A ledger part that cannot be trusted: its bytes do not match the hash in its name, or do not parse."""
-
-    def __init__(self, path: str, reason: str):
-        self.path = path
-        self.reason = reason
-        super().__init__(f"ledger part {path} is damaged: {reason}; run `mlvc fsck` to list every damaged "
-                         "part, then restore this file from a backup or another copy of the repository, or "
-                         "delete it (its rows are lost)")
 
 
 @dataclass(frozen=True)
@@ -254,12 +243,12 @@ class Ledger:
     # -- writing ---------------------------------------------------------------------------------------
     def append(self, records: Iterable[Record]) -> AppendResult:
         """Write `records` as one new part; fills in row_id, time, host and mlvc_version where empty."""
-        from . import __version__
+        from .version import __version__
 
         recs = list(records)
         if not recs:
             raise EvalError("nothing to append: no records")
-        now = _dt.datetime.now(_dt.timezone.utc)
+        now = _dt.datetime.now(_dt.UTC)
         host = socket.gethostname()
         for r in recs:
             _validate(r)
@@ -329,7 +318,7 @@ def _write_part(folder: str, kind: str, rows: list[dict[str, Any]]) -> str:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     data = sink.getvalue().to_pybytes()
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = os.path.join(folder, f"{kind}-{stamp}-{hash_bytes(data)}{PART_SUFFIX}")
     back = parse_part(path, data)  # a part is written only when it reads back
     if [r["row_id"] for r in back] != [r.get("row_id") for r in rows]:  # pragma: no cover - a writer bug
@@ -415,7 +404,7 @@ def _dedupe(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
 
 
 def _to_record(row: dict[str, Any]) -> Record:
-    known = {k: row.get(k) for k in COLUMNS}
+    known: dict[str, Any] = {k: row.get(k) for k in COLUMNS}  # a Parquet row: its column types are checked on read
     known["source"] = known["source"] or "run"
     known["spec_hash"] = known["spec_hash"] or ""
     return Record(**known)
@@ -462,7 +451,7 @@ def _as_float(value: Any) -> float | None:
 
 
 def _utc(t: _dt.datetime) -> _dt.datetime:
-    return t.replace(tzinfo=_dt.timezone.utc) if t.tzinfo is None else t.astimezone(_dt.timezone.utc)
+    return t.replace(tzinfo=_dt.UTC) if t.tzinfo is None else t.astimezone(_dt.UTC)
 
 
 def _iso(t: _dt.datetime | None) -> str | None:

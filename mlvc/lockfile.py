@@ -82,39 +82,58 @@ def _foreign(info: LockInfo | None) -> bool:
     return info is not None and info.host is not None and info.host != socket.gethostname()
 
 
-def is_stale(path: str) -> bool:
-    """True when the lock at `path` exists and its holder is gone (a process on this host that died)."""
+@contextlib.contextmanager
+def _dead_holder(path: str) -> Iterator[int | None]:
+    """An open descriptor of the lock at `path` carrying its flock when its holder is gone (a process on this
+    host that died), else None (no such lock, another host's, or a live holder)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return False
+        yield None
+        return
     try:
         if _foreign(read_info(path)):
-            return False
+            yield None
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False
-        return True
+            yield None
+            return
+        yield fd
     finally:
         os.close(fd)
 
 
+def is_stale(path: str) -> bool:
+    """True when the lock at `path` exists and its holder is gone (a process on this host that died)."""
+    with _dead_holder(path) as fd:
+        return fd is not None
+
+
+def in_use(name: str, dir_fd: int | None = None) -> bool:
+    """True when a live process holds a flock on the file (a lock being taken, an atomic write not yet
+    renamed: util.atomic_writer and acquire() hold one on their temp files until the rename or link)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return False  # gone, or a symlink: nothing holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def break_stale(path: str) -> bool:
     """Remove the lock at `path` if its holder is gone. True when the path is free now (removed, or absent)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return True
-    except (IsADirectoryError, NotADirectoryError):
-        return False
-    try:
-        if _foreign(read_info(path)):
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a live holder
+    with _dead_holder(path) as fd:
+        if fd is None:
+            return not os.path.lexists(path)  # a live (or foreign) holder; or it went away meanwhile
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -124,8 +143,6 @@ def break_stale(path: str) -> bool:
             with contextlib.suppress(OSError):
                 fsync_dir(os.path.dirname(os.path.abspath(path)))
         return True
-    finally:
-        os.close(fd)
 
 
 class Lock:

@@ -16,27 +16,19 @@ step (no double rounding through float32):
   +-inf and NaN to NaN.
 NaN becomes a quiet NaN with its sign kept.
 
-Integer and bool dtypes are returned as their own numpy integer type by `as_numbers` (exact comparisons);
-`to_float64` on them is exact up to 2**53.
+Integer and bool dtypes are returned as their own numpy integer type by `as_numbers` (exact comparisons;
+BOOL as uint8, so every stored byte counts: mlvc/dtypes.py); `to_float64` on them is exact up to 2**53.
+Which dtypes exist, their sizes and kinds come from the one table in mlvc/dtypes.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
-INT_DTYPES = ("I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL")
+from .dtypes import DTYPES, FLOAT_DTYPES, INT_DTYPES, is_float, is_numeric  # noqa: F401 (re-exported)
 
-_PLAIN = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-          "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "u1"}
-
-
-def is_float(dtype: str) -> bool:
-    return dtype in FLOAT_DTYPES
-
-
-def is_numeric(dtype: str) -> bool:
-    return dtype in FLOAT_DTYPES or dtype in INT_DTYPES
+# dtype -> the numpy type its elements are read as (every dtype but BF16 and the fp8 pair; BOOL as uint8)
+_PLAIN = {name: d.numbers for name, d in DTYPES.items() if d.numbers is not None}
 
 
 def _fp8_table(exp_bits: int, man_bits: int, bias: int, fn: bool) -> np.ndarray:
@@ -113,7 +105,10 @@ def _round_to_odd_f32(x: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def _f32_to_bf16_bits(f: np.ndarray) -> np.ndarray:
+def f32_to_bf16_bits(f: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), round to nearest even, as torch's .to(torch.bfloat16) does;
+    NaN stays a quiet NaN with its sign."""
+    f = np.asarray(f, dtype=np.float32)
     u = f.view(np.uint32).astype(np.uint64)
     r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(f)
@@ -157,7 +152,7 @@ def from_float64(x: np.ndarray, dtype: str) -> np.ndarray:
         if dtype in ("F32", "F16"):
             return x.astype(_PLAIN[dtype])
         if dtype == "BF16":
-            return _f32_to_bf16_bits(_round_to_odd_f32(x)).astype("<u2")
+            return f32_to_bf16_bits(_round_to_odd_f32(x)).astype("<u2")
         if dtype in _FP8:
             return _to_fp8_codes(x, dtype)
     raise TypeError(f"cannot round float64 to {dtype}: arithmetic on it is not defined")

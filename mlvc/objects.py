@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dtypes import ITEMSIZE
+from .dtypes import MAX_RANK, dims_fit, holds, is_dtype_name
 from .errors import CorruptObjectError, FormatError, MlvcError, PathError
 from .util import canonical_json, is_object_id
 
@@ -98,22 +98,16 @@ class TensorEntry:
         name = d["name"]
         _want(_is_text(name), f"tensor name {_show(name)} is not UTF-8 text")
         dtype, shape, nbytes = d["dtype"], d["shape"], d["nbytes"]
-        _want(isinstance(dtype, str) and 0 < len(dtype) <= 32 and dtype.isascii()
-              and dtype.replace("_", "").isalnum(), f"tensor {_show(name)}: dtype {_show(dtype)}")
+        _want(is_dtype_name(dtype), f"tensor {_show(name)}: dtype {_show(dtype)}")
         _want(isinstance(shape, list) and len(shape) <= MAX_RANK and all(_nat(x) for x in shape),
               f"tensor {_show(name)}: shape must be a list of at most {MAX_RANK} non-negative integers")
-        _want(_dims_fit(shape), f"tensor {_show(name)}: its dims multiply past 2**63")
+        _want(dims_fit(shape), f"tensor {_show(name)}: its dims multiply past 2**63")
         _want(_nat(nbytes), f"tensor {_show(name)}: nbytes must be a non-negative integer")
         alias = d.get("alias")
         _want(alias is None or _is_text(alias), f"tensor {_show(name)}: alias {_show(alias)}")
-        if dtype in ITEMSIZE and alias is None:
-            n = ITEMSIZE[dtype]
-            for x in shape:
-                n *= x
-                if n > nbytes and 0 not in shape:
-                    break
-            _want(n == nbytes, f"tensor {_show(name)}: {nbytes} bytes do not hold {dtype} of "
-                               f"{len(shape)} dims {_show(shape)}")
+        if alias is None:
+            _want(holds(dtype, shape, nbytes), f"tensor {_show(name)}: {nbytes} bytes do not hold {dtype} of "
+                                               f"{len(shape)} dims {_show(shape)}")
         return cls(name, dtype, list(shape), nbytes, _id(d["hash"], "tensor hash"), _ids(d["chunks"], "chunks"),
                    alias)
 
@@ -277,9 +271,6 @@ class Commit:
 
 # -- validation of what is read --------------------------------------------------------------------------
 
-MAX_RANK = 64  # dims of a tensor (torch's own limit)
-
-
 class Malformed(ValueError):
     """A manifest field that is not what mlvc writes (Repo.read_manifest reports it as a CorruptObjectError)."""
 
@@ -287,15 +278,6 @@ class Malformed(ValueError):
 def _want(ok: bool, what: str) -> None:
     if not ok:
         raise Malformed(what)
-
-
-def _dims_fit(shape: list[int]) -> bool:
-    n = 1
-    for d in shape:
-        n *= d or 1
-        if n >= 1 << 63:
-            return False
-    return True
 
 
 def _nat(x: Any) -> bool:
@@ -369,7 +351,7 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_object(raw: bytes, oid: str, expected_type: str) -> dict[str, Any]:
+def parse_object(raw: bytes | bytearray, oid: str, expected_type: str) -> dict[str, Any]:
     """The JSON object of a manifest or commit: strict UTF-8, strict JSON (no NaN), every string UTF-8 text
     (no lone surrogate escapes), nested no deeper than Python's parser allows: CorruptObjectError otherwise."""
     import json
@@ -384,5 +366,6 @@ def parse_object(raw: bytes, oid: str, expected_type: str) -> dict[str, Any]:
     except ValueError as e:  # not UTF-8, not JSON, an integer past the digit limit, a lone surrogate
         raise CorruptObjectError(oid, f"not a {expected_type}: {_show(str(e), 200)}") from None
     if not isinstance(d, dict) or d.get("type") != expected_type:
-        raise CorruptObjectError(oid, f"expected a {expected_type} object, found {d.get('type') if isinstance(d, dict) else type(d).__name__}")
+        found = d.get("type") if isinstance(d, dict) else type(d).__name__
+        raise CorruptObjectError(oid, f"expected a {expected_type} object, found {found}")
     return d

@@ -50,7 +50,8 @@ class TerminalProgress(Progress):
         if self.total:
             frac = min(self.done / self.total, 1.0)
             bar = "#" * int(frac * 30)
-            text = f"\r{self.label}: [{bar:<30}] {frac:4.0%} {human_bytes(self.done)}/{human_bytes(self.total)} {human_bytes(rate)}/s"
+            text = (f"\r{self.label}: [{bar:<30}] {frac:4.0%} "
+                    f"{human_bytes(self.done)}/{human_bytes(self.total)} {human_bytes(rate)}/s")
         else:
             text = f"\r{self.label}: {human_bytes(self.done)} {human_bytes(rate)}/s"
         self.stream.write(text)

@@ -12,6 +12,7 @@ two leaves a reflog line for a move that did not land, never a move without its 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -215,14 +216,16 @@ class RefStore:
             os.close(fd)
         faults.point("reflog.appended")
 
-    def reflog_lines(self, ref: str) -> tuple[list[ReflogEntry], int]:
+    # Below `def list`, the annotations inside this class name the builtin as builtins.list.
+    def reflog_lines(self, ref: str) -> tuple[builtins.list[ReflogEntry], int]:
         """(entries oldest first, number of damaged lines skipped: torn by a crash, or not mlvc's)."""
         try:
             with open(self._log_path(ref), "rb") as f:
                 lines = f.read().split(b"\n")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return [], 0
-        out, bad = [], 0
+        out: builtins.list[ReflogEntry] = []
+        bad = 0
         for line in lines:
             if not line.strip():
                 continue
@@ -237,11 +240,11 @@ class RefStore:
                 bad += 1
         return out, bad
 
-    def reflog(self, ref: str) -> list[ReflogEntry]:
+    def reflog(self, ref: str) -> builtins.list[ReflogEntry]:
         """Entries newest first; damaged lines (a line torn by a crash mid-append) are skipped."""
         return self.reflog_lines(ref)[0][::-1]
 
-    def reflog_refs(self) -> list[str]:
+    def reflog_refs(self) -> builtins.list[str]:
         """Every ref that has a reflog."""
         base = os.path.join(self.dir, "logs")
         out = []

@@ -1,28 +1,86 @@
 """Repo: open, init or discover a repository, and the operations on it as methods.
 
 A repository is a folder (the root) holding `.mlvc/`; checkpoint paths are stored relative to the root.
-The methods are thin: each operation lives in its own module under `mlvc/ops/`.
+The Repo is the one way in, for the command line and for users: its own methods open the repository and
+read its objects, refs and paths; every operation is a function in mlvc/ops/ (or revparse, tasks) taking
+the Repo first, bound as a method by name (`_Operation`), so its signature is written only there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
+import importlib
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import config as _config
 from .chunking import Pipeline
 from .errors import CorruptObjectError, NotARepositoryError, PathError, RepositoryExistsError
 from .objects import Commit, Manifest, parse_object
 from .progress import NULL, Progress
-from .refs import HEADS, RefStore
+from .refs import HEADS, TAGS, RefStore
 from .store import LooseObjectStore
 
+if TYPE_CHECKING:  # for the type checker only (Repo's operations below); mlvc.repo imports none of them
+    import mlvc.ops.branches
+    import mlvc.ops.checkout
+    import mlvc.ops.commit
+    import mlvc.ops.diff
+    import mlvc.ops.evalrun
+    import mlvc.ops.evals
+    import mlvc.ops.fsck
+    import mlvc.ops.gc
+    import mlvc.ops.history
+    import mlvc.ops.load
+    import mlvc.ops.merge
+    import mlvc.ops.report
+    import mlvc.ops.reset
+    import mlvc.ops.restore
+    import mlvc.ops.revert
+    import mlvc.ops.stats
+    import mlvc.ops.status
+    import mlvc.revparse
+    import mlvc.tasks
+
+    from .ledger import Ledger
+    from .render.report import ReportResult
+
 MLVC_DIR = ".mlvc"
+OPERATIONS: dict[str, _Operation] = {}  # method name -> where its function lives, for tests and introspection
+
+
+class _Operation:
+    """A Repo method that is a function taking the Repo first (`commit(repo, obj, message, ...)` in
+    mlvc/ops/commit.py), bound the way DVC's Repo binds its operations (`class Repo: from dvc.repo.add import
+    add`), so that the signature and the docstring are written once, in the function.
+
+    Unlike DVC's class-body imports, the module is imported when the method is first used, not when mlvc.repo
+    is: opening a repository and `mlvc --help` load no operation module, and a command loads only the ones
+    it runs. On first use the function itself replaces this placeholder on the class, so `Repo.commit is
+    mlvc.ops.commit.commit` from then on, and a call costs what any method call costs."""
+
+    def __init__(self, module: str, function: str | None = None, static: bool = False):
+        self.module = module  # under mlvc: "ops.commit", "revparse"
+        self.function = function or ""  # its name there; by default the method's (set by __set_name__)
+        self.static = static  # a plain function on the class (no Repo argument)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.owner, self.name = owner, name
+        self.function = self.function or name
+        OPERATIONS[name] = self
+
+    def resolve(self) -> Callable[..., Any]:
+        fn: Callable[..., Any] = getattr(importlib.import_module(f"{__package__}.{self.module}"), self.function)
+        setattr(self.owner, self.name, staticmethod(fn) if self.static else fn)
+        return fn
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Callable[..., Any]:
+        fn = self.resolve()
+        return fn if self.static or obj is None else fn.__get__(obj, objtype)
 
 
 class Repo:
@@ -132,11 +190,6 @@ class Repo:
         target = self.refs.head_target()
         return target[len(HEADS):] if target and target.startswith(HEADS) else None
 
-    def resolve(self, rev: str) -> str:
-        from .revparse import resolve
-
-        return resolve(self, rev)
-
     def author(self) -> str:
         return os.environ.get("MLVC_AUTHOR") or self.config.user_name or getpass.getuser()
 
@@ -157,169 +210,95 @@ class Repo:
     def abs_path(self, rel: str) -> str:
         return os.path.join(self.root, *rel.split("/")) if rel != "." else self.root
 
-    # -- operations (each lives in mlvc/ops/) ----------------------------------------------------------
-    def commit(self, obj: Any = None, message: str = "", metadata: dict | None = None, *,
-               paths: Iterable[str] | None = None, path: str | None = None, as_blob: Iterable[str] = (),
-               allow_empty: bool = False, progress: Progress = NULL):
-        from .ops.commit import commit
-
-        return commit(self, obj, message, metadata, paths=paths, path=path, as_blob=as_blob,
-                      allow_empty=allow_empty, progress=progress)
-
-    def status(self, progress: Progress = NULL):
-        from .ops.status import status
-
-        return status(self, progress=progress)
-
-    def log(self, rev: str = "HEAD", n: int | None = None) -> list[Commit]:
-        from .ops.history import log
-
-        return log(self, rev, n)
-
-    def show(self, rev: str = "HEAD"):
-        from .ops.history import show
-
-        return show(self, rev)
-
-    def checkout(self, rev: str, output: str | None = None, force: bool = False, progress: Progress = NULL,
-                 tensors: Iterable[str] | str | None = None):
-        """Check out `rev`; with `tensors` (globs), restore just those tensors into the working checkpoint."""
-        from .ops.checkout import checkout
-
-        return checkout(self, rev, output=output, force=force, progress=progress, tensors=tensors)
-
-    def switch(self, branch: str, create: bool = False, start: str = "HEAD", force: bool = False,
-               progress: Progress = NULL):
-        from .ops.checkout import switch
-
-        return switch(self, branch, create=create, start=start, force=force, progress=progress)
-
-    def load(self, rev: str = "HEAD", tensors: Iterable[str] | None = None, framework: str | None = None) -> dict:
-        from .ops.load import load
-
-        return load(self, rev, tensors, framework)
-
-    def fsck(self, progress: Progress = NULL):
-        from .ops.fsck import fsck
-
-        return fsck(self, progress=progress)
-
-    def gc(self, prune=None, prune_temp=None, dry_run: bool = False, progress: Progress = NULL):
-        """Delete unreachable objects older than the grace period (`prune`: "now", "2.weeks.ago", seconds...;
-        default `gc.grace`, 2 weeks), old temp files (`prune_temp`, default `gc.temp_grace`, 1 day) and stale
-        locks; a GcResult. `dry_run` reports what would go and deletes nothing."""
-        from .ops.gc import gc
-
-        return gc(self, prune=prune, prune_temp=prune_temp, dry_run=dry_run, progress=progress)
-
-    # evaluation ledger (mlvc/ledger.py, mlvc/tasks.py, ops/evalrun.py, ops/evals.py, ops/report.py)
-    @property
-    def ledger(self):
-        from .ledger import Ledger
-
-        return Ledger(os.path.join(self.dir, "ledger"))
-
-    def tasks(self) -> dict:
-        from .tasks import load_tasks
-
-        return load_tasks(self)
-
-    def eval_run(self, revs: Iterable[str] | None = None, tasks: Iterable[str] | None = None, force: bool = False,
-                 progress: Progress = NULL, on_outcome=None):
-        from .ops.evalrun import run
-
-        return run(self, list(revs) if revs else None, list(tasks) if tasks else None, force, progress, on_outcome)
-
-    def record_eval(self, rev: str, task: str, metrics: dict[str, float], **kwargs):
-        from .ops.evalrun import record
-
-        return record(self, rev, task, metrics, **kwargs)
-
-    def eval_show(self, rev_range: str | None = None, include_all: bool = False, tasks: Iterable[str] | None = None):
-        from .ops.evals import effect_table
-
-        return effect_table(self, rev_range, include_all, list(tasks) if tasks else None)
-
-    def eval_compare(self, a: str, b: str, tasks: Iterable[str] | None = None):
-        from .ops.evals import compare
-
-        return compare(self, a, b, list(tasks) if tasks else None)
-
-    def report_data(self, rev: str = "HEAD", max_commits: int = 200):
-        """What the HTML report shows: history, effect table, layer diffs, refs (an ops.report.ReportData)."""
-        from .ops.report import report_data
-
-        return report_data(self, rev, max_commits)
-
-    def report(self, output: str, rev: str = "HEAD", max_commits: int = 200):
-        """Write the HTML report to `output` (a ReportResult). A convenience for notebooks and scripts: the one
-        library method that reaches up into mlvc.render (lazily); everything it renders is report_data()."""
-        from .render.report import require, write_report
-
-        require()
-        return write_report(self.report_data(rev, max_commits), output)
-
-    # diff, rollback, merge (mlvc/ops/diff.py, revert.py, reset.py, merge.py, restore.py)
-    def diff(self, a: str | None = "HEAD", b: str | None = None, tensors: Iterable[str] | str | None = None,
-             progress: Progress = NULL):
-        """Tensor-by-tensor comparison of commit `a` with commit `b` (None: the working checkpoint)."""
-        from .ops.diff import diff
-
-        return diff(self, a, b, tensors=tensors, progress=progress)
-
-    def revert(self, rev: str, mainline: int | None = None, message: str | None = None,
-               progress: Progress = NULL):
-        from .ops.revert import revert
-
-        return revert(self, rev, mainline=mainline, message=message, progress=progress)
-
-    def reset(self, rev: str, hard: bool = False, force: bool = False, progress: Progress = NULL):
-        from .ops.reset import reset
-
-        return reset(self, rev, hard=hard, force=force, progress=progress)
-
-    def reflog(self, ref: str = "HEAD", n: int | None = None):
-        from .ops.reset import reflog
-
-        return reflog(self, ref, n)
-
-    def merge(self, rev: str, strategy: str | None = None, scale: float | None = None, message: str | None = None,
-              progress: Progress = NULL):
-        from .ops.merge import merge
-
-        return merge(self, rev, strategy=strategy, scale=scale, message=message, progress=progress)
-
-    def restore(self, rev: str, tensors: Iterable[str] | str, progress: Progress = NULL):
-        """Write the named tensors (globs) as they are in `rev` into the working checkpoint; HEAD stays."""
-        from .ops.restore import restore
-
-        return restore(self, rev, tensors, progress=progress)
-
-    # branches and tags
+    # -- refs and ledger as they are -------------------------------------------------------------------
     def branches(self) -> dict[str, str]:
         return self.refs.list(HEADS)
 
     def tags(self) -> dict[str, str]:
-        from .refs import TAGS
-
         return self.refs.list(TAGS)
 
-    def create_branch(self, name: str, start: str = "HEAD", force: bool = False) -> str:
-        from .ops.branches import create_ref
+    @property
+    def ledger(self) -> Ledger:
+        """The evaluation ledger (`.mlvc/ledger/`); pyarrow is imported when it is first read or written."""
+        from .ledger import Ledger
 
-        return create_ref(self, "branch", name, start, force)
+        return Ledger(os.path.join(self.dir, "ledger"))
 
-    def delete_branch(self, name: str) -> str:
-        from .ops.branches import delete_ref
+    # -- operations ------------------------------------------------------------------------------------
+    # Each is a function whose first parameter is the Repo, bound here as a method: its signature and docstring
+    # are written once, in its module (help(Repo.diff) shows them). Verbs live in mlvc/ops/.
+    if TYPE_CHECKING:
+        # What the type checker sees: the functions themselves, bound as methods, so that `repo.commit(...)` is
+        # checked against commit()'s own signature. At run time the `_Operation`s below bind the same functions
+        # (tests/test_layers.py keeps the two lists equal).
+        resolve = mlvc.revparse.resolve
+        commit = mlvc.ops.commit.commit
+        status = mlvc.ops.status.status
+        log = mlvc.ops.history.log
+        show = mlvc.ops.history.show
+        checkout = mlvc.ops.checkout.checkout
+        switch = mlvc.ops.checkout.switch
+        load = mlvc.ops.load.load
+        fsck = mlvc.ops.fsck.fsck
+        gc = mlvc.ops.gc.gc
+        parse_grace = staticmethod(mlvc.ops.gc.parse_grace)
+        stats = mlvc.ops.stats.stats
+        diff = mlvc.ops.diff.diff
+        diff_commit = mlvc.ops.diff.diff_commit
+        revert = mlvc.ops.revert.revert
+        reset = mlvc.ops.reset.reset
+        reflog = mlvc.ops.reset.reflog
+        merge = mlvc.ops.merge.merge
+        restore = mlvc.ops.restore.restore
+        create_branch = mlvc.ops.branches.create_branch
+        delete_branch = mlvc.ops.branches.delete_branch
+        create_tag = mlvc.ops.branches.create_tag
+        delete_tag = mlvc.ops.branches.delete_tag
+        tasks = mlvc.tasks.load_tasks
+        eval_run = mlvc.ops.evalrun.run
+        record_eval = mlvc.ops.evalrun.record
+        eval_show = mlvc.ops.evals.effect_table
+        eval_compare = mlvc.ops.evals.compare
+        report_data = mlvc.ops.report.report_data
+    else:
+        resolve = _Operation("revparse")  # a revision (HEAD~2, main^, a1b2c3d, REF@{N}) -> commit id
+        commit = _Operation("ops.commit")
+        status = _Operation("ops.status")
+        log = _Operation("ops.history")
+        show = _Operation("ops.history")
+        checkout = _Operation("ops.checkout")
+        switch = _Operation("ops.checkout")
+        load = _Operation("ops.load")
+        fsck = _Operation("ops.fsck")
+        gc = _Operation("ops.gc")
+        parse_grace = _Operation("ops.gc", static=True)  # gc's "2.weeks.ago" syntax, for front ends that check it early
+        stats = _Operation("ops.stats")
+        # diff and rollback
+        diff = _Operation("ops.diff")
+        diff_commit = _Operation("ops.diff")
+        revert = _Operation("ops.revert")
+        reset = _Operation("ops.reset")
+        reflog = _Operation("ops.reset")
+        merge = _Operation("ops.merge")
+        restore = _Operation("ops.restore")
+        # branches and tags (listing them is branches() / tags() above)
+        create_branch = _Operation("ops.branches")
+        delete_branch = _Operation("ops.branches")
+        create_tag = _Operation("ops.branches")
+        delete_tag = _Operation("ops.branches")
+        # the evaluation ledger (the Ledger itself is the `ledger` property above)
+        tasks = _Operation("tasks", "load_tasks")
+        eval_run = _Operation("ops.evalrun", "run")
+        record_eval = _Operation("ops.evalrun", "record")
+        eval_show = _Operation("ops.evals", "effect_table")
+        eval_compare = _Operation("ops.evals", "compare")
+        report_data = _Operation("ops.report")
 
-        return delete_ref(self, "branch", name)
+    def report(self, output: str, rev: str = "HEAD", max_commits: int = 200) -> ReportResult:
+        """Write the HTML report to `output` (a ReportResult). A convenience for notebooks and scripts: the one
+        library method that reaches up into mlvc.render (lazily; the layer contract lists this one import as
+        its only exception); everything it renders is report_data()."""
+        from .render.report import require, write_report
 
-    def create_tag(self, name: str, rev: str = "HEAD", force: bool = False) -> str:
-        from .ops.branches import create_ref
-
-        return create_ref(self, "tag", name, rev, force)
-
-    def delete_tag(self, name: str) -> str:
-        from .ops.branches import delete_ref
-
-        return delete_ref(self, "tag", name)
+        require()
+        return write_report(self.report_data(rev, max_commits), output)

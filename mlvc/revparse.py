@@ -4,14 +4,13 @@ and the suffixes ~N (N-th first-parent ancestor), ^ (first parent) and ^N (N-th 
 
 from __future__ import annotations
 
-import os
 import re
 from typing import TYPE_CHECKING
 
 from .errors import CorruptObjectError, MlvcError, RevisionError
 from .objects import parse_object
 from .refs import HEADS, TAGS
-from .util import ID_HEX_LEN, is_object_id
+from .util import is_object_id
 
 if TYPE_CHECKING:
     from .repo import Repo
@@ -75,7 +74,7 @@ def _resolve_base(repo: Repo, name: str, rev: str) -> str:
             raise RevisionError(rev, "not a commit (that id names a chunk or manifest object)") from None
         return name
     if _HEX.match(name):
-        matches = [oid for oid in _ids_with_prefix(repo, name) if repo.is_commit(oid)]
+        matches = [oid for oid in repo.store.ids_with_prefix(name) if repo.is_commit(oid)]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -104,13 +103,3 @@ def _reflog_entry(repo: Repo, name: str, n: int, rev: str) -> str:
         raise RevisionError(rev, f"{name} was deleted at that point of its reflog")
     return cid
 
-
-def _ids_with_prefix(repo: Repo, prefix: str) -> list[str]:
-    folder = os.path.join(repo.store.root, prefix[:2]) if hasattr(repo.store, "root") else None
-    if folder is None:
-        return [oid for oid in repo.store.ids() if oid.startswith(prefix)]
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    return [prefix[:2] + n for n in names if (prefix[:2] + n).startswith(prefix) and len(n) == ID_HEX_LEN - 2]

@@ -7,7 +7,6 @@ With a store, a snapshot writes chunks; with `Pipeline(store=None)` it only comp
 from __future__ import annotations
 
 import bisect
-import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from .errors import CorruptObjectError, FileChangedError, FormatError, ObjectNot
 from .formats import safetensors as st
 from .objects import KIND_BLOB, KIND_SAFETENSORS, KIND_TORCH, FileEntry, TensorEntry, check_rel_path
 from .progress import NULL
-from .util import hash_bytes, new_hasher
+from .util import new_hasher
 
 HEADER_KEY = "\x00header"
 
@@ -96,25 +95,6 @@ def _identity(path: str) -> tuple[int, int, int, int]:
 # error or Ctrl-C unwinds (a BufferError then hides the real exception). Blobs and safetensors files are read
 # with pread chunk by chunk (chunking.FileRange: memory bounded by the pipeline's window); a read that comes
 # back short is a FileChangedError, and nothing is committed.
-
-
-@contextlib.contextmanager
-def _mapped(path: str) -> Iterator[tuple[memoryview, callable]]:
-    """The whole file as a memoryview over bytes read into memory (no mmap, so no SIGBUS), and a no-op
-    `release(offset)` kept for callers written against the old map. It costs the file's size in memory:
-    only for formats that need random access to the whole file (torch); blobs and safetensors files use
-    FileRange. FileChangedError when the file ends before the size it had when opened."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(size)
-        mv = memoryview(buf)
-        got = 0
-        while got < size:
-            n = f.readinto(mv[got:])
-            if not n:
-                raise FileChangedError(path)
-            got += n
-    yield mv.toreadonly(), lambda _offset: None
 
 
 def _snapshot_blob(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
@@ -194,17 +174,17 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -
     sizes = {t.untyped_storage().nbytes() for _name, t in named} - {0}
     del obj, named  # torch's map of the file can go
     by_content: dict[tuple[int, str], str] = {}
-    for name, r in results.items():
+    for key, r in results.items():
         if r.nbytes:
-            by_content.setdefault((r.nbytes, r.hash), name)
+            by_content.setdefault((r.nbytes, r.hash), str(key))
     with open(abs_path, "rb") as f:
         whole = FileRange(f.fileno(), 0, os.fstat(f.fileno()).st_size, rel)
         fhash = _range_hash(whole)
         pieces = []  # (start, end, tensor name): storage records whose bytes are exactly a tensor's
         for a, b in torchfile.storage_ranges(f, len(whole), sizes):
-            name = by_content.get((b - a, _range_hash(whole[a:b])))
-            if name is not None:
-                pieces.append((a, b, name))
+            found = by_content.get((b - a, _range_hash(whole[a:b])))
+            if found is not None:
+                pieces.append((a, b, found))
         entry = _torch_entry(pipe, whole, fhash, tensors, pieces, history)
         if pipe.store is not None and not _rebuilds(pipe, entry):
             entry = _torch_entry(pipe, whole, fhash, tensors, [], history)
@@ -327,8 +307,8 @@ def _write_torch(pipe: Pipeline, entry: FileEntry, w: VerifyingWriter) -> None:
         if isinstance(piece, str):
             if piece not in by_name:
                 raise damaged(f"its layout names a tensor {piece!r} it does not list")
-            for chunk in tensor_chunks(pipe, by_name[piece]):
-                w.write(chunk)
+            for tchunk in tensor_chunks(pipe, by_name[piece]):
+                w.write(tchunk)
         elif isinstance(piece, int) and not isinstance(piece, bool) and piece > 0:
             n = piece
             while n:
@@ -355,7 +335,8 @@ def _write_torch_skeleton(pipe: Pipeline, entry: FileEntry, w: VerifyingWriter) 
     if entry.skeleton is None:
         raise CorruptObjectError(entry.hash, "a torch file entry with neither a layout nor a skeleton",
                                  entry.path)
-    skeleton = torchfile.skeleton_from_bytes(pipe.store.get(entry.skeleton), entry.path)
+    assert pipe.store is not None  # checkout reads through a store-backed pipeline
+    skeleton = torchfile.skeleton_from_bytes(bytes(pipe.store.get(entry.skeleton)), entry.path)
     try:
         obj = torchfile.unflatten(skeleton, load_tensors(pipe, {t.name: t for t in entry.tensors}, "torch"))
     except (KeyError, RecursionError) as e:

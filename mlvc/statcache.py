@@ -65,6 +65,7 @@ class StatCache:
                seen: tuple[list[int], int] | None = None) -> None:
         """Remember that the file hashed to `file_hash`. `seen` is `stat_now()` from before the hashing;
         without it (a file mlvc itself just wrote) the stat is read now and timed when the cache is saved."""
+        entry: dict[str, object]
         if seen is None:
             try:
                 entry = {"stat": _stat_key(os.stat(abs_path)), "hash": file_hash}

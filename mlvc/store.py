@@ -41,7 +41,7 @@ class _LRU:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, oid: str):
+    def get(self, oid: str) -> tuple[bytes | bytearray, int] | None:
         with self._lock:
             item = self._items.get(oid)
             if item is not None:
@@ -65,6 +65,10 @@ class _LRU:
             item = self._items.pop(oid, None)
             if item is not None:
                 self._bytes -= len(item[0])
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 DEFAULT_KEYFRAME_INTERVAL = 8
@@ -109,6 +113,13 @@ class ObjectStore:
 
     def ids(self) -> Iterator[str]:
         raise NotImplementedError
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        """The ids of present objects that start with `prefix` (lowercase hex), sorted. A backend that can
+        look in one place instead of listing every id (the loose store's two-digit folders) overrides it."""
+        if not _is_hex(prefix):
+            return []
+        return sorted(oid for oid in self.ids() if oid.startswith(prefix))
 
     def stored_size(self, oid: str) -> int:
         raise NotImplementedError
@@ -381,6 +392,16 @@ class LooseObjectStore(ObjectStore):
             for name in sorted(os.listdir(folder)):
                 if not name.startswith(".tmp-") and is_object_id(sub + name):
                     yield sub + name
+
+    def ids_with_prefix(self, prefix):
+        if len(prefix) < 2 or not _is_hex(prefix):
+            return super().ids_with_prefix(prefix)
+        try:
+            names = os.listdir(os.path.join(self.root, prefix[:2]))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = (prefix[:2] + name for name in names if not name.startswith(".tmp-"))
+        return sorted(oid for oid in found if oid.startswith(prefix) and is_object_id(oid))
 
     def stored_size(self, oid):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import tempfile
@@ -23,7 +24,7 @@ def hash_bytes(data) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def new_hasher():
+def new_hasher() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
@@ -37,7 +38,7 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def fsync_dir(path: str) -> None:
@@ -58,14 +59,17 @@ def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True) -> Iterat
     """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+    # The temp file carries an exclusive flock until it is renamed: `mlvc gc` never removes a temp file
+    # someone holds (lockfile.in_use), however young its grace lets it sweep.
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        faults.point("write.synced")
-        os.replace(tmp, path)
+            os.fchmod(f.fileno(), mode)
+            faults.point("write.synced")
+            os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -210,7 +210,7 @@ def b_revert_dirty_other(s: Setup) -> None:
 
 def b_compact(s: Setup) -> None:
     history(s)
-    for i, v in enumerate((0.1, 0.2, 0.3)):
+    for v in (0.1, 0.2, 0.3):
         s.run(lambda r, v=v: r.record_eval(s.ids["c1"], f"t{v}", {"acc": v}))
 
 

@@ -150,7 +150,8 @@ class ForkRunner:
         self._p = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    text=True, env=env, cwd=self._tmp, bufsize=1)
         hello = json.loads(self._p.stdout.readline() or "{}")
-        if not hello.get("ready"):
+        if not hello.get("ready"):  # it could not import mlvc (its error went to stderr)
+            self.close()
             raise RuntimeError("the fork server did not start")
         if hello["threads"] != 1:  # forking a process with threads can deadlock the child
             self.close()

@@ -108,7 +108,8 @@ def random_json(rng: random.Random, depth: int = 3):
         lambda: None, lambda: True, lambda: False,
         lambda: rng.choice(AWKWARD_INTS), lambda: rng.randint(-(2 ** 70), 2 ** 70), lambda: rng.randint(-9, 99),
         lambda: rng.choice(AWKWARD_FLOATS), lambda: rng.uniform(-1e9, 1e9),
-        lambda: rng.choice(AWKWARD_STRINGS), lambda: "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 6))),
+        lambda: rng.choice(AWKWARD_STRINGS),
+        lambda: "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 6))),
         lambda: "".join(rng.choice("0123456789abcdef") for _ in range(32)),
     ])()
 

@@ -13,8 +13,14 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
 from mlvc.cli import cli
-from mlvc.errors import (EXIT_CODES, DirtyWorkingCheckpointError, NotARepositoryError, RefError,
-                         RepositoryExistsError, RevisionError)
+from mlvc.errors import (
+    EXIT_CODES,
+    DirtyWorkingCheckpointError,
+    NotARepositoryError,
+    RefError,
+    RepositoryExistsError,
+    RevisionError,
+)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlvc import codec
+from mlvc.errors import CorruptObjectError
+from mlvc.store import MemoryObjectStore
 from mlvc.util import hash_bytes
 
 WIDTHS = [1, 2, 4, 8]
@@ -167,12 +169,13 @@ def test_header_layout_is_the_documented_one():
 @pytest.mark.parametrize("kind", ["raw", "zstd", "planes", "empty"])
 @pytest.mark.parametrize("xor", [0x01, 0x80, 0xFF])
 def test_flipped_bytes_never_pass_as_the_object(kind, xor):
-    """Whatever byte of an object file is damaged, decode raises DecodeError (never another exception) or
-    returns bytes that either differ from the original (so the store's hash check refuses them) or are the
-    original itself (a flip inside a zstd frame that does not change what it decodes to is harmless).
-    A damaged header byte is always refused."""
+    """Whatever byte of an object file is damaged, a read never returns wrong bytes: decode raises
+    DecodeError (never another exception), or the store's hash check refuses what it decoded
+    (CorruptObjectError), or what it decoded is the original itself (a flip inside a zstd frame that changes
+    nothing it decodes to). A damaged header byte is always refused by decode itself."""
     data = _sample_objects()[kind]
     original = bytes(codec.decode(data))
+    oid = hash_bytes(original)
     refused = 0
     for i in range(len(data)):
         bad = bytearray(data)
@@ -184,8 +187,15 @@ def test_flipped_bytes_never_pass_as_the_object(kind, xor):
             continue
         assert i >= codec.HEADER_SIZE, f"a damaged header byte {i} of a {kind} object was accepted"
         if kind == "raw":
-            assert out != original
-        assert out == original or hash_bytes(out) != hash_bytes(original)
+            assert out != original, f"flipping payload byte {i} of a raw object changed nothing"
+        store = MemoryObjectStore()
+        store.write_file(oid, bytes(bad))
+        try:
+            got = bytes(store.get(oid))
+        except CorruptObjectError:
+            assert out != original, f"byte {i}: the original content was refused"
+            continue
+        assert got == out == original, f"byte {i} of a {kind} object: the store returned other bytes"
     assert refused >= codec.HEADER_SIZE
 
 

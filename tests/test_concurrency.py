@@ -106,9 +106,6 @@ def test_gc_prune_now_between_a_commits_objects_and_its_ref_move(workdir, monkey
         assert f.read() == concurrencylib.file_bytes(0, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="gc --prune-temp=now deletes the temp file of a lock another process is "
-                   "taking (between writing it and linking it to NAME.lock): that process fails with "
-                   "FileNotFoundError (docs/reliability.md, finding 2)")
 def test_gc_prune_temp_now_while_a_lock_is_being_taken(workdir, monkeypatch):
     """A `gc --prune-temp=now` run between a lock's temp file being written and its link to NAME.lock."""
     from mlvc import lockfile
@@ -129,3 +126,16 @@ def test_gc_prune_temp_now_while_a_lock_is_being_taken(workdir, monkeypatch):
     Repo(root).commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
     monkeypatch.undo()
     assert done
+
+
+def test_gc_prune_temp_now_while_an_object_is_being_written(workdir, monkeypatch):
+    """A `gc --prune-temp=now` run between an object's temp file being synced and its rename."""
+    from mlvc.repo import Repo
+
+    root = os.path.join(workdir, "repo")
+    crashlib.init_repo(root).commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL)
+    state = _gc_during(monkeypatch, lambda name: name == "write.synced", prune_temp="now")
+    state["root"] = root
+    Repo(root).commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
+    monkeypatch.undo()
+    assert state["done"]

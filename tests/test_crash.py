@@ -67,6 +67,7 @@ def test_a_spawned_mlvc_dies_at_the_same_steps(workdir):
     spawned = crashlib.run_scenario(sc, mlvcrun.SpawnRunner(), workdir)
     forker = mlvcrun.make_runner("fork")
     try:
+        assert forker.name == "fork", "the fork server did not start (see the message above)"
         forked = crashlib.run_scenario(sc, forker, workdir)
     finally:
         forker.close()

@@ -24,8 +24,7 @@ from conftest import make_repo, set_config, write_safetensors_np
 from mlvc import codec
 from mlvc.cli import cli
 from mlvc.config import Config
-from mlvc.errors import (EXIT_CODES, ConfigError, CorruptObjectError, FileChangedError, FormatError, MlvcError,
-                         PathError)
+from mlvc.errors import EXIT_CODES, ConfigError, CorruptObjectError, FileChangedError, FormatError, MlvcError, PathError
 from mlvc.formats import safetensors as st
 from mlvc.objects import Manifest, check_rel_path
 from mlvc.repo import Repo

@@ -10,11 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import flip_byte, make_repo, set_config, sha256_file, write_safetensors_np
 from mlvc import codec, delta
 from mlvc.repo import Repo
 from mlvc.store import MemoryObjectStore
-
-from conftest import flip_byte, make_repo, set_config, sha256_file, write_safetensors_np
 
 WIDTH_DTYPES = {1: np.uint8, 2: np.float16, 4: np.float32, 8: np.float64}
 

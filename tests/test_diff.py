@@ -217,7 +217,7 @@ def test_equal_chunks_inside_a_changed_tensor_are_read_once_then_cached(small_re
     c1 = small_repo.commit({"w": a}, message="1").commit.id
     c2 = small_repo.commit({"w": b}, message="2").commit.id
     old, new = tensor_chunks(small_repo, c1)["w"], tensor_chunks(small_repo, c2)["w"]
-    assert [x == y for x, y in zip(old, new)] == [True, True, False, True]
+    assert [x == y for x, y in zip(old, new, strict=True)] == [True, True, False, True]
     seen = count_decodes(small_repo, monkeypatch)
     first = by_name(small_repo.diff(c1, c2))["w"]
     chunks = [c for c in seen if c in set(old + new)]
@@ -255,7 +255,8 @@ def test_diff_load_and_restore_select_tensors_alike(small_repo):
     assert small_repo.restore(c1, ["a.*"]).tensors == ["a.w"]
     tail = "matches 'zz*'; names are matched whole, e.g. 'encoder.layer.*.attention.*'"
     for call, where in [(lambda: small_repo.diff(c1, c1, tensors=["a.*", "zz*"]), f"{c1} or {c1}"),
-                        (lambda: small_repo.diff(None, tensors="zz*"), "the empty checkpoint or the working checkpoint"),
+                        (lambda: small_repo.diff(None, tensors="zz*"),
+                         "the empty checkpoint or the working checkpoint"),
                         (lambda: small_repo.load("HEAD", ["a.*", "zz*"], framework="numpy"), "HEAD"),
                         (lambda: small_repo.restore("HEAD", ["zz*"]), "HEAD")]:
         with pytest.raises(MlvcError) as e:

@@ -150,7 +150,7 @@ def _assert_same_state(a, b, torch):
             _assert_same_state(a[k], b[k], torch)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _assert_same_state(x, y, torch)
     else:
         assert a == b
@@ -333,12 +333,28 @@ def test_unsafe_pickle_is_refused_and_never_runs(small_repo, tmp_path, torch, ho
     assert not any(small_repo.is_commit(o) for o in new_objects)
 
 
-def test_unreadable_torch_file_is_a_format_error(small_repo):
+def test_unreadable_torch_file_is_a_format_error(small_repo, torch):
     path = os.path.join(small_repo.root, "broken.pt")
     with open(path, "wb") as f:
         f.write(b"PK\x03\x04 this is not really a zip")
     with pytest.raises(FormatError):
         small_repo.commit(path, message="broken")
+    assert small_repo.head() is None
+
+
+def test_torch_file_without_torch_is_a_dependency_error(small_repo, monkeypatch):
+    """Where torch is not installed (or here, cannot be imported), a .pt file is refused with the extra to
+    install, and nothing is committed."""
+    import sys
+
+    from mlvc.errors import DependencyError
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    path = os.path.join(small_repo.root, "model.pt")
+    with open(path, "wb") as f:
+        f.write(b"PK\x03\x04 not read: torch is needed first")
+    with pytest.raises(DependencyError, match=r"mlvc\[torch\]"):
+        small_repo.commit(path, message="no torch")
     assert small_repo.head() is None
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import flip_byte, make_repo, random_state_dict, write_safetensors_np
 from mlvc import lockfile
 from mlvc.cli import cli
 from mlvc.errors import ConfigError, GcRefusedError, LockBusyError
@@ -24,8 +25,6 @@ from mlvc.refs import HEADS
 from mlvc.repo import Repo
 from mlvc.store import MemoryObjectStore
 from mlvc.util import TMP_PREFIX, hash_bytes, utc_now
-
-from conftest import flip_byte, make_repo, random_state_dict, write_safetensors_np
 
 DAY = 86400.0
 MONTH = 30 * DAY

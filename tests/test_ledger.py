@@ -27,7 +27,7 @@ def rec(commit=C1, task="t", metric="m", value=1.0, **kw) -> Record:
 def test_append_and_read_back(tmp_path):
     led = Ledger(str(tmp_path / "ledger"))
     assert led.records() == [] and led.parts() == []
-    when = dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
     led.append([rec(value=0.5, dataset="d", dataset_hash="h", seed=7, notes="n", time=when, duration_s=1.5),
                 rec(C2, metric=None, value=None, higher_is_better=None, status="timeout", error="timed out",
                     stderr_tail="ü tail")])

@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 
 from mlvc.cli import cli
-from mlvc.errors import LedgerError, MlvcError, exit_code_for
-from mlvc.ledger import Ledger, LedgerPartError, Record, load_part, part_hash
+from mlvc.errors import LedgerError, LedgerPartError, MlvcError, exit_code_for
+from mlvc.ledger import Ledger, Record, load_part, part_hash
 from mlvc.util import TMP_PREFIX, hash_bytes
 
-T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 LEGACY_NAME = "part-20240101T000000000000Z-1234-0123456789abcdef.parquet"  # how parts were named before hashes
 
 
@@ -220,7 +220,8 @@ def _mutate(rng: random.Random, parts: list[bytes]) -> bytes:
         return bytes(b)
     if kind == 4:  # the footer length field set to something else
         b = bytearray(base)
-        b[n - 8:n - 4] = rng.choice([rng.randrange(1 << 32), rng.randrange(n + 10), 0, 0xFFFFFFFF]).to_bytes(4, "little")
+        length = rng.choice([rng.randrange(1 << 32), rng.randrange(n + 10), 0, 0xFFFFFFFF])
+        b[n - 8:n - 4] = length.to_bytes(4, "little")
         return bytes(b)
     if kind == 5:  # bytes inserted or deleted
         at = rng.randrange(n)

@@ -207,7 +207,7 @@ def test_arithmetic_strategies_for_every_float_dtype(model, monkeypatch, strateg
     assert meta["strategy"] == strategy and meta["scale"] == (None if strategy == "average" else scale or 1.0)
     assert len(r.resolved) == len(ours_c)
     got = model.weights()
-    for name, dt in DTYPES.items():
+    for name in DTYPES:
         key = f"{name.lower()}.w"
         b = model.base[key].astype(np.float64)
         o, t = ours_c[key].astype(np.float64), theirs_c[key].astype(np.float64)

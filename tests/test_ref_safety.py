@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_repo, write_safetensors_np
 
+from conftest import make_repo, write_safetensors_np
 from mlvc import lockfile, snapshot
 from mlvc.cli import cli
 from mlvc.errors import FileChangedError, LockBusyError, RefError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -95,7 +96,7 @@ def test_a_dead_holders_lock_is_cleared(refs):
     refs.set_if_equals(MAIN, None, A)
     lock = _ref_file(refs, MAIN) + ".lock"
     with open(lock, "w") as f:
-        f.write('{"pid": 999999, "host": "%s", "since": "then", "command": "mlvc commit"}' % socket.gethostname())
+        f.write(json.dumps({"pid": 999999, "host": socket.gethostname(), "since": "then", "command": "mlvc commit"}))
     assert lockfile.is_stale(lock)
     refs.set_if_equals(MAIN, A, B)
     assert refs.resolve(MAIN) == B and not os.path.exists(lock)

@@ -10,9 +10,17 @@ import pytest
 
 from conftest import flip_byte, make_repo, random_state_dict, sha256_file, torch_state_dict, write_safetensors_np
 from mlvc import codec
-from mlvc.errors import (CorruptObjectError, DirtyWorkingCheckpointError, MlvcError, NotARepositoryError,
-                         NothingToCommitError, ObjectNotFoundError, RefError, RepositoryExistsError,
-                         RevisionError)
+from mlvc.errors import (
+    CorruptObjectError,
+    DirtyWorkingCheckpointError,
+    MlvcError,
+    NotARepositoryError,
+    NothingToCommitError,
+    ObjectNotFoundError,
+    RefError,
+    RepositoryExistsError,
+    RevisionError,
+)
 from mlvc.repo import Repo
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -390,7 +398,8 @@ def test_checkout_refuses_to_overwrite_uncommitted_changes(repo):
     assert sha256_file(path) == dirty
     r = repo.checkout(c0, force=True)
     assert r.written == ["model.safetensors"]
-    assert np.array_equal(repo.load("HEAD", framework="numpy")["encoder.0.bias"], random_state_dict(0)["encoder.0.bias"])
+    bias = repo.load("HEAD", framework="numpy")["encoder.0.bias"]
+    assert np.array_equal(bias, random_state_dict(0)["encoder.0.bias"])
     from safetensors.numpy import load_file
 
     assert np.array_equal(load_file(path)["head.weight"], random_state_dict(0)["head.weight"])
@@ -516,7 +525,7 @@ def test_status_added_and_deleted_files(repo):
 
 
 def test_status_fast_path_does_not_reread_unchanged_files(repo, monkeypatch):
-    import mlvc.ops.status as status_mod
+    import mlvc.ops.workfiles as status_mod  # where status hashes the working files
 
     path = write_model(repo, random_state_dict(0))
     repo.commit(path, message="v1")
@@ -547,7 +556,7 @@ def test_status_fast_path_does_not_reread_unchanged_files(repo, monkeypatch):
 
 def test_racy_cache_entries_are_not_trusted(repo, monkeypatch):
     """A file modified within a second of the cache being written is always re-hashed."""
-    import mlvc.ops.status as status_mod
+    import mlvc.ops.workfiles as status_mod  # where status hashes the working files
 
     path = write_model(repo, random_state_dict(0))
     repo.commit(path, message="v1")

@@ -47,9 +47,9 @@ def reported(tmp_path):
     with open(os.path.join(repo.root, "mlvc.toml"), "w") as f:
         f.write('[tasks.qa]\ncommand = ["x", "{checkpoint}"]\n'
                 'metrics = { f1 = "higher", loss = { direction = "lower", tolerance = 0.01 } }\n')
-    for cid, f1, loss in zip(ids, [0.61, 0.64, 0.58, 0.585], [1.2, 1.1, 1.3, 1.295]):
+    for cid, f1, loss in zip(ids, [0.61, 0.64, 0.58, 0.585], [1.2, 1.1, 1.3, 1.295], strict=True):
         repo.record_eval(cid, "qa", {"f1": f1, "loss": loss})
-    for cid, acc in zip(ids[:3], [0.7, 0.72, 0.75]):
+    for cid, acc in zip(ids[:3], [0.7, 0.72, 0.75], strict=True):
         repo.record_eval(cid, "retrieval", {"recall_at_1": acc}, higher_is_better={"recall_at_1": True})
     repo.ledger.append([Record(ids[3], "retrieval", None, None, None, "s", status="timeout",
                                error="timed out after 60 s and was killed", stderr_tail="...")])
@@ -196,12 +196,14 @@ PRESENTATION = ("jinja2", "markupsafe", "tabulate", "matplotlib", "html")
 
 
 def _imports(path: str):
-    """(module imported, enclosing function name) for every import in a file."""
+    """(module imported, enclosing function name) for every import a file executes."""
     tree = ast.parse(open(path, encoding="utf-8").read())
     out = []
 
     def visit(node, func):
         for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING":
+                continue  # imports for type hints only: never executed
             name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
             if isinstance(child, ast.Import):
                 out.extend((a.name, name) for a in child.names)

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 from click.testing import CliRunner
-from conftest import make_repo, write_safetensors_np
 
+from conftest import make_repo, write_safetensors_np
 from mlvc.cli import cli
 
 

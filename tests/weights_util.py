@@ -55,7 +55,7 @@ def nearest(x: np.ndarray, mltype, bits) -> np.ndarray:
     guess = x.astype(np.float32).astype(mltype).view(bits).astype(np.int64)
     top = np.iinfo(bits).max
     out = np.empty(len(x), dtype=bits)
-    for i, (xi, g) in enumerate(zip(x, guess)):
+    for i, (xi, g) in enumerate(zip(x, guess, strict=True)):
         best = None
         for c in (g - 1, g, g + 1):
             if not 0 <= c <= top:

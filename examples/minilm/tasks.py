@@ -56,7 +56,10 @@ dataset = "textblob en-sentiment.xml glosses (400 of 2,583)"
 dataset_hash = "%(hash)s"
 seed = 0
 env = { OMP_NUM_THREADS = "1" }
-metrics = { recall_at_1 = { direction = "higher", tolerance = 0.0025 }, mrr = { direction = "higher", tolerance = 0.002 } }
+
+[tasks.gloss-retrieval.metrics]
+recall_at_1 = { direction = "higher", tolerance = 0.0025 }
+mrr = { direction = "higher", tolerance = 0.002 }
 
 [tasks.adjective-polarity]
 description = "Ridge probe of adjective polarity (textblob's en-sentiment.xml), 5-fold cross-validated"
@@ -66,7 +69,11 @@ dataset = "textblob en-sentiment.xml adjectives (996 with |polarity| >= 0.1)"
 dataset_hash = "%(hash)s"
 seed = 0
 env = { OMP_NUM_THREADS = "1" }
-metrics = { spearman = { direction = "higher", tolerance = 0.002 }, accuracy = { direction = "higher", tolerance = 0.002 }, rmse = { direction = "lower", tolerance = 0.001 } }
+
+[tasks.adjective-polarity.metrics]
+spearman = { direction = "higher", tolerance = 0.002 }
+accuracy = { direction = "higher", tolerance = 0.002 }
+rmse = { direction = "lower", tolerance = 0.001 }
 """
 
 

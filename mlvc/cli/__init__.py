@@ -8,7 +8,6 @@ Errors from the library, and OSError from the file system, are mapped to exit co
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
@@ -97,10 +96,9 @@ def cli(directory: str | None) -> None:
             raise click.UsageError(f"cannot change to {directory}: {e.strerror}") from None
 
 
-from . import core  # noqa: E402,F401  (registers the commands)
-from . import history_cmds  # noqa: E402,F401  (diff, revert, reset, reflog, merge)
-from . import eval_cmds  # noqa: E402,F401  (eval, ledger, report)
-from . import storage_cmds  # noqa: E402,F401  (stats)
+# Importing a command module registers its commands on `cli`: core (init, commit, log, ...), history_cmds (diff,
+# revert, reset, reflog, merge), eval_cmds (eval, ledger, report), storage_cmds (stats).
+from . import core, eval_cmds, history_cmds, storage_cmds  # noqa: E402,F401
 
 
 def main() -> None:
@@ -108,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()  # click exits with the command's status itself

@@ -5,11 +5,18 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
 from ..progress import NULL, Progress, TerminalProgress
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -31,17 +38,17 @@ class DashDashCommand(click.Command):
         return super().collect_usage_pieces(ctx) + ["[-- GLOB...]"]
 
 
-def open_repo():
+def open_repo() -> Repo:
     from ..repo import Repo
 
     return Repo.discover(".")
 
 
-def with_repo(fn):
+def with_repo(fn: Callable[Concatenate[Repo, P], R]) -> Callable[P, R]:
     """Pass the repository found from the current folder (upward, like git) as the first argument."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         return fn(open_repo(), *args, **kwargs)
 
     return wrapper

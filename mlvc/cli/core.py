@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import FsckError
-from ..util import human_bytes
+from ..render.units import human_bytes
 from . import cli
 from ._common import DashDashCommand, echo_json, json_option, progress, quiet_option, short, table, with_repo
+
+if TYPE_CHECKING:
+    from ..repo import Repo
 
 
 @cli.command()
@@ -44,14 +48,16 @@ def _parse_meta(items: tuple[str, ...]) -> dict:
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("-m", "--message", required=True, help="What this checkpoint is.")
-@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (VALUE parsed as JSON if it can be).")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE",
+              help="Metadata to record (VALUE parsed as JSON if it can be).")
 @click.option("--step", type=int, default=None, help="Training step (stored as metadata 'step').")
-@click.option("--as-blob", multiple=True, metavar="GLOB", help="Store matching files as opaque bytes (e.g. training_args.bin).")
+@click.option("--as-blob", multiple=True, metavar="GLOB",
+              help="Store matching files as opaque bytes (e.g. training_args.bin).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if nothing changed.")
 @json_option
 @quiet_option
 @with_repo
-def commit(repo, paths, message, meta, step, as_blob, allow_empty, as_json, quiet) -> None:
+def commit(repo: Repo, paths, message, meta, step, as_blob, allow_empty, as_json, quiet) -> None:
     """Commit the checkpoint at PATHS (files or folders; default: the paths tracked by HEAD)."""
     metadata = _parse_meta(meta)
     if step is not None:
@@ -75,7 +81,7 @@ def commit(repo, paths, message, meta, step, as_blob, allow_empty, as_json, quie
 @json_option
 @quiet_option
 @with_repo
-def status(repo, as_json, quiet) -> None:
+def status(repo: Repo, as_json, quiet) -> None:
     """Show whether the working checkpoint differs from HEAD, and which tensors."""
     st = repo.status(progress=progress(quiet))
     if as_json:
@@ -112,10 +118,11 @@ def status(repo, as_json, quiet) -> None:
 @click.argument("rev", default="HEAD")
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @click.option("-n", "--max-count", "n", type=click.IntRange(min=0), default=None, help="Show at most N commits.")
-@click.option("--stat", is_flag=True, help="Per commit: tensors changed against its first parent and the relative change.")
+@click.option("--stat", is_flag=True,
+              help="Per commit: tensors changed against its first parent and the relative change.")
 @json_option
 @with_repo
-def log(repo, rev, oneline, n, stat, as_json) -> None:
+def log(repo: Repo, rev, oneline, n, stat, as_json) -> None:
     """Show the history reachable from REV (default HEAD)."""
     if repo.head() is None and rev == "HEAD":
         if as_json:
@@ -126,23 +133,22 @@ def log(repo, rev, oneline, n, stat, as_json) -> None:
     commits = repo.log(rev, n)
     stats = {}
     if stat:
-        from ..ops.diff import diff_commit
-
-        stats = {c.id: diff_commit(repo, c.id, progress=progress()) for c in commits}
+        stats = {c.id: repo.diff_commit(c.id, progress=progress()) for c in commits}
     if as_json:
         from dataclasses import asdict
 
         echo_json([{**c.to_json(), **({"stat": asdict(stats[c.id].total())} if stat else {})} for c in commits])
         return
     if stat:
-        from ._diffview import short_stat, summary
+        from ..render.diff import short_stat, summary
     from ..render.labels import repo_labels
 
     labels = repo_labels(repo)
     for c in commits:
         deco = f" ({', '.join(labels[c.id])})" if c.id in labels else ""
         if oneline:
-            click.echo(f"{short(c.id)}{deco} {c.message.splitlines()[0]}" + (f"  [{short_stat(stats[c.id])}]" if stat else ""))
+            tail = f"  [{short_stat(stats[c.id])}]" if stat else ""
+            click.echo(f"{short(c.id)}{deco} {c.message.splitlines()[0]}{tail}")
             continue
         click.echo(f"commit {c.id}{deco}")
         if len(c.parents) > 1:
@@ -166,12 +172,10 @@ def log(repo, rev, oneline, n, stat, as_json) -> None:
 @json_option
 @quiet_option
 @with_repo
-def show(repo, rev, stat, no_diff, as_json, quiet) -> None:
+def show(repo: Repo, rev, stat, no_diff, as_json, quiet) -> None:
     """Show a commit: its metadata, its files, and what it changed against its first parent."""
-    from ..ops.diff import diff_commit
-
     s = repo.show(rev)
-    d = None if no_diff else diff_commit(repo, s.commit.id, progress=progress(quiet))
+    d = None if no_diff else repo.diff_commit(s.commit.id, progress=progress(quiet))
     if as_json:
         echo_json({**s.to_json(), **({"diff": d.to_json()} if d else {})})
         return
@@ -194,10 +198,10 @@ def show(repo, rev, stat, no_diff, as_json, quiet) -> None:
             for f in s.manifest.files]
     click.echo(table(rows, ["file", "kind", "tensors", "size"]))
     if d is not None:
-        from ._diffview import echo_diff
+        from ..render.diff import diff_text
 
         click.echo(f"\nChanges against {'parent ' + short(d.a) if d.a else 'nothing (first commit)'}:")
-        echo_diff(d, stat=stat)
+        click.echo(diff_text(d, stat=stat))
 
 
 @cli.command(cls=DashDashCommand)
@@ -208,7 +212,7 @@ def show(repo, rev, stat, no_diff, as_json, quiet) -> None:
 @json_option
 @quiet_option
 @with_repo
-def checkout(repo, rev, output, force, as_json, quiet) -> None:
+def checkout(repo: Repo, rev, output, force, as_json, quiet) -> None:
     """Check out REV: write its files (in place, or under --output) and, in place, move HEAD to it.
 
     With tensor globs after `--`, only those tensors are restored from REV into the working checkpoint
@@ -244,7 +248,7 @@ def checkout(repo, rev, output, force, as_json, quiet) -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite uncommitted changes.")
 @quiet_option
 @with_repo
-def switch(repo, branch, create, start, force, quiet) -> None:
+def switch(repo: Repo, branch, create, start, force, quiet) -> None:
     """Switch to BRANCH, writing its checkpoint into the working tree."""
     r = repo.switch(branch, create=create, start=start, force=force, progress=progress(quiet))
     made = "a new branch" if create else "branch"
@@ -294,7 +298,7 @@ cli.command("tag")(_ref_command("tag"))
 @json_option
 @quiet_option
 @with_repo
-def fsck(repo, as_json, quiet) -> None:
+def fsck(repo: Repo, as_json, quiet) -> None:
     """Verify every object against its id and that every commit is complete (exit 5 if not)."""
     report = repo.fsck(progress=progress(quiet))
     if as_json:
@@ -302,7 +306,8 @@ def fsck(repo, as_json, quiet) -> None:
     else:
         click.echo(f"checked {report.objects_checked} object(s), reached {report.commits_reached} commit(s)")
         if report.problems:
-            rows = [[p.problem, short(p.object_id) if p.object_id else "", p.detail, p.path or ""] for p in report.problems]
+            rows = [[p.problem, short(p.object_id) if p.object_id else "", p.detail, p.path or ""]
+                    for p in report.problems]
             click.echo(table(rows, ["problem", "object", "detail", "where"]))
         if report.leftovers:
             click.echo(f"{len(report.leftovers)} leftover(s) of interrupted commands (nothing is lost; "

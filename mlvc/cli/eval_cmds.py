@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import EvalFailedError
 from . import cli
 from ._common import echo_json, json_option, progress, quiet_option, short, with_repo
+
+if TYPE_CHECKING:
+    from ..repo import Repo
 
 
 @cli.group("eval")
@@ -23,7 +27,7 @@ def eval_group() -> None:
 @json_option
 @quiet_option
 @with_repo
-def eval_run(repo, revs, tasks, force, as_json, quiet) -> None:
+def eval_run(repo: Repo, revs, tasks, force, as_json, quiet) -> None:
     """Check out each REV (default HEAD) into a temporary folder and run the tasks on it.
 
     Results, failures and timeouts all go to the ledger. A (commit, task, spec) that already has a result is
@@ -75,7 +79,7 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, float]:
 @click.option("--notes", default=None)
 @json_option
 @with_repo
-def eval_record(repo, rev, metrics, task, higher, lower, dataset, dataset_hash, seed, notes, as_json) -> None:
+def eval_record(repo: Repo, rev, metrics, task, higher, lower, dataset, dataset_hash, seed, notes, as_json) -> None:
     """Record metrics measured elsewhere for REV (directions come from the task's config unless given)."""
     from ..render import evals as evals_view
 
@@ -99,7 +103,7 @@ def eval_record(repo, rev, metrics, task, higher, lower, dataset, dataset_hash, 
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV (one row per commit).")
 @json_option
 @with_repo
-def eval_show(repo, rev_range, tasks, include_all, as_csv, as_json) -> None:
+def eval_show(repo: Repo, rev_range, tasks, include_all, as_csv, as_json) -> None:
     """The effect table: commits as rows, task/metric as columns, each value with its change.
 
     REV-RANGE is A..B (reachable from B, not from A) or REV (reachable from REV); default HEAD.
@@ -121,7 +125,7 @@ def eval_show(repo, rev_range, tasks, include_all, as_csv, as_json) -> None:
 @click.option("-t", "--task", "tasks", multiple=True, help="Only this task (repeatable).")
 @json_option
 @with_repo
-def eval_compare(repo, a, b, tasks, as_json) -> None:
+def eval_compare(repo: Repo, a, b, tasks, as_json) -> None:
     """Per task and metric: the value at A, at B, B - A and the relative change."""
     from ..render import evals as evals_view
 
@@ -135,7 +139,7 @@ def eval_compare(repo, a, b, tasks, as_json) -> None:
 @eval_group.command("tasks")
 @json_option
 @with_repo
-def eval_tasks(repo, as_json) -> None:
+def eval_tasks(repo: Repo, as_json) -> None:
     """List the configured tasks (from mlvc.toml and .mlvc/config.toml)."""
     from ..render import evals as evals_view
 
@@ -154,7 +158,7 @@ def ledger_group() -> None:
 @ledger_group.command("compact")
 @json_option
 @with_repo
-def ledger_compact(repo, as_json) -> None:
+def ledger_compact(repo: Repo, as_json) -> None:
     """Merge the ledger's parts into one file (safe while other processes append)."""
     r = repo.ledger.compact()
     if as_json:
@@ -175,7 +179,7 @@ def ledger_compact(repo, as_json) -> None:
               help="Show at most this many commits (the newest).")
 @json_option
 @with_repo
-def report(repo, rev, output, max_commits, as_json) -> None:
+def report(repo: Repo, rev, output, max_commits, as_json) -> None:
     """Write one self-contained HTML page: history, a chart per task, the effect table, layer changes."""
     from ..render.report import require, write_report
 

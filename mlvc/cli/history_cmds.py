@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from . import cli
 from ._common import DashDashCommand, echo_json, json_option, progress, quiet_option, short, table, with_repo
-from ._diffview import check_column, echo_diff, sort_items
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+
+def _check_column(names: list[str], column: str | None) -> None:
+    if column is not None and column not in names:
+        raise click.BadParameter(f"{column!r} is not a column; choose one of {', '.join(names)}",
+                                 param_hint="--sort")
 
 
 @cli.command(cls=DashDashCommand)
@@ -20,14 +30,14 @@ from ._diffview import check_column, echo_diff, sort_items
 @json_option
 @quiet_option
 @with_repo
-def diff(repo, revs, sort_by, reverse, stat, show_all, as_json, quiet) -> None:
+def diff(repo: Repo, revs, sort_by, reverse, stat, show_all, as_json, quiet) -> None:
     """Compare checkpoints tensor by tensor: HEAD with the working checkpoint, A with the working
     checkpoint, or A with B. Tensor names after `--` (globs) limit the comparison."""
     if len(revs) > 2:
         raise click.UsageError("give at most two revisions (put tensor globs after `--`)")
-    from ..ops.diff import GroupDiff, TensorDiff
+    from ..render.diff import columns, diff_text, sort_items
 
-    check_column(GroupDiff if stat and not as_json else TensorDiff, sort_by)
+    _check_column(columns(groups=stat and not as_json), sort_by)
     a = revs[0] if revs else "HEAD"
     b = revs[1] if len(revs) == 2 else None
     globs = click.get_current_context().meta.get("globs")
@@ -38,7 +48,7 @@ def diff(repo, revs, sort_by, reverse, stat, show_all, as_json, quiet) -> None:
         echo_json(d.to_json())
         return
     click.echo(f"diff {a} ({short(d.a)}) -> {b + ' (' + short(d.b) + ')' if b else 'working checkpoint'}")
-    echo_diff(d, stat=stat, show_all=show_all, sort_by=sort_by, reverse=reverse)
+    click.echo(diff_text(d, stat=stat, show_all=show_all, sort_by=sort_by, reverse=reverse))
 
 
 @cli.command()
@@ -49,7 +59,7 @@ def diff(repo, revs, sort_by, reverse, stat, show_all, as_json, quiet) -> None:
 @json_option
 @quiet_option
 @with_repo
-def revert(repo, rev, mainline, message, as_json, quiet) -> None:
+def revert(repo: Repo, rev, mainline, message, as_json, quiet) -> None:
     """Make a new commit that undoes REV: each tensor REV changed gets back its value from before REV.
 
     Later changes to other tensors are kept. A tensor REV changed that was changed again later is a
@@ -74,7 +84,7 @@ def revert(repo, rev, mainline, message, as_json, quiet) -> None:
 @json_option
 @quiet_option
 @with_repo
-def reset(repo, rev, hard, force, as_json, quiet) -> None:
+def reset(repo: Repo, rev, hard, force, as_json, quiet) -> None:
     """Move the current branch (or detached HEAD) to REV. The reflog keeps the way back:
     `mlvc reset HEAD@{1}` undoes a reset."""
     if force and not hard:
@@ -99,7 +109,7 @@ def reset(repo, rev, hard, force, as_json, quiet) -> None:
 @click.option("-n", "--max-count", "n", type=click.IntRange(min=0), default=None, help="Show at most N entries.")
 @json_option
 @with_repo
-def reflog(repo, ref, n, as_json) -> None:
+def reflog(repo: Repo, ref, n, as_json) -> None:
     """Show where REF (HEAD, a branch or a tag) has pointed, newest first. Each REF@{N} is a revision."""
     lines = repo.reflog(ref, n)
     if as_json:
@@ -123,7 +133,7 @@ def reflog(repo, ref, n, as_json) -> None:
 @json_option
 @quiet_option
 @with_repo
-def merge(repo, rev, strategy, scale, message, as_json, quiet) -> None:
+def merge(repo: Repo, rev, strategy, scale, message, as_json, quiet) -> None:
     """Merge BRANCH (any revision) into the current branch, tensor by tensor against the merge base.
 
     A tensor changed on one side only is taken from that side exactly. One changed on both sides is a
@@ -139,6 +149,7 @@ def merge(repo, rev, strategy, scale, message, as_json, quiet) -> None:
     if r.fast_forward:
         click.echo(f"Fast-forward {short(r.ours)}..{short(r.theirs)}: {len(r.written)} working file(s) updated.")
         return
+    assert r.commit is not None  # neither up to date nor a fast-forward: a merge commit was made
     click.echo(f"[{r.branch or 'detached HEAD'} {short(r.commit.id)}] {r.commit.message.splitlines()[0]}")
     click.echo(f" merge base {short(r.base)}; {len(r.from_theirs)} tensor(s)/file(s) taken from {rev}; "
                f"{len(r.resolved)} changed on both sides resolved by {strategy or '-'}"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from ..util import human_bytes
+from ..render.units import describe_grace, human_bytes
 from . import cli
 from ._common import echo_json, json_option, progress, quiet_option, short, table, with_repo
+
+if TYPE_CHECKING:
+    from ..repo import Repo
 
 
 @cli.command()
@@ -15,13 +20,11 @@ from ._common import echo_json, json_option, progress, quiet_option, short, tabl
               help="Commits to list (the totals always cover the whole history).")
 @json_option
 @with_repo
-def stats(repo, rev, n, as_json) -> None:
+def stats(repo: Repo, rev, n, as_json) -> None:
     """Logical bytes against stored bytes, per commit and for the repository (or REV's history)."""
-    from ..ops.stats import stats as compute
-
     if repo.head() is None and rev is None:
         raise click.UsageError("no commits yet: nothing to measure")
-    s = compute(repo, rev)
+    s = repo.stats(rev)
     if as_json:
         echo_json(s.to_json())
         return
@@ -41,10 +44,10 @@ def _grace_option(value, source):
     if value is None:
         return None
     from ..errors import ConfigError
-    from ..ops.gc import parse_grace
+    from ..repo import Repo
 
     try:
-        return parse_grace(value, source)
+        return Repo.parse_grace(value, source)
     except ConfigError as e:
         raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
 
@@ -61,13 +64,11 @@ def _grace_option(value, source):
 @json_option
 @quiet_option
 @with_repo
-def gc(repo, prune, prune_temp, dry_run, as_json, quiet) -> None:
+def gc(repo: Repo, prune, prune_temp, dry_run, as_json, quiet) -> None:
     """Delete unreachable objects past the grace period, old temp files and stale locks.
 
     Reachable: everything branches, tags, HEAD and reflog entries lead to (commits, parents, manifests,
     chunks, delta bases). Refuses (exit 5) when a reachable commit is missing or damaged: run `mlvc fsck`."""
-    from ..ops.gc import describe_grace
-
     r = repo.gc(prune=prune, prune_temp=prune_temp, dry_run=dry_run, progress=progress(quiet))
     if as_json:
         echo_json(r.to_json())

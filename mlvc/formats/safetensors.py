@@ -8,12 +8,11 @@ mlvc keeps the first 8 + N bytes exactly as read, so checkout rebuilds the file 
 from __future__ import annotations
 
 import json
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ..dtypes import ITEMSIZE
+from ..dtypes import MAX_RANK, dims_fit, holds, is_dtype_name
 from ..errors import FormatError
 
 MAX_HEADER = 100 * 1024 * 1024  # what the safetensors library accepts
@@ -47,35 +46,10 @@ class Layout:
         return self.tensors[-1].end if self.tensors else 0
 
 
-def _dims_fit(shape: list[int]) -> bool:
-    """Whether the non-zero dims multiply to less than 2**63, as numpy, torch and the safetensors library
-    need even of an empty tensor (a shape [2**62, 2**62, 0] holds no element, yet no library can make it)."""
-    n = 1
-    for d in shape:
-        n *= d or 1
-        if n >= 1 << 63:
-            return False
-    return True
-
-
-def _numel_up_to(shape: list[int], limit: int) -> int:
-    """The element count of `shape`, or limit + 1 once it passes `limit` (a crafted shape of a million dims
-    never makes a million-digit integer)."""
-    if 0 in shape:
-        return 0
-    n = 1
-    for d in shape:
-        n *= d
-        if n > limit:
-            return limit + 1
-    return n
-
-
 # Limits far beyond what a real checkpoint uses, that keep a crafted header from costing more than reading it
-# (JSON nested past Python's recursion limit is refused by the parser itself, as a RecursionError).
-MAX_RANK = 64  # dims per shape
+# (JSON nested past Python's recursion limit is refused by the parser itself, as a RecursionError). The
+# limits on shapes and dtype names are mlvc/dtypes.py's, shared with the manifest reader.
 MAX_NAME_BYTES = 64 << 10  # bytes of one tensor name (UTF-8)
-_DTYPE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,31}")  # unknown names of this form are stored as bytes
 _MSG_NAME = 80  # characters of a name shown in a message
 
 
@@ -107,8 +81,10 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
         seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise _DuplicateKey(dup)
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
     return out
 
 
@@ -169,19 +145,19 @@ def _span(path: str, name: str, info: Any, data_size: int) -> TensorSpan:
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
         raise FormatError(path, f"tensor {_show(name)}: entry needs dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not (isinstance(dtype, str) and _DTYPE_NAME.fullmatch(dtype)):
+    if not is_dtype_name(dtype):
         raise FormatError(path, f"tensor {_show(name)}: dtype {_show(str(dtype))} is not a safetensors dtype name")
     if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(_is_int(d) and d >= 0 for d in shape)):
         raise FormatError(path, f"tensor {_show(name)}: shape must be a list of at most {MAX_RANK} "
                                 "non-negative integers")
-    if not _dims_fit(shape):
+    if not dims_fit(shape):
         raise FormatError(path, f"tensor {_show(name)}: its dims multiply past 2**63")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
             and 0 <= offsets[0] <= offsets[1] <= data_size):
         raise FormatError(path, f"tensor {_show(name)}: data_offsets must be two integers [begin, end] with "
                                 f"0 <= begin <= end <= {data_size} (the data region)")
     begin, end = offsets
-    if dtype in ITEMSIZE and _numel_up_to(shape, end - begin) * ITEMSIZE[dtype] != end - begin:
+    if not holds(dtype, shape, end - begin):
         shown = str(shape) if len(shape) <= 8 else f"[{len(shape)} dims]"
         raise FormatError(path, f"tensor {_show(name)}: {end - begin} bytes do not match {dtype} {shown}")
     return TensorSpan(name, dtype, list(shape), begin, end)

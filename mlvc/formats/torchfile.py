@@ -29,6 +29,7 @@ from typing import Any
 from ..errors import DependencyError, FormatError, UnsafePickleError
 from ..util import TMP_PREFIX
 
+
 def require_torch(why: str):
     try:
         import torch
@@ -232,7 +233,7 @@ def unflatten(skeleton: Any, tensors: Mapping[str, Any]) -> Any:
         if isinstance(x, str) and x.startswith(PLACEHOLDER):
             return tensors[x[len(PLACEHOLDER):]]
         if isinstance(x, Mapping):
-            out = type(x)()
+            out: Any = type(x)()
             for k, v in x.items():
                 out[k] = walk(v)
             if hasattr(x, "__dict__") and vars(x):
@@ -255,7 +256,7 @@ def skeleton_from_bytes(data: bytes, display: str) -> Any:
         raise FormatError(display, f"stored container structure cannot be read ({e})") from None
 
 
-def save(obj: Any, out, archive: str | None, tmp_dir: str) -> None:
+def save(obj: Any, out, archive: str | None, tmp_dir: str | None) -> None:
     """torch.save `obj` and copy the bytes to `out` (anything with write()).
 
     torch names the zip's record folder after the file's stem, so to reproduce the original bytes the

@@ -50,3 +50,23 @@ def delete_ref(repo: Repo, kind: str, name: str) -> str:
         raise RefError(f"cannot delete the current branch {name!r}; switch to another branch first")
     repo.refs.remove_if_equals(ref, old, who=repo.author(), message=f"{kind}: deleted")
     return old
+
+
+def create_branch(repo: Repo, name: str, start: str = "HEAD", force: bool = False) -> str:
+    """Create branch `name` at `start` (`force`: move an existing one); the commit id it points at."""
+    return create_ref(repo, "branch", name, start, force)
+
+
+def delete_branch(repo: Repo, name: str) -> str:
+    """Delete branch `name` (never the current one); the commit id it pointed at."""
+    return delete_ref(repo, "branch", name)
+
+
+def create_tag(repo: Repo, name: str, rev: str = "HEAD", force: bool = False) -> str:
+    """Create tag `name` at `rev` (`force`: move an existing one); the commit id it points at."""
+    return create_ref(repo, "tag", name, rev, force)
+
+
+def delete_tag(repo: Repo, name: str) -> str:
+    """Delete tag `name`; the commit id it pointed at."""
+    return delete_ref(repo, "tag", name)

@@ -38,11 +38,10 @@ def checkout(repo: Repo, rev: str, output: str | None = None, force: bool = Fals
     """Check out a whole commit (a CheckoutResult), or with `tensors` (globs) restore just those tensors into
     the working checkpoint without moving HEAD (a RestoreResult, see ops/restore.py)."""
     if tensors is not None:
-        from .restore import restore
-
         if output is not None:
             raise MlvcError("restoring single tensors writes into the working checkpoint; drop --output")
-        return restore(repo, rev, tensors, progress=progress)
+        # ops/restore.py, through the Repo: verbs never import verbs
+        return repo.restore(rev, tensors, progress=progress)
     cid = repo.resolve(rev)
     manifest = repo.read_manifest(repo.read_commit(cid).manifest)
     if output is not None:
@@ -60,7 +59,7 @@ def switch(repo: Repo, branch: str, create: bool = False, start: str = "HEAD", f
     if not create and existing is None:
         raise RefError(f"no branch named {branch!r}; create it with `mlvc switch -c {branch}`, or use "
                        "`mlvc checkout REV` for a detached HEAD")
-    cid = repo.resolve(start) if create else existing
+    cid = repo.resolve(start) if existing is None else existing  # `create` or an existing branch, as checked above
     manifest = repo.read_manifest(repo.read_commit(cid).manifest)
     return _checkout_in_place(repo, cid, manifest, branch, force, progress, create=create)
 
@@ -106,6 +105,10 @@ def _check_output(repo: Repo, base: str) -> None:
 
 def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | None, force: bool,
                        progress: Progress, create: bool = False) -> CheckoutResult:
+    new_ref = None  # the branch that this switch creates
+    if create:
+        assert branch is not None, "only a branch can be created"
+        new_ref = HEADS + branch
     recover(repo)
     head = repo.head()
     head_manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
@@ -118,22 +121,22 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
     def move_refs() -> None:
         # HEAD moves by compare-and-swap from the commit it was planned from: if another process moved
         # it (or the branch it follows) in the meantime, RefConflictError and nothing changed.
-        if create:
-            repo.refs.add_if_new(HEADS + branch, cid, who=repo.author(), message=f"branch: created at {cid[:12]}")
+        if new_ref is not None:
+            repo.refs.add_if_new(new_ref, cid, who=repo.author(), message=f"branch: created at {cid[:12]}")
         try:
             if branch:
                 repo.refs.set_symbolic(HEAD, HEADS + branch, head, who=repo.author(), message=message)
             else:
                 repo.refs.set_if_equals(HEAD, head, cid, who=repo.author(), message=message)
         except BaseException:
-            if create:  # undo the branch this switch created
+            if new_ref is not None:  # undo the branch this switch created
                 with contextlib.suppress(MlvcError, OSError):
-                    repo.refs.remove_if_equals(HEADS + branch, cid, who=repo.author(),
+                    repo.refs.remove_if_equals(new_ref, cid, who=repo.author(),
                                                message="branch: deleted (the switch to it failed)")
             raise
 
     _fill(result, update_worktree(repo, writes, removes, move_ref=move_refs, unchanged=unchanged,
                                   expect_head=(f"ref: {HEADS}{branch}" if branch else cid, cid), force=force,
-                                  creates=(HEADS + branch, cid) if create else None,
+                                  creates=(new_ref, cid) if new_ref is not None else None,
                                   progress=progress, cache=cache))
     return result

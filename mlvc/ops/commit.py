@@ -41,8 +41,15 @@ class CommitResult:
                 "new_chunks": self.new_chunks, "inexact": self.inexact}
 
 
-def commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths: Iterable[str] | None,
-           path: str | None, as_blob: Iterable[str], allow_empty: bool, progress: Progress = NULL) -> CommitResult:
+def commit(repo: Repo, obj: Any = None, message: str = "", metadata: dict | None = None, *,
+           paths: Iterable[str] | None = None, path: str | None = None, as_blob: Iterable[str] = (),
+           allow_empty: bool = False, progress: Progress = NULL) -> CommitResult:
+    """Commit a checkpoint and move the current branch (or detached HEAD) to it; a CommitResult.
+
+    `obj` is a path (a file or folder), a state_dict, an nn.Module or a dict of numpy arrays (stored as a
+    safetensors file at `path`, default model.safetensors, without writing it), or None: `paths`, or else the
+    paths HEAD tracks. `as_blob` globs name files stored as opaque bytes. NothingToCommitError when nothing
+    changed, unless `allow_empty`."""
     with repo.writing():  # gc keeps what this writes until a ref names it
         return _commit(repo, obj, message, metadata, paths=paths, path=path, as_blob=as_blob,
                        allow_empty=allow_empty, progress=progress)
@@ -96,7 +103,7 @@ def _commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths:
         stats = pipe.stats
         manifest = Manifest(roots, files, repo.config.chunk_size)
         manifest_id = repo.write_manifest(manifest)
-    if parent_manifest is not None and not allow_empty and manifest_id == repo.read_commit(parent).manifest:
+    if parent is not None and not allow_empty and manifest_id == repo.read_commit(parent).manifest:
         cache.save()
         raise NothingToCommitError("nothing to commit: the checkpoint is identical to HEAD (pass --allow-empty "
                                    "to commit anyway)")
@@ -144,7 +151,8 @@ def _buffers(obj: Any) -> list[NamedBuffer]:
     if hasattr(obj, "state_dict") and callable(obj.state_dict) and not isinstance(obj, Mapping):
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):
-        raise FormatError("<object>", f"cannot commit a {type(obj).__name__}: pass a state_dict, an nn.Module or a path")
+        raise FormatError("<object>",
+                          f"cannot commit a {type(obj).__name__}: pass a state_dict, an nn.Module or a path")
     out: list[NamedBuffer] = []
 
     def walk(d: Mapping, prefix: str) -> None:
@@ -177,7 +185,7 @@ def _buffer(name: str, v: Any) -> NamedBuffer:
             dtype = from_numpy(a.dtype)
         except TypeError as e:
             raise FormatError(name, str(e)) from None
-        return NamedBuffer(name, dtype, list(a.shape), memoryview(a.reshape(-1).view(np.uint8)))
+        return NamedBuffer(name, dtype, list(a.shape), a.reshape(-1).view(np.uint8).data)
     raise FormatError(name, f"is a {type(v).__name__}, not a tensor or array; put plain values in metadata=")
 
 

@@ -14,6 +14,7 @@ docs/diff.md defines every number, including NaN and inf.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -131,7 +132,7 @@ def _aggregate(name: str, tensors: list[TensorDiff]) -> GroupDiff:
                 ssq_a += t._ssq_a
     l2 = math.sqrt(ssq_d) if have_l2 else None
     return GroupDiff(name, len(tensors), sum(t.status != UNCHANGED for t in tensors), sum(t.numel for t in tensors),
-                     sum(t.changed or 0 for t in tensors), l2, _rel(l2, ssq_a) if have_l2 else None)
+                     sum(t.changed or 0 for t in tensors), l2, _rel(l2, ssq_a) if l2 is not None else None)
 
 
 def _rel(l2: float, ssq_a: float) -> float:
@@ -233,34 +234,36 @@ class _Differ:
     def compare(self, name: str) -> TensorDiff:
         ta, tb = self.a.tensors.get(name), self.b.tensors.get(name)
         if ta is None or tb is None:
-            t = ta or tb
+            t = ta if ta is not None else tb
+            assert t is not None, name  # a name of one side at least
             n = _numel(t.shape)
-            return TensorDiff(name, ADDED if ta is None else REMOVED, ta and ta.dtype, tb and tb.dtype,
-                              ta and list(ta.shape), tb and list(tb.shape), n, n, 1.0 if n else 0.0,
+            return TensorDiff(name, ADDED if ta is None else REMOVED, ta.dtype if ta is not None else None,
+                              tb.dtype if tb is not None else None, list(ta.shape) if ta is not None else None,
+                              list(tb.shape) if tb is not None else None, n, n, 1.0 if n else 0.0,
                               None, None, None, None)
         n = _numel(tb.shape)
-        base = dict(name=name, dtype_a=ta.dtype, dtype_b=tb.dtype, shape_a=list(ta.shape), shape_b=list(tb.shape),
-                    numel=n)
+        base = functools.partial(TensorDiff, name=name, dtype_a=ta.dtype, dtype_b=tb.dtype, shape_a=list(ta.shape),
+                                 shape_b=list(tb.shape), numel=n)
         if list(ta.shape) != list(tb.shape):
-            return TensorDiff(status=SHAPE_CHANGED, changed=n, changed_frac=1.0 if n else 0.0, l2=None,
-                              rel_change=None, max_abs=None, cosine=None, **base)
+            return base(status=SHAPE_CHANGED, changed=n, changed_frac=1.0 if n else 0.0, l2=None,
+                        rel_change=None, max_abs=None, cosine=None)
         if ta.dtype == tb.dtype and ta.hash == tb.hash:
-            return TensorDiff(status=UNCHANGED, changed=0, changed_frac=0.0, l2=0.0, rel_change=0.0, max_abs=0.0,
-                              cosine=1.0, **base)
+            return base(status=UNCHANGED, changed=0, changed_frac=0.0, l2=0.0, rel_change=0.0, max_abs=0.0,
+                        cosine=1.0)
         status = CHANGED if ta.dtype == tb.dtype else DTYPE_CHANGED
         if not (is_numeric(ta.dtype) and is_numeric(tb.dtype)):
-            return TensorDiff(status=status, changed=None, changed_frac=None, l2=None, rel_change=None,
-                              max_abs=None, cosine=None, **base)
+            return base(status=status, changed=None, changed_frac=None, l2=None, rel_change=None,
+                        max_abs=None, cosine=None)
         acc = _Acc()
         with np.errstate(over="ignore", invalid="ignore"):
             if self._aligned(ta, tb):
                 self._paired(ta, tb, acc)
             else:
                 self._streamed(ta, tb, acc, n)
-        td = TensorDiff(status=status, changed=acc.changed, changed_frac=acc.changed / n if n else 0.0,
-                        l2=math.inf if acc.nonfinite else math.sqrt(acc.ssq_d), rel_change=None,
-                        max_abs=math.inf if acc.nonfinite else acc.max_abs, cosine=_cosine(acc), **base)
-        td.rel_change = _rel(td.l2, acc.ssq_a)
+        l2 = math.inf if acc.nonfinite else math.sqrt(acc.ssq_d)
+        td = base(status=status, changed=acc.changed, changed_frac=acc.changed / n if n else 0.0,
+                  l2=l2, rel_change=_rel(l2, acc.ssq_a),
+                  max_abs=math.inf if acc.nonfinite else acc.max_abs, cosine=_cosine(acc))
         td._ssq_a = acc.ssq_a
         return td
 
@@ -271,7 +274,7 @@ class _Differ:
         """Same chunking on both sides: equal chunk ids are skipped, the others compared pairwise."""
         dtype = ta.dtype
         diff_idx, same_todo = [], []
-        for i, (ca, cb) in enumerate(zip(ta.chunks, tb.chunks)):
+        for i, (ca, cb) in enumerate(zip(ta.chunks, tb.chunks, strict=True)):
             if ca != cb:
                 diff_idx.append(i)
                 continue
@@ -280,13 +283,13 @@ class _Differ:
                 same_todo.append(i)
             else:
                 acc.same(s)
-        for a_raw, b_raw in zip(self.a.read(ta, diff_idx), self.b.read(tb, diff_idx)):
+        for a_raw, b_raw in zip(self.a.read(ta, diff_idx), self.b.read(tb, diff_idx), strict=True):
             acc.pair(as_numbers(a_raw, dtype), as_numbers(b_raw, dtype))
             self.progress.advance(len(a_raw))
         if same_todo:
             # The values are the same on both sides: read them once, from the cheaper side.
             side, t = (self.b, tb) if not self.b.stored() else (self.a, ta)
-            for i, raw in zip(same_todo, side.read(t, same_todo)):
+            for i, raw in zip(same_todo, side.read(t, same_todo), strict=True):
                 s = _finite_ssq(raw, dtype)
                 self.norms.put(t.chunks[i], dtype, s)
                 acc.same(s)
@@ -313,8 +316,8 @@ def _cosine(acc: _Acc) -> float | None:
     return max(-1.0, min(1.0, acc.ab / (math.sqrt(acc.aa) * math.sqrt(acc.bb))))
 
 
-def diff(repo: Repo, a: str | None = "HEAD", b: str | None = None, *,
-         tensors: Iterable[str] | str | None = None, progress: Progress = NULL) -> TreeDiff:
+def diff(repo: Repo, a: str | None = "HEAD", b: str | None = None, tensors: Iterable[str] | str | None = None,
+         progress: Progress = NULL) -> TreeDiff:
     """Compare commit `a` with commit `b` (None: the working checkpoint), optionally only the tensors whose
     names match the globs in `tensors`. `a` None stands for an empty checkpoint (everything added)."""
     norms = NormCache(repo.dir)

@@ -9,6 +9,7 @@ unusable output is recorded as one failure row with the reason and its stderr ta
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,10 +78,11 @@ class RecordResult:
         return asdict(self)
 
 
-def run(repo: Repo, revs: list[str] | None = None, tasks: list[str] | None = None, force: bool = False,
+def run(repo: Repo, revs: Iterable[str] | None = None, tasks: Iterable[str] | None = None, force: bool = False,
         progress: Progress = NULL, on_outcome: Callable[[EvalOutcome], None] | None = None) -> EvalRunResult:
     """Evaluate each revision (default HEAD) on each task (default all); `progress` shows the checkouts,
     `on_outcome` is called with each outcome as soon as it is known (and recorded)."""
+    revs, tasks = (list(revs) if revs else None), (list(tasks) if tasks else None)
     configured = load_tasks(repo)
     if not configured:
         raise EvalError("no evaluation tasks are configured; add a [tasks.NAME] table to mlvc.toml or "
@@ -141,18 +143,19 @@ def run_task(repo: Repo, task: TaskSpec, commit: str, checkpoint: str, scratch: 
             metrics, notes = parse_output(task, output, stdout)
         except EvalError as e:
             status, error = STATUS_FAILED, str(e)
-    common = dict(spec_hash=task.spec_hash, spec=task.spec_json(), dataset=task.dataset,
-                  dataset_hash=task.dataset_hash, seed=task.seed, duration_s=duration, source="run")
+    make_record = functools.partial(Record, spec_hash=task.spec_hash, spec=task.spec_json(), dataset=task.dataset,
+                                    dataset_hash=task.dataset_hash, seed=task.seed, duration_s=duration,
+                                    source="run")
     tail = _tail(stderr)
     if status != STATUS_OK:
-        rec = Record(commit, task.name, None, None, None, status=status, error=error, stderr_tail=tail,
-                     notes=notes, **common)
+        rec = make_record(commit, task.name, None, None, None, status=status, error=error, stderr_tail=tail,
+                          notes=notes)
         return EvalOutcome(commit, task.name, status, {}, error, tail, duration), [rec]
     records = []
     for name, value in metrics.items():
         spec = task.metrics.get(name)
-        records.append(Record(commit, task.name, name, value, spec.higher_is_better if spec else None,
-                              notes=notes, **common))
+        records.append(make_record(commit, task.name, name, value, spec.higher_is_better if spec else None,
+                                   notes=notes))
     return EvalOutcome(commit, task.name, STATUS_OK, metrics, None, None, duration), records
 
 
@@ -244,7 +247,7 @@ def record(repo: Repo, rev: str, task: str, metrics: dict[str, float], *,
                    dataset=dataset, dataset_hash=dataset_hash, seed=seed, notes=notes, source="record")
             for name, value in metrics.items()]
     res = repo.ledger.append(recs)
-    return RecordResult(cid, task, {r.metric: r.value for r in recs}, spec_hash, res.path)
+    return RecordResult(cid, task, dict(metrics), spec_hash, res.path)
 
 
 def _tail(data: bytes) -> str | None:

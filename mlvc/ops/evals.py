@@ -10,6 +10,7 @@ This module returns data (EffectTable, Comparison, with to_json); mlvc/render/ev
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -155,8 +156,9 @@ def commits_in_range(repo: Repo, rev_range: str | None) -> list[Commit]:
 
 
 def effect_table(repo: Repo, rev_range: str | None = None, include_all: bool = False,
-                 tasks: list[str] | None = None) -> EffectTable:
+                 tasks: Iterable[str] | None = None) -> EffectTable:
     """Commits as rows, task/metric as columns, each value with its change against the commit's baseline."""
+    tasks = list(tasks) if tasks else None
     idx = _Index(repo)
     cols = [c for c in idx.columns.values() if not tasks or c.task in tasks]
     commits = commits_in_range(repo, rev_range)
@@ -171,10 +173,10 @@ def effect_table(repo: Repo, rev_range: str | None = None, include_all: bool = F
             value = idx.value(c.id, col)
             if value is None:
                 last = idx.last_try.get((c.id, col.task))
-                status = last.status if last is not None and last.status != STATUS_OK else "missing"
-                failed = status != "missing"
-                cells[col.key] = Cell(None, status, error=last.error if failed else None,
-                                      stderr_tail=last.stderr_tail if failed else None)
+                if last is not None and last.status != STATUS_OK:  # its last try failed
+                    cells[col.key] = Cell(None, last.status, error=last.error, stderr_tail=last.stderr_tail)
+                else:
+                    cells[col.key] = Cell(None, "missing")
                 continue
             base_commit = _baseline(repo, c, col, idx, cache)
             base = idx.value(base_commit, col) if base_commit else None
@@ -201,8 +203,9 @@ def _baseline(repo: Repo, commit: Commit, col: Column, idx: _Index, cache: dict[
     return None
 
 
-def compare(repo: Repo, a: str, b: str, tasks: list[str] | None = None) -> Comparison:
+def compare(repo: Repo, a: str, b: str, tasks: Iterable[str] | None = None) -> Comparison:
     """Per task and metric: the value at A, at B, B - A and (B - A) / |A|."""
+    tasks = list(tasks) if tasks else None
     ca, cb = repo.resolve(a), repo.resolve(b)
     idx = _Index(repo)
     out = Comparison(ca, cb)

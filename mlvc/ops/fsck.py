@@ -9,10 +9,9 @@ reflog lines torn by a crash. They lose nothing, so they do not make the reposit
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import os
 
 from .. import lockfile
 from ..errors import CorruptObjectError, MlvcError, ObjectNotFoundError
@@ -27,7 +26,10 @@ if TYPE_CHECKING:
 @dataclass
 class Problem:
     object_id: str
-    problem: str  # "corrupt", "missing", "bad ref", ... ; leftovers: "stale lock", "temp file", ...
+    # problems: "corrupt", "corrupt base", "missing", "damaged file", "bad ref", "bad reflog",
+    #   "damaged ledger part"; leftovers: "stale lock", "temp file", "interrupted work-tree update",
+    #   "damaged reflog line", "ledger: unverified", "ledger: unknown file"
+    problem: str
     detail: str
     path: str | None = None
 
@@ -75,7 +77,8 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
             except MlvcError as e:
                 report.problems.append(Problem("", "bad ref", str(e), prefix + name))
                 continue
-            starts.setdefault(cid, f"{kind} {name}")
+            if cid is not None:  # None: deleted since it was listed (by a concurrent `mlvc branch -d`)
+                starts.setdefault(cid, f"{kind} {name}")
     try:
         head = repo.refs.resolve(HEAD)
         if head:

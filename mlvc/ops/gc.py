@@ -3,7 +3,8 @@
 Reachable (the *mark*): every commit named by a branch, a tag, HEAD, any other ref file under `.mlvc/refs/`
 (where remote-tracking refs will live) or any reflog entry; from each commit its parents, its manifest and
 every object a file entry needs (`FileEntry.object_ids()`: header chunks, tensor chunks, blob chunks, torch
-frame chunks and skeleton); and, transitively, every delta base of a kept object (a delta cannot be read without its chain).
+frame chunks and skeleton); and, transitively, every delta base of a kept object (a delta cannot be read without
+its chain).
 A reachable commit or manifest that is missing or damaged, or a ref that cannot be read, stops gc before it
 deletes anything (GcRefusedError): it cannot know what that commit needed.
 
@@ -73,17 +74,6 @@ def parse_grace(value: Any, source: str) -> float:
         return float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1)
     raise ConfigError(f"{source}: {value!r} is not a grace period; write e.g. \"now\", \"2.weeks.ago\", "
                       "\"14 days\", \"12h\", \"30m\" or \"never\"")
-
-
-def describe_grace(seconds: float) -> str:
-    if seconds == 0:
-        return "now"
-    if math.isinf(seconds):
-        return "never"
-    for unit, n in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= n and seconds % n == 0:
-            return f"{int(seconds // n)} {unit}{'s' if seconds != n else ''}"
-    return f"{seconds:g} s"
 
 
 @dataclass

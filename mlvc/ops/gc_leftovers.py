@@ -32,6 +32,8 @@ def _remove_temp(result: GcResult, dirfd: int, name: str, rel: str, cutoff: floa
         return
     if not (stat.S_ISREG(st.st_mode) or (stat.S_ISLNK(st.st_mode) and not regular_only)) or st.st_mtime > cutoff:
         return
+    if stat.S_ISREG(st.st_mode) and lockfile.in_use(name, dirfd):  # a write or a lock in progress
+        return
     if not result.dry_run:
         try:
             os.unlink(name, dir_fd=dirfd)

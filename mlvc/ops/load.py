@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from ..repo import Repo
 
 
-def load(repo: Repo, rev: str, tensors: Iterable[str] | None, framework: str | None) -> dict:
+def load(repo: Repo, rev: str = "HEAD", tensors: Iterable[str] | None = None, framework: str | None = None) -> dict:
+    """The tensors of `rev` as a state_dict (all of them, or those matching the names/globs in `tensors`): torch
+    tensors when torch is installed (or framework="torch"), else numpy arrays (framework="numpy")."""
     if framework is None:
         try:
             import torch  # noqa: F401

@@ -24,16 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConflictError, MlvcError
 from ..dtypes import ITEMSIZE
+from ..errors import ConflictError, MlvcError
 from ..numeric import as_numbers, from_float64, is_float
 from ..objects import Commit, TensorEntry
 from ..progress import NULL, Progress
 from ..snapshot import NamedBuffer
 from ..util import utc_now
 from .tensorsource import ByteStream
-from .treebuild import (Conflict, Key, build_manifest, changed_paths, describe,
-                        same_value, values)
+from .treebuild import Conflict, Key, build_manifest, changed_paths, changes, describe, same_value, values
 from .worktree import check_clean, head_after, move_head, plan_changes, recover, update_worktree
 
 if TYPE_CHECKING:
@@ -146,6 +145,7 @@ def _merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | Non
     s = result.scale
     with repo.pipeline(progress=progress) as pipe:
         for key, (eb, eo, et) in arithmetic.items():
+            assert strategy is not None  # values are combined by average and task-arithmetic only
             want[key] = _combine(pipe, key[1], eb, eo, et, strategy, s)
         new_manifest = build_manifest(pipe, o_manifest, want, [t_manifest, b_manifest])
         manifest_id = repo.write_manifest(new_manifest)
@@ -157,8 +157,9 @@ def _merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | Non
     repo.store.flush()
     writes, removes, unchanged = plan_changes(repo, o_manifest, new_manifest, False, progress,
                                               only=changed_paths(o_manifest, new_manifest))
+    reflog_message = f"merge {rev}: {strategy or 'no conflicts'}"
     applied = update_worktree(repo, writes, removes, expect_head=head_after(repo, c.id), unchanged=unchanged,
-                              move_ref=lambda: move_head(repo, ours, c.id, f"merge {rev}: {strategy or 'no conflicts'}"),
+                              move_ref=lambda: move_head(repo, ours, c.id, reflog_message),
                               progress=progress)
     result.commit = c
     result.written = applied.written + applied.removed
@@ -166,8 +167,6 @@ def _merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | Non
 
 
 def _three_way(b_manifest, o_manifest, t_manifest, strategy, result: MergeResult):
-    from .revert import changes
-
     ours_changed = changes(b_manifest, o_manifest)
     theirs_changed = changes(b_manifest, t_manifest)
     vo = values(o_manifest)
@@ -244,7 +243,10 @@ def _combine(pipe: Pipeline, name: str, eb: TensorEntry | None, eo: TensorEntry,
     n = math.prod(eo.shape)
     out = bytearray(n * width)
     so, st = _elements(pipe, eo), _elements(pipe, et)
-    sb = _elements(pipe, eb) if strategy == "task-arithmetic" else None
+    sb = None
+    if strategy == "task-arithmetic":
+        assert eb is not None, name  # no base value: a conflict for task-arithmetic, never combined
+        sb = _elements(pipe, eb)
     s = 1.0 if scale is None else scale
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, n, BLOCK_ELEMS):
@@ -254,6 +256,7 @@ def _combine(pipe: Pipeline, name: str, eb: TensorEntry | None, eo: TensorEntry,
             if strategy == "average":
                 x = (o + t) * 0.5
             else:
+                assert sb is not None
                 b = as_numbers(sb.take(k * width), dtype)
                 x = b + s * (o - b) + s * (t - b)
             out[start * width : (start + k) * width] = from_float64(x, dtype).tobytes()

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..util import utc_now
-from .evals import EffectTable, effect_table
 
 if TYPE_CHECKING:
     from ..objects import Commit
     from ..repo import Repo
     from .diff import TreeDiff
+    from .evals import EffectTable
 
 MAX_DIFFS = 50  # layer maps for at most this many (the newest) commits: each one reads two checkpoints
 
@@ -51,7 +51,7 @@ def report_data(repo: Repo, rev: str = "HEAD", max_commits: int = 200, max_diffs
     """The history reachable from `rev` (at most `max_commits`, newest first) with its evaluations and diffs."""
     commits = repo.log(rev, max_commits)
     shown = {c.id for c in commits}
-    table = effect_table(repo, rev, include_all=True)
+    table = repo.eval_show(rev, include_all=True)  # ops/evals.py, through the Repo: verbs never import verbs
     table.rows = [r for r in table.rows if r.commit in shown]
     diffs = {c.id: repo.diff(c.parents[0], c.id) for c in commits[:max_diffs] if c.parents}
     return ReportData(repo.root, rev, commits, table, diffs, repo.head(), repo.head_branch(),

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FormatError, MlvcError
 from ..chunking import FileRange
+from ..errors import FormatError, MlvcError
 from ..formats import safetensors as st
 from ..objects import KIND_SAFETENSORS, FileEntry, TensorEntry
 from ..progress import NULL, Progress
@@ -44,6 +44,7 @@ class RestoreResult:
 
 
 def restore(repo: Repo, rev: str, tensors: Iterable[str] | str, progress: Progress = NULL) -> RestoreResult:
+    """Write the named tensors (globs) as they are in `rev` into the working checkpoint; HEAD stays."""
     patterns = [tensors] if isinstance(tensors, str) else list(tensors)
     if not patterns:
         raise MlvcError("name the tensors to restore (globs such as 'encoder.layer.0.*')")
@@ -97,7 +98,7 @@ def _rewrite(pipe: Pipeline, out, f: FileEntry, chosen: dict[str, TensorEntry], 
         else:
             whole, working, header = None, [], None
             meta = header_metadata(header_bytes(pipe, f)) if f.header else None
-        items: list[tuple[str, str, list[int], object]] = []
+        items: list[tuple[str, str, list[int], TensorEntry | tuple[int, int]]] = []
         for name, dtype, shape, span in working:
             t = chosen.get(name)
             items.append((name, t.dtype, list(t.shape), t) if t else (name, dtype, shape, span))
@@ -120,7 +121,8 @@ def _rewrite(pipe: Pipeline, out, f: FileEntry, chosen: dict[str, TensorEntry], 
         for _name, _dtype, _shape, x in items:
             if isinstance(x, TensorEntry):
                 _copy_tensor(pipe, x, out)
-            else:
+            else:  # a span of the working file
+                assert whole is not None
                 for pos in range(x[0], x[1], 1 << 24):
                     out.write(whole[pos : min(pos + (1 << 24), x[1])].read())
 

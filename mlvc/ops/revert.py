@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConflictError, MlvcError, NothingToCommitError
-from ..objects import Commit, Manifest
+from ..objects import Commit
 from ..progress import NULL, Progress
 from ..util import utc_now
-from .treebuild import (Conflict, Key, build_manifest, changed_paths, describe, same_file, same_tensor,
-                        same_value, tensor_level, values)
+from .treebuild import Conflict, build_manifest, changed_paths, changes, describe, same_value, tensor_level, values
 from .worktree import check_clean, head_after, move_head, plan_changes, recover, update_worktree
 
 if TYPE_CHECKING:
@@ -34,23 +33,6 @@ class RevertResult:
     def to_json(self) -> dict[str, Any]:
         return {"commit": self.commit.to_json(), "reverted": self.reverted, "branch": self.branch,
                 "restored": self.restored, "written": self.written}
-
-
-def changes(old: Manifest | None, new: Manifest | None) -> dict[Key, tuple[Any, Any]]:
-    """What going from `old` to `new` changed: key -> (old value, new value), None for absent."""
-    vo, vn = values(old), values(new)
-    fo = {f.path: f for f in old.files} if old else {}
-    fn = {f.path: f for f in new.files} if new else {}
-    out: dict[Key, tuple[Any, Any]] = {}
-    # a path that is not safetensors on both sides (blob, torch, or a kind change) is one value: the file
-    whole = {p for p in set(fo) | set(fn) if not tensor_level(fo.get(p), fn.get(p))}
-    for path in sorted(whole):
-        if not same_file(fo.get(path), fn.get(path)):
-            out[(path, None)] = (fo.get(path), fn.get(path))
-    for key in sorted(set(vo) | set(vn), key=lambda k: (k[0], k[1] or "")):
-        if key[0] not in whole and not same_tensor(vo.get(key), vn.get(key)):
-            out[key] = (vo.get(key), vn.get(key))
-    return out
 
 
 def _what(before, after) -> str:

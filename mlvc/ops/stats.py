@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from ..refs import HEADS, TAGS
-from .history import log
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -57,12 +56,12 @@ class RepoStats:
 def stats(repo: Repo, rev: str | None = None) -> RepoStats:
     """Statistics for the history of `rev`, or of every branch and tag (and HEAD) when rev is None."""
     if rev is not None:
-        commits = log(repo, rev)
+        commits = repo.log(rev)  # ops/history.py, through the Repo: verbs never import verbs
     else:
         tips = {repo.head()} | set(repo.refs.list(HEADS).values()) | set(repo.refs.list(TAGS).values())
         seen: dict[str, Any] = {}
         for tip in filter(None, tips):
-            for c in log(repo, tip):
+            for c in repo.log(tip):
                 seen.setdefault(c.id, c)
         commits = sorted(seen.values(), key=lambda c: (c.time, c.id), reverse=True)
     out = RepoStats()

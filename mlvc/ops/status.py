@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..objects import FileEntry, Manifest
+from ..objects import FileEntry
 from ..progress import NULL, Progress
-from ..snapshot import snapshot_path
 from ..statcache import StatCache
-from .worktree import list_files, recover
+from .workfiles import working_entries
+from .worktree import recover
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -53,27 +53,6 @@ def compare_entries(old: FileEntry, new: FileEntry) -> FileStatus:
     b = {t.name: t for t in new.tensors}
     changed = [n for n in a if n in b and (a[n].hash, a[n].dtype, a[n].shape) != (b[n].hash, b[n].dtype, b[n].shape)]
     return FileStatus(old.path, MODIFIED, changed, [n for n in b if n not in a], [n for n in a if n not in b])
-
-
-def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cache: StatCache,
-                    progress: Progress = NULL) -> dict[str, FileEntry | str]:
-    """For each working file: the committed entry when the stat cache (or a hash) shows it unchanged,
-    else a fresh hash-only snapshot of it."""
-    committed = {f.path: f for f in manifest.files} if manifest else {}
-    out: dict[str, FileEntry | str] = {}
-    chunk_size = manifest.chunk_size if manifest else repo.config.chunk_size
-    with repo.pipeline(store=False, progress=progress, chunk_size=chunk_size) as pipe:
-        for rel in list_files(repo, roots):
-            full = repo.abs_path(rel)
-            old = committed.get(rel)
-            if old is not None and cache.lookup(rel, full) == old.hash:
-                out[rel] = old
-                continue
-            seen = cache.stat_now(full)  # before hashing: a write meanwhile shows as a changed stat
-            entry = snapshot_path(pipe, full, rel, as_blob=old is not None and old.kind == "blob")
-            cache.record(rel, full, entry.hash, seen)
-            out[rel] = entry
-    return out
 
 
 def status(repo: Repo, progress: Progress = NULL) -> Status:

@@ -1,5 +1,5 @@
 """Where diff reads tensors from: a commit (chunks decoded from the store) or the working checkpoint (bytes
-read straight from the files, safetensors with plain reads, torch files through torch.load), chunk by chunk.""" 
+read straight from the files, safetensors with plain reads, torch files through torch.load), chunk by chunk."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def commit_side(repo: Repo, rev: str, pipe: Pipeline) -> Side:
 
 def working_side(repo: Repo, stack: contextlib.ExitStack, progress: Progress) -> Side:
     from ..statcache import StatCache
-    from .status import working_entries
+    from .workfiles import working_entries
 
     head = repo.head()
     if head is None:

@@ -1,4 +1,4 @@
-"""Building new trees from per-tensor choices: what revert and merge share.
+"""Building new trees from per-tensor choices, and what changed between two trees: what revert and merge share.
 
 A tree is addressed here tensor by tensor as (file path, tensor name) -> TensorEntry for safetensors files,
 and file by file (tensor name None) for every other kind (blobs, torch files: rewriting a pickle tensor by
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Union
+from typing import Any
 
 from ..chunking import Pipeline, Segment
 from ..dtypes import plane_width
@@ -22,8 +22,8 @@ from ..objects import KIND_SAFETENSORS, FileEntry, Manifest, TensorEntry
 from ..snapshot import HEADER_KEY, NamedBuffer, tensor_chunks
 from ..util import new_hasher
 
-Key = tuple[str, Union[str, None]]  # (file path, tensor name); name None: the whole file
-Item = Union[TensorEntry, NamedBuffer]
+Key = tuple[str, str | None]  # (file path, tensor name); name None: the whole file
+Item = TensorEntry | NamedBuffer
 
 
 def tensor_level(*files: FileEntry | None) -> bool:
@@ -57,6 +57,23 @@ def values(m: Manifest | None) -> dict[Key, TensorEntry | FileEntry]:
 
 def same_value(key: Key, x, y) -> bool:
     return same_file(x, y) if key[1] is None else same_tensor(x, y)
+
+
+def changes(old: Manifest | None, new: Manifest | None) -> dict[Key, tuple[Any, Any]]:
+    """What going from `old` to `new` changed: key -> (old value, new value), None for absent."""
+    vo, vn = values(old), values(new)
+    fo = {f.path: f for f in old.files} if old else {}
+    fn = {f.path: f for f in new.files} if new else {}
+    out: dict[Key, tuple[Any, Any]] = {}
+    # a path that is not safetensors on both sides (blob, torch, or a kind change) is one value: the file
+    whole = {p for p in set(fo) | set(fn) if not tensor_level(fo.get(p), fn.get(p))}
+    for path in sorted(whole):
+        if not same_file(fo.get(path), fn.get(path)):
+            out[(path, None)] = (fo.get(path), fn.get(path))
+    for key in sorted(set(vo) | set(vn), key=lambda k: (k[0], k[1] or "")):
+        if key[0] not in whole and not same_value(key, vo.get(key), vn.get(key)):
+            out[key] = (vo.get(key), vn.get(key))
+    return out
 
 
 def describe(key: Key) -> str:
@@ -113,7 +130,8 @@ def compose_safetensors(pipe: Pipeline, path: str, items: list[Item], templates:
         if [t.name for t in tpl.tensors] and sorted(by_name) == sorted(t.name for t in tpl.tensors):
             ordered = [by_name[t.name] for t in tpl.tensors]
             if [_spec(i) for i in ordered] == [_spec(t) for t in tpl.tensors]:
-                if all(isinstance(i, TensorEntry) and same_tensor(i, t) for i, t in zip(ordered, tpl.tensors)):
+                pairs = zip(ordered, tpl.tensors, strict=True)
+                if all(isinstance(i, TensorEntry) and same_tensor(i, t) for i, t in pairs):
                     return FileEntry(path, KIND_SAFETENSORS, tpl.size, tpl.hash, tensors=list(tpl.tensors),
                                      header=list(tpl.header or []))
                 return _assemble(pipe, path, ordered, list(tpl.header or []), None)
@@ -132,6 +150,7 @@ def _assemble(pipe: Pipeline, path: str, items: list[Item], header_ids: list[str
             fh.update(chunk)
             size += len(chunk)
     else:
+        assert header is not None  # the header's bytes when not its chunk ids
         results, _ = pipe.ingest([Segment(HEADER_KEY, memoryview(header), 1)])
         header_ids = results[HEADER_KEY].chunks
         fh.update(header)
@@ -171,7 +190,7 @@ def build_manifest(pipe: Pipeline, head: Manifest, want: dict[Key, TensorEntry |
                    hints: list[Manifest | None]) -> Manifest:
     """HEAD's tree with the given keys set to new values (None: removed)."""
     files = {f.path: f for f in head.files}
-    by_path: dict[str, dict[str | None, object]] = {}
+    by_path: dict[str, dict[str | None, TensorEntry | FileEntry | Item | None]] = {}
     for (path, name), v in want.items():
         by_path.setdefault(path, {})[name] = v
     roots = list(head.roots)
@@ -181,16 +200,18 @@ def build_manifest(pipe: Pipeline, head: Manifest, want: dict[Key, TensorEntry |
             if entry is None:
                 files.pop(path, None)
             else:
+                assert isinstance(entry, FileEntry), path
                 files[path] = entry
         else:
             current = files.get(path)
             chosen: dict[str, Item] = {t.name: t for t in current.tensors} if current else {}
             for name, v in changes.items():
+                assert name is not None and not isinstance(v, FileEntry), (path, name)  # files: key (path, None)
                 if v is None:
                     chosen.pop(name, None)
                 else:
                     chosen[name] = v
-            hint_files = [m.file(path) for m in hints if m is not None and m.file(path) is not None]
+            hint_files = [f for m in hints if m is not None and (f := m.file(path)) is not None]
             if not chosen:  # every tensor of the file is gone: so is the file
                 files.pop(path, None)
                 continue

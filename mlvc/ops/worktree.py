@@ -1,4 +1,5 @@
-"""The working checkpoint, and the one work-tree transaction every verb that rewrites it goes through.
+"""The one work-tree transaction every verb that rewrites the working checkpoint goes through (listing and
+hashing the working files is ops/workfiles.py).
 
 `update_worktree` (checkout, switch, reset --hard, revert, merge, checkout --output, restore) runs five steps
 in an order that is the guarantee, under the work-tree lock (`.mlvc/worktree.lock`):
@@ -42,6 +43,7 @@ from ..refs import HEAD, HEADS
 from ..snapshot import write_entry
 from ..statcache import StatCache
 from ..util import TMP_PREFIX, atomic_write_bytes, fsync_dir, new_hasher
+from .workfiles import SKIP_DIRS, list_files, working_entries  # noqa: F401  (SKIP_DIRS, list_files: re-exported)
 
 if TYPE_CHECKING:
     from ..chunking import Pipeline
@@ -49,68 +51,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SKIP_DIRS = {".mlvc", ".git", ".hg", ".svn", "__pycache__"}
 TXN_DIR = "txn"
-MAX_DEPTH = 255  # folders below the root, as objects.check_rel_path allows
 WORKTREE_LOCK = "worktree.lock"
-
-
-# -- listing the tracked files ---------------------------------------------------------------------------
-
-
-def list_files(repo: Repo, roots: list[str]) -> list[str]:
-    """Every file under the tracked paths (a path may be a file or a folder), sorted, root-relative.
-
-    Symlinks: a symlinked file is read through (its content is committed; checkout writes a regular file);
-    a symlinked folder is never followed: inside a tracked folder it is refused with a PathError, as is a
-    tracked path that passes through one (it could pull in files from anywhere on the machine)."""
-    out: set[str] = set()
-    for root in roots:
-        full = repo.abs_path(root)
-        _check_no_symlinked_folder(repo.root, root)
-        if os.path.isdir(full) and not os.path.islink(full):
-            out.update(_walk_files(repo.root, root))
-        elif os.path.isfile(full):
-            out.add(root)
-    return sorted(out)
-
-
-def _walk_files(top: str, root: str) -> Iterator[str]:
-    """Files under the folder `root` (relative to `top`), iteratively (os.walk recurses once per level, and a
-    crafted tree thousands of folders deep would end in RecursionError); deeper than a stored path may be is
-    a PathError."""
-    stack = [root]
-    while stack:
-        rel = stack.pop()
-        folder = os.path.join(top, *rel.split("/")) if rel != "." else top
-        if rel.count("/") >= MAX_DEPTH:
-            raise PathError(f"{rel[:200]}...: folders nested deeper than {MAX_DEPTH} levels cannot be committed")
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            child = e.name if rel == "." else f"{rel}/{e.name}"
-            if e.is_dir(follow_symlinks=False):
-                if e.name not in SKIP_DIRS:
-                    stack.append(child)
-            elif e.is_symlink() and os.path.isdir(e.path):
-                if e.name not in SKIP_DIRS:
-                    raise PathError(f"{child} is a symlink to a folder ({os.path.realpath(e.path)}): mlvc never "
-                                    "follows symlinked folders; commit the files it holds by their own path, or "
-                                    "move it out of the tracked folder")
-            elif not e.name.startswith(TMP_PREFIX) and e.is_file():
-                yield child
-
-
-def _check_no_symlinked_folder(root: str, rel: str) -> None:
-    if rel == ".":
-        return
-    parts = rel.split("/")
-    cur = root
-    for i, p in enumerate(parts):
-        cur = os.path.join(cur, p)
-        if os.path.islink(cur) and (i < len(parts) - 1 or os.path.isdir(cur)):
-            raise PathError(f"{'/'.join(parts[:i + 1])} is a symlink to a folder ({os.path.realpath(cur)}): mlvc "
-                            "never follows symlinked folders; commit the real folder's path instead")
 
 
 # -- safe file operations under one folder ----------------------------------------------------------------
@@ -148,8 +90,9 @@ class _Tree:
                     nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise PathError(f"refusing to touch {rel}: {'/'.join(parts[:i + 1])} in {self.base} is "
-                                        "a symlink or a file, not a folder (mlvc never writes through symlinks)") from None
+                        where = "/".join(parts[: i + 1])
+                        raise PathError(f"refusing to touch {rel}: {where} in {self.base} is a symlink or a file, "
+                                        "not a folder (mlvc never writes through symlinks)") from None
                     raise
                 os.close(fd)
                 fd = nfd
@@ -158,43 +101,48 @@ class _Tree:
             if fd >= 0:
                 os.close(fd)
 
-    def lstat(self, rel: str) -> os.stat_result | None:
+    def _at(self, rel: str, op: Callable[[str, int], T], missing: tuple[type[OSError], ...] = ()) -> T | None:
+        """`op(name, folder descriptor)` for rel; None when its folder or the file is missing (or `missing`)."""
         with self.parent(rel) as (fd, name):
             if fd is None:
                 return None
             try:
-                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+                return op(name, fd)
             except FileNotFoundError:
+                return None
+            except missing:
                 return None
 
+    def lstat(self, rel: str) -> os.stat_result | None:
+        return self._at(rel, lambda name, fd: os.stat(name, dir_fd=fd, follow_symlinks=False))
+
     def unlink(self, rel: str) -> bool:
-        with self.parent(rel) as (fd, name):
-            if fd is None:
-                return False
-            try:
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                return False
+        def remove(name: str, fd: int) -> bool:
+            os.unlink(name, dir_fd=fd)
             os.fsync(fd)
+            return True
+
+        if not self._at(rel, remove):
+            return False
         faults.point("worktree.removed")
         return True
 
     def rmdir_empty(self, rel: str) -> bool:
-        with self.parent(rel) as (fd, name):
-            if fd is None:
-                return False
-            try:
-                os.rmdir(name, dir_fd=fd)
-            except OSError:  # not empty, gone, or not a folder
-                return False
+        def remove(name: str, fd: int) -> bool:
+            os.rmdir(name, dir_fd=fd)
             os.fsync(fd)
-        return True
+            return True
+
+        return bool(self._at(rel, remove, (OSError,)))  # not empty, gone, or not a folder: False
 
     def rename(self, tmp_rel: str, rel: str) -> None:
         with self.parent(tmp_rel) as (sfd, sname), self.parent(rel, create=True) as (dfd, dname):
+            assert dfd is not None  # create=True makes the missing folders
+            if sfd is None:  # the temp file's folder is gone; a None dir_fd would rename relative to the cwd
+                raise FileNotFoundError(errno.ENOENT, "the folder of a staged temp file is gone", tmp_rel)
             os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
             os.fsync(dfd)
-            if sfd is not None and not os.path.samestat(os.fstat(sfd), os.fstat(dfd)):
+            if not os.path.samestat(os.fstat(sfd), os.fstat(dfd)):
                 os.fsync(sfd)
         faults.point("worktree.renamed")
 
@@ -274,8 +222,6 @@ def plan_changes(repo: Repo, head_manifest: Manifest | None, manifest: Manifest,
     """(writes, removals, unchanged) that bring the working checkpoint from HEAD's tree to `manifest`.
     DirtyWorkingCheckpointError (unless `force`) when uncommitted work would be lost; with `only`, just
     those paths are considered (revert and merge)."""
-    from .status import working_entries
-
     committed = {f.path: f for f in head_manifest.files} if head_manifest else {}
     target = {f.path: f for f in manifest.files}
     roots = sorted(set(head_manifest.roots if head_manifest else []) | set(manifest.roots))
@@ -380,7 +326,8 @@ def update_worktree(repo: Repo, writes: list[Write], removes: list[str], *, base
             journal = {"base": "." if in_place else base, "state": "staging",
                        "head": list(expect_head) if expect_head else None,
                        "creates": list(creates) if creates else None,
-                       "renames": [[t, w.rel, w.hash] for t, w in zip(temps, writes)], "removes": list(removes)}
+                       "renames": [[t, w.rel, w.hash] for t, w in zip(temps, writes, strict=True)],
+                       "removes": list(removes)}
             jpath = os.path.join(repo.dir, TXN_DIR, txn + ".json")
             os.makedirs(os.path.dirname(jpath), exist_ok=True)
             atomic_write_bytes(jpath, json.dumps(journal).encode())
@@ -425,7 +372,7 @@ def _stage(repo: Repo, tree: _Tree, writes: list[Write], temps: list[str], resul
            progress: Progress) -> None:
     progress.start("checkout", sum(w.size for w in writes))
     with repo.pipeline(progress=progress) as pipe:
-        for w, tmp in zip(writes, temps):
+        for w, tmp in zip(writes, temps, strict=True):
             with tree.create_temp(tmp) as f:
                 w.fill(pipe, f)
             result.written.append(w.rel)
@@ -549,8 +496,6 @@ def move_head(repo: Repo, old: str | None, new: str, message: str) -> str | None
 
 def check_clean(repo: Repo, head: Manifest, paths: set[str]) -> None:
     """Refuse (DirtyWorkingCheckpointError) when any of these committed files has uncommitted changes."""
-    from .status import working_entries
-
     committed = {f.path: f for f in head.files}
     cache = StatCache(repo.dir)
     current = working_entries(repo, head, head.roots, cache)

@@ -6,6 +6,8 @@ render. Every module here is cheap to import; tabulate, jinja2 and matplotlib ar
 functions that use them, so `mlvc --help` stays light.
 
 - text.py    generic table, number formats, the effect marks
+- units.py   byte sizes and grace periods as people read them
+- diff.py    a TreeDiff as tensor / layer-group tables and summary lines (`mlvc diff`, `show`, `log --stat`)
 - labels.py  branch/tag labels of commits (`mlvc log` and the report share them)
 - evals.py   the ledger's views as text: the effect table, compare, eval run outcomes, task list, CSV
 - report.py  the self-contained HTML report (templates/report.html.j2, autoescaped jinja2)

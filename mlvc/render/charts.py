@@ -30,9 +30,9 @@ def task_chart(task: str, cols: Sequence[Column], table: EffectTable, chrono: Se
     xs = list(range(len(chrono)))
     fig = Figure(figsize=(9, 2.4 * len(cols) + 0.6), layout="constrained")
     axes = fig.subplots(len(cols), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, col in zip(axes, cols):
+    for ax, col in zip(axes, cols, strict=True):
         px, py, fx = [], [], []
-        for x, c in zip(xs, chrono):
+        for x, c in zip(xs, chrono, strict=True):
             cell = by_commit[c.id].cells.get(col.key) if c.id in by_commit else None
             if cell is None:
                 continue

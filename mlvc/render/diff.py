@@ -1,18 +1,26 @@
-"""Rendering a TreeDiff as text: tensor tables, layer-group tables, one-line summaries (diff, show, log)."""
+"""A TreeDiff as text: tensor tables, layer-group tables, one-line summaries (`mlvc diff`, `show`, `log --stat`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
+from .text import table
 
-from ._common import table
+if TYPE_CHECKING:
+    from ..ops.diff import GroupDiff, TensorDiff, TreeDiff
 
 TENSOR_HEADERS = ["tensor", "status", "dtype", "shape", "changed", "changed %", "l2", "rel_change", "max_abs",
                   "cosine"]
 GROUP_HEADERS = ["group", "tensors changed", "elements changed", "l2", "rel_change"]
+
+
+def columns(groups: bool = False) -> list[str]:
+    """What rows can be sorted by: the fields of a TensorDiff (of a GroupDiff with `groups`)."""
+    from ..ops.diff import GroupDiff, TensorDiff  # numpy: only once a diff is wanted
+
+    return [f.name for f in dataclasses.fields(GroupDiff if groups else TensorDiff)]
 
 
 def num(x: Any) -> str:
@@ -49,7 +57,7 @@ def _shape(s: list[int]) -> str:
     return "x".join(map(str, s)) if s else "scalar"
 
 
-def tensor_rows(tensors) -> list[list[str]]:
+def tensor_rows(tensors: list[TensorDiff]) -> list[list[str]]:
     return [[t.name, t.status, _pair(t.dtype_a, t.dtype_b, str), _pair(t.shape_a, t.shape_b, _shape), num(t.changed),
              pct(t.changed_frac), num(t.l2), num(t.rel_change), num(t.max_abs), cosine(t.cosine)] for t in tensors]
 
@@ -59,24 +67,19 @@ def cosine(x: float | None) -> str:
     return "-" if x is None else ("1" if x == 1 else f"{x:.6g}")
 
 
-def group_rows(groups) -> list[list[str]]:
-    return [[g.name, f"{g.changed_tensors}/{g.tensors}", f"{g.changed:,}/{g.numel:,} ({pct(g.changed / g.numel if g.numel else 0.0)})",
+def group_rows(groups: list[GroupDiff]) -> list[list[str]]:
+    return [[g.name, f"{g.changed_tensors}/{g.tensors}",
+             f"{g.changed:,}/{g.numel:,} ({pct(g.changed / g.numel if g.numel else 0.0)})",
              num(g.l2), num(g.rel_change)] for g in groups]
 
 
-def check_column(cls, column: str | None) -> None:
-    names = [f.name for f in dataclasses.fields(cls)]
-    if column is not None and column not in names:
-        raise click.BadParameter(f"{column!r} is not a column; choose one of {', '.join(names)}",
-                                 param_hint="--sort")
-
-
 def sort_items(items: list, column: str | None, reverse: bool) -> list:
-    """Sort by a dataclass field: numbers largest first, text A to Z; missing values last either way."""
+    """Sort by a dataclass field: numbers largest first, text A to Z; missing values last either way.
+    ValueError when `column` is not a field of the items (check it against columns() first)."""
     if not column:
         return list(items)[::-1] if reverse else list(items)
-    if items:
-        check_column(type(items[0]), column)
+    if items and column not in [f.name for f in dataclasses.fields(type(items[0]))]:
+        raise ValueError(f"{column!r} is not a field of {type(items[0]).__name__}")
     present = [i for i in items if getattr(i, column) is not None]
     missing = [i for i in items if getattr(i, column) is None]
 
@@ -91,7 +94,7 @@ def sort_items(items: list, column: str | None, reverse: bool) -> list:
     return present + missing
 
 
-def summary(d) -> str:
+def summary(d: TreeDiff) -> str:
     total = d.total()
     if not total.changed_tensors:
         return f"No tensor changed ({total.tensors} compared)."
@@ -104,7 +107,7 @@ def summary(d) -> str:
             f"{total.numel:,} elements ({pct(frac)}); l2 {num(total.l2)}, relative change {num(total.rel_change)}")
 
 
-def short_stat(d) -> str:
+def short_stat(d: TreeDiff) -> str:
     """One line for `log --stat`."""
     total = d.total()
     if not total.changed_tensors:
@@ -112,13 +115,14 @@ def short_stat(d) -> str:
     return f"{total.changed_tensors}/{total.tensors} tensor(s) changed, relative change {num(total.rel_change)}"
 
 
-def echo_diff(d, stat: bool = False, show_all: bool = False, sort_by: str | None = None, reverse: bool = False) -> None:
+def diff_text(d: TreeDiff, stat: bool = False, show_all: bool = False, sort_by: str | None = None,
+              reverse: bool = False) -> str:
+    """The changed tensors (with `stat`: layer groups; with `show_all`: unchanged ones too) as a table, then
+    the summary line."""
     if stat:
         groups = sort_items(d.groups if show_all else [g for g in d.groups if g.changed_tensors], sort_by, reverse)
-        if groups:
-            click.echo(table(group_rows(groups), GROUP_HEADERS))
+        rows = table(group_rows(groups), GROUP_HEADERS) if groups else None
     else:
         tensors = sort_items(d.tensors if show_all else d.changed, sort_by, reverse)
-        if tensors:
-            click.echo(table(tensor_rows(tensors), TENSOR_HEADERS))
-    click.echo(summary(d))
+        rows = table(tensor_rows(tensors), TENSOR_HEADERS) if tensors else None
+    return f"{rows}\n{summary(d)}" if rows else summary(d)
