@@ -1,4 +1,4 @@
-"""What every command shares: finding the repo, --json, tables, progress."""
+"""What every command shares: finding the repo, --json, progress (tables: render.text)."""
 
 from __future__ import annotations
 
@@ -58,18 +58,9 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False))
 
 
-def table(rows: list[list[Any]], headers: list[str]) -> str:
-    from tabulate import tabulate
-
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
-
-
 def progress(quiet: bool = False) -> Progress:
     """A bar on stderr for long work, only when stderr is a terminal and --quiet is not given."""
     if quiet or not sys.stderr.isatty():
         return NULL
     return TerminalProgress()
 
-
-def short(oid: str | None) -> str:
-    return oid[:12] if oid else "-"

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import FsckError
+from ..render.text import short, table
 from ..render.units import human_bytes
 from . import cli
-from ._common import DashDashCommand, echo_json, json_option, progress, quiet_option, short, table, with_repo
+from ._common import DashDashCommand, echo_json, json_option, progress, quiet_option, with_repo
 
 if TYPE_CHECKING:
     from ..repo import Repo

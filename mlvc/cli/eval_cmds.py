@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import EvalFailedError
+from ..render.text import short
 from . import cli
-from ._common import echo_json, json_option, progress, quiet_option, short, with_repo
+from ._common import echo_json, json_option, progress, quiet_option, with_repo
 
 if TYPE_CHECKING:
     from ..repo import Repo

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..render.text import short, table
 from ..render.units import describe_grace, human_bytes
 from . import cli
-from ._common import echo_json, json_option, progress, quiet_option, short, table, with_repo
+from ._common import echo_json, json_option, progress, quiet_option, with_repo
 
 if TYPE_CHECKING:
     from ..repo import Repo
