@@ -136,7 +136,7 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
             raise
 
     _fill(result, update_worktree(repo, writes, removes, move_ref=move_refs, unchanged=unchanged,
-                                  expect_head=(f"ref: {HEADS}{branch}" if branch else cid, cid), force=force,
+                                  expect_head=(f"ref: {HEADS}{branch}" if branch else cid, cid),
                                   creates=(new_ref, cid) if new_ref is not None else None,
                                   progress=progress, cache=cache))
     return result

@@ -15,7 +15,8 @@ from ..progress import NULL, Progress
 from ..snapshot import History, NamedBuffer, snapshot_buffers, snapshot_path
 from ..statcache import StatCache
 from ..util import canonical_json, utc_now
-from .worktree import list_files, move_head, recover
+from .workfiles import list_files
+from .worktree import move_head, recover
 
 if TYPE_CHECKING:
     from ..repo import Repo

@@ -99,7 +99,8 @@ def _newest(entry: os.DirEntry) -> tuple[float, int]:
 def sweep_worktree(repo: Repo, cutoff: float, result: GcResult) -> None:
     """Old `.tmp-mlvc-*` files in the work tree, under the lock every work-tree update holds (so none is in
     flight), after interrupted updates were finished or undone (a dry run only skips the files they name)."""
-    from .worktree import SKIP_DIRS, WORKTREE_LOCK, pending, recover
+    from .workfiles import SKIP_DIRS
+    from .worktree import WORKTREE_LOCK, pending, recover
 
     try:
         lock = lockfile.acquire(os.path.join(repo.dir, WORKTREE_LOCK), "the work tree", wait=1.0)

@@ -44,7 +44,7 @@ def reset(repo: Repo, rev: str, hard: bool = False, force: bool = False, progres
     target = repo.read_manifest(repo.read_commit(new).manifest)
     writes, removes, unchanged = plan_changes(repo, head_manifest, target, force, progress)
     applied = update_worktree(repo, writes, removes, move_ref=lambda: move_head(repo, old, new, message),
-                              expect_head=head_after(repo, new), unchanged=unchanged, force=force, progress=progress)
+                              expect_head=head_after(repo, new), unchanged=unchanged, progress=progress)
     result.written, result.removed = applied.written, applied.removed
     return result
 

@@ -7,9 +7,9 @@ in an order that is the guarantee, under the work-tree lock (`.mlvc/worktree.loc
 1. plan: every file to write, remove or keep; refuse (changing nothing) what would lose uncommitted work
    (DirtyWorkingCheckpointError) and what cannot be done (a folder where the target has a file, an untracked
    file where it has a folder, a path through a symlink or outside the work tree: PathError);
-2. stage: write each new file into a temp file in its folder (or the work tree's top folder when that folder
+2. journal: `.mlvc/txn/ID.json` lists the temp files, their targets and the removals;
+3. stage: write each new file into a temp file in its folder (or the work tree's top folder when that folder
    does not exist yet), fsync it, and verify it against its committed hash; nothing visible changes;
-3. journal: `.mlvc/txn/ID.json` lists the temp files, their targets and the removals;
 4. move the ref (a compare-and-swap: a ref that moved under us stops here, and every temp file is removed);
 5. apply: remove the files the target lacks, rename the temp files into place, remove emptied folders,
    fsync the folders, delete the journal.
@@ -43,7 +43,7 @@ from ..refs import HEAD, HEADS
 from ..snapshot import write_entry
 from ..statcache import StatCache
 from ..util import TMP_PREFIX, atomic_write_bytes, fsync_dir, new_hasher
-from .workfiles import SKIP_DIRS, list_files, working_entries  # noqa: F401  (SKIP_DIRS, list_files: re-exported)
+from .workfiles import working_entries
 
 if TYPE_CHECKING:
     from ..chunking import Pipeline
@@ -247,7 +247,7 @@ def plan_changes(repo: Repo, head_manifest: Manifest | None, manifest: Manifest,
     return writes, removes, unchanged
 
 
-def _check_shapes(tree: _Tree, writes: list[Write], removes: list[str], force: bool) -> None:
+def _check_shapes(tree: _Tree, writes: list[Write], removes: list[str]) -> None:
     """Refuse, before anything changes, what the file system cannot take: a path through a symlink, a file
     where the target has a folder (unless it is a tracked file being removed), a folder where the target has
     a file (unless everything in it is being removed)."""
@@ -305,7 +305,7 @@ def _files_under(folder: str) -> list[str]:
 def update_worktree(repo: Repo, writes: list[Write], removes: list[str], *, base: str | None = None,
                     move_ref: Callable[[], T] | None = None, expect_head: tuple[str, str] | None = None,
                     creates: tuple[str, str] | None = None, unchanged: list[str] | None = None,
-                    force: bool = False, progress: Progress = NULL, cache: StatCache | None = None) -> Applied:
+                    progress: Progress = NULL, cache: StatCache | None = None) -> Applied:
     """Carry out a plan all or nothing (see the module docstring). `move_ref` moves HEAD or the branch by
     compare-and-swap; `expect_head` is (raw HEAD, commit id) as they are once it has run, so that recovery
     can tell whether it did; `creates` is (branch ref, commit) when `move_ref` creates that branch first
@@ -318,7 +318,7 @@ def update_worktree(repo: Repo, writes: list[Write], removes: list[str], *, base
         recover(repo, locked=True)
         tree = _Tree(base)
         try:
-            _check_shapes(tree, writes, removes, force)
+            _check_shapes(tree, writes, removes)
             txn = uuid.uuid4().hex[:16]
             temps = [_temp_name(tree, w.rel, txn, i) for i, w in enumerate(writes)]
             # The base of an in-place update is recorded relative to the root (".") so that a recovery in a
