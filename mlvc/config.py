@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .util import atomic_write_bytes
+from .util import atomic_write_bytes, show
 
 # The defaults of every [core] setting live here, at the bottom of the layers (config imports only errors and
 # util); the Repo passes the values to the store and the chunk pipeline. A bare ObjectStore has the same
@@ -43,7 +43,7 @@ class Config:
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path} is not UTF-8 text (byte {e.start} is not UTF-8); fix or remove it") from None
         except ValueError as e:  # TOMLDecodeError, and an integer past Python's 4300-digit limit
-            raise ConfigError(f"{path} is not valid TOML ({_show(str(e), 200)}); fix or remove it") from None
+            raise ConfigError(f"{path} is not valid TOML ({str(e)[:200]}); fix or remove it") from None
         except RecursionError:
             raise ConfigError(f"{path} nests too deeply to be an mlvc config; fix or remove it") from None
         for table in TABLES:
@@ -55,14 +55,14 @@ class Config:
             value = core.get(key, default)
             if type(value) is not int or not low <= value <= high:
                 raise ConfigError(f"{path}: core.{key} must be an integer from {low} to {high}{note}, "
-                                  f"not {_show(value)}")
+                                  f"not {show(value)}")
             setattr(cfg, key, value)
         if cfg.chunk_size % 8:
             raise ConfigError(f"{path}: core.chunk_size must be a multiple of 8 (whole elements of any dtype), "
                               f"not {cfg.chunk_size}")
         name = raw.get("user", {}).get("name")
         if name is not None and not (isinstance(name, str) and name.strip() and "\n" not in name):
-            raise ConfigError(f"{path}: user.name must be a one-line string, not {_show(name)}")
+            raise ConfigError(f"{path}: user.name must be a one-line string, not {show(name)}")
         cfg.user_name = name
         return cfg
 
@@ -77,11 +77,6 @@ CORE_RANGES: dict[str, tuple[int, int, int, str]] = {
 }
 # Top-level names that must be tables when present (read by other modules: gc settings, evaluation tasks).
 TABLES = ("core", "user", "gc", "tasks")
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) and limit > 60 else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_default(path: str) -> None:

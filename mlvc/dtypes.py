@@ -32,10 +32,6 @@ class DType:
     torch: str  # the torch.<name> attribute (older torch builds may lack some: uint16-64, float8)
 
     @property
-    def is_float(self) -> bool:
-        return self.kind == FLOAT
-
-    @property
     def bits(self) -> np.dtype:
         """The unsigned integer type of the element's bit pattern (what delta coding works on)."""
         return np.dtype(f"<u{self.itemsize}")

@@ -35,6 +35,7 @@ from .errors import LockBusyError
 from .util import TMP_PREFIX, fsync_dir
 
 LOCK_SUFFIX = ".lock"
+INFLIGHT_DIR = "inflight"  # .mlvc/inflight/*.lock: operations writing objects no ref names yet (Repo.writing)
 DEFAULT_WAIT = 2.0  # seconds to wait for a live holder before giving up
 
 

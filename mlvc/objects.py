@@ -12,7 +12,7 @@ from typing import Any
 
 from .dtypes import MAX_RANK, dims_fit, holds, is_dtype_name
 from .errors import CorruptObjectError, FormatError, MlvcError, PathError
-from .util import canonical_json, is_object_id
+from .util import canonical_json, is_object_id, is_utf8_text, show
 
 MANIFEST_FORMAT = 1
 COMMIT_FORMAT = 1
@@ -29,42 +29,24 @@ MAX_PATH_BYTES = 4000  # UTF-8, below Linux's PATH_MAX (4096) with room for the 
 MAX_PART_BYTES = 255  # one name (NAME_MAX)
 
 
-def _show(value: Any, limit: int = 80) -> str:
-    """A value for a message: repr'd (no control characters), cut to one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
-
-
-def _is_text(s: Any) -> bool:
-    """A str that encodes as UTF-8 (no lone surrogate: a "\\udcff" from a file name that is not UTF-8, or a
-    "\\ud800" escape in JSON)."""
-    if not isinstance(s, str):
-        return False
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def check_rel_path(path: str) -> str:
     """A stored path: relative, POSIX separators, no '..', no empty parts, UTF-8, within the limits above.
     Guards every write, and every manifest read."""
     if not isinstance(path, str):
-        raise PathError(f"refusing the stored path {_show(path)}: a path must be a string")
-    if not _is_text(path):
-        raise PathError(f"refusing the path {_show(path)}: it is not valid UTF-8 text (a file name in another "
+        raise PathError(f"refusing the stored path {show(path)}: a path must be a string")
+    if not is_utf8_text(path):
+        raise PathError(f"refusing the path {show(path)}: it is not valid UTF-8 text (a file name in another "
                         "encoding?); rename it, or leave it out of the commit")
     parts = path.split("/")
     if (len(parts) > MAX_PATH_PARTS or len(path.encode("utf-8")) > MAX_PATH_BYTES
             or any(len(p.encode("utf-8")) > MAX_PART_BYTES for p in parts)):
-        raise PathError(f"refusing the path {_show(path)} ({len(parts)} parts, {len(path.encode('utf-8'))} bytes): "
+        raise PathError(f"refusing the path {show(path)} ({len(parts)} parts, {len(path.encode('utf-8'))} bytes): "
                         f"mlvc stores paths at most {MAX_PATH_PARTS} parts deep, {MAX_PATH_BYTES} bytes long, "
                         f"{MAX_PART_BYTES} bytes a name; move the file to a shorter path")
     if (not path or path.startswith("/") or "\\" in path or "\x00" in path
             or any(part in ("", ".", "..") for part in parts)
             or posixpath.normpath(path) != path or parts[0] == ".mlvc"):
-        raise PathError(f"refusing the stored path {_show(path)}: paths must be relative to the repository root "
+        raise PathError(f"refusing the stored path {show(path)}: paths must be relative to the repository root "
                         "and stay inside it")
     return path
 
@@ -96,18 +78,18 @@ class TensorEntry:
         """A tensor entry as stored; Malformed (a ValueError) when any field is not what mlvc writes."""
         _want(isinstance(d, dict), "a tensor entry is not an object")
         name = d["name"]
-        _want(_is_text(name), f"tensor name {_show(name)} is not UTF-8 text")
+        _want(is_utf8_text(name), f"tensor name {show(name)} is not UTF-8 text")
         dtype, shape, nbytes = d["dtype"], d["shape"], d["nbytes"]
-        _want(is_dtype_name(dtype), f"tensor {_show(name)}: dtype {_show(dtype)}")
+        _want(is_dtype_name(dtype), f"tensor {show(name)}: dtype {show(dtype)}")
         _want(isinstance(shape, list) and len(shape) <= MAX_RANK and all(_nat(x) for x in shape),
-              f"tensor {_show(name)}: shape must be a list of at most {MAX_RANK} non-negative integers")
-        _want(dims_fit(shape), f"tensor {_show(name)}: its dims multiply past 2**63")
-        _want(_nat(nbytes), f"tensor {_show(name)}: nbytes must be a non-negative integer")
+              f"tensor {show(name)}: shape must be a list of at most {MAX_RANK} non-negative integers")
+        _want(dims_fit(shape), f"tensor {show(name)}: its dims multiply past 2**63")
+        _want(_nat(nbytes), f"tensor {show(name)}: nbytes must be a non-negative integer")
         alias = d.get("alias")
-        _want(alias is None or _is_text(alias), f"tensor {_show(name)}: alias {_show(alias)}")
+        _want(alias is None or is_utf8_text(alias), f"tensor {show(name)}: alias {show(alias)}")
         if alias is None:
-            _want(holds(dtype, shape, nbytes), f"tensor {_show(name)}: {nbytes} bytes do not hold {dtype} of "
-                                               f"{len(shape)} dims {_show(shape)}")
+            _want(holds(dtype, shape, nbytes), f"tensor {show(name)}: {nbytes} bytes do not hold {dtype} of "
+                                               f"{len(shape)} dims {show(shape)}")
         return cls(name, dtype, list(shape), nbytes, _id(d["hash"], "tensor hash"), _ids(d["chunks"], "chunks"),
                    alias)
 
@@ -184,9 +166,9 @@ class Manifest:
     def to_bytes(self) -> bytes:
         for f in self.files:  # what no reader could read back is refused here, naming the file
             check_rel_path(f.path)
-            bad = next((t.name for t in f.tensors if not _is_text(t.name)), None)
+            bad = next((t.name for t in f.tensors if not is_utf8_text(t.name)), None)
             if bad is not None:
-                raise FormatError(f.path, f"tensor name {_show(bad)} is not valid UTF-8 text (it holds a lone "
+                raise FormatError(f.path, f"tensor name {show(bad)} is not valid UTF-8 text (it holds a lone "
                                           "surrogate); rename the tensor")
         return canonical_json({"type": "manifest", "format": MANIFEST_FORMAT, "roots": list(self.roots),
                                "chunk_size": self.chunk_size,
@@ -202,7 +184,7 @@ class Manifest:
         _format(d, MANIFEST_FORMAT, "manifest")
         roots, files, chunk_size = d["roots"], d["files"], d["chunk_size"]
         _want(isinstance(roots, list) and isinstance(files, list), "roots and files must be lists")
-        _want(_nat(chunk_size) and 64 <= chunk_size <= 1 << 30, f"chunk_size {_show(chunk_size)}")
+        _want(_nat(chunk_size) and 64 <= chunk_size <= 1 << 30, f"chunk_size {show(chunk_size)}")
         entries = []
         for f in files:
             _check_file(f)
@@ -244,7 +226,7 @@ class Commit:
                                    "message": self.message, "metadata": self.metadata})
         except UnicodeEncodeError as e:
             raise MlvcError(f"the commit's message, author and metadata must be UTF-8 text, but they hold "
-                            f"{_show(e.object[e.start:e.end])} (bytes that are not UTF-8?)") from None
+                            f"{show(e.object[e.start:e.end])} (bytes that are not UTF-8?)") from None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], oid: str) -> Commit:
@@ -255,7 +237,7 @@ class Commit:
             parents, metadata = d["parents"], d.get("metadata", {})
             _want(isinstance(parents, list), "parents must be a list")
             for key in ("author", "time", "message"):
-                _want(_is_text(d[key]), f"{key} must be a string")
+                _want(is_utf8_text(d[key]), f"{key} must be a string")
             _want(isinstance(metadata, dict), "metadata must be an object")
             return cls(_id(d["manifest"], "manifest"), _ids(parents, "parents"), d["author"], d["time"],
                        d["message"], dict(metadata), oid)
@@ -286,7 +268,7 @@ def _nat(x: Any) -> bool:
 
 
 def _id(x: Any, what: str) -> str:
-    _want(isinstance(x, str) and is_object_id(x), f"{what}: {_show(x)} is not an object id")
+    _want(isinstance(x, str) and is_object_id(x), f"{what}: {show(x)} is not an object id")
     return x
 
 
@@ -299,7 +281,7 @@ def _ids(x: Any, what: str) -> list[str]:
 
 def _format(d: dict[str, Any], known: int, what: str) -> None:
     fmt = d.get("format", known)
-    _want(_nat(fmt), f"format {_show(fmt)}")
+    _want(_nat(fmt), f"format {show(fmt)}")
     _want(fmt <= known, f"{what} format {fmt} is newer than this mlvc reads ({known}); upgrade mlvc")
 
 
@@ -310,7 +292,7 @@ def _check_file(d: Any) -> None:
     """The types of a file entry's fields, before FileEntry.from_dict builds it (tensors check themselves)."""
     _want(isinstance(d, dict), "a file entry is not an object")
     path = check_rel_path(d["path"])
-    _want(d["kind"] in _KINDS, f"{path}: kind {_show(d['kind'])}")
+    _want(d["kind"] in _KINDS, f"{path}: kind {show(d['kind'])}")
     _want(_nat(d["size"]), f"{path}: size must be a non-negative integer")
     _id(d["hash"], f"{path}: hash")
     for key in ("chunks", "header", "frame"):
@@ -326,7 +308,7 @@ def _check_file(d: Any) -> None:
         _want(isinstance(d.get("header"), list) and not d.get("chunks"),
               f"{path}: a safetensors file has a header and tensors, not chunks")
     _want(isinstance(d.get("exact", True), bool), f"{path}: exact must be true or false")
-    _want(d.get("archive") is None or _is_text(d["archive"]), f"{path}: archive")
+    _want(d.get("archive") is None or is_utf8_text(d["archive"]), f"{path}: archive")
     _want(d.get("layout") is None or isinstance(d["layout"], list), f"{path}: layout must be a list")
     names = [t.get("name") if isinstance(t, dict) else None for t in tensors]
     if len(set(map(repr, names))) != len(names):
@@ -339,12 +321,12 @@ def _check_unique_paths(paths: list[str]) -> None:
     seen = set(paths)
     if len(seen) != len(paths):
         dup = next(p for p in sorted(paths) if paths.count(p) > 1)
-        raise Malformed(f"lists {_show(dup)} twice")
+        raise Malformed(f"lists {show(dup)} twice")
     for p in paths:
         parts = p.split("/")
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in seen:
-                raise Malformed(f"lists {_show('/'.join(parts[:i]))} as a file and {_show(p)} inside it")
+                raise Malformed(f"lists {show('/'.join(parts[:i]))} as a file and {show(p)} inside it")
 
 
 def _reject_constant(name: str):
@@ -364,7 +346,7 @@ def parse_object(raw: bytes | bytearray, oid: str, expected_type: str) -> dict[s
     except RecursionError:
         raise CorruptObjectError(oid, f"not a {expected_type}: its JSON is nested too deeply") from None
     except ValueError as e:  # not UTF-8, not JSON, an integer past the digit limit, a lone surrogate
-        raise CorruptObjectError(oid, f"not a {expected_type}: {_show(str(e), 200)}") from None
+        raise CorruptObjectError(oid, f"not a {expected_type}: {show(str(e), 200)}") from None
     if not isinstance(d, dict) or d.get("type") != expected_type:
         found = d.get("type") if isinstance(d, dict) else type(d).__name__
         raise CorruptObjectError(oid, f"expected a {expected_type} object, found {found}")

@@ -165,9 +165,8 @@ class Repo:
         under `.mlvc/inflight/` whose age tells `mlvc gc` to keep every object younger than the oldest such
         operation, so even `gc --prune=now` never sweeps the objects of a commit in flight."""
         from . import lockfile
-        from .ops.gc import INFLIGHT_DIR
 
-        folder = os.path.join(self.dir, INFLIGHT_DIR)
+        folder = os.path.join(self.dir, lockfile.INFLIGHT_DIR)
         os.makedirs(folder, exist_ok=True)
         with lockfile.locked(os.path.join(folder, f"{uuid.uuid4().hex}.lock"), "an object write"):
             yield

@@ -10,6 +10,7 @@ import bisect
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from . import formats
 from .chunking import FileRange, Pipeline, Segment, VerifyingWriter
@@ -135,12 +136,15 @@ def snapshot_buffers(pipe: Pipeline, rel: str, buffers: list[NamedBuffer],
     return FileEntry(rel, KIND_SAFETENSORS, size, fhash, tensors=tensors, header=results[HEADER_KEY].chunks)
 
 
-def file_hash(path: str) -> str:
-    """The whole-file hash of a file on disk (what FileEntry.hash records)."""
+def file_hash(source: str | BinaryIO) -> str:
+    """The whole-file hash (what FileEntry.hash records) of a file on disk, or of an open binary file from
+    its current position."""
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            return file_hash(f)
     h = new_hasher()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
+    while block := source.read(1 << 22):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -162,15 +166,15 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -
         first = first_by_key.setdefault(torchfile.storage_key(t), name)
         if first != name:
             aliases[name] = first
+    dtype = {name: from_torch(t.dtype) for name, t in named}
     # a generator, so that a tensor's contiguous copy (if it needs one) lives only while it is chunked
-    results, _ = pipe.ingest(Segment(name, torchfile.tensor_bytes(t), plane_width(from_torch(t.dtype)),
-                                     **history.tensor(name, from_torch(t.dtype), list(t.shape)))
+    results, _ = pipe.ingest(Segment(name, torchfile.tensor_bytes(t), plane_width(dtype[name]),
+                                     **history.tensor(name, dtype[name], list(t.shape)))
                              for name, t in named if name not in aliases)
     tensors = []
     for name, t in named:
         r = results[aliases.get(name, name)]
-        tensors.append(TensorEntry(name, from_torch(t.dtype), list(t.shape), r.nbytes, r.hash, r.chunks,
-                                   aliases.get(name)))
+        tensors.append(TensorEntry(name, dtype[name], list(t.shape), r.nbytes, r.hash, r.chunks, aliases.get(name)))
     sizes = {t.untyped_storage().nbytes() for _name, t in named} - {0}
     del obj, named  # torch's map of the file can go
     by_content: dict[tuple[int, str], str] = {}
@@ -179,7 +183,7 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -
             by_content.setdefault((r.nbytes, r.hash), str(key))
     with open(abs_path, "rb") as f:
         whole = FileRange(f.fileno(), 0, os.fstat(f.fileno()).st_size, rel)
-        fhash = _range_hash(whole)
+        fhash = file_hash(f)
         pieces = []  # (start, end, tensor name): storage records whose bytes are exactly a tensor's
         for a, b in torchfile.storage_ranges(f, len(whole), sizes):
             found = by_content.get((b - a, _range_hash(whole[a:b])))

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import codec
+from .config import DEFAULT_CACHE_MB, DEFAULT_KEYFRAME_INTERVAL
 from .errors import CorruptObjectError, ObjectNotFoundError
 from .util import atomic_writer, fsync_dir, hash_bytes, is_object_id
 
@@ -71,8 +72,7 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
 
 
-DEFAULT_KEYFRAME_INTERVAL = 8
-DEFAULT_CACHE_BYTES = 128 << 20
+DEFAULT_CACHE_BYTES = DEFAULT_CACHE_MB << 20  # config.py owns the defaults
 # An object that a write dedupes against (or uses as a delta base) gets its mtime set to now when it is older
 # than this, so that `mlvc gc` sees it as young while the commit that needs it has not moved its ref yet
 # (git freshens objects the same way). One hour: a small fraction of gc's grace (2 weeks by default), and a
@@ -156,7 +156,7 @@ class ObjectStore:
         n = len(memoryview(raw).cast("B"))
         # An object already here is freshened, not rewritten: it may be old and unreachable (a deleted branch's),
         # and gc must not remove it now that a commit in flight needs it.
-        if self.has(oid) and self.freshen(oid):
+        if self.freshen(oid):  # False when absent
             if remember and self._cache.get(oid) is None:
                 self._cache.put(oid, bytes(raw), self.header(oid).depth)
             return PutResult(oid, n, 0)

@@ -86,6 +86,24 @@ def atomic_write_bytes(path: str, data: bytes, sync_dir: bool = True) -> None:
         f.write(data)
 
 
+def is_utf8_text(s: object) -> bool:
+    """A str that encodes as UTF-8 (no lone surrogate: a "\\udcff" from a file name that is not UTF-8, or a
+    "\\ud800" escape in JSON)."""
+    if not isinstance(s, str):
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def show(value: object, limit: int = 80) -> str:
+    """A value for a message: repr'd (no control characters), cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

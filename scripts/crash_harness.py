@@ -99,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for sc in chosen:
                 print(f"{sc.name}: mlvc {' '.join(sc.cmd)} ...", file=sys.stderr, flush=True)
-                if args.recovery_kills:
-                    res = crashlib.run_scenario_recovery(sc, runner, workdir, only=args.at or None, keep=args.keep)
-                else:
-                    res = crashlib.run_scenario(sc, runner, workdir, only=args.at or None, keep=args.keep)
+                res = crashlib.run_scenario(sc, runner, workdir, only=args.at or None, keep=args.keep,
+                                            recovery=args.recovery_kills)
                 results.append(res)
                 if res.failures:
                     print(crashlib.failure_text(res), file=sys.stderr, flush=True)

@@ -448,7 +448,7 @@ class ScenarioResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str | None = None
-    recovery: bool = False  # run_scenario_recovery: `kills` counts runs (a kill, then a second kill or not)
+    recovery: bool = False  # run_scenario(recovery=True): `kills` counts runs (a kill, then a second kill or not)
     second_kills: int = 0  # recovery runs whose second command (status, next operation) was killed too
 
     def to_json(self) -> dict[str, Any]:
@@ -477,39 +477,24 @@ def _tally(res: ScenarioResult, rec: KillRecord) -> None:
 
 
 def run_scenario(sc: Scenario, runner, workdir: str, only: list[int] | None = None, keep: bool = False,
-                 on_record: Callable[[KillRecord], None] | None = None) -> ScenarioResult:
+                 on_record: Callable[[KillRecord], None] | None = None, recovery: bool = False) -> ScenarioResult:
+    """Kill `sc` at each of its steps (or those in `only`) and check the result. With `recovery`, each kill
+    is followed by kills of the recovery and of the next operation at each of their steps
+    (check_recovery_kills); `kills` then counts the second kills."""
     t0 = time.monotonic()
     probe = os.path.join(workdir, "probe")
     os.makedirs(probe, exist_ok=True)
     if sc.requires and not command_exists(runner, sc.requires, probe):
         return ScenarioResult(sc.name, " ".join(sc.cmd), 0, [], skipped=f"`mlvc {sc.requires}` does not exist yet")
     base = prepare(sc, runner, workdir)
-    res = ScenarioResult(sc.name, "mlvc " + " ".join(sc.cmd), len(base.points), base.points)
+    res = ScenarioResult(sc.name, "mlvc " + " ".join(sc.cmd), len(base.points), base.points, recovery=recovery)
     for n in only or range(1, len(base.points) + 1):
-        rec = check_kill(base, runner, workdir, n, keep)
-        _tally(res, rec)
-        if on_record:
-            on_record(rec)
-    if not keep:
-        shutil.rmtree(os.path.join(workdir, sc.name), ignore_errors=True)
-    res.seconds = round(time.monotonic() - t0, 2)
-    return res
-
-
-def run_scenario_recovery(sc: Scenario, runner, workdir: str, only: list[int] | None = None,
-                          keep: bool = False) -> ScenarioResult:
-    """Like run_scenario, but each kill is followed by kills of the recovery and of the next operation at
-    each of their steps (check_recovery_kills); `kills` counts the second kills."""
-    t0 = time.monotonic()
-    probe = os.path.join(workdir, "probe")
-    os.makedirs(probe, exist_ok=True)
-    if sc.requires and not command_exists(runner, sc.requires, probe):
-        return ScenarioResult(sc.name, " ".join(sc.cmd), 0, [], skipped=f"`mlvc {sc.requires}` does not exist yet")
-    base = prepare(sc, runner, workdir)
-    res = ScenarioResult(sc.name, "mlvc " + " ".join(sc.cmd), len(base.points), base.points, recovery=True)
-    for n in only or range(1, len(base.points) + 1):
-        for rec in check_recovery_kills(base, runner, workdir, n, keep):
+        records = check_recovery_kills(base, runner, workdir, n, keep) if recovery else \
+            [check_kill(base, runner, workdir, n, keep)]
+        for rec in records:
             _tally(res, rec)
+            if on_record:
+                on_record(rec)
     if not keep:
         shutil.rmtree(os.path.join(workdir, sc.name), ignore_errors=True)
     res.seconds = round(time.monotonic() - t0, 2)

@@ -71,7 +71,7 @@ def _commit_and_check_out(path: str, rel: str) -> str:
     pipe = Pipeline(MemoryObjectStore(), CHUNK, threads=1)  # not entered: no thread pool, all in this thread
     try:
         obj = torchfile.load(path, rel)
-        _skeleton, named = torchfile.flatten(obj, rel)
+        named = torchfile.named_tensors(obj, rel)
         entry = snapshot_path(pipe, path, rel)
         assert [t.name for t in entry.tensors] == [name for name, _t in named]
         out = io.BytesIO()

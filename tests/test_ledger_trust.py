@@ -154,6 +154,7 @@ def test_every_bit_flip_of_a_part_is_caught_never_read_wrong(tmp_path):
         identical += rows == expected_rows
         silent += rows != expected_rows
     assert silent == 0 and caught + identical == nbits, (caught, identical, silent)
+    assert caught == nbits  # the name's hash changes with any single flipped bit: nothing reaches the parser
 
     # A dense sample through the files: every 4th byte with a rotating bit (header, column chunks, page
     # indexes, footer and the trailing length and magic all included), read by records() and by verify().
@@ -175,6 +176,7 @@ def test_every_bit_flip_of_a_part_is_caught_never_read_wrong(tmp_path):
         f_identical += rows == expected
         f_silent += rows != expected
     assert f_silent == 0 and f_caught + f_identical == len(positions), (f_caught, f_identical, f_silent)
+    assert f_caught == len(positions)
     print(f"bit flips of a {len(data)}-byte part: all {nbits} in memory: {caught} caught, {identical} read "
           f"identical, {silent} silent; {len(positions)} through the files: {f_caught} caught, {f_identical} "
           f"identical, {f_silent} silent")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..dtypes import MAX_RANK, dims_fit, holds, is_dtype_name
 from ..errors import FormatError
+from ..util import is_utf8_text, show
 
 MAX_HEADER = 100 * 1024 * 1024  # what the safetensors library accepts
 
@@ -50,27 +51,11 @@ class Layout:
 # (JSON nested past Python's recursion limit is refused by the parser itself, as a RecursionError). The
 # limits on shapes and dtype names are mlvc/dtypes.py's, shared with the manifest reader.
 MAX_NAME_BYTES = 64 << 10  # bytes of one tensor name (UTF-8)
-_MSG_NAME = 80  # characters of a name shown in a message
-
-
-def _show(name: str) -> str:
-    """A name for a message: repr'd (no control characters), cut to one short line."""
-    text = repr(name)
-    return text if len(text) <= _MSG_NAME else text[: _MSG_NAME - 4] + "...'"
 
 
 def _is_int(x: Any) -> bool:
     """A JSON integer: `True` is an int to Python but a boolean to JSON, and never a size or an offset."""
     return type(x) is int
-
-
-def _is_text(s: str) -> bool:
-    """Encodable as UTF-8: a lone surrogate (a "\\ud800" escape in the JSON) is not."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class _DuplicateKey(ValueError):
@@ -110,7 +95,7 @@ def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
     try:
         header = json.loads(text, object_pairs_hook=_pairs)
     except _DuplicateKey as e:
-        raise FormatError(path, f"header names {_show(str(e))} twice") from None
+        raise FormatError(path, f"header names {show(str(e))} twice") from None
     except RecursionError:
         raise FormatError(path, "header JSON is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, and integers past Python's digit limit
@@ -119,7 +104,7 @@ def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
         raise FormatError(path, "header is not a JSON object")
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not (isinstance(metadata, dict)
-                                     and all(isinstance(v, str) and _is_text(v) and _is_text(k)
+                                     and all(isinstance(v, str) and is_utf8_text(v) and is_utf8_text(k)
                                              for k, v in metadata.items())):
         raise FormatError(path, "__metadata__ must map strings to strings")
     data_size = file_size - 8 - n
@@ -131,7 +116,7 @@ def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
     for s in spans:
         if s.begin != pos:
             what = "overlap" if s.begin < pos else "gap"
-            raise FormatError(path, f"tensor {_show(s.name)}: data offsets leave a {what} at byte {pos} of the "
+            raise FormatError(path, f"tensor {show(s.name)}: data offsets leave a {what} at byte {pos} of the "
                                     "data region")
         pos = s.end
     if 8 + n + pos != file_size:
@@ -140,26 +125,26 @@ def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
 
 
 def _span(path: str, name: str, info: Any, data_size: int) -> TensorSpan:
-    if not _is_text(name) or len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise FormatError(path, f"tensor name {_show(name)} is not UTF-8 text of at most {MAX_NAME_BYTES} bytes")
+    if not is_utf8_text(name) or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise FormatError(path, f"tensor name {show(name)} is not UTF-8 text of at most {MAX_NAME_BYTES} bytes")
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-        raise FormatError(path, f"tensor {_show(name)}: entry needs dtype, shape and data_offsets")
+        raise FormatError(path, f"tensor {show(name)}: entry needs dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not is_dtype_name(dtype):
-        raise FormatError(path, f"tensor {_show(name)}: dtype {_show(str(dtype))} is not a safetensors dtype name")
+        raise FormatError(path, f"tensor {show(name)}: dtype {show(str(dtype))} is not a safetensors dtype name")
     if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(_is_int(d) and d >= 0 for d in shape)):
-        raise FormatError(path, f"tensor {_show(name)}: shape must be a list of at most {MAX_RANK} "
+        raise FormatError(path, f"tensor {show(name)}: shape must be a list of at most {MAX_RANK} "
                                 "non-negative integers")
     if not dims_fit(shape):
-        raise FormatError(path, f"tensor {_show(name)}: its dims multiply past 2**63")
+        raise FormatError(path, f"tensor {show(name)}: its dims multiply past 2**63")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
             and 0 <= offsets[0] <= offsets[1] <= data_size):
-        raise FormatError(path, f"tensor {_show(name)}: data_offsets must be two integers [begin, end] with "
+        raise FormatError(path, f"tensor {show(name)}: data_offsets must be two integers [begin, end] with "
                                 f"0 <= begin <= end <= {data_size} (the data region)")
     begin, end = offsets
     if not holds(dtype, shape, end - begin):
         shown = str(shape) if len(shape) <= 8 else f"[{len(shape)} dims]"
-        raise FormatError(path, f"tensor {_show(name)}: {end - begin} bytes do not match {dtype} {shown}")
+        raise FormatError(path, f"tensor {show(name)}: {end - begin} bytes do not match {dtype} {shown}")
     return TensorSpan(name, dtype, list(shape), begin, end)
 
 
@@ -185,8 +170,8 @@ def build_layout(tensors: list[tuple[str, str, list[int], int]], metadata: dict[
     spans = []
     pos = 0
     for name, dtype, shape, nbytes in tensors:
-        if not _is_text(name):
-            raise FormatError("<tensors>", f"tensor name {_show(name)} is not valid UTF-8 text (it holds a lone "
+        if not is_utf8_text(name):
+            raise FormatError("<tensors>", f"tensor name {show(name)} is not valid UTF-8 text (it holds a lone "
                                            "surrogate); rename the tensor")
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
         spans.append(TensorSpan(name, dtype, list(shape), pos, pos + nbytes))

@@ -116,9 +116,6 @@ def named_tensors(obj: Any, display: str) -> list[tuple[str, Any]]:
     return tensors
 
 
-def flatten(obj: Any, display: str = "torch checkpoint") -> tuple[None, list[tuple[str, Any]]]:
-    """(None, named_tensors(obj)): the shape older callers unpack; no skeleton is built any more."""
-    return None, named_tensors(obj, display)
 
 
 def check_tensor(t, name: str, display: str) -> str:

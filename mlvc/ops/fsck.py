@@ -121,6 +121,7 @@ def _check_ledger(repo: Repo, report: FsckReport) -> None:
 
 def _leftovers(repo: Repo, report: FsckReport) -> None:
     """Stale locks, temp files (in .mlvc, and `.tmp-mlvc-*` in the tracked folders), interrupted updates."""
+    from .workfiles import SKIP_DIRS
     from .worktree import pending
 
     for lock in lockfile.find_locks(repo.dir):
@@ -134,7 +135,7 @@ def _leftovers(repo: Repo, report: FsckReport) -> None:
     for folder, dirs, files in os.walk(repo.dir):
         dirs.sort()
         for name in sorted(files):
-            if name.startswith((TMP_PREFIX, ".tmp-")):
+            if name.startswith(".tmp-"):  # TMP_PREFIX, and the temp names of older versions
                 report.leftovers.append(Problem("", "temp file", "left by an interrupted write; `mlvc gc` removes it",
                                                 os.path.join(folder, name)))
     try:
@@ -147,7 +148,7 @@ def _leftovers(repo: Repo, report: FsckReport) -> None:
         if not os.path.isdir(top) or os.path.islink(top):
             continue
         for folder, dirs, files in os.walk(top):
-            dirs[:] = sorted(d for d in dirs if d != ".mlvc")
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)  # the folders gc's sweep skips too
             for name in sorted(files):
                 if name.startswith(TMP_PREFIX):
                     report.leftovers.append(Problem("", "temp file", "left in the work tree by an interrupted "

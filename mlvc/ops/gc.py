@@ -276,7 +276,6 @@ def _close_bases(store, kept: set[str], start: set[str], strict: bool) -> None:
 # -- sweep: objects -----------------------------------------------------------------------------------
 
 
-INFLIGHT_DIR = "inflight"  # .mlvc/inflight/*.lock: operations writing objects no ref names yet (Repo.writing)
 FENCE_MARGIN = 5.0  # seconds: file times and clocks are not exact
 
 
@@ -284,7 +283,7 @@ def _fenced(repo: Repo, cutoff: float) -> float:
     """The mtime below which an unreachable object may go, lowered while operations that write objects are
     in flight (`Repo.writing`): below the start of the oldest one, and below the store's freshening age (an
     object it deduped against is freshened only when older than that)."""
-    folder = os.path.join(repo.dir, INFLIGHT_DIR)
+    folder = os.path.join(repo.dir, lockfile.INFLIGHT_DIR)
     try:
         names = os.listdir(folder)
     except FileNotFoundError:

@@ -79,7 +79,7 @@ class WorkingSide(Side):
         if f.kind == KIND_TORCH:
             from ..formats import torchfile
 
-            _skeleton, named = torchfile.flatten(torchfile.load(path, f.path))
+            named = torchfile.named_tensors(torchfile.load(path, f.path), f.path)
             return {name: torchfile.tensor_bytes(t) for name, t in named}
         return {}
 

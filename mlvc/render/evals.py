@@ -7,7 +7,12 @@ import io
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .text import MARKS, first_line, fmt_delta, fmt_rel, fmt_value, short, table
+from ..ops.evals import IMPROVED, REGRESSED, UNCHANGED
+from .text import first_line, fmt_delta, fmt_rel, fmt_value, short, table
+
+# each effect's mark, in tables and in the report (here, not in text.py: importing ops.evals has a cost that
+# every command would pay through text.py)
+MARKS = {IMPROVED: "✓", REGRESSED: "✗", UNCHANGED: "="}
 
 if TYPE_CHECKING:
     from ..ops.evalrun import EvalRunResult

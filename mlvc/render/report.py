@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DependencyError
 from ..ops.evals import IMPROVED, REGRESSED, UNCHANGED
 from ..util import atomic_write_bytes
-from .evals import cell_text, direction_text
+from .evals import MARKS, cell_text, direction_text
 from .labels import ref_labels
-from .text import MARKS, first_line, short
+from .text import first_line, short
 
 if TYPE_CHECKING:
     from ..ops.report import ReportData

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ops.evals import IMPROVED, REGRESSED, UNCHANGED
-
-MARKS = {IMPROVED: "✓", REGRESSED: "✗", UNCHANGED: "="}
-
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
     """Rows under headers, columns aligned (tabulate's "simple" style; values are never re-parsed as numbers)."""
