@@ -34,7 +34,7 @@ from mlvc.chunking import aligned_chunk  # noqa: E402
 from mlvc.dtypes import plane_width  # noqa: E402
 from mlvc.formats.safetensors import read_layout  # noqa: E402
 from mlvc.numeric import f32_to_bf16_bits  # noqa: E402
-from mlvc.util import hash_bytes  # noqa: E402
+from mlvc.util import hash_bytes, human_bytes  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -89,8 +89,8 @@ def ratio_and_speed(tensors, chunk_size: int, level: int, planes: bool, repeat: 
             hash_bytes(codec.decode(e))
         best_dec = min(best_dec, time.perf_counter() - t0)
     return {"chunk_size": chunk_size, "level": level, "planes": planes, "chunks": len(chunks), "raw_bytes": raw,
-            "stored_bytes": stored, "ratio": stored / raw, "encode_MBps": raw / best_enc / 1e6,
-            "decode_MBps": raw / best_dec / 1e6}
+            "stored_bytes": stored, "ratio": stored / raw, "encode_MiBps": raw / best_enc / MiB,
+            "decode_MiBps": raw / best_dec / MiB}
 
 
 def plane_ratios(tensors, chunk_size: int, level: int) -> list[float]:
@@ -131,25 +131,25 @@ def main() -> None:
     tensors = load_tensors(path, args.bf16)
     total = sum(len(r) for _, r, _ in tensors)
     cast = " (cast to bf16)" if args.bf16 else ""
-    print(f"{path}: {len(tensors)} tensors, {total / 1e6:.1f} MB of tensor data{cast}")
+    print(f"{path}: {len(tensors)} tensors, {human_bytes(total)} of tensor data{cast}")
 
     sizes = [256 * KiB, 1 * MiB, 2 * MiB, 4 * MiB]
     by_size = [ratio_and_speed(tensors, s, 1, True, args.repeat) for s in sizes]
     print(f"\nbyte planes + zstd-1, one thread, best of {args.repeat}, by chunk size")
-    print(tabulate([[f"{r['chunk_size'] // KiB} KiB", r["chunks"], f"{r['ratio']:.4f}", f"{r['encode_MBps']:.0f}",
-                     f"{r['decode_MBps']:.0f}"] for r in by_size],
-                   headers=["chunk", "chunks", "stored/raw", "hash+encode MB/s", "decode+hash MB/s"]))
+    print(tabulate([[f"{r['chunk_size'] // KiB} KiB", r["chunks"], f"{r['ratio']:.4f}", f"{r['encode_MiBps']:.0f}",
+                     f"{r['decode_MiBps']:.0f}"] for r in by_size],
+                   headers=["chunk", "chunks", "stored/raw", "hash+encode MiB/s", "decode+hash MiB/s"]))
 
     levels = [int(x) for x in args.levels.split(",") if x]
     by_level = [ratio_and_speed(tensors, 2 * MiB, lv, True, args.slow_repeat if lv > 9 else args.repeat)
                 for lv in levels]
     no_planes = ratio_and_speed(tensors, 2 * MiB, 1, False, args.repeat)
     print(f"\n2 MiB chunks, one thread, best of {args.repeat} (levels above 9: best of {args.slow_repeat}), by coding")
-    rows = [[f"byte planes + zstd-{r['level']}", f"{r['ratio']:.4f}", f"{r['encode_MBps']:.0f}",
-             f"{r['decode_MBps']:.0f}"] for r in by_level]
-    rows.append(["zstd-1, no planes", f"{no_planes['ratio']:.4f}", f"{no_planes['encode_MBps']:.0f}",
-                 f"{no_planes['decode_MBps']:.0f}"])
-    print(tabulate(rows, headers=["coding", "stored/raw", "hash+encode MB/s", "decode+hash MB/s"]))
+    rows = [[f"byte planes + zstd-{r['level']}", f"{r['ratio']:.4f}", f"{r['encode_MiBps']:.0f}",
+             f"{r['decode_MiBps']:.0f}"] for r in by_level]
+    rows.append(["zstd-1, no planes", f"{no_planes['ratio']:.4f}", f"{no_planes['encode_MiBps']:.0f}",
+                 f"{no_planes['decode_MiBps']:.0f}"])
+    print(tabulate(rows, headers=["coding", "stored/raw", "hash+encode MiB/s", "decode+hash MiB/s"]))
 
     per_plane = plane_ratios(tensors, 2 * MiB, 1)
     print("\nper byte plane, low -> high (zstd-1, 2 MiB chunks): " + " / ".join(f"{r:.3f}" for r in per_plane))

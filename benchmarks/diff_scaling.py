@@ -1,7 +1,7 @@
 """Diff scaling: a diff costs time in proportion to what changed, not to the size of the model.
 
-Two synthetic fp32 checkpoints with the same layer shape, a large one (32 layers, >= 2 GB) and a small one
-(one layer, ~100 MB), are each committed twice; between the two commits one tensor changes in every element
+Two synthetic fp32 checkpoints with the same layer shape, a large one (32 layers, 2 GiB) and a small one
+(one layer, 100 MiB), are each committed twice; between the two commits one tensor changes in every element
 (model.layers.0.attn.w, 16 MiB, the same tensor in both models). Timed on each, --repeat times (default 7;
 best and median reported):
 
@@ -44,6 +44,7 @@ sys.path.insert(0, ROOT)
 
 from mlvc.formats import safetensors as st  # noqa: E402
 from mlvc.repo import Repo  # noqa: E402
+from mlvc.util import human_bytes  # noqa: E402
 
 MiB = 1 << 20
 ATTN = 4 * MiB  # elements: 16 MiB of fp32
@@ -174,7 +175,7 @@ def main() -> None:
                             "diff_median_s": statistics.median(runs), "decode_all_s": decode_all,
                             "decode_all_best_s": min(decode_all), "decode_all_median_s": statistics.median(decode_all),
                             **check})
-            print(f"{label}: {info['file_bytes'] / 1e9:.2f} GB, diff best {min(runs) * 1e3:.0f} ms", file=sys.stderr)
+            print(f"{label}: {human_bytes(info['file_bytes'])}, diff best {min(runs) * 1e3:.0f} ms", file=sys.stderr)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -184,7 +185,7 @@ def main() -> None:
                "decode_all_ratio": large["decode_all_median_s"] / small["decode_all_median_s"]}
     from tabulate import tabulate
 
-    rows = [[r["model"], f"{r['file_bytes'] / 1e9:.2f} GB", r["tensors"], f"{r['changed_bytes'] / MiB:.0f} MiB",
+    rows = [[r["model"], human_bytes(r["file_bytes"]), r["tensors"], f"{r['changed_bytes'] / MiB:.0f} MiB",
              f"{r['diff_best_s'] * 1e3:.0f} ms", f"{r['diff_median_s'] * 1e3:.0f} ms", f"{r['diff_s'][0] * 1e3:.0f} ms",
              f"{r['decode_all_best_s']:.2f} s", f"{r['decode_all_median_s']:.2f} s"] for r in results]
     print(tabulate(rows, headers=["model", "size", "tensors", "changed", "diff best", "diff median", "diff 1st run",

@@ -149,8 +149,8 @@ def main() -> None:
                    args.seed)
     records = fp32 + bf16 + frozen
     print(tabulate([[r["series"], r["checkpoint"], r["step"], "" if r["loss"] is None else f"{r['loss']:.4f}",
-                     f"{r['bytes'] / 1e6:.1f}"] for r in records],
-                   headers=["series", "checkpoint", "step", "loss", "MB"]))
+                     f"{r['bytes'] / 2**20:.1f}"] for r in records],
+                   headers=["series", "checkpoint", "step", "loss", "MiB"]))
     path = os.path.join(args.out, "series.json")
     with open(path, "w") as f:
         json.dump({"settings": vars(args), "checkpoints": records}, f, indent=2)

@@ -304,7 +304,7 @@ def main() -> int:
         def record(step: str, r: dict, note: str = "") -> None:
             r = dict(r)
             r["step"], r["note"] = step, note
-            r["MBps"] = size / r["wall_s"] / 1e6
+            r["MiBps"] = size / r["wall_s"] / MiB
             rows.append(r)
             print(f"  {step}: {r['wall_s']:.2f} s, peak RSS {r['peak_rss'] / MiB:.0f} MiB {note}", flush=True)
 
@@ -356,13 +356,13 @@ def main() -> int:
         record("cp + sync", run_child(["sh", "-c", 'cp "$0" "$1" && sync "$1"', src, cp]))
         os.unlink(cp)
 
-        table = [[r["step"], f"{r['wall_s']:.2f}", f"{r['MBps']:.0f}", f"{r['peak_rss'] / MiB:.0f}",
+        table = [[r["step"], f"{r['wall_s']:.2f}", f"{r['MiBps']:.0f}", f"{r['peak_rss'] / MiB:.0f}",
                   f"{r['vmhwm'] / MiB:.0f}" if "vmhwm" in r else "", r["note"]] for r in rows]
         print()
         print(f"checkpoint: {size / (1 << 30):.2f} GiB ({size:,} bytes, {n_tensors} tensors, fp32 + bf16); "
               f"{os.cpu_count()} cores; mlvc threads {threads}, chunk {chunk_size >> 10} KiB; source file in "
               "the page cache")
-        print(tabulate(table, headers=["step", "wall s", "MB/s", "peak RSS MiB", "VmHWM MiB", "note"]))
+        print(tabulate(table, headers=["step", "wall s", "MiB/s", "peak RSS MiB", "VmHWM MiB", "note"]))
         print(f"peak RSS: ru_maxrss of each step's own process (floor of the method: {floor / MiB:.1f} MiB for "
               f"`true`); VmHWM: the mlvc child's own high-water mark (of which {c['rss_after_import'] / MiB:.0f} MiB "
               "is Python + imports before the step starts); wall: whole process, startup included")

@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 from mlvc.dtypes import DTYPES  # noqa: E402
 from mlvc.formats.safetensors import read_layout  # noqa: E402
 
+MiB = 1 << 20
 ZIPNN_DTYPES = ("F32", "BF16", "F16")  # the float types ZipNN byte-groups (by the same names as torch's)
 
 CHILD = r"""
@@ -52,8 +53,8 @@ else:
     repo.checkout(arg, output=sys.argv[4], force=True)
     out = {{}}
 out["seconds"] = time.perf_counter() - t
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak
-out["peak_rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+# VmHWM (in KiB), not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak
+out["peak_rss_mib"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(json.dumps(out))
 """
 
@@ -185,7 +186,7 @@ def main() -> None:
                  "CDC 64 KiB dedupe (Xet-like)": cdc_raw, "CDC dedupe + zstd-1 (Xet-like)": cdc_z, "mlvc": m["stored"]}
         results[name] = {"checkpoints": len(paths), "raw_bytes": raw, "stored": sizes, "mlvc": m}
         for method, size in sizes.items():
-            size_rows.append([name, method, f"{size / 1e6:.1f}", f"{size / raw:.3f}"])
+            size_rows.append([name, method, f"{size / MiB:.1f}", f"{size / raw:.3f}"])
         n = len(paths)
         commit_set = list(range(1, n)) or [0]  # the delta commits (a one-checkpoint series: its only commit)
         c = [m["commits"][i] for i in commit_set]
@@ -196,17 +197,17 @@ def main() -> None:
                  "mlvc_checkout_s": mean(k, "seconds"), "zstd_d_s": mean(k, "zstd_d_seconds"),
                  "first_commit_s": m["commits"][0]["seconds"]}
         results[name]["means"] = means
-        mb = os.path.getsize(paths[0]) / 1e6
-        speed_rows.append([name, n, f"{mb:.1f}", f"{means['mlvc_commit_s']:.3f}", f"{means['zstd_1_s']:.3f}",
+        mib = os.path.getsize(paths[0]) / MiB
+        speed_rows.append([name, n, f"{mib:.1f}", f"{means['mlvc_commit_s']:.3f}", f"{means['zstd_1_s']:.3f}",
                            f"{means['mlvc_checkout_s']:.3f}", f"{means['zstd_d_s']:.3f}",
-                           f"{max(x['peak_rss_mb'] for x in m['commits'] + k):.0f}", all(x["exact"] for x in k)])
+                           f"{max(x['peak_rss_mib'] for x in m['commits'] + k):.0f}", all(x["exact"] for x in k)])
         print(f"{name} per checkpoint: commit s " + ", ".join(f"{x['seconds']:.2f}" for x in m["commits"])
               + "; checkout s " + ", ".join(f"{x['seconds']:.2f}" for x in k), file=sys.stderr)
-    print(tabulate(size_rows, headers=["series", "method", "stored MB", "stored/raw"]))
+    print(tabulate(size_rows, headers=["series", "method", "stored MiB", "stored/raw"]))
     print()
-    print(tabulate(speed_rows, headers=["series", "ckpts", "MB each", "mlvc commit s\n(mean, ckpts 1..N-1)",
+    print(tabulate(speed_rows, headers=["series", "ckpts", "MiB each", "mlvc commit s\n(mean, ckpts 1..N-1)",
                                         "zstd -1 -T0 s\n(mean, ckpts 1..N-1)", "mlvc checkout s\n(mean, all N)",
-                                        "zstd -d s\n(mean, all N)", "peak RSS MB", "byte-exact"]))
+                                        "zstd -d s\n(mean, all N)", "peak RSS MiB", "byte-exact"]))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)

@@ -2,7 +2,7 @@
 
 from .version import __version__
 
-__all__ = ["Repo", "__version__"]
+__all__ = ["KeepPolicy", "Repo", "Tracker", "__version__"]
 
 
 def __getattr__(name):
@@ -10,4 +10,8 @@ def __getattr__(name):
         from .repo import Repo
 
         return Repo
+    if name in ("Tracker", "KeepPolicy"):  # torch is imported only when a model is committed
+        from . import tracker
+
+        return getattr(tracker, name)
     raise AttributeError(name)

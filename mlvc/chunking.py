@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING, Protocol
 
 from .errors import CorruptObjectError, FileChangedError
 from .progress import NULL, Progress
-from .store import ObjectStore
+from .store import PACK_OBJECT_MAX, ObjectStore
 from .util import hash_bytes, new_hasher
 
 if TYPE_CHECKING:
     from xxhash import xxh3_128
+
+
+# Chunks smaller than this are hashed in the calling thread when nothing is stored (status).
+_INLINE_BYTES = 64 << 10
 
 
 def aligned_chunk(chunk_size: int, width: int) -> int:
@@ -94,6 +98,7 @@ class Segment:
     width: int = 1
     bases: list[str] | None = None  # chunk ids of the same range in the parent commit (delta bases)
     bases2: list[str] | None = None  # ... and in the grandparent (for the linear-prediction delta)
+    lineage: list[list[str] | None] | None = None  # ... and in the first-parent ancestors, nearest first
 
 
 @dataclass
@@ -146,7 +151,8 @@ class Pipeline:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _put(self, data: memoryview | bytes | FileRange, width: int, base: str | None, base2: str | None):
+    def _put(self, data: memoryview | bytes | FileRange, width: int, base: str | None, base2: str | None,
+             pack: bool = False, lineage: list[str | None] | None = None):
         """(id, new stored bytes, the bytes that were hashed, the pool buffer holding them or None). A file
         range is read here (in a worker) into a pool buffer, which only this chunk uses until it is consumed;
         an in-memory chunk is copied first when storing, so that its id, its stored encoding and the tensor
@@ -164,7 +170,7 @@ class Pipeline:
             data = bytes(data)
         if self.store is None:
             return hash_bytes(data), 0, data, buf
-        r = self.store.put(data, width, base=base, base2=base2, remember=self.remember)
+        r = self.store.put(data, width, base=base, base2=base2, remember=self.remember, pack=pack, lineage=lineage)
         return r.id, r.stored_size, data, buf
 
     def ingest(self, segments: Iterable[Segment]) -> tuple[dict[object, SegmentResult], str]:
@@ -176,14 +182,19 @@ class Pipeline:
         results: dict[object, SegmentResult] = {}
         file_hasher = new_hasher()
         hashers: dict[object, xxh3_128] = {}
-        inflight: deque[tuple[SegmentResult, xxh3_128, Future | tuple]] = deque()
+        # A segment of one chunk needs no hasher of its own: its hash is its chunk's id (both are the xxh3-128
+        # of the same bytes). Checkpoints of 100,000 small tensors spent a third of their time on hashers.
+        inflight: deque[tuple[SegmentResult, xxh3_128 | None, Future | tuple]] = deque()
 
         def consume() -> None:
             res, hasher, fut = inflight.popleft()
             oid, stored, mv, buf = fut.result() if isinstance(fut, Future) else fut
             n = len(mv)
             res.chunks.append(oid)
-            hasher.update(mv)
+            if hasher is None:
+                res.hash = oid
+            else:
+                hasher.update(mv)
             file_hasher.update(mv)
             del mv
             if buf is not None:  # hashed and stored: its buffer can take the next chunk
@@ -198,18 +209,26 @@ class Pipeline:
         try:
             for seg in segments:
                 res = results[seg.key] = SegmentResult(nbytes=len(seg.data))
-                hasher = hashers[seg.key] = new_hasher()
                 step = aligned_chunk(self.chunk_size, seg.width)
                 n = len(seg.data)
+                hasher = None if 0 < n <= step else new_hasher()
+                if hasher is not None:
+                    hashers[seg.key] = hasher
+                # A small chunk is hashed here when nothing is stored: a worker's hand-off costs more than the hash.
+                inline = self._pool is None or (self.store is None and n < _INLINE_BYTES)
+                small = n <= PACK_OBJECT_MAX  # a small segment (tensor, header) is stored in a pack
                 for i, start in enumerate(range(0, n, step)):
                     mv = seg.data[start : start + step]
-                    args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i))
-                    fut = self._pool.submit(self._put, *args) if self._pool else self._put(*args)
+                    lineage = [_at(ids, i) for ids in seg.lineage] if seg.lineage else None
+                    args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i), small, lineage)
+                    fut = self._put(*args) if inline or self._pool is None else self._pool.submit(self._put, *args)
                     inflight.append((res, hasher, fut))
                     while len(inflight) > self.window:
                         consume()
             while inflight:
                 consume()
+            if self.store is not None:
+                self.store.seal()  # the packed objects readable by any process, like the loose ones
         except BaseException:
             # Nothing still running may outlive this call: a worker reading a file range after its caller
             # closed the file would read from a closed (or reused) descriptor.
@@ -218,8 +237,8 @@ class Pipeline:
                 f.cancel()
             wait(futures)
             raise
-        for key, res in results.items():
-            res.hash = hashers[key].hexdigest()
+        for key, h in hashers.items():
+            results[key].hash = h.hexdigest()
         return results, file_hasher.hexdigest()
 
     def read(self, ids: Iterable[str]) -> Iterator[bytes]:
@@ -229,7 +248,11 @@ class Pipeline:
         inflight: deque[Future] = deque()
         pool = self._pool
         for oid in ids:
-            inflight.append(pool.submit(self.store.get, oid) if pool else _done(self.store.get(oid)))
+            # a packed (small) object is read here: handing it to a worker costs more than reading it
+            if pool is None or self.store.is_small(oid):
+                inflight.append(_done(self.store.get(oid)))
+            else:
+                inflight.append(pool.submit(self.store.get, oid))
             if len(inflight) > self.window:
                 yield inflight.popleft().result()
         while inflight:

@@ -58,6 +58,9 @@ MIN_SAVING = 0.03
 _MIN_PLANE_BYTES = 64
 # The delta coding of a chunk is chosen on a sample of this many bytes (three spread windows).
 _SAMPLE = 48 << 10
+# A plane of at least this many bytes is first probed on three windows of _PROBE_WINDOW bytes (see _incompressible).
+_SKIP_PROBE_MIN = 128 << 10
+_PROBE_WINDOW = 4 << 10
 
 _local = threading.local()
 
@@ -137,13 +140,27 @@ def bases(data) -> list[str]:
 # -- planes ------------------------------------------------------------------------------------------
 
 
+def _incompressible(plane: np.ndarray, level: int) -> bool:
+    """Whether a large plane is noise (the low mantissa bytes of floats): a sample of it saves less than half of
+    MIN_SAVING, so the whole plane would be stored raw anyway. Compressing such a plane only to throw the
+    result away was half the time of encoding an fp32 chunk; skipping it changes no stored size by more than
+    a rounding (a plane whose sample is that close to 1 compresses, whole, to within MIN_SAVING too)."""
+    n = len(plane)
+    if n < _SKIP_PROBE_MIN:
+        return False
+    w = _PROBE_WINDOW
+    probe = b"".join(bytes(plane[s : s + w].data) for s in (0, (n // 2) - (n // 2) % 8, n - w))
+    return len(_compressor(level).compress(probe)) >= len(probe) * (1 - MIN_SAVING / 2)
+
+
 def _pack_planes(arr: np.ndarray, width: int, level: int) -> bytes:
     """Plane table + planes of a uint8 array whose length is a multiple of width."""
     planes = arr.reshape(-1, width).T.copy() if width > 1 else arr.reshape(1, -1)
     table = []
     blobs = []
     for plane in planes:
-        z = _compressor(level).compress(plane.data) if len(plane) >= _MIN_PLANE_BYTES else b""
+        big = len(plane) >= _MIN_PLANE_BYTES
+        z = _compressor(level).compress(plane.data) if big and not _incompressible(plane, level) else b""
         if z and len(z) < len(plane) * (1 - MIN_SAVING):
             table.append(_PLANE_ENTRY.pack(1, len(z)))
             blobs.append(z)
@@ -337,16 +354,17 @@ def _decode_delta(h: ObjectHeader, payload: memoryview, get_base) -> bytearray:
         raise DecodeError(f"base {h.base} has {len(b1)} bytes, the delta needs {h.raw_length}")
     w = h.width
     if h.encoding == ENC_XOR:
-        return delta.inverse(delta.XOR, _unpack_planes(payload, w, h.raw_length), b1, w)
+        return delta.inverse(delta.XOR, _unpack_planes(payload, w, h.raw_length), b1, w, inplace=True)
     if h.encoding == ENC_SUB:
-        return delta.inverse(delta.SUB, _unpack_planes(payload, w, h.raw_length), b1, w)
+        return delta.inverse(delta.SUB, _unpack_planes(payload, w, h.raw_length), b1, w, inplace=True)
     if h.encoding == ENC_PRED:
         if len(payload) < 16:
             raise DecodeError("truncated second base id")
         b2 = get_base(bytes(payload[:16]).hex())
         if len(b2) != h.raw_length:
             raise DecodeError("second base has the wrong length")
-        return delta.inverse(delta.SUB, _unpack_planes(payload[16:], w, h.raw_length), delta.predict(b1, b2, w), w)
+        return delta.inverse(delta.SUB, _unpack_planes(payload[16:], w, h.raw_length), delta.predict(b1, b2, w), w,
+                             inplace=True)
     # sparse
     if len(payload) < _U32.size:
         raise DecodeError("truncated bitmap length")

@@ -46,13 +46,17 @@ def forward(kind: str, child, base, width: int) -> np.ndarray:
     return out.view(np.uint8)
 
 
-def inverse(kind: str, delta, base, width: int) -> bytearray:
-    """`child` from its delta and the base (bytes of the same length). In place, no temporaries beyond one
-    scratch array: this runs once per link of a delta chain on every read."""
+def inverse(kind: str, delta, base, width: int, inplace: bool = False) -> bytearray:
+    """`child` from its delta and the base (bytes of the same length). No temporaries beyond one scratch
+    array: this runs once per link of a delta chain on every read. With `inplace` the result overwrites
+    `delta` (a bytearray the caller owns, returned), which saves allocating and faulting in a second buffer."""
     ut = _UINT[width]
     z = np.frombuffer(delta, dtype=ut)
     b = np.frombuffer(base, dtype=ut)
-    out = bytearray(len(delta))
+    if inplace and isinstance(delta, bytearray):
+        out = delta
+    else:
+        out = bytearray(len(delta))
     o = np.frombuffer(out, dtype=ut)
     if kind == XOR:
         np.bitwise_xor(z, b, out=o)

@@ -193,8 +193,115 @@ class GcRefusedError(MlvcError, RuntimeError):
         self.object_id = object_id
         self.reason = reason
         super().__init__(f"gc refuses to delete anything: {reason}; it cannot know which objects that needs. "
-                         "Run `mlvc fsck` and repair the repository (restore the object from a copy or a remote, "
-                         "or move the refs that name it) before running gc again")
+                         "Run `mlvc fsck` and repair the repository (copy the object back from a backup or another "
+                         "copy of this repository, or move the refs that name it) before running gc again")
+
+
+class UnknownRevisionError(RevisionError):
+    """A revision that names nothing; `suggestions` holds the closest branch and tag names (maybe none)."""
+
+    def __init__(self, rev: str, suggestions: list[str], reason: str = "unknown revision"):
+        super().__init__(rev, reason)
+        self.suggestions = list(suggestions)
+        if self.suggestions:
+            quoted = " or ".join(repr(s) for s in self.suggestions)
+            self.args = (f"{reason}: {rev!r}; did you mean {quoted}? (`mlvc branch` and `mlvc tag` list the "
+                         "names, `mlvc log` the commits)",)
+
+
+class OutputFolderError(DirtyWorkingCheckpointError):
+    """`checkout --output DIR` into a folder holding files that are not an earlier mlvc checkout: overwriting
+    them could lose work that is not in the repository."""
+
+    def __init__(self, folder: str, paths: list[str]):
+        super().__init__(paths)
+        self.folder = folder
+        shown = ", ".join(self.paths[:5]) + (" ..." if len(self.paths) > 5 else "")
+        self.args = (f"{folder} holds files that are not an earlier mlvc checkout and would be overwritten: "
+                     f"{shown}; nothing was changed. Choose an empty or new --output folder, or pass --force "
+                     "to overwrite them",)
+
+
+
+class MetricDirectionError(EvalError):
+    """A result whose direction (higher or lower is better) contradicts the one the metric already has, in the
+    configuration or remembered by the ledger; nothing was written."""
+
+    def __init__(self, task: str, metric: str, given: bool, known: bool, where: str, hint: str):
+        self.task, self.metric, self.given, self.known, self.where = task, metric, given, known, where
+        word = {True: "higher", False: "lower"}
+        super().__init__(f"{task}/{metric}: \"{word[given]} is better\" contradicts {where}, which says "
+                         f"\"{word[known]} is better\"; nothing was written. {hint}")
+
+
+class TrackerError(MlvcError, RuntimeError):
+    """A training-loop Tracker cannot go on: a background commit failed (the cause is chained), the tracker is
+    closed, or its branch is checked out."""
+
+
+class FrameworkMissingError(DependencyError):
+    """An integration (mlvc.integrations.hf, .lightning) imported without its framework installed."""
+
+    def __init__(self, package: str, module: str):
+        MlvcError.__init__(self, f"{module} needs the {package} package, which is not installed; install it with "
+                                 f"`pip install {package}` (mlvc itself does not need it)")
+        self.package = package
+
+
+class CheckRegressedError(MlvcError, RuntimeError):
+    """Raised by the CLI when `mlvc check` found a metric that regressed beyond its tolerance (the comparison
+    table itself is returned, not raised)."""
+
+    def __init__(self, regressions: list[str], base: str):
+        self.regressions = list(regressions)  # "task/metric"
+        self.base = base
+        shown = ", ".join(self.regressions[:5]) + (" ..." if len(self.regressions) > 5 else "")
+        super().__init__(f"{len(self.regressions)} metric(s) regressed against {base[:12]}: {shown}; see the "
+                         "table above (tolerances come from mlvc.toml [check.metrics] or --abs-tol/--rel-tol)")
+
+
+class CheckMissingDataError(MlvcError, LookupError):
+    """Raised by the CLI when `mlvc check` cannot decide: a required metric has no value, an evaluation failed,
+    or nothing is recorded for both commits."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = list(missing)  # one line each: "task/metric: why"
+        shown = "; ".join(self.missing[:3]) + (" ..." if len(self.missing) > 3 else "")
+        super().__init__(f"missing evaluation data: {shown}; run `mlvc eval run REV` (or pass --run) or record "
+                         "the results with `mlvc eval record`")
+
+
+class BisectError(MlvcError, RuntimeError):
+    """bisect cannot give an answer: the good commit is bad or the bad one good, the good commit is not an
+    ancestor of the bad one, or the command stopped it (an exit status of 128 or more)."""
+
+
+class MissingTrackedFilesError(PathError):
+    """Tracked files gone from the work tree, which a commit of every tracked path refuses to drop silently."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = list(paths)
+        shown = ", ".join(self.paths[:5]) + (f" and {len(self.paths) - 5} more" if len(self.paths) > 5 else "")
+        super().__init__(
+            f"{len(self.paths)} tracked file(s) missing from the work tree: {shown}; `mlvc rm PATH` untracks "
+            "them (the next commit records it), `mlvc commit FOLDER` commits a folder as it is now, and "
+            "`mlvc reset --hard HEAD` writes them back"
+        )
+
+
+class RemoteError(MlvcError, RuntimeError):
+    """A remote cannot be used: not configured, unreachable, refused the credentials, or not an mlvc remote."""
+
+
+class PushRejectedError(RemoteError):
+    """A push that would lose commits on the remote: its branch moved since the last fetch (someone pushed), or
+    it is not an ancestor of what is pushed. Nothing on the remote's refs changed."""
+
+
+class OutputClosed(BaseException):
+    """The reader of a reading command's output went away (`mlvc log | head -1`): the CLI stops the command
+    wherever it is and exits 141 (128 + SIGPIPE), as git does. A BaseException, as KeyboardInterrupt, so that
+    no `except Exception` mistakes it for a failure of its own (docs/design.md, "Output and exit codes")."""
 
 
 # One table from exception class to exit code; the most specific class wins (looked up along the MRO).
@@ -225,11 +332,17 @@ EXIT_CODES: dict[type[BaseException], int] = {
     EvalFailedError: 15,
     ConflictError: 16,
     OSError: 17,
+    CheckRegressedError: 20,
+    CheckMissingDataError: 21,
+    BisectError: 22,
+    RemoteError: 23,
+    PushRejectedError: 24,
     # Anything else is a bug in mlvc (a parser that let an exception through, a RecursionError, a MemoryError):
     # the CLI prints one "internal error" line and exits with sysexits' EX_SOFTWARE, distinct from every
     # deliberate error above. KeyboardInterrupt is not an Exception: Ctrl-C exits 130.
     Exception: 70,
     KeyboardInterrupt: 130,
+    OutputClosed: 141,
 }
 
 

@@ -13,6 +13,13 @@ Every row carries a unique `row_id`; readers drop repeated row ids, which is wha
 moment each row is in at least one part (a crash in between leaves a duplicate, never a gap). Parts appended
 while a compaction runs are not in its list and are left alone. docs/format.md has the schema.
 
+A metric's direction (higher or lower is better) is remembered: the earliest row (by time, then row id) of
+a (task, metric) that carried one fixes it (`Ledger.directions`), and `append` refuses a row whose direction
+contradicts it (MetricDirectionError, nothing written). The ledger itself is the memory, so it travels and
+merges with the parts, and needs no file of its own. An append that brings a direction the ledger does not
+know yet takes `.directions.lock` around its check and its write, so that two processes cannot establish
+opposite directions at once; appends without a direction, or with known ones, take no lock.
+
 pyarrow is imported inside the functions that need it: `mlvc --help` must not pay for it.
 """
 
@@ -32,7 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import faults, lockfile
-from .errors import EvalError, LedgerError, LedgerPartError
+from .errors import EvalError, LedgerError, LedgerPartError, MetricDirectionError
 from .util import atomic_writer, fsync_dir, hash_bytes, is_object_id
 
 LEDGER_FORMAT = 1
@@ -42,6 +49,8 @@ STATUS_TIMEOUT = "timeout"  # the evaluator ran past the task's timeout and was 
 STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_TIMEOUT)
 SOURCES = ("run", "record")
 LOCK_NAME = ".compact.lock"  # taken with mlvc.lockfile
+DIRECTIONS_LOCK_NAME = ".directions.lock"  # taken by an append that establishes a metric's direction
+DIRECTIONS_LOCK_WAIT = 30.0  # seconds: its holder only reads the ledger and writes one part
 PART_SUFFIX = ".parquet"
 _HASHED_NAME = re.compile(r"-([0-9a-f]{32})\.parquet$")  # a part name that carries its content hash
 TMP_NAME_PREFIX = ".tmp-"  # util.TMP_PREFIX (".tmp-mlvc-") starts so, as did temp files of older versions
@@ -242,7 +251,11 @@ class Ledger:
 
     # -- writing ---------------------------------------------------------------------------------------
     def append(self, records: Iterable[Record]) -> AppendResult:
-        """Write `records` as one new part; fills in row_id, time, host and mlvc_version where empty."""
+        """Write `records` as one new part; fills in row_id, time, host and mlvc_version where empty.
+
+        A row whose direction (higher_is_better) contradicts the one the ledger remembers for its (task,
+        metric), or another row of the same batch, raises MetricDirectionError and nothing is written.
+        """
         from .version import __version__
 
         recs = list(records)
@@ -256,9 +269,42 @@ class Ledger:
             r.time = _utc(r.time) if r.time is not None else now
             r.host = r.host if r.host is not None else host
             r.mlvc_version = r.mlvc_version or __version__
+        given = _given_directions(recs)
         os.makedirs(self.folder, exist_ok=True)
+        if given:
+            known = self.first_directions()
+            _check_directions(given, known)
+            if any(key not in known for key in given):  # establishing one: check again under the lock
+                with lockfile.locked(os.path.join(self.folder, DIRECTIONS_LOCK_NAME),
+                                     "the ledger's metric directions", DIRECTIONS_LOCK_WAIT):
+                    _check_directions(given, self.first_directions())
+                    path = _write_part(self.folder, "part", [asdict(r) for r in recs])
+                return AppendResult(path, len(recs))
         path = _write_part(self.folder, "part", [asdict(r) for r in recs])
         return AppendResult(path, len(recs))
+
+    # -- remembered directions -------------------------------------------------------------------------
+    def first_directions(self, records: list[Record] | None = None) -> dict[tuple[str, str], Record]:
+        """For each (task, metric) with a direction, the earliest row (time, then row id) that carried one:
+        the row that fixed the metric's direction. `records` (oldest first) saves reading the ledger again."""
+        out: dict[tuple[str, str], Record] = {}
+        for r in self.records() if records is None else records:
+            if r.ok and r.metric is not None and r.higher_is_better is not None:
+                out.setdefault((r.task, r.metric), r)
+        return out
+
+    def directions(self, records: list[Record] | None = None) -> dict[tuple[str, str], bool]:
+        """The remembered direction of each (task, metric): True when higher is better (first_directions)."""
+        return {k: bool(r.higher_is_better) for k, r in self.first_directions(records).items()}
+
+    def direction_conflicts(self, records: list[Record] | None = None) -> list[Record]:
+        """Rows whose direction contradicts their metric's remembered one. `append` never writes one; they
+        appear only when parts of two ledgers that fixed opposite directions are put together (a merge of
+        copies of the repository). The earliest row still decides."""
+        records = self.records() if records is None else records
+        first = self.directions(records)
+        return [r for r in records if r.ok and r.metric is not None and r.higher_is_better is not None
+                and first[(r.task, r.metric)] != r.higher_is_better]
 
     def compact(self, wait: float = lockfile.DEFAULT_WAIT) -> CompactResult:
         """Merge every part present now into one new verified part, then remove the merged ones.
@@ -293,6 +339,35 @@ class Ledger:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+def _given_directions(recs: list[Record]) -> dict[tuple[str, str], bool]:
+    """The directions a batch of rows carries, by (task, metric); a batch that contradicts itself is refused."""
+    given: dict[tuple[str, str], bool] = {}
+    for r in recs:
+        if not r.ok or r.metric is None or r.higher_is_better is None:
+            continue
+        if not isinstance(r.higher_is_better, bool):
+            raise EvalError(f"{r.task}/{r.metric}: higher_is_better must be True, False or None, got "
+                            f"{r.higher_is_better!r}")
+        key = (r.task, r.metric)
+        if given.setdefault(key, r.higher_is_better) != r.higher_is_better:
+            raise MetricDirectionError(r.task, r.metric, r.higher_is_better, given[key], "another row of the "
+                                       "same append", "Give each metric one direction.")
+    return given
+
+
+def _check_directions(given: dict[tuple[str, str], bool], known: dict[tuple[str, str], Record]) -> None:
+    for (task, metric), hib in given.items():
+        first = known.get((task, metric))
+        if first is not None and first.higher_is_better != hib:
+            when = _iso(first.time) or "?"
+            raise MetricDirectionError(task, metric, hib, bool(first.higher_is_better),
+                                       f"the ledger (fixed by its first row with a direction, for commit "
+                                       f"{first.commit[:12]} at {when[:19]}Z)",
+                                       "A metric's direction is remembered: give the same one or none (check "
+                                       "--higher/--lower and the task's config), or use a new metric name if "
+                                       "its meaning changed")
+
+
 def _is_part_name(name: str) -> bool:
     """Readers take every `*.parquet` whose name does not start with '.' or '_' (as pyarrow datasets do)."""
     return name.endswith(PART_SUFFIX) and not name.startswith((".", "_"))

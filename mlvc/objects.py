@@ -16,6 +16,7 @@ from .util import canonical_json, is_object_id, is_utf8_text, show
 
 MANIFEST_FORMAT = 1
 COMMIT_FORMAT = 1
+TAG_FORMAT = 1
 
 KIND_SAFETENSORS = "safetensors"
 KIND_TORCH = "torch"
@@ -249,6 +250,65 @@ class Commit:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "manifest": self.manifest, "parents": self.parents, "author": self.author,
                 "time": self.time, "message": self.message, "metadata": self.metadata}
+
+
+@dataclass
+class Tag:
+    """An annotated tag (`mlvc tag -m MSG NAME REV`): the commit it names, its name, who made it, when, and
+    why. Stored as canonical JSON like a commit; `refs/tags/NAME` then holds the tag's id instead of the
+    commit's, and revisions peel it to the commit (docs/format.md, "Tag")."""
+
+    object: str  # the commit id
+    tag: str  # the name it was created under
+    tagger: str
+    time: str  # UTC, ISO 8601 with a Z
+    message: str
+    object_type: str = "commit"
+    id: str = ""  # filled in when read or written; not part of the serialized form
+
+    def to_bytes(self) -> bytes:
+        try:
+            return canonical_json({"type": "tag", "format": TAG_FORMAT, "object": self.object,
+                                   "object_type": self.object_type, "tag": self.tag, "tagger": self.tagger,
+                                   "time": self.time, "message": self.message})
+        except UnicodeEncodeError as e:
+            raise MlvcError(f"the tag's name, message and tagger must be UTF-8 text, but they hold "
+                            f"{show(e.object[e.start:e.end])} (bytes that are not UTF-8?)") from None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], oid: str) -> Tag:
+        """A tag as stored; CorruptObjectError ("malformed tag") when a field is not what mlvc writes."""
+        try:
+            _want(isinstance(d, dict), "not an object")
+            _format(d, TAG_FORMAT, "tag")
+            _want(d["object_type"] == "commit", f"object_type {show(d['object_type'])} (a tag names a commit)")
+            for key in ("tag", "tagger", "time", "message"):
+                _want(is_utf8_text(d[key]), f"{key} must be a string")
+            _want(bool(d["tag"]) and "\n" not in d["tag"], f"tag name {show(d['tag'])}")
+            return cls(_id(d["object"], "object"), d["tag"], d["tagger"], d["time"], d["message"], "commit", oid)
+        except KeyError as e:
+            raise CorruptObjectError(oid, f"malformed tag (no {e})") from None
+        except ValueError as e:
+            raise CorruptObjectError(oid, f"malformed tag ({e})") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "object": self.object, "object_type": self.object_type, "tag": self.tag,
+                "tagger": self.tagger, "time": self.time, "message": self.message}
+
+
+def object_type(raw: bytes | bytearray) -> str | None:
+    """The `type` of a structured object ("commit", "manifest", "tag"), None for anything else (a chunk).
+    Cheap: only objects that start like mlvc's canonical JSON are parsed."""
+    import json
+
+    if not raw.startswith(b"{") or not raw.endswith(b"}"):
+        return None
+    try:
+        d = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+    t = d.get("type") if isinstance(d, dict) else None
+    return t if isinstance(t, str) else None
 
 
 # -- validation of what is read --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .util import TMP_PREFIX, atomic_write_bytes, fsync_dir, is_object_id, utc_n
 HEAD = "HEAD"
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
+REMOTES = "refs/remotes/"  # remote-tracking refs, refs/remotes/NAME/BRANCH: written by fetch (mlvc.remote)
 
 _BAD_NAME = re.compile(r"(^[./-])|(\.\.)|([\x00-\x20\x7f~^:?*\[\\])|(@\{)|(/\.)|(\.lock$)|(/$)|(//)|(\.$)")
 
@@ -54,10 +55,10 @@ class RefStore:
         self.dir = mlvc_dir
 
     def _parts(self, ref: str) -> list[str]:
-        """A ref's path parts, refusing anything but HEAD and names under refs/heads/ or refs/tags/ whose
-        parts are all ordinary names: a ref name can never reach a file outside those folders."""
+        """A ref's path parts, refusing anything but HEAD and names under refs/heads/, refs/tags/ or refs/remotes/
+        whose parts are all ordinary names: a ref name can never reach a file outside those folders."""
         parts = ref.split("/")
-        if ref != HEAD and not (ref.startswith((HEADS, TAGS)) and len(parts) > 2
+        if ref != HEAD and not (ref.startswith((HEADS, TAGS, REMOTES)) and len(parts) > 2
                                 and all(p and p not in (".", "..") and "\x00" not in p for p in parts)):
             raise RefError(f"{ref!r} is not a ref mlvc can use (HEAD, refs/heads/NAME or refs/tags/NAME)")
         return parts
@@ -66,8 +67,8 @@ class RefStore:
         return os.path.join(self.dir, *self._parts(ref))
 
     def _folder(self, prefix: str) -> str:
-        """The folder of HEADS or TAGS."""
-        assert prefix in (HEADS, TAGS)
+        """The folder of HEADS, TAGS or REMOTES."""
+        assert prefix in (HEADS, TAGS, REMOTES)
         return os.path.join(self.dir, *prefix.strip("/").split("/"))
 
     def _log_path(self, ref: str) -> str:
@@ -108,7 +109,7 @@ class RefStore:
         return raw
 
     def names(self, prefix: str) -> list[str]:
-        """Short names of the refs under a prefix (HEADS or TAGS), without reading them."""
+        """Short names of the refs under a prefix (HEADS, TAGS or REMOTES), without reading them."""
         base = self._folder(prefix)
         out: list[str] = []
         for folder, _dirs, files in os.walk(base):
@@ -119,7 +120,7 @@ class RefStore:
         return sorted(out)
 
     def list(self, prefix: str) -> dict[str, str]:
-        """Refs under a prefix (HEADS or TAGS): short name -> commit id."""
+        """Refs under a prefix (HEADS, TAGS or REMOTES): short name -> commit id."""
         out: dict[str, str] = {}
         for short in self.names(prefix):
             value = self.resolve(prefix + short)

@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from . import config as _config
 from .chunking import Pipeline
-from .errors import CorruptObjectError, NotARepositoryError, PathError, RepositoryExistsError
+from .errors import CorruptObjectError, MlvcError, NotARepositoryError, PathError, RepositoryExistsError
 from .objects import Commit, Manifest, parse_object
 from .progress import NULL, Progress
 from .refs import HEADS, TAGS, RefStore
 from .store import LooseObjectStore
 
 if TYPE_CHECKING:  # for the type checker only (Repo's operations below); mlvc.repo imports none of them
+    import mlvc.config
+    import mlvc.ops.bisect
     import mlvc.ops.branches
+    import mlvc.ops.check
     import mlvc.ops.checkout
     import mlvc.ops.commit
     import mlvc.ops.diff
@@ -43,6 +46,8 @@ if TYPE_CHECKING:  # for the type checker only (Repo's operations below); mlvc.r
     import mlvc.ops.revert
     import mlvc.ops.stats
     import mlvc.ops.status
+    import mlvc.ops.sync
+    import mlvc.ops.track
     import mlvc.revparse
     import mlvc.tasks
 
@@ -97,19 +102,27 @@ class Repo:
 
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str = ".", branch: str = "main") -> Repo:
+    def init(cls, path: str = ".", branch: str = "main", exist_ok: bool = False) -> Repo:
+        """Create a repository at `path` (RepositoryExistsError when there is one). With `exist_ok`, an
+        existing repository is reinitialized as `git init` does: folders it lacks are made again (and a
+        missing config.toml written), while HEAD, refs, objects, reflogs, the ledger and an existing
+        config.toml are left exactly as they are; `branch` then only applies to a new repository."""
         from .refs import check_name
         from .util import atomic_write_bytes
 
         root = os.path.abspath(path)
         mlvc_dir = os.path.join(root, MLVC_DIR)
-        if os.path.exists(os.path.join(mlvc_dir, "HEAD")):
+        exists = os.path.exists(os.path.join(mlvc_dir, "HEAD"))
+        if exists and not exist_ok:
             raise RepositoryExistsError(root)
-        check_name(branch)
+        if not exists:
+            check_name(branch)
         for sub in ("objects", "refs/heads", "refs/tags", "logs", "tmp"):
             os.makedirs(os.path.join(mlvc_dir, sub), exist_ok=True)
-        _config.write_default(_config.config_path(mlvc_dir))
-        atomic_write_bytes(os.path.join(mlvc_dir, "HEAD"), f"ref: {HEADS}{branch}\n".encode())  # written last
+        if not exists or not os.path.lexists(_config.config_path(mlvc_dir)):
+            _config.write_default(_config.config_path(mlvc_dir))
+        if not exists:
+            atomic_write_bytes(os.path.join(mlvc_dir, "HEAD"), f"ref: {HEADS}{branch}\n".encode())  # written last
         return cls(root)
 
     @classmethod
@@ -214,7 +227,13 @@ class Repo:
         return self.refs.list(HEADS)
 
     def tags(self) -> dict[str, str]:
-        return self.refs.list(TAGS)
+        """Tag name -> the commit it names (an annotated tag peeled to its commit). A tag whose object is missing
+        or damaged is left out here; `mlvc tag` (list_tags) lists it with its error and `mlvc fsck` reports it."""
+        out = {}
+        for name, oid in self.refs.list(TAGS).items():
+            with contextlib.suppress(MlvcError):
+                out[name] = self.peel(oid)
+        return out
 
     @property
     def ledger(self) -> Ledger:
@@ -233,6 +252,7 @@ class Repo:
         resolve = mlvc.revparse.resolve
         commit = mlvc.ops.commit.commit
         status = mlvc.ops.status.status
+        rm = mlvc.ops.track.rm
         log = mlvc.ops.history.log
         show = mlvc.ops.history.show
         checkout = mlvc.ops.checkout.checkout
@@ -248,21 +268,40 @@ class Repo:
         reset = mlvc.ops.reset.reset
         reflog = mlvc.ops.reset.reflog
         merge = mlvc.ops.merge.merge
+        remote_add = mlvc.ops.sync.remote_add
+        remote_remove = mlvc.ops.sync.remote_remove
+        remote_list = mlvc.ops.sync.remote_list
+        remote_prune = mlvc.ops.sync.remote_prune
+        push = mlvc.ops.sync.push
+        fetch = mlvc.ops.sync.fetch
+        pull = mlvc.ops.sync.pull
+        clone = mlvc.ops.sync.clone
         restore = mlvc.ops.restore.restore
         create_branch = mlvc.ops.branches.create_branch
         delete_branch = mlvc.ops.branches.delete_branch
         create_tag = mlvc.ops.branches.create_tag
         delete_tag = mlvc.ops.branches.delete_tag
+        list_tags = mlvc.ops.branches.list_tags
+        read_tag = mlvc.revparse.read_tag
+        peel = mlvc.revparse.peel
+        tag_of = mlvc.revparse.tag_of
+        config_get = mlvc.config.get_setting
+        config_set = mlvc.config.set_setting
+        config_list = mlvc.config.list_settings
         tasks = mlvc.tasks.load_tasks
         eval_run = mlvc.ops.evalrun.run
         record_eval = mlvc.ops.evalrun.record
         eval_show = mlvc.ops.evals.effect_table
         eval_compare = mlvc.ops.evals.compare
         report_data = mlvc.ops.report.report_data
+        check = mlvc.ops.check.check
+        bisect = mlvc.ops.bisect.bisect
+        merge_base = mlvc.ops.merge.merge_base
     else:
         resolve = _Operation("revparse")  # a revision (HEAD~2, main^, a1b2c3d, REF@{N}) -> commit id
         commit = _Operation("ops.commit")
         status = _Operation("ops.status")
+        rm = _Operation("ops.track")  # untrack paths; the next commit records it
         log = _Operation("ops.history")
         show = _Operation("ops.history")
         checkout = _Operation("ops.checkout")
@@ -279,12 +318,28 @@ class Repo:
         reset = _Operation("ops.reset")
         reflog = _Operation("ops.reset")
         merge = _Operation("ops.merge")
+        # remotes (ops/sync.py): a folder or s3://bucket/prefix
+        remote_add = _Operation("ops.sync")
+        remote_remove = _Operation("ops.sync")
+        remote_list = _Operation("ops.sync")
+        remote_prune = _Operation("ops.sync")
+        push = _Operation("ops.sync")
+        fetch = _Operation("ops.sync")
+        pull = _Operation("ops.sync")
+        clone = _Operation("ops.sync")  # Repo.init(path).clone(url): fill a new repository from a remote
         restore = _Operation("ops.restore")
         # branches and tags (listing them is branches() / tags() above)
         create_branch = _Operation("ops.branches")
         delete_branch = _Operation("ops.branches")
         create_tag = _Operation("ops.branches")
         delete_tag = _Operation("ops.branches")
+        list_tags = _Operation("ops.branches")  # tags with their annotated tag objects
+        read_tag = _Operation("revparse")  # an annotated tag object by id
+        peel = _Operation("revparse")  # an object id -> the commit it stands for (a tag's commit)
+        tag_of = _Operation("revparse")  # the annotated tag a revision names itself, or None (for show)
+        config_get = _Operation("config", "get_setting")  # `mlvc config get/set/list`
+        config_set = _Operation("config", "set_setting")
+        config_list = _Operation("config", "list_settings")
         # the evaluation ledger (the Ledger itself is the `ledger` property above)
         tasks = _Operation("tasks", "load_tasks")
         eval_run = _Operation("ops.evalrun", "run")
@@ -292,6 +347,10 @@ class Repo:
         eval_show = _Operation("ops.evals", "effect_table")
         eval_compare = _Operation("ops.evals", "compare")
         report_data = _Operation("ops.report")
+        # the CI gate (ops/check.py, ops/bisect.py) and the merge base it compares against
+        check = _Operation("ops.check")
+        bisect = _Operation("ops.bisect")
+        merge_base = _Operation("ops.merge")
 
     def report(self, output: str, rev: str = "HEAD", max_commits: int = 200) -> ReportResult:
         """Write the HTML report to `output` (a ReportResult). A convenience for notebooks and scripts: the one

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import formats
@@ -43,6 +43,10 @@ class History:
 
     parent: FileEntry | None = None
     grandparent: FileEntry | None = None
+    # Optional: the same file in the first-parent ancestors, nearest first (ancestors[0] is the parent), back
+    # to at least core.keyframe_interval commits. With it the store picks skip-delta bases (ObjectStore.put,
+    # `lineage`), so no chain is deeper than log2 of the keyframe interval; without it, chains as before.
+    ancestors: list[FileEntry | None] = field(default_factory=list)
 
     @staticmethod
     def _tensor(entry: FileEntry | None, name: str, dtype: str, shape: list[int]) -> list[str] | None:
@@ -53,15 +57,18 @@ class History:
 
     def tensor(self, name: str, dtype: str, shape: list[int]) -> dict:
         return {"bases": self._tensor(self.parent, name, dtype, shape),
-                "bases2": self._tensor(self.grandparent, name, dtype, shape)}
+                "bases2": self._tensor(self.grandparent, name, dtype, shape),
+                "lineage": [self._tensor(e, name, dtype, shape) for e in self.ancestors] or None}
 
     def header(self) -> dict:
         return {"bases": self.parent.header if self.parent else None,
-                "bases2": self.grandparent.header if self.grandparent else None}
+                "bases2": self.grandparent.header if self.grandparent else None,
+                "lineage": [e.header if e else None for e in self.ancestors] or None}
 
     def blob(self) -> dict:
         return {"bases": self.parent.chunks if self.parent else None,
-                "bases2": self.grandparent.chunks if self.grandparent else None}
+                "bases2": self.grandparent.chunks if self.grandparent else None,
+                "lineage": [e.chunks if e else None for e in self.ancestors] or None}
 
 
 NO_HISTORY = History()

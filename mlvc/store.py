@@ -7,7 +7,10 @@ over every backend).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -15,10 +18,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import zstandard
+
 from . import codec
 from .config import DEFAULT_CACHE_MB, DEFAULT_KEYFRAME_INTERVAL
 from .errors import CorruptObjectError, ObjectNotFoundError
-from .util import atomic_writer, fsync_dir, hash_bytes, is_object_id
+from .util import ID_HEX_LEN, atomic_writer, fsync_dir, hash_bytes
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,14 @@ class _LRU:
             item = self._items.pop(oid, None)
             if item is not None:
                 self._bytes -= len(item[0])
+
+
+_ID = re.compile(f"[0-9a-f]{{{ID_HEX_LEN}}}")
+
+
+def _is_id(oid: object) -> bool:
+    """util.is_object_id, as one regex match: it runs several times per object put or read."""
+    return isinstance(oid, str) and _ID.fullmatch(oid) is not None
 
 
 def _is_hex(text: str) -> bool:
@@ -140,20 +153,46 @@ class ObjectStore:
     def flush(self) -> None:
         """Make every write so far durable (called before a ref is moved to point at them)."""
 
+    def is_small(self, oid: str) -> bool:
+        """Known to be a small (packed) object: cheaper to read in the caller's thread than to hand over."""
+        return False
+
+    def write_packed(self, oid: str, data: bytes) -> bool:
+        """Store a small encoded object in the pack being built (a backend without packs writes it as any
+        other object); True if it was not there. Readable by this store at once, by others after seal()."""
+        return self.write_file(oid, data)
+
+    def seal(self) -> None:
+        """Write the pack being built (if any) to its file, so that every object put so far is readable by
+        any process; its durability comes with flush(), as for any write."""
+
     def locate(self, oid: str) -> str | None:
         """Where the object lives, for messages (a path for disk stores)."""
         return None
 
     # -- shared logic ------------------------------------------------------------------------------
     def put(self, raw, width: int = 1, oid: str | None = None, base: str | None = None,
-            base2: str | None = None, remember: bool = False) -> PutResult:
+            base2: str | None = None, remember: bool = False, pack: bool = False,
+            lineage: list[str | None] | None = None) -> PutResult:
         """Store raw bytes; dedupes by content. With `base` (the same chunk in the parent commit) and
         optionally `base2` (in the grandparent), the object may be stored as a delta when that is smaller.
 
         `remember` keeps the raw bytes in the base cache: a training loop committing every N steps then
-        finds its next commit's delta bases in memory instead of decoding their chains."""
+        finds its next commit's delta bases in memory instead of decoding their chains.
+
+        `pack`: an object of at most PACK_OBJECT_MAX raw bytes is stored full, in the next pack file of a
+        backend that has packs (the caller then calls `seal()` before anything names the object), instead of
+        in a file of its own: a checkpoint of 100,000 small tensors made 100,000 files.
+
+        `lineage`: the same chunk in the first-parent ancestors, nearest first (lineage[0] is `base`). With
+        it the base is chosen by skip-deltas (`skip_base`), so chains stay O(log K) deep instead of K."""
         oid = oid or hash_bytes(raw)
         n = len(memoryview(raw).cast("B"))
+        if pack and n <= PACK_OBJECT_MAX:
+            if self.freshen(oid):
+                return PutResult(oid, n, 0)
+            encoded = codec.encode(raw, width, self.level)
+            return PutResult(oid, n, len(encoded) if self.write_packed(oid, encoded) else 0)
         # An object already here is freshened, not rewritten: it may be old and unreachable (a deleted branch's),
         # and gc must not remove it now that a commit in flight needs it.
         if self.freshen(oid):  # False when absent
@@ -161,6 +200,8 @@ class ObjectStore:
                 self._cache.put(oid, bytes(raw), self.header(oid).depth)
             return PutResult(oid, n, 0)
         data = None
+        if lineage and base and lineage[0] == base:
+            base, base2 = self.skip_base(lineage)
         if base and base != oid and self.keyframe_interval > 1:
             b1 = self._base(base)
             if b1 is not None:
@@ -178,6 +219,41 @@ class ObjectStore:
         if remember:
             self._cache.put(oid, bytes(raw), codec.ObjectHeader.parse(data).depth)
         return PutResult(oid, n, len(data) if written else 0)
+
+    def skip_base(self, lineage: list[str | None]) -> tuple[str | None, str | None]:
+        """(base, base2) for a new version of a chunk whose earlier versions are `lineage` (ids, nearest
+        first; None where the chunk did not exist), by skip-deltas (SVN's scheme): counting versions from the
+        nearest full object (depth 0) as version 0, version n is a delta against version n & (n-1), so its
+        chain is popcount(n) links (at most 3 for K = 8) instead of n; version K is a full object again. The
+        pred coding needs the two versions before, so base2 is given only when the base is the parent.
+        Versions are distinct consecutive ids (a commit that left the chunk as it was adds none). With no full
+        object among them (a lineage shorter than the chain, or history from before skip-deltas), the parent
+        and grandparent as before. (None, None): store a full object now."""
+        versions: list[str] = []
+        for oid in lineage:
+            if oid is None:
+                break
+            if not versions or versions[-1] != oid:
+                versions.append(oid)
+        if not versions:
+            return None, None
+        fallback = versions[0], (versions[1] if len(versions) > 1 else None)
+        n = 0
+        for j, oid in enumerate(versions):
+            try:
+                depth = self.header(oid).depth
+            except (ObjectNotFoundError, CorruptObjectError):
+                return fallback
+            if depth == 0:
+                n = j + 1
+                break
+        else:
+            return fallback
+        if n >= self.keyframe_interval:
+            return None, None
+        b = n & (n - 1)
+        base = versions[n - 1 - b]
+        return base, (versions[1] if b == n - 1 and len(versions) > 1 else None)
 
     def _base(self, oid: str) -> codec.Base | None:
         """A usable delta base: present, intact, and shallow enough that a delta on it keeps the chain
@@ -219,7 +295,7 @@ class ObjectStore:
             if below is not None and h.depth >= below:
                 raise codec.DecodeError(f"it has depth {h.depth}, but a delta of depth {below} names it as its base")
             bases: dict[str, tuple[bytes | bytearray, int]] = {}
-            for bid in codec.bases(head):
+            for bid in (codec.bases(head) if h.base is not None else ()):
                 try:
                     braw, bdepth = self._load(bid, cache=True, below=h.depth)
                 except ObjectNotFoundError:
@@ -265,6 +341,11 @@ class ObjectStore:
     def delete(self, oid: str) -> None:
         self._cache.pop(oid)
         self._delete_file(oid)
+
+    def delete_many(self, oids) -> None:
+        """Delete several objects; a backend with packs rewrites each pack once for all of them."""
+        for oid in oids:
+            self.delete(oid)
 
 
 class MemoryObjectStore(ObjectStore):
@@ -318,43 +399,406 @@ class MemoryObjectStore(ObjectStore):
             return True
 
 
+# -- packs ---------------------------------------------------------------------------------------------------
+
+PACK_DIR = "pack"
+PACK_MAGIC = b"MLVP"
+PACK_VERSION = 1
+PACK_OBJECT_MAX = 16 << 10  # raw bytes: a chunk this small goes into a pack (see ObjectStore.put)
+PACK_TARGET = 8 << 20  # object bytes a pack collects before it is written
+_PACK_HEAD = struct.Struct("<4sB3sI")  # magic, version, 3 zero bytes, object count
+_PACK_ENTRY = struct.Struct("<16sI")  # object id, length of its object file
+_PACK_TRAILER = 16  # xxh3-128 of every byte before it, also the pack's file name
+_PACKS_CACHED = 4  # decompressed packs kept in memory
+
+
+class PackSet:
+    """The pack files of a loose store (docs/format.md "Packs"): many small object files in one file, so
+    that a checkpoint of 100,000 small tensors costs one file, one fsync and one zstd frame, not 100,000.
+
+    A pack is written whole (atomically, named by the hash of its bytes) and never changed: deleting objects
+    writes a new pack without them and removes the old one. Objects put since the last `seal()` are readable
+    by this process only. Each object in a pack is an ordinary object file, verified on read like any other;
+    the pack's index has a hash of its own, and the trailer hash guards the whole file."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self._lock = threading.RLock()
+        self._index: dict[str, tuple[str, int, int]] = {}  # id -> (pack name, offset in its data, length)
+        self._members: dict[str, list[tuple[str, int, int]]] = {}  # pack name -> (id, offset, length)
+        self._bad: dict[str, str] = {}  # pack name -> why it cannot be read
+        self._seen: int | None = None  # the folder's mtime_ns when it was last listed
+        self._listed = float("-inf")  # time.monotonic() of that listing
+        self._pending: dict[str, bytes] = {}
+        self._pending_bytes = 0
+        self._data: OrderedDict[str, bytes] = OrderedDict()
+
+    # -- index -------------------------------------------------------------------------------------------
+    def _refresh(self, force: bool = False) -> None:
+        """List the folder again when it changed since the last listing (new packs, removed packs)."""
+        try:
+            stamp = os.stat(self.folder).st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            self._listed = time.monotonic()
+            if stamp == self._seen and not force:
+                return
+            names = set()
+            if stamp is not None:
+                names = {n[: -len(".pack")] for n in os.listdir(self.folder)
+                         if n.endswith(".pack") and _is_id(n[: -len(".pack")])}
+            for gone in set(self._members) - names:
+                self._forget(gone)
+            for gone in set(self._bad) - names:
+                del self._bad[gone]
+            for name in sorted(names - set(self._members)):
+                self._load_index(name)
+            self._seen = stamp
+
+    def _forget(self, name: str) -> None:
+        dropped = set()
+        for oid, _pos, _n in self._members.pop(name, []):
+            if self._index.get(oid, ("",))[0] == name:
+                del self._index[oid]
+                dropped.add(oid)
+        self._data.pop(name, None)
+        if dropped:  # an object two packs hold (two writers, or a crash during a rewrite) stays found
+            for other, members in self._members.items():
+                for oid, pos, n in members:
+                    if oid in dropped and oid not in self._index:
+                        self._index[oid] = (other, pos, n)
+
+    def _load_index(self, name: str) -> None:
+        """Index a pack's objects. A pack whose header is damaged is still indexed as far as its table can be
+        read, and marked bad: its objects then read as corrupt (what fsck must say), not as missing."""
+        try:
+            with open(os.path.join(self.folder, name + ".pack"), "rb") as f:
+                head = f.read(_PACK_HEAD.size)
+                if len(head) < _PACK_HEAD.size:
+                    self._bad[name] = "truncated header"
+                    return
+                magic, version, pad, count = _PACK_HEAD.unpack(head)
+                if magic != PACK_MAGIC or version != PACK_VERSION or pad != bytes(3):
+                    self._bad[name] = "not an mlvc pack of a version this mlvc reads (damaged header?)"
+                table = f.read(min(count, os.fstat(f.fileno()).st_size // _PACK_ENTRY.size) * _PACK_ENTRY.size)
+                if len(table) != count * _PACK_ENTRY.size:
+                    self._bad.setdefault(name, "truncated index")
+                elif f.read(_PACK_TRAILER).hex() != hash_bytes(head + table):
+                    self._bad.setdefault(name, "its index does not match its hash")
+        except FileNotFoundError:
+            return
+        entries = [(oid_bytes.hex(), length) for oid_bytes, length
+                   in _PACK_ENTRY.iter_unpack(table[: len(table) - len(table) % _PACK_ENTRY.size])]
+        if name in self._bad:
+            entries = self._recover_ids(name, entries)
+        members = []
+        pos = 0
+        for oid, length in entries:
+            self._index.setdefault(oid, (name, pos, length))
+            members.append((oid, pos, length))
+            pos += length
+        self._members[name] = members
+
+    def _recover_ids(self, name: str, entries: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The ids of a damaged pack's objects, from their content where it still decodes (a packed object is
+        a full object: its id is the hash of what it decodes to), so that fsck names the objects the damage
+        hits instead of ids the damage made up. Entries whose content does not decode keep the listed id."""
+        try:
+            with open(os.path.join(self.folder, name + ".pack"), "rb") as f:
+                blob = f.read()
+            start = _PACK_HEAD.size + len(entries) * _PACK_ENTRY.size + _PACK_TRAILER
+            total = sum(n for _, n in entries)
+            data = zstandard.ZstdDecompressor().decompress(blob[start:-_PACK_TRAILER], max_output_size=total)
+        except (OSError, zstandard.ZstdError):
+            return entries
+        if len(data) != total:
+            return entries
+        out = []
+        pos = 0
+        for oid, n in entries:
+            try:
+                out.append((hash_bytes(codec.decode(data[pos : pos + n])), n))
+            except codec.DecodeError:
+                out.append((oid, n))
+            pos += n
+        return out
+
+    def _find(self, oid: str, recheck: bool = True) -> tuple[str, int, int] | None:
+        """Where a pack holds the object. On a miss the folder is listed again if it changed (`recheck`), or
+        (writers asking whether to write) only once a second: a pack another process wrote meanwhile then
+        costs at most a duplicate object, never a wrong answer to a reader."""
+        hit = self._index.get(oid)
+        if hit is None and (recheck or time.monotonic() - self._listed > 1.0):
+            self._refresh()
+            hit = self._index.get(oid)
+        return hit
+
+    def bad_packs(self) -> dict[str, str]:
+        """Pack files that cannot be read (name -> why): `mlvc fsck` reports them."""
+        self._refresh(force=True)
+        with self._lock:
+            return dict(self._bad)
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def has(self, oid: str) -> bool:
+        return oid in self._pending or self._find(oid) is not None
+
+    def known(self, oid: str) -> bool:
+        """In the pack being built or in a pack already indexed (no look at the folder)."""
+        return oid in self._pending or oid in self._index
+
+    def holds(self, oid: str) -> bool:
+        """has(), for a writer: a pack written by another process in the last second may be missed."""
+        return oid in self._pending or self._find(oid, recheck=False) is not None
+
+    def ids(self) -> list[str]:
+        self._refresh(force=True)
+        with self._lock:
+            return sorted(self._index)
+
+    def path_of(self, oid: str) -> str | None:
+        """The pack file holding the object, "" while it waits in the pack being built, None if absent."""
+        if oid in self._pending:
+            return ""
+        hit = self._find(oid)
+        return os.path.join(self.folder, hit[0] + ".pack") if hit else None
+
+    def stored_size(self, oid: str) -> int | None:
+        if oid in self._pending:
+            return len(self._pending[oid])
+        hit = self._find(oid)
+        return hit[2] if hit else None
+
+    def read(self, oid: str) -> bytes | None:
+        """The object file, None when no pack holds it. A pack rewritten meanwhile by another process (its
+        old file removed) is looked up again once."""
+        pending = self._pending.get(oid)
+        if pending is not None:
+            return pending
+        for _attempt in range(2):
+            hit = self._find(oid)
+            if hit is None:
+                return None
+            name, pos, length = hit
+            data = self._pack_data(name)
+            if data is not None:
+                return data[pos : pos + length]
+            self._refresh(force=True)
+        return None
+
+    def _pack_data(self, name: str) -> bytes | None:
+        with self._lock:
+            if name in self._bad:
+                raise codec.DecodeError(f"its pack {name} is damaged: {self._bad[name]}")
+            data = self._data.get(name)
+            if data is not None:
+                self._data.move_to_end(name)
+                return data
+            try:
+                with open(os.path.join(self.folder, name + ".pack"), "rb") as f:
+                    blob = f.read()
+            except FileNotFoundError:
+                return None
+            data = _unpack(blob, name)  # DecodeError: the store reports the object as corrupt
+            self._data[name] = data
+            while len(self._data) > _PACKS_CACHED:
+                self._data.popitem(last=False)
+            return data
+
+    def freshen(self, oid: str, after: float) -> bool:
+        if oid in self._pending:
+            return True
+        hit = self._find(oid, recheck=False)
+        if hit is None:
+            return False
+        path = os.path.join(self.folder, hit[0] + ".pack")
+        try:
+            if time.time() - os.stat(path).st_mtime > after:
+                os.utime(path)
+        except FileNotFoundError:  # rewritten meanwhile: look again
+            self._refresh(force=True)
+            return self._find(oid) is not None
+        except OSError:  # another user's pack in a shared store
+            pass
+        return True
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def add(self, oid: str, data: bytes) -> bool:
+        with self._lock:
+            if oid in self._pending or self._find(oid, recheck=False) is not None:
+                return False
+            self._pending[oid] = bytes(data)
+            self._pending_bytes += len(data)
+            return True
+
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def seal(self) -> bool:
+        """Write the objects put since the last seal as one pack; True when a pack was written."""
+        with self._lock:
+            if not self._pending:
+                return False
+            items = list(self._pending.items())
+            name = self._write(items)
+            self._pending.clear()
+            self._pending_bytes = 0
+            return name is not None
+
+    def _write(self, items: list[tuple[str, bytes]]) -> str | None:
+        if not items:
+            return None
+        table = b"".join(_PACK_ENTRY.pack(bytes.fromhex(oid), len(data)) for oid, data in items)
+        raw = b"".join(data for _, data in items)
+        head = _PACK_HEAD.pack(PACK_MAGIC, PACK_VERSION, bytes(3), len(items))
+        body = head + table + bytes.fromhex(hash_bytes(head + table)) + _pack_compressor().compress(raw)
+        trailer = bytes.fromhex(hash_bytes(body))
+        name = trailer.hex()
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, name + ".pack")
+        if not os.path.exists(path):
+            with atomic_writer(path, mode=0o444, sync_dir=False) as f:
+                f.write(body)
+                f.write(trailer)
+        members = []
+        pos = 0
+        for oid, data in items:
+            self._index.setdefault(oid, (name, pos, len(data)))
+            members.append((oid, pos, len(data)))
+            pos += len(data)
+        self._members[name] = members
+        self._data[name] = raw
+        return name
+
+    def delete(self, oids: list[str]) -> None:
+        """Remove objects from their packs: each pack that holds some is rewritten without them (or removed
+        when nothing else is in it). The new pack is written before the old one goes, so a crash in between
+        leaves both (the objects, unreachable, are removed by the next gc)."""
+        with self._lock:
+            by_pack: dict[str, set[str]] = {}
+            for oid in oids:
+                if self._pending.pop(oid, None) is not None:
+                    continue
+                hit = self._find(oid)
+                if hit is not None:
+                    by_pack.setdefault(hit[0], set()).add(oid)
+            for name, dead in by_pack.items():
+                if name in self._bad:  # a damaged pack is left for the user to see (fsck names it)
+                    continue
+                data = self._pack_data(name)
+                if data is None:
+                    continue
+                keep = [(oid, data[pos : pos + n]) for oid, pos, n in self._members.get(name, []) if oid not in dead]
+                path = os.path.join(self.folder, name + ".pack")
+                try:
+                    times = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                self._forget(name)
+                new = self._write(keep)
+                if new is not None and new != name:
+                    # the objects kept are as old as they were: gc's grace must not restart for them
+                    new_path = os.path.join(self.folder, new + ".pack")
+                    with contextlib.suppress(OSError):
+                        os.utime(new_path, ns=(times.st_atime_ns, times.st_mtime_ns))
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(path, 0o644)
+                    os.unlink(path)
+                fsync_dir(self.folder)
+
+
+def _pack_compressor() -> zstandard.ZstdCompressor:
+    return zstandard.ZstdCompressor(level=1, write_content_size=True)
+
+
+def _unpack(blob: bytes, name: str) -> bytes:
+    """The concatenated object files of a pack file, after checking its trailer hash (its name)."""
+    if len(blob) < _PACK_HEAD.size + _PACK_TRAILER or hash_bytes(blob[:-_PACK_TRAILER]) != name \
+            or blob[-_PACK_TRAILER:].hex() != name:
+        raise codec.DecodeError(f"pack {name} does not match its hash")
+    _magic, _version, _pad, count = _PACK_HEAD.unpack_from(blob)
+    start = _PACK_HEAD.size + count * _PACK_ENTRY.size
+    total = sum(n for _, n in _PACK_ENTRY.iter_unpack(blob[_PACK_HEAD.size : start]))
+    start += _PACK_TRAILER  # the index's own hash, checked when the index was read
+    frame = blob[start:-_PACK_TRAILER]
+    try:
+        data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=total)
+    except zstandard.ZstdError as e:
+        raise codec.DecodeError(f"pack {name}: zstd: {e}") from None
+    if len(data) != total:
+        raise codec.DecodeError(f"pack {name} holds {len(data)} bytes of objects, its index says {total}")
+    return data
+
+
 class LooseObjectStore(ObjectStore):
-    """One file per object: `root/ab/cdef...` (first two hex digits name the folder)."""
+    """One file per object: `root/ab/cdef...` (first two hex digits name the folder); small objects are
+    written together, into pack files `root/pack/<id>.pack` (PackSet, docs/format.md "Packs")."""
 
     def __init__(self, root: str, level: int = 1, **kwargs):
         super().__init__(level, **kwargs)
         self.root = root
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
+        self.packs = PackSet(os.path.join(root, PACK_DIR))
 
     def _path(self, oid: str) -> str:
-        if not is_object_id(oid):
+        if not _is_id(oid):
             raise ObjectNotFoundError(oid)
         return os.path.join(self.root, oid[:2], oid[2:])
 
-    def locate(self, oid):
-        return self._path(oid)
-
     def has(self, oid):
-        return is_object_id(oid) and os.path.exists(self._path(oid))
+        return _is_id(oid) and (os.path.exists(self._path(oid)) or self.packs.has(oid))
 
     def read_file(self, oid):
+        if self.packs.known(oid):  # a dict lookup first: a checkout of 100,000 packed objects skips 100,000 opens
+            data = self.packs.read(oid)
+            if data is not None:
+                return data
         try:
             with open(self._path(oid), "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise ObjectNotFoundError(oid) from None
+            data = self.packs.read(oid)
+            if data is None:
+                raise ObjectNotFoundError(oid) from None
+            return data
 
     def read_head(self, oid, n):
+        return bytes(self.read_file(oid)[:n]) if self.packs.known(oid) else self._read_loose_head(oid, n)
+
+    def _read_loose_head(self, oid, n):
         try:
             with open(self._path(oid), "rb") as f:
                 return f.read(n)
         except FileNotFoundError:
-            raise ObjectNotFoundError(oid) from None
+            data = self.packs.read(oid)
+            if data is None:
+                raise ObjectNotFoundError(oid) from None
+            return data[:n]
+
+    def is_small(self, oid):
+        return self.packs.known(oid)
+
+    def write_packed(self, oid, data):
+        if not _is_id(oid):
+            raise ObjectNotFoundError(oid)
+        if os.path.exists(self._path(oid)):
+            return False
+        written = self.packs.add(oid, data)
+        if self.packs.pending_bytes() >= PACK_TARGET:
+            self.seal()
+        return written
+
+    def seal(self):
+        if self.packs.seal():
+            with self._lock:
+                self._dirty.add(self.packs.folder)
+                self._dirty.add(self.root)
 
     def write_file(self, oid, data):
         path = self._path(oid)
-        if os.path.exists(path):
+        if os.path.exists(path) or self.packs.holds(oid):
             return False
         folder = os.path.dirname(path)
         if not os.path.isdir(folder):
@@ -369,6 +813,7 @@ class LooseObjectStore(ObjectStore):
         return True
 
     def flush(self):
+        self.seal()
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         subs = [d for d in dirty if d != self.root]
@@ -390,8 +835,9 @@ class LooseObjectStore(ObjectStore):
             if len(sub) != 2 or not os.path.isdir(folder):
                 continue
             for name in sorted(os.listdir(folder)):
-                if not name.startswith(".tmp-") and is_object_id(sub + name):
+                if not name.startswith(".tmp-") and _is_id(sub + name):
                     yield sub + name
+        yield from self.packs.ids()
 
     def ids_with_prefix(self, prefix):
         if len(prefix) < 2 or not _is_hex(prefix):
@@ -401,19 +847,31 @@ class LooseObjectStore(ObjectStore):
         except (FileNotFoundError, NotADirectoryError):
             return []
         found = (prefix[:2] + name for name in names if not name.startswith(".tmp-"))
-        return sorted(oid for oid in found if oid.startswith(prefix) and is_object_id(oid))
+        loose = {oid for oid in found if oid.startswith(prefix) and _is_id(oid)}
+        return sorted(loose | {oid for oid in self.packs.ids() if oid.startswith(prefix)})
 
     def stored_size(self, oid):
         try:
             return os.stat(self._path(oid)).st_size
         except FileNotFoundError:
-            raise ObjectNotFoundError(oid) from None
+            size = self.packs.stored_size(oid)
+            if size is None:
+                raise ObjectNotFoundError(oid) from None
+            return size
 
     def mtime(self, oid):
         try:
             return os.stat(self._path(oid)).st_mtime
         except FileNotFoundError:
-            raise ObjectNotFoundError(oid) from None
+            path = self.packs.path_of(oid)
+            if path is None:
+                raise ObjectNotFoundError(oid) from None
+            if path == "":  # in the pack being built: written just now
+                return time.time()
+            try:
+                return os.stat(path).st_mtime
+            except FileNotFoundError:
+                raise ObjectNotFoundError(oid) from None
 
     def freshen(self, oid):
         path = self._path(oid)
@@ -422,16 +880,35 @@ class LooseObjectStore(ObjectStore):
                 return True
             os.utime(path)  # allowed to the owner even on a read-only (0444) file
         except FileNotFoundError:
-            return False
+            return self.packs.freshen(oid, self.freshen_after)
         except OSError:  # another user's object in a shared store: it is there, but we cannot touch it
             return os.path.exists(path)
         return True
 
+    def locate(self, oid):
+        path = self._path(oid)
+        if not os.path.exists(path):
+            packed = self.packs.path_of(oid)
+            if packed:
+                return packed
+        return path
+
     def _delete_file(self, oid):
-        if not is_object_id(oid):
+        if not _is_id(oid):
             return
         try:
             os.chmod(self._path(oid), 0o644)
             os.unlink(self._path(oid))
         except FileNotFoundError:
-            pass
+            self.packs.delete([oid])
+
+    def delete_many(self, oids) -> None:
+        """Delete several objects at once: a pack holding several of them is rewritten once, not per object."""
+        packed = []
+        for oid in oids:
+            self._cache.pop(oid)
+            if self.packs.path_of(oid):
+                packed.append(oid)
+            else:
+                self._delete_file(oid)
+        self.packs.delete(packed)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, EvalError
+from .metricrules import MetricRule, parse_rule, parse_rules, rule_for
 from .util import canonical_json, hash_bytes
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ DEFAULT_TIMEOUT = 3600.0
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _TASK_KEYS = {"command", "timeout", "metrics", "dataset", "dataset_hash", "seed", "env", "cwd", "description"}
-_DIRECTIONS = {"higher": True, "lower": False}
 
 
 @dataclass
@@ -44,10 +44,16 @@ class MetricSpec:
     name: str
     higher_is_better: bool
     tolerance: float = 0.0  # changes no larger than this (absolute) count as "no change"
+    rel_tolerance: float = 0.0  # ... or no larger than this fraction of |base| (the larger of the two counts)
+    required: bool = False  # `mlvc check` fails when the metric has no value
 
     @property
     def direction(self) -> str:
         return "higher" if self.higher_is_better else "lower"
+
+    @property
+    def rule(self) -> MetricRule:
+        return MetricRule(self.higher_is_better, self.tolerance, self.rel_tolerance, self.required)
 
 
 @dataclass
@@ -96,6 +102,27 @@ def fill(template: str, values: dict[str, str]) -> str:
 def load_tasks(repo: Repo) -> dict[str, TaskSpec]:
     """Every configured task, by name (`.mlvc/config.toml` over `mlvc.toml`)."""
     tasks: dict[str, TaskSpec] = {}
+    for raw, source in _settings(repo):
+        tasks.update(parse_tasks(raw.get("tasks", {}), source))
+    return tasks
+
+
+def load_rules(repo: Repo) -> dict[tuple[str, str], MetricRule]:
+    """Every configured metric rule, by (task, metric) or (task, "*"): the metrics of [tasks.NAME] and the
+    entries of [check.metrics], from mlvc.toml and .mlvc/config.toml (metricrules.parse_rules)."""
+    settings = _settings(repo)
+    return parse_rules(*(raw for raw, _ in settings), sources=tuple(source for _, source in settings))
+
+
+def effective_rule(rules: dict[tuple[str, str], MetricRule], directions: dict[tuple[str, str], bool],
+                   task: str, metric: str) -> MetricRule:
+    """The rule that judges one metric: the configured one (load_rules), its direction filled in from the
+    ledger's remembered directions (Ledger.directions) where the configuration gives none."""
+    return rule_for(rules, task, metric).with_direction(directions.get((task, metric)))
+
+
+def _settings(repo: Repo) -> list[tuple[dict[str, Any], str]]:
+    """(parsed TOML, its path) of mlvc.toml (when present) and of .mlvc/config.toml, in that order."""
     project = os.path.join(repo.root, PROJECT_FILE)
     try:
         with open(project, "rb") as f:
@@ -104,10 +131,7 @@ def load_tasks(repo: Repo) -> dict[str, TaskSpec]:
         raw = {}
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ConfigError(f"{project} is not valid TOML ({str(e)[:200]}); fix it") from None
-    tasks.update(parse_tasks(raw.get("tasks", {}), project))
-    local = os.path.join(repo.dir, "config.toml")
-    tasks.update(parse_tasks(repo.config.raw.get("tasks", {}), local))
-    return tasks
+    return [(raw, project), (repo.config.raw, os.path.join(repo.dir, "config.toml"))]
 
 
 def get_task(repo: Repo, name: str, tasks: dict[str, TaskSpec] | None = None) -> TaskSpec:
@@ -179,22 +203,10 @@ def _parse_command(cmd: Any, where: str) -> list[str]:
 def _parse_metrics(raw: Any, where: str) -> dict[str, MetricSpec]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: `metrics` is missing or empty, e.g. metrics = {{ accuracy = \"higher\", "
-                          "loss = { direction = \"lower\", tolerance = 0.01 } }")
+                          "loss = { direction = \"lower\", tolerance = 0.01, rel_tolerance = 0.02 } }")
     out = {}
     for name, spec in raw.items():
-        if isinstance(spec, str):
-            spec = {"direction": spec}
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: metric {name!r} must be \"higher\", \"lower\" or a table with direction")
-        unknown = set(spec) - {"direction", "tolerance"}
-        if unknown:
-            raise ConfigError(f"{where}: metric {name!r} has unknown key(s) {', '.join(sorted(unknown))}")
-        direction = spec.get("direction")
-        if direction not in _DIRECTIONS:
-            raise ConfigError(f"{where}: metric {name!r}: direction must be \"higher\" or \"lower\" (which is "
-                              f"better), got {direction!r}")
-        tol = spec.get("tolerance", 0.0)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol >= 0) or tol == float("inf"):
-            raise ConfigError(f"{where}: metric {name!r}: tolerance must be a number >= 0, got {tol!r}")
-        out[name] = MetricSpec(name, _DIRECTIONS[direction], float(tol))
+        rule = parse_rule(spec, f"{where}: metric {name!r}", require_direction=True)
+        assert rule.direction is not None  # require_direction
+        out[name] = MetricSpec(name, rule.direction, rule.abs_tol or 0.0, rule.rel_tol or 0.0, rule.required)
     return out

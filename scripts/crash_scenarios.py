@@ -46,7 +46,7 @@ def branches(s: Setup) -> None:
 
     os.unlink(s.path("model/b.safetensors"))
     write_st(s.path("model/sub/c.safetensors"), weights(3))
-    s.commit("o1")
+    s.commit("o1", ["model"])
     s.run(lambda r: r.switch("main"))
     write_blob(s.path("model/config.json"), b'{"hidden": 16, "layers": 2}\n')
     s.commit("f2")
@@ -223,7 +223,8 @@ CI = [
     Scenario("commit-file", b_commit_file, ["commit", "-m", "c4"], again=["commit", "--allow-empty", "-m", "next"]),
     Scenario("commit-folder-initial", b_commit_folder_initial, ["commit", "model", "-m", "first"],
              again=["commit", "--allow-empty", "-m", "next"]),
-    Scenario("commit-folder", b_commit_folder, ["commit", "-m", "f2"], again=["commit", "--allow-empty", "-m", "next"]),
+    Scenario("commit-folder", b_commit_folder, ["commit", "model", "-m", "f2"],
+             again=["commit", "--allow-empty", "-m", "next"]),
     Scenario("checkout-detached", b_history, ["checkout", "{c1}"]),
     Scenario("checkout-branch", branches, ["checkout", "other"]),
     Scenario("checkout-output", b_history, ["checkout", "{c1}", "--output", "../out"]),

@@ -339,15 +339,17 @@ def test_eval_show_text_json_csv_and_ranges(history):
     res = run(repo, "eval", "show")
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[0].split() == ["commit", "message", "cls/acc", "cls/loss", "other/score"]
+    # headers: the task (once over its columns) over the metric; numbers: 4 significant digits, changes signed
+    assert lines[0].split() == ["commit", "message", "cls", "other"]
+    assert lines[1].split() == ["acc", "loss", "score"]
     c4 = next(line for line in lines if line.startswith(ids[4][:12]))
-    assert "0.4000 (-0.2030 ✗)" in c4 and "1.0000 (-0.5000 ✓)" in c4 and "7.0000" in c4
+    assert "0.4 (-0.203 ✗)" in c4 and "1 (-0.5 ✓)" in c4 and "7" in c4
     c3 = next(line for line in lines if line.startswith(ids[3][:12]))
-    assert "0.6030 (+0.0530 ✓)" in c3 and "1.5000 (+0.0000 =)" in c3
+    assert "0.603 (+0.053 ✓)" in c3 and "1.5 (±0 =)" in c3
     data = json.loads(run(repo, "eval", "show", "--json").output)
     assert data["rows"][0]["cells"]["cls/acc"]["delta"] == pytest.approx(-0.203)
     assert data["columns"][0] == {"task": "cls", "metric": "acc", "higher_is_better": True, "tolerance": 0.005,
-                                  "key": "cls/acc"}
+                                  "rel_tolerance": 0.0, "direction_from": "config", "key": "cls/acc"}
     csv_lines = run(repo, "eval", "show", "--csv").output.splitlines()
     assert csv_lines[0].startswith("commit,parent,time,message,cls/acc,cls/acc:delta,cls/acc:effect")
     assert csv_lines[1].split(",")[:1] == [ids[4]] and ",regressed," in csv_lines[1]
@@ -370,7 +372,7 @@ def test_compare_two_commits(history):
     res = run(repo, "eval", "compare", ids[0][:10], "HEAD")
     assert res.exit_code == 0, res.output
     line = next(x for x in res.output.splitlines() if x.startswith("cls") and " loss " in x)
-    assert line.split() == ["cls", "loss", "lower", "2.0000", "1.0000", "-1.0000", "-50.00%", "✓", "improved"]
+    assert line.split() == ["cls", "loss", "lower", "2", "1", "-1", "-50%", "✓", "improved"]
     assert json.loads(run(repo, "eval", "compare", "HEAD~1", "HEAD", "--json").output)["rows"][0]["delta"] == \
         pytest.approx(0.4 - 0.603)
     empty = make_repo(repo.root + "-2")

@@ -99,7 +99,8 @@ def test_disjoint_changes_are_taken_exactly(model):
     r = model.repo.merge("feat")
     assert not r.fast_forward and r.commit.parents == [ours, theirs] and r.base == model.base_id
     assert r.commit.metadata["merge"] == {"base": model.base_id, "theirs": theirs, "rev": "feat", "strategy": None,
-                                          "scale": None, "resolved": []}
+                                          "scale": None, "resolved": 0, "resolved_groups": {}, "from_theirs": 3,
+                                          "followed": 0}
     assert sorted(r.from_theirs) == ["bf16.w (model/model.safetensors)", "file model/config.json",
                                      "new.w (model/model.safetensors)"]
     got = model.weights()

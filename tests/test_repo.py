@@ -372,12 +372,18 @@ def test_checkout_to_another_folder(repo, tmp_path):
     assert repo.head() == c2 and repo.head_branch() == "main"
     # a second checkout into the same folder finds the file already right
     assert repo.checkout(c0, output=str(tmp_path / "old")).unchanged == ["model.safetensors"]
-    # ...and refuses to overwrite a different file there without force
-    with pytest.raises(DirtyWorkingCheckpointError):
-        repo.checkout(c2, output=str(tmp_path / "old"))
-    assert sha256_file(old) == sha256_file(tmp_path / "expected.safetensors")
-    repo.checkout(c2, output=str(tmp_path / "old"), force=True)
+    # ...updates it to another commit (its bytes are in the repository: nothing is lost)
+    assert repo.checkout(c2, output=str(tmp_path / "old")).previous == c0
     assert sha256_file(old) == current
+    # ...and refuses to overwrite a file that no commit has without force (tests/test_verbs.py has more)
+    with open(old, "ab") as f:
+        f.write(b"edited")
+    edited = sha256_file(old)
+    with pytest.raises(DirtyWorkingCheckpointError):
+        repo.checkout(c0, output=str(tmp_path / "old"))
+    assert sha256_file(old) == edited
+    repo.checkout(c0, output=str(tmp_path / "old"), force=True)
+    assert sha256_file(old) == sha256_file(tmp_path / "expected.safetensors")
 
 
 def test_checkout_refuses_to_overwrite_uncommitted_changes(repo):

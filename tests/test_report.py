@@ -111,10 +111,10 @@ def test_report_in_headless_chromium(reported, tmp_path):
     newest = rows[0]
     assert ids[3][:12] in newest
     # update 3: f1 0.58 -> 0.585 improved, loss 1.3 -> 1.295 within the 0.01 tolerance, retrieval timed out
-    assert re.search(r"<td class=\"improved\">0\.5850 \(\+0\.0050 ✓\)</td>", newest)
-    assert re.search(r"<td class=\"unchanged\">1\.2950 \(-0\.0050 =\)</td>", newest)
+    assert re.search(r"<td class=\"improved\">0\.585 \(\+0\.005 ✓\)</td>", newest)
+    assert re.search(r"<td class=\"unchanged\">1\.295 \(-0\.005 =\)</td>", newest)
     assert re.search(r"<td class=\"failed\"[^>]*>TIMEOUT</td>", newest)
-    assert re.search(r"<td class=\"regressed\">0\.5800 \(-0\.0600 ✗\)</td>", rows[1])
+    assert re.search(r"<td class=\"regressed\">0\.58 \(-0\.06 ✗\)</td>", rows[1])
     # the layer map names the groups each commit changed
     layer_text = {m.group(1): m.group(2) for m in
                   re.finditer(r"<details class=\"layers\" data-commit=\"(\w+)\"><summary>(.*?)</summary>", html)}

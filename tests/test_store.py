@@ -28,6 +28,8 @@ class _Backend:
             if hasattr(self, "store"):
                 return self.store
             return MemoryObjectStore()
+        if self.kind == "packed":
+            return _PackingStore(self.root)
         return LooseObjectStore(self.root)
 
     def damage(self, oid: str, offset: int, xor: int = 0xFF) -> None:
@@ -45,7 +47,17 @@ class _Backend:
                 f.write(bytes([b ^ xor]))
 
 
-@pytest.fixture(params=["memory", "loose"])
+class _PackingStore(LooseObjectStore):
+    """A loose store that packs every small object it is given and seals at once (as Pipeline.ingest does at
+    its end): the whole contract again, with objects in pack files."""
+
+    def put(self, raw, width=1, oid=None, base=None, base2=None, remember=False, pack=True):
+        r = super().put(raw, width, oid, base, base2, remember, pack=pack)
+        self.seal()
+        return r
+
+
+@pytest.fixture(params=["memory", "loose", "packed"])
 def backend(request, tmp_path) -> _Backend:
     return _Backend(request.param, tmp_path)
 

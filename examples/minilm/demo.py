@@ -22,6 +22,8 @@ import tempfile
 
 import numpy as np
 
+from mlvc.render.units import human_bytes
+
 try:  # loaded as part of examples/minilm (python -m mlvc.demo loads the folder as a package)
     from .tasks import configure
 except ImportError:  # run as a script: python puts this folder first on sys.path
@@ -56,9 +58,20 @@ def tree_digest(folder: str) -> dict[str, str]:
     return out
 
 
+def shell_line(*args: str) -> str:
+    """`mlvc ARGS` as one shell line, each argument quoted as the shell needs (`shlex.join`): pasted into a
+    shell, it runs exactly the command the demo ran, spaces, quotes and `$` included."""
+    return shlex.join(["mlvc", *args])
+
+
+def note(text: str) -> None:
+    """A step that is not an `mlvc` command, echoed as a shell comment (a pasted transcript stays valid)."""
+    print("\n" + "\n".join(f"# {line}" for line in text.splitlines()))
+
+
 def mlvc(repo: str, *args: str) -> str:
     """Run the real `mlvc` command line in the repository; echo it (shell-quoted, ready to paste) and its output."""
-    command = shlex.join(["mlvc", *args])
+    command = shell_line(*args)
     print(f"\n$ {command}")
     r = subprocess.run([sys.executable, "-m", "mlvc", *args], cwd=repo, capture_output=True, text=True)
     out = (r.stdout + r.stderr).rstrip()
@@ -101,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         weights = os.path.join(repo, "model", "model.safetensors")
         original = tree_digest(os.path.join(repo, "model"))
 
+        print(f"\n$ cd {shlex.quote(repo)}")  # every command below runs in the repository
         mlvc(repo, "init")
         mlvc(repo, "commit", "model", "-m", "all-MiniLM-L6-v2 as released", "--step", "0")
         mlvc(repo, "tag", "released")
         # three "updates": a gentle one on the top layers, a tiny one everywhere, and a damaging one on layer 0
         for step, layers, scale in ((100, [4, 5], 1e-2), (200, [0, 1, 2, 3, 4, 5], 1e-3), (300, [0], 0.3)):
             update_weights(weights, step, layers, scale)
+            note(f"(python) a training update: layers {layers} of model/model.safetensors changed")
             mlvc(repo, "status")
             mlvc(repo, "commit", "-m", f"update layers {layers} (step {step})", "--step", str(step))
         mlvc(repo, "log", "--oneline")
@@ -116,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         mlvc(repo, "stats")
         raw = sum(os.path.getsize(os.path.join(repo, "model", p)) for p in original) * 4
         stored = du(os.path.join(repo, ".mlvc", "objects"))
-        print(f"\nstorage: 4 checkpoints, {raw / 1e6:.1f} MB raw -> {stored / 1e6:.1f} MB in .mlvc/objects "
+        print(f"\nstorage: 4 checkpoints, {human_bytes(raw)} raw -> {human_bytes(stored)} in .mlvc/objects "
               f"({stored / raw:.3f} of raw)")
 
         out = os.path.join(work, "released")
@@ -136,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         from mlvc.repo import Repo
 
         configure(Repo(repo))
+        note("(python) the two evaluation tasks written to mlvc.toml: examples/minilm/tasks.py, configure()")
         mlvc(repo, "eval", "run", "released", "HEAD~2", "HEAD~1", "HEAD")
         mlvc(repo, "eval", "show")
         mlvc(repo, "eval", "compare", "released", "HEAD")

@@ -72,8 +72,10 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, float]:
 @click.argument("rev")
 @click.argument("metrics", nargs=-1, required=True, metavar="METRIC=VALUE...")
 @click.option("-t", "--task", required=True, help="The task these metrics belong to.")
-@click.option("--higher", "higher", multiple=True, metavar="METRIC", help="Higher is better for METRIC.")
-@click.option("--lower", "lower", multiple=True, metavar="METRIC", help="Lower is better for METRIC.")
+@click.option("--higher", "higher", multiple=True, metavar="METRIC",
+              help="Higher is better for METRIC (remembered: needed once).")
+@click.option("--lower", "lower", multiple=True, metavar="METRIC",
+              help="Lower is better for METRIC (remembered: needed once).")
 @click.option("--dataset", default=None, help="Name of the data the metrics were measured on.")
 @click.option("--dataset-hash", default=None, help="Content hash of that data.")
 @click.option("--seed", type=int, default=None)
@@ -81,7 +83,11 @@ def _parse_metrics(items: tuple[str, ...]) -> dict[str, float]:
 @json_option
 @with_repo
 def eval_record(repo: Repo, rev, metrics, task, higher, lower, dataset, dataset_hash, seed, notes, as_json) -> None:
-    """Record metrics measured elsewhere for REV (directions come from the task's config unless given)."""
+    """Record metrics measured elsewhere for REV.
+
+    A metric's direction (--higher / --lower) is needed once: it comes from the task's config, else the ledger
+    remembers the first one given. A direction that contradicts either is refused (exit 14), nothing written.
+    """
     from ..render import evals as evals_view
 
     values = _parse_metrics(metrics)

@@ -8,7 +8,7 @@ import click
 
 from ..render.text import short, table
 from . import cli
-from ._common import DashDashCommand, echo_json, json_option, progress, quiet_option, with_repo
+from ._common import DashDashCommand, echo_json, emit, json_option, progress, quiet_option, with_repo
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -27,16 +27,18 @@ def _check_column(names: list[str], column: str | None) -> None:
                    "cosine; with --stat: a group column). Numbers largest first.")
 @click.option("--reverse", is_flag=True, help="Reverse the order.")
 @click.option("--stat", is_flag=True, help="One line per layer group instead of one per tensor.")
-@click.option("--all", "show_all", is_flag=True, help="List unchanged tensors (or groups) too.")
+@click.option("--all", "show_all", is_flag=True, help="List unchanged files and tensors (or groups) too.")
+@click.option("--name-status", is_flag=True,
+              help="Only the changed files, as git prints them: A, D, M or R100 (renamed), then the path(s).")
 @json_option
 @quiet_option
 @with_repo
-def diff(repo: Repo, revs, sort_by, reverse, stat, show_all, as_json, quiet) -> None:
-    """Compare checkpoints tensor by tensor: HEAD with the working checkpoint, A with the working
-    checkpoint, or A with B. Tensor names after `--` (globs) limit the comparison."""
+def diff(repo: Repo, revs, sort_by, reverse, stat, show_all, name_status, as_json, quiet) -> None:
+    """Compare checkpoints file by file and tensor by tensor: HEAD with the working checkpoint, A with the
+    working checkpoint, or A with B. Tensor names after `--` (globs) limit the comparison."""
     if len(revs) > 2:
         raise click.UsageError("give at most two revisions (put tensor globs after `--`)")
-    from ..render.diff import columns, diff_text, sort_items
+    from ..render.diff import columns, diff_text, name_status_text, sort_items
 
     _check_column(columns(groups=stat and not as_json), sort_by)
     a = revs[0] if revs else "HEAD"
@@ -47,6 +49,11 @@ def diff(repo: Repo, revs, sort_by, reverse, stat, show_all, as_json, quiet) -> 
         if sort_by:
             d.tensors = sort_items(d.tensors, sort_by, reverse)
         echo_json(d.to_json())
+        return
+    if name_status:
+        text = name_status_text(d)
+        if text:
+            click.echo(text)
         return
     click.echo(f"diff {a} ({short(d.a)}) -> {b + ' (' + short(d.b) + ')' if b else 'working checkpoint'}")
     click.echo(diff_text(d, stat=stat, show_all=show_all, sort_by=sort_by, reverse=reverse))
@@ -91,18 +98,21 @@ def reset(repo: Repo, rev, hard, force, as_json, quiet) -> None:
     if force and not hard:
         raise click.UsageError("--force only makes sense with --hard")
     r = repo.reset(rev, hard=hard, force=force, progress=progress(quiet))
-    if as_json:
-        echo_json(r.to_json())
-        return
-    what = r.branch or "detached HEAD"
-    click.echo(f"{what} is now at {short(r.new)} (was {short(r.old)}): "
-               f"{repo.read_commit(r.new).message.splitlines()[0] if repo.read_commit(r.new).message else ''}")
-    if hard:
-        click.echo(f"Working checkpoint: {len(r.written)} file(s) written, {len(r.removed)} removed.")
-    else:
-        click.echo("The working checkpoint was not touched; `mlvc status` shows how it differs from the new HEAD.")
-    if r.old and r.old != r.new:
-        click.echo(f"Undo with `mlvc reset {'--hard ' if hard else ''}{r.old[:12]}` (or HEAD@{{1}}).")
+
+    def text() -> str:
+        message = repo.read_commit(r.new).message
+        lines = [f"{r.branch or 'detached HEAD'} is now at {short(r.new)} (was {short(r.old)}): "
+                 f"{message.splitlines()[0] if message else ''}"]
+        if hard:
+            lines.append(f"Working checkpoint: {len(r.written)} file(s) written, {len(r.removed)} removed.")
+        else:
+            lines.append("The working checkpoint was not touched; `mlvc status` shows how it differs from the new "
+                         "HEAD.")
+        if r.old and r.old != r.new:
+            lines.append(f"Undo with `mlvc reset {'--hard ' if hard else ''}{r.old[:12]}` (or HEAD@{{1}}).")
+        return "\n".join(lines)
+
+    emit(r, text, as_json)
 
 
 @cli.command()
@@ -113,15 +123,14 @@ def reset(repo: Repo, rev, hard, force, as_json, quiet) -> None:
 def reflog(repo: Repo, ref, n, as_json) -> None:
     """Show where REF (HEAD, a branch or a tag) has pointed, newest first. Each REF@{N} is a revision."""
     lines = repo.reflog(ref, n)
-    if as_json:
-        echo_json([line.to_json() for line in lines])
-        return
-    if not lines:
-        click.echo(f"No reflog entries for {ref}.")
-        return
-    for line in lines:
-        e = line.entry
-        click.echo(f"{short(e.new) if e.new else '(deleted)':12}  {line.selector}: {e.message}  ({e.time}, {e.who})")
+
+    def text() -> str:
+        if not lines:
+            return f"No reflog entries for {ref}."
+        return "\n".join(f"{short(e.new) if e.new else '(deleted)':12}  {line.selector}: {e.message}  "
+                         f"({e.time}, {e.who})" for line in lines for e in [line.entry])
+
+    emit(lines, text, as_json)
 
 
 @cli.command()
@@ -155,6 +164,9 @@ def merge(repo: Repo, rev, strategy, scale, message, as_json, quiet) -> None:
     click.echo(f" merge base {short(r.base)}; {len(r.from_theirs)} tensor(s)/file(s) taken from {rev}; "
                f"{len(r.resolved)} changed on both sides resolved by {strategy or '-'}"
                + (f" (scale {r.scale:g})" if r.scale is not None else ""))
+    if r.followed:
+        click.echo(f" {len(r.followed)} change(s) applied where the other side moved the tensor or file: "
+                   + ", ".join(r.followed[:5]) + (" ..." if len(r.followed) > 5 else ""))
     if r.resolved:
         click.echo(table([[name] for name in r.resolved[:50]], [f"resolved by {strategy}"]))
         if len(r.resolved) > 50:

@@ -9,7 +9,7 @@ import click
 from ..render.text import short, table
 from ..render.units import describe_grace, human_bytes
 from . import cli
-from ._common import echo_json, json_option, progress, quiet_option, with_repo
+from ._common import emit, json_option, progress, quiet_option, with_repo
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -26,19 +26,20 @@ def stats(repo: Repo, rev, n, as_json) -> None:
     if repo.head() is None and rev is None:
         raise click.UsageError("no commits yet: nothing to measure")
     s = repo.stats(rev)
-    if as_json:
-        echo_json(s.to_json())
-        return
-    rows = [[short(c.id), c.message[:40], human_bytes(c.logical_bytes), human_bytes(c.new_stored_bytes),
-             f"{c.ratio:.3f}", c.new_objects] for c in s.commits[:n]]
-    click.echo(table(rows, ["commit", "message", "logical", "stored (new)", "ratio", "new objects"]))
-    if len(s.commits) > n:
-        click.echo(f"... {len(s.commits) - n} older commit(s) (see --json)")
-    click.echo("")
-    enc = ", ".join(f"{k} {v}" for k, v in s.encodings.items())
-    click.echo(f"{len(s.commits)} commit(s): {human_bytes(s.logical_bytes)} logical, {human_bytes(s.stored_bytes)} "
-               f"stored ({s.ratio:.3f} of logical) in {s.objects} object(s)")
-    click.echo(f"objects by encoding: {enc}; longest delta chain: {s.max_depth}")
+
+    def text() -> str:
+        rows = [[short(c.id), c.message[:40], human_bytes(c.logical_bytes), human_bytes(c.new_stored_bytes),
+                 f"{c.ratio:.3f}", c.new_objects] for c in s.commits[:n]]
+        lines = [table(rows, ["commit", "message", "logical", "stored (new)", "ratio", "new objects"])]
+        if len(s.commits) > n:
+            lines.append(f"... {len(s.commits) - n} older commit(s) (see --json)")
+        enc = ", ".join(f"{k} {v}" for k, v in s.encodings.items())
+        lines += ["", f"{len(s.commits)} commit(s): {human_bytes(s.logical_bytes)} logical, "
+                      f"{human_bytes(s.stored_bytes)} stored ({s.ratio:.3f} of logical) in {s.objects} object(s)",
+                  f"objects by encoding: {enc}; longest delta chain: {s.max_depth}"]
+        return "\n".join(lines)
+
+    emit(s, text, as_json)
 
 
 def _grace_option(value, source):
@@ -71,21 +72,23 @@ def gc(repo: Repo, prune, prune_temp, dry_run, as_json, quiet) -> None:
     Reachable: everything branches, tags, HEAD and reflog entries lead to (commits, parents, manifests,
     chunks, delta bases). Refuses (exit 5) when a reachable commit is missing or damaged: run `mlvc fsck`."""
     r = repo.gc(prune=prune, prune_temp=prune_temp, dry_run=dry_run, progress=progress(quiet))
-    if as_json:
-        echo_json(r.to_json())
-        return
-    verb = "to remove" if dry_run else "removed"
-    rows = [["objects kept", r.objects_kept, f"{r.objects_reachable} reachable, {r.objects_young} young"],
-            [f"objects {verb}", r.objects_removed, human_bytes(r.object_bytes_freed)],
-            [f"temp files {verb}", r.temp_files_removed, human_bytes(r.temp_bytes_freed)],
-            [f"stale locks {'to clear' if dry_run else 'cleared'}", r.locks_cleared, ""]]
-    click.echo(table(rows, ["", "count", "detail"]))
-    click.echo(f"{'would free' if dry_run else 'freed'} {human_bytes(r.bytes_freed)} "
-               f"(grace: objects {describe_grace(r.grace_seconds)}, temp files {describe_grace(r.temp_grace_seconds)})"
-               + ("; dry run: nothing was deleted" if dry_run else ""))
-    for line in r.recovered:
-        click.echo(f"note: {line}")
-    if r.objects_missing:
-        click.echo(f"note: {r.objects_missing} object(s) that reachable commits need are missing; run `mlvc fsck`")
-    if r.worktree_busy:
-        click.echo("note: a work-tree update is in progress; its temp files were left alone")
+
+    def text() -> str:
+        verb = "to remove" if dry_run else "removed"
+        rows = [["objects kept", r.objects_kept, f"{r.objects_reachable} reachable, {r.objects_young} young"],
+                [f"objects {verb}", r.objects_removed, human_bytes(r.object_bytes_freed)],
+                [f"temp files {verb}", r.temp_files_removed, human_bytes(r.temp_bytes_freed)],
+                [f"stale locks {'to clear' if dry_run else 'cleared'}", r.locks_cleared, ""]]
+        lines = [table(rows, ["", "count", "detail"]),
+                 f"{'would free' if dry_run else 'freed'} {human_bytes(r.bytes_freed)} (grace: objects "
+                 f"{describe_grace(r.grace_seconds)}, temp files {describe_grace(r.temp_grace_seconds)})"
+                 + ("; dry run: nothing was deleted" if dry_run else "")]
+        lines += [f"note: {line}" for line in r.recovered]
+        if r.objects_missing:
+            lines.append(f"note: {r.objects_missing} object(s) that reachable commits need are missing; "
+                         "run `mlvc fsck`")
+        if r.worktree_busy:
+            lines.append("note: a work-tree update is in progress; its temp files were left alone")
+        return "\n".join(lines)
+
+    emit(r, text, as_json)

@@ -8,7 +8,9 @@ The cost of a diff grows with what changed, not with the size of the model:
 - everything else streams chunk by chunk (or in element blocks when the two sides were chunked differently),
   accumulating counts, sums of squares, dot products and maxima: never a whole large tensor in memory.
 
-docs/diff.md defines every number, including NaN and inf.
+Files are compared too (added, removed, renamed, modified, with sizes), and tensors are matched across the
+two sides by the one rule diff, revert and merge share (treebuild.pair_keys: same file and name, else the
+same name moved to another file). docs/diff.md defines every number, including NaN and inf.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,19 +25,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..dtypes import ITEMSIZE
+from ..errors import MlvcError
 from ..normcache import NormCache
 from ..numeric import as_numbers, is_numeric
-from ..objects import TensorEntry
+from ..objects import KIND_SAFETENSORS, FileEntry, Manifest, TensorEntry
 from ..progress import NULL, Progress
 from .select import select_tensors
-from .tensorsource import ByteStream, Side, commit_side, working_side
+from .tensorsource import ByteStream, Side, StoredSide, WorkingSide
+from .treebuild import Key, layer_group, natural_key, pair_keys
+
+__all__ = ["FileDiff", "GroupDiff", "TensorDiff", "TreeDiff", "diff", "diff_commit", "layer_group", "natural_key"]
 
 if TYPE_CHECKING:
     from ..repo import Repo
 
 ADDED, REMOVED, CHANGED, UNCHANGED = "added", "removed", "changed", "unchanged"
-DTYPE_CHANGED, SHAPE_CHANGED = "dtype_changed", "shape_changed"
-STATUSES = (ADDED, REMOVED, CHANGED, UNCHANGED, DTYPE_CHANGED, SHAPE_CHANGED)
+DTYPE_CHANGED, SHAPE_CHANGED, MOVED = "dtype_changed", "shape_changed", "moved"
+STATUSES = (ADDED, REMOVED, CHANGED, UNCHANGED, DTYPE_CHANGED, SHAPE_CHANGED, MOVED)
+MODIFIED, RENAMED = "modified", "renamed"
+FILE_STATUSES = (ADDED, REMOVED, MODIFIED, RENAMED, UNCHANGED)
 
 BLOCK_ELEMS = 1 << 19  # element block when the two sides are not chunked alike
 
@@ -56,9 +63,36 @@ class TensorDiff:
     rel_change: float | None  # ||B - A|| / ||A||
     max_abs: float | None  # max |B - A|
     cosine: float | None  # <A, B> / (||A|| ||B||); None where a norm is 0
+    path: str | None = None  # the file holding it in B (in A when removed)
+    old_path: str | None = None  # the file holding it in A when that is another file (moved)
 
     def __post_init__(self) -> None:
         self._ssq_a: float | None = None  # ||A||^2 when it was computed (not part of the public shape)
+        self._keys: tuple[Key | None, Key | None] = (None, None)  # (key in A, key in B), None where absent
+
+    @property
+    def keys(self) -> set[Key]:
+        """The (file path, tensor name) keys this tensor has on either side."""
+        return {k for k in self._keys if k is not None}
+
+
+@dataclass
+class FileDiff:
+    path: str  # the path in B (in A for a removed file)
+    status: str  # one of FILE_STATUSES
+    old_path: str | None  # renamed: the path in A
+    kind_a: str | None  # "safetensors", "torch", "blob"; None where the file does not exist on that side
+    kind_b: str | None
+    size_a: int | None  # bytes
+    size_b: int | None
+
+    @property
+    def letter(self) -> str:
+        """git's --name-status letter: A, D, M, R100 (renamed, same content); " " for unchanged."""
+        return {ADDED: "A", REMOVED: "D", MODIFIED: "M", RENAMED: "R100"}.get(self.status, " ")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "letter": self.letter}
 
 
 @dataclass
@@ -78,10 +112,25 @@ class TreeDiff:
     b: str | None  # commit id, None for the working checkpoint
     tensors: list[TensorDiff] = field(default_factory=list)
     groups: list[GroupDiff] = field(default_factory=list)
+    files: list[FileDiff] = field(default_factory=list)  # every file of either side, in path order
 
     @property
     def changed(self) -> list[TensorDiff]:
         return [t for t in self.tensors if t.status != UNCHANGED]
+
+    @property
+    def changed_files(self) -> list[FileDiff]:
+        return [f for f in self.files if f.status != UNCHANGED]
+
+    def changed_keys(self) -> set[Key]:
+        """What changed, under the keys revert and merge work with (treebuild.changes): (path, tensor name)
+        for tensors of safetensors files, (path, None) for a path that is not safetensors on both sides."""
+        whole = {p for f in self.files for p in (f.path, f.old_path)
+                 if p is not None and {f.kind_a, f.kind_b} - {None, KIND_SAFETENSORS}}
+        out = {k for t in self.changed for k in t.keys if k[0] not in whole}
+        for f in self.changed_files:
+            out |= {(p, None) for p in (f.path, f.old_path) if p in whole}
+        return out
 
     def total(self) -> GroupDiff:
         """All tensors as one group (name "(total)")."""
@@ -89,6 +138,7 @@ class TreeDiff:
 
     def to_json(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b,
+                "files": [f.to_json() for f in self.files],
                 "tensors": [_json_floats(asdict(t)) for t in self.tensors],
                 "groups": [_json_floats(asdict(g)) for g in self.groups],
                 "total": _json_floats(asdict(self.total()))}
@@ -97,26 +147,6 @@ class TreeDiff:
 def _json_floats(d: dict[str, Any]) -> dict[str, Any]:
     """JSON has no inf or NaN: they are written as the strings "inf", "-inf" and "nan"."""
     return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-
-_INDEX = re.compile(r"^[0-9]+$")
-
-
-def layer_group(name: str) -> str:
-    """The layer group of a tensor: its name up to and including the first all-digit part that is not the
-    last part ("encoder.layer.3.attention.self.query.weight" -> "encoder.layer.3"); without one, its parent
-    module path ("embeddings.word_embeddings.weight" -> "embeddings.word_embeddings"); "(root)" for a
-    top-level name."""
-    parts = name.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if _INDEX.match(part):
-            return ".".join(parts[: i + 1])
-    return ".".join(parts[:-1]) or "(root)"
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key that puts layer.2 before layer.10."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"([0-9]+)", name) if p)
 
 
 def _aggregate(name: str, tensors: list[TensorDiff]) -> GroupDiff:
@@ -230,9 +260,9 @@ def _finite_ssq(raw, dtype: str) -> float:
 class _Differ:
     def __init__(self, a: Side, b: Side, norms: NormCache, progress: Progress):
         self.a, self.b, self.norms, self.progress = a, b, norms, progress
+        self.same_place = True  # whether the pair being compared has the same key on both sides
 
-    def compare(self, name: str) -> TensorDiff:
-        ta, tb = self.a.tensors.get(name), self.b.tensors.get(name)
+    def compare(self, name: str, ta: TensorEntry | None, tb: TensorEntry | None) -> TensorDiff:
         if ta is None or tb is None:
             t = ta if ta is not None else tb
             assert t is not None, name  # a name of one side at least
@@ -248,7 +278,8 @@ class _Differ:
             return base(status=SHAPE_CHANGED, changed=n, changed_frac=1.0 if n else 0.0, l2=None,
                         rel_change=None, max_abs=None, cosine=None)
         if ta.dtype == tb.dtype and ta.hash == tb.hash:
-            return base(status=UNCHANGED, changed=0, changed_frac=0.0, l2=0.0, rel_change=0.0, max_abs=0.0,
+            return base(status=UNCHANGED if self.same_place else MOVED, changed=0, changed_frac=0.0, l2=0.0,
+                        rel_change=0.0, max_abs=0.0,
                         cosine=1.0)
         status = CHANGED if ta.dtype == tb.dtype else DTYPE_CHANGED
         if not (is_numeric(ta.dtype) and is_numeric(tb.dtype)):
@@ -318,21 +349,109 @@ def _cosine(acc: _Acc) -> float | None:
 
 def diff(repo: Repo, a: str | None = "HEAD", b: str | None = None, tensors: Iterable[str] | str | None = None,
          progress: Progress = NULL) -> TreeDiff:
-    """Compare commit `a` with commit `b` (None: the working checkpoint), optionally only the tensors whose
-    names match the globs in `tensors`. `a` None stands for an empty checkpoint (everything added)."""
+    """Compare commit `a` with commit `b` (None: the working checkpoint): every file, and every tensor or
+    only those whose names match the globs in `tensors` (files then: those holding a selected tensor).
+    `a` None stands for an empty checkpoint (everything added)."""
     norms = NormCache(repo.dir)
     with contextlib.ExitStack() as stack:
         pipe = stack.enter_context(repo.pipeline())
-        side_b = commit_side(repo, b, pipe) if b is not None else working_side(repo, stack, progress)
-        side_a = commit_side(repo, a, pipe) if a is not None else Side(None, {}, side_b.chunk_size)
+        if b is not None:
+            mb, side_b = _commit(repo, b, pipe)
+        else:
+            mb, side_b = _working(repo, stack, progress)
+        if a is not None:
+            ma, side_a = _commit(repo, a, pipe)
+        else:
+            ma, side_a = None, Side(None, {}, side_b.chunk_size)
         where = f"{'the empty checkpoint' if a is None else a} or {'the working checkpoint' if b is None else b}"
-        names = select_tensors(sorted(set(side_a.tensors) | set(side_b.tensors), key=natural_key), tensors, where)
+        ta, tb = _tensors(ma), _tensors(mb)
+        pairs = pair_keys(ta, tb)
+        shown = _display_names(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: natural_key(shown[i]))
+        chosen = set(select_tensors([shown[i] for i in order], tensors, where))
         differ = _Differ(side_a, side_b, norms, progress)
         progress.start("diff")
-        out = [differ.compare(n) for n in names]
+        out = []
+        for i in order:
+            if shown[i] not in chosen:
+                continue
+            ka, kb = pairs[i]
+            differ.same_place = ka == kb
+            td = differ.compare(shown[i], ta.get(ka) if ka else None, tb.get(kb) if kb else None)
+            td.path = (kb or ka or ("", None))[0]
+            td.old_path = ka[0] if ka is not None and kb is not None and ka[0] != kb[0] else None
+            td._keys = (ka, kb)
+            out.append(td)
         progress.finish()
     norms.save()
-    return TreeDiff(side_a.commit, side_b.commit, out, group_diffs(out))
+    files = file_diffs(ma, mb)
+    if tensors is not None:
+        held = {k[0] for t in out for k in t.keys}
+        files = [f for f in files if f.path in held or f.old_path in held]
+    return TreeDiff(side_a.commit, side_b.commit, out, group_diffs(out), files)
+
+
+def _display_names(pairs: list[tuple[Key | None, Key | None]]) -> list[str]:
+    """Each tensor's name as shown: the plain name, or 'path:name' (B's path, else A's) where the name is not
+    unique among the pairs."""
+    names = [(kb or ka or ("", ""))[1] or "" for ka, kb in pairs]
+    count: dict[str, int] = {}
+    for n in names:
+        count[n] = count.get(n, 0) + 1
+    return [n if count[n] == 1 else f"{(kb or ka or ('', ''))[0]}:{n}"
+            for n, (ka, kb) in zip(names, pairs, strict=True)]
+
+
+def _tensors(m: Manifest | None) -> dict[Key, TensorEntry]:
+    """Every tensor of a tree, of any kind of file, by (file path, tensor name)."""
+    return {(f.path, t.name): t for f in (m.files if m else []) for t in f.tensors}
+
+
+def file_diffs(ma: Manifest | None, mb: Manifest | None) -> list[FileDiff]:
+    """Every file of either side: added, removed, modified (other content or kind), renamed (the same content
+    under another path, matched by pair_keys like tensors), unchanged; in path order."""
+    fa: dict[Key, FileEntry] = {(f.path, None): f for f in ma.files} if ma else {}
+    fb: dict[Key, FileEntry] = {(f.path, None): f for f in mb.files} if mb else {}
+    out = []
+    for ka, kb in pair_keys(fa, fb):
+        x, y = fa.get(ka) if ka else None, fb.get(kb) if kb else None
+        if x is None or y is None:
+            f = x if x is not None else y
+            assert f is not None
+            out.append(FileDiff(f.path, ADDED if x is None else REMOVED, None, x.kind if x else None,
+                                y.kind if y else None, x.size if x else None, y.size if y else None))
+            continue
+        status = RENAMED if x.path != y.path else (UNCHANGED if _same_file(x, y) else MODIFIED)
+        out.append(FileDiff(y.path, status, x.path if status == RENAMED else None, x.kind, y.kind, x.size, y.size))
+    return sorted(out, key=lambda f: natural_key(f.path))
+
+
+def _same_file(x: FileEntry, y: FileEntry) -> bool:
+    return x.hash == y.hash and x.kind == y.kind
+
+
+def _commit(repo: Repo, rev: str, pipe) -> tuple[Manifest, Side]:
+    cid = repo.resolve(rev)
+    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
+    return manifest, StoredSide(cid, {}, manifest.chunk_size, pipe)
+
+
+def _working(repo: Repo, stack: contextlib.ExitStack, progress: Progress) -> tuple[Manifest, Side]:
+    """The working checkpoint's files (hashed without storing; the stat cache spares unchanged ones) and a
+    side that reads their tensors."""
+    from ..statcache import StatCache
+    from .workfiles import working_entries
+
+    head = repo.head()
+    if head is None:
+        raise MlvcError("nothing is committed yet, so there is no working checkpoint to diff against; "
+                        "`mlvc commit PATH -m MSG` makes the first commit")
+    manifest = repo.read_manifest(repo.read_commit(head).manifest)
+    cache = StatCache(repo.dir)
+    files = list(working_entries(repo, manifest, manifest.roots, cache, progress).values())
+    cache.save()
+    return (Manifest(list(manifest.roots), files, manifest.chunk_size),
+            WorkingSide(repo, files, manifest.chunk_size, stack))
 
 
 def diff_commit(repo: Repo, rev: str, *, tensors: Iterable[str] | str | None = None,

@@ -4,6 +4,10 @@
 metrics it wrote as JSON, and appends one ledger row per metric. A command that fails, times out or writes
 unusable output is recorded as one failure row with the reason and its stderr tail. Work already in the ledger
 (an "ok" row for the same commit, task and spec hash) is skipped unless `force`; failures are tried again.
+
+Every row carries its metric's direction when one is known: the configured one (tasks.load_rules), else the
+one the ledger remembers (Ledger.directions). A direction that contradicts the configuration or the ledger is
+refused (MetricDirectionError) before anything is run or written.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EvalError
+from ..errors import EvalError, MetricDirectionError
 from ..ledger import STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT, Record
+from ..metricrules import MetricRule, rule_for
 from ..progress import NULL, Progress
-from ..tasks import TaskSpec, get_task, load_tasks
+from ..tasks import PROJECT_FILE, TaskSpec, get_task, load_rules, load_tasks
 from ..util import canonical_json, hash_bytes
 
 if TYPE_CHECKING:
@@ -89,9 +94,13 @@ def run(repo: Repo, revs: Iterable[str] | None = None, tasks: Iterable[str] | No
                         ".mlvc/config.toml (docs/ledger.md)")
     chosen = [get_task(repo, t, configured) for t in dict.fromkeys(tasks)] if tasks else list(configured.values())
     commits = list(dict.fromkeys(repo.resolve(r) for r in (revs or ["HEAD"])))
+    rules = load_rules(repo)
+    records = repo.ledger.records()
+    _check_known_directions(repo, {(t.name, m): s.higher_is_better for t in chosen for m, s in t.metrics.items()},
+                            records)
     done = set()
     if not force:
-        done = {(r.commit, r.task, r.spec_hash) for r in repo.ledger.records() if r.ok}
+        done = {(r.commit, r.task, r.spec_hash) for r in records if r.ok}
     outcomes: list[EvalOutcome] = []
 
     def done_with(outcome: EvalOutcome) -> None:
@@ -111,17 +120,20 @@ def run(repo: Repo, revs: Iterable[str] | None = None, tasks: Iterable[str] | No
             checkpoint = os.path.join(scratch, "checkpoint")
             repo.checkout(cid, output=checkpoint, progress=progress)
             for task in todo:
-                outcome, records = run_task(repo, task, cid, checkpoint, scratch)
-                repo.ledger.append(records)
+                outcome, rows = run_task(repo, task, cid, checkpoint, scratch, rules)
+                repo.ledger.append(rows)
                 done_with(outcome)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return EvalRunResult(outcomes)
 
 
-def run_task(repo: Repo, task: TaskSpec, commit: str, checkpoint: str, scratch: str
-             ) -> tuple[EvalOutcome, list[Record]]:
-    """Run one task's command on one checked-out commit; the outcome and the ledger rows it yields."""
+def run_task(repo: Repo, task: TaskSpec, commit: str, checkpoint: str, scratch: str,
+             rules: dict[tuple[str, str], MetricRule] | None = None) -> tuple[EvalOutcome, list[Record]]:
+    """Run one task's command on one checked-out commit; the outcome and the ledger rows it yields.
+
+    A metric's row carries its configured direction (the task's, else a [check.metrics] rule in `rules`);
+    the ledger remembers it from there."""
     output = os.path.join(scratch, f"{task.name}.json")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(output)
@@ -154,8 +166,8 @@ def run_task(repo: Repo, task: TaskSpec, commit: str, checkpoint: str, scratch: 
     records = []
     for name, value in metrics.items():
         spec = task.metrics.get(name)
-        records.append(make_record(commit, task.name, name, value, spec.higher_is_better if spec else None,
-                                   notes=notes))
+        direction = spec.higher_is_better if spec else rule_for(rules or {}, task.name, name).direction
+        records.append(make_record(commit, task.name, name, value, direction, notes=notes))
     return EvalOutcome(commit, task.name, STATUS_OK, metrics, None, None, duration), records
 
 
@@ -225,17 +237,30 @@ def record(repo: Repo, rev: str, task: str, metrics: dict[str, float], *,
            spec: dict[str, Any] | None = None) -> RecordResult:
     """Record metrics measured elsewhere (a training loop, a notebook) for commit `rev` and `task`.
 
-    Directions come from `higher_is_better`, else from the task's configuration when the task is configured,
-    else they stay unknown (shown without improvement/regression marks). The spec defaults to
-    {"source": "record", "task": task, "dataset": ..., "seed": ...}: recorded results never count as done
-    work for `eval run`, whose spec is the configured command.
+    A metric's direction is remembered: the one given in `higher_is_better` must agree with the configured
+    one (tasks.load_rules) and with the one the ledger remembers (its first row that gave one), else
+    MetricDirectionError and nothing is written. Each row is written with the direction given, else the
+    configured, else the remembered one; a metric with none of them stays without (shown without marks
+    until a direction is given once). The spec defaults to {"source": "record", "task": task, "dataset":
+    ..., "seed": ...}: recorded results never count as done work for `eval run`, whose spec is the
+    configured command.
     """
     if not metrics:
         raise EvalError("nothing to record: give at least one metric=value")
     cid = repo.resolve(rev)
-    configured = load_tasks(repo).get(task)
-    directions = {m: s.higher_is_better for m, s in configured.metrics.items()} if configured else {}
-    directions.update(higher_is_better or {})
+    rules = load_rules(repo)
+    given = dict(higher_is_better or {})
+    for name, hib in given.items():
+        configured = rule_for(rules, task, name).direction
+        if configured is not None and configured != hib:
+            raise MetricDirectionError(task, name, hib, configured, "the configuration (mlvc.toml or "
+                                       ".mlvc/config.toml)", f"Give no direction for it, or fix its rule in "
+                                       f"{PROJECT_FILE}")
+    records = repo.ledger.records()
+    remembered = repo.ledger.directions(records)
+    directions = {name: (given[name] if name in given else rule_for(rules, task, name).direction)
+                  for name in metrics}
+    directions = {name: (d if d is not None else remembered.get((task, name))) for name, d in directions.items()}
     spec = spec if spec is not None else {"source": "record", "task": task, "dataset": dataset,
                                           "dataset_hash": dataset_hash, "seed": seed}
     try:
@@ -248,6 +273,18 @@ def record(repo: Repo, rev: str, task: str, metrics: dict[str, float], *,
             for name, value in metrics.items()]
     res = repo.ledger.append(recs)
     return RecordResult(cid, task, dict(metrics), spec_hash, res.path)
+
+
+def _check_known_directions(repo: Repo, configured: dict[tuple[str, str], bool], records: list[Record]) -> None:
+    """Refuse before running anything when a configured direction contradicts the one the ledger remembers."""
+    first = repo.ledger.first_directions(records)
+    for (task, metric), hib in sorted(configured.items()):
+        row = first.get((task, metric))
+        if row is not None and row.higher_is_better != hib:
+            raise MetricDirectionError(task, metric, hib, bool(row.higher_is_better),
+                                       f"the ledger (fixed by its first row with a direction, for commit "
+                                       f"{row.commit[:12]})", f"Fix the metric's direction in [tasks.{task}], "
+                                       "or rename the metric if its meaning changed")
 
 
 def _tail(data: bytes) -> str | None:

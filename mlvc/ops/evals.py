@@ -3,7 +3,11 @@
 The value of (commit, task, metric) is the newest "ok" row for it. A commit's baseline for a metric is its
 nearest first-parent ancestor that has a value for that metric (normally the parent itself), so the change
 shown is the effect of the updates since that measurement. A change is an improvement or a regression by the
-metric's direction, and "unchanged" when its size is within the metric's tolerance.
+metric's direction, and "unchanged" when its size is within the metric's tolerance (metricrules.verdict).
+
+A metric's rule (direction, absolute and relative tolerance) is the configured one (tasks.load_rules:
+[tasks.NAME] metrics and [check.metrics]); where the configuration gives no direction, the ledger's
+remembered one (Ledger.directions: the first row that carried one). `Column.direction_from` says which.
 
 This module returns data (EffectTable, Comparison, with to_json); mlvc/render/evals.py turns it into text.
 """
@@ -16,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EvalError, RevisionError
 from ..ledger import STATUS_OK, Record
-from ..tasks import load_tasks
+from ..metricrules import MetricRule, Verdict, change, rule_for, verdict
+from ..tasks import load_rules, load_tasks
 
 if TYPE_CHECKING:
     from ..objects import Commit
     from ..repo import Repo
 
-IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "unchanged"
+IMPROVED, REGRESSED, UNCHANGED = Verdict.IMPROVED.value, Verdict.REGRESSED.value, Verdict.UNCHANGED.value
 
 
 @dataclass
@@ -30,11 +35,17 @@ class Column:
     task: str
     metric: str
     higher_is_better: bool | None
-    tolerance: float = 0.0
+    tolerance: float = 0.0  # absolute
+    rel_tolerance: float = 0.0  # a fraction of |base|; the larger of the two tolerances counts
+    direction_from: str | None = None  # "config", "ledger" (remembered from its first row) or None (unknown)
 
     @property
     def key(self) -> str:
         return f"{self.task}/{self.metric}"
+
+    @property
+    def rule(self) -> MetricRule:
+        return MetricRule(self.higher_is_better, self.tolerance, self.rel_tolerance)
 
 
 @dataclass
@@ -85,6 +96,8 @@ class CompareRow:
     effect: str | None
     higher_is_better: bool | None
     tolerance: float = 0.0
+    rel_tolerance: float = 0.0
+    direction_from: str | None = None
 
 
 @dataclass
@@ -104,24 +117,29 @@ class _Index:
         records = repo.ledger.records() if records is None else records  # oldest first
         self.values: dict[tuple[str, str, str], Record] = {}
         self.last_try: dict[tuple[str, str], Record] = {}
-        seen_cols: dict[tuple[str, str], bool | None] = {}
+        seen_cols: set[tuple[str, str]] = set()
         for r in records:
             self.last_try[(r.commit, r.task)] = r
             if r.status == STATUS_OK and r.metric is not None:
                 self.values[(r.commit, r.task, r.metric)] = r
-                seen_cols[(r.task, r.metric)] = r.higher_is_better
+                seen_cols.add((r.task, r.metric))
         configured = load_tasks(repo)
         # Tasks that only ever failed still get columns (their configured metrics, else one named "-"),
         # so that a failing evaluator shows up in the table instead of vanishing from it.
         for task in sorted({t for _, t in self.last_try} - {t for t, _ in seen_cols}):
             metrics = configured[task].metrics if task in configured else {}
             for metric in metrics or ["-"]:
-                seen_cols[(task, metric)] = None
+                seen_cols.add((task, metric))
+        rules = load_rules(repo)
+        remembered = repo.ledger.directions(records)
         self.columns: dict[tuple[str, str], Column] = {}
-        for (task, metric), hib in sorted(seen_cols.items()):
-            spec = configured[task].metrics.get(metric) if task in configured else None
-            self.columns[(task, metric)] = Column(task, metric, spec.higher_is_better if spec else hib,
-                                                  spec.tolerance if spec else 0.0)
+        for task, metric in sorted(seen_cols):
+            rule = rule_for(rules, task, metric)
+            source = "config" if rule.direction is not None else None
+            if rule.direction is None and (task, metric) in remembered:
+                rule, source = rule.with_direction(remembered[(task, metric)]), "ledger"
+            self.columns[(task, metric)] = Column(task, metric, rule.direction, rule.abs_tol or 0.0,
+                                                  rule.rel_tol or 0.0, source)
         self.commits = {r.commit for r in records}
 
     def value(self, commit: str, col: Column) -> float | None:
@@ -133,13 +151,9 @@ def judge(col: Column, base: float | None, value: float | None) -> tuple[float |
     """(delta, relative delta, effect) of moving from `base` to `value` on a column."""
     if base is None or value is None:
         return None, None, None
-    delta = value - base
-    rel = delta / abs(base) if base != 0 else None
-    if col.higher_is_better is None:
-        return delta, rel, None
-    if abs(delta) <= col.tolerance:
-        return delta, rel, UNCHANGED
-    return delta, rel, IMPROVED if (delta > 0) == col.higher_is_better else REGRESSED
+    delta, rel = change(base, value)
+    v = verdict(col.rule, base, value)
+    return delta, rel, (v.value if v in (Verdict.IMPROVED, Verdict.REGRESSED, Verdict.UNCHANGED) else None)
 
 
 def commits_in_range(repo: Repo, rev_range: str | None) -> list[Commit]:
@@ -217,7 +231,7 @@ def compare(repo: Repo, a: str, b: str, tasks: Iterable[str] | None = None) -> C
             continue
         delta, rel, effect = judge(col, va, vb)
         out.rows.append(CompareRow(col.task, col.metric, va, vb, delta, rel, effect, col.higher_is_better,
-                                   col.tolerance))
+                                   col.tolerance, col.rel_tolerance, col.direction_from))
     if not out.rows:
         raise EvalError(f"neither {a} ({ca[:12]}) nor {b} ({cb[:12]}) has recorded results; run "
                         "`mlvc eval run REV` or `mlvc eval record REV --task T metric=value` first")

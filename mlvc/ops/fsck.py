@@ -17,6 +17,7 @@ from .. import lockfile
 from ..errors import CorruptObjectError, MlvcError, ObjectNotFoundError
 from ..progress import NULL, Progress
 from ..refs import HEAD, HEADS, TAGS
+from ..revparse import tag_target
 from ..util import TMP_PREFIX
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
     report = FsckReport()
     bad: set[str] = set()
     ids = list(repo.store.ids())
-    progress.start("fsck", len(ids))
+    progress.start("fsck", len(ids), unit="objects")
     for oid in ids:
         try:
             repo.store.verify(oid)
@@ -68,6 +69,8 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
         report.objects_checked += 1
         progress.advance(1)
     progress.finish()
+    for name, why in repo.store.packs.bad_packs().items():  # a pack file that cannot be read at all
+        report.problems.append(Problem("", "corrupt pack", why, name))
 
     starts: dict[str, str] = {}
     for kind, prefix in (("branch", HEADS), ("tag", TAGS)):
@@ -169,8 +172,17 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: 
             report.problems.append(Problem(cid, "missing", f"commit referenced by {via}"))
             continue
         except CorruptObjectError as e:
-            if cid not in bad:
+            if cid in bad:
+                continue
+            try:  # an annotated tag: its object is checked, then the commit it names
+                target = tag_target(repo, cid)
+            except CorruptObjectError as te:
+                report.problems.append(Problem(cid, "corrupt", f"tag object referenced by {via}: {te.reason}"))
+                continue
+            if target is None:
                 report.problems.append(Problem(cid, "corrupt", f"commit referenced by {via}: {e.reason}"))
+            else:
+                stack.append((target, f"tag object {cid[:12]} ({via})"))
             continue
         report.commits_reached += 1
         stack.extend((p, f"commit {cid[:12]}") for p in c.parents)

@@ -1,7 +1,8 @@
 """gc: delete the objects nothing reachable needs, and the leftovers of interrupted processes.
 
-Reachable (the *mark*): every commit named by a branch, a tag, HEAD, any other ref file under `.mlvc/refs/`
-(where remote-tracking refs will live) or any reflog entry; from each commit its parents, its manifest and
+Reachable (the *mark*): every commit named by a branch, a tag (an annotated tag: its tag object and the commit
+that one names), HEAD, any other ref file under `.mlvc/refs/` (where remote-tracking refs will live) or any
+reflog entry; from each commit its parents, its manifest and
 every object a file entry needs (`FileEntry.object_ids()`: header chunks, tensor chunks, blob chunks, torch
 frame chunks and skeleton); and, transitively, every delta base of a kept object (a delta cannot be read without
 its chain).
@@ -39,6 +40,7 @@ from .. import faults, lockfile
 from ..errors import ConfigError, CorruptObjectError, GcRefusedError, MlvcError, ObjectNotFoundError
 from ..progress import NULL, Progress
 from ..refs import HEAD, HEADS, TAGS
+from ..revparse import tag_target
 from ..util import is_object_id
 from .gc_leftovers import MLVC_TEMP, clear_stale_locks, sweep_mlvc_temp, sweep_worktree
 
@@ -233,7 +235,16 @@ class _Marker:
             except ObjectNotFoundError:
                 raise GcRefusedError(cid, f"commit {cid}, named by {via}, is missing") from None
             except CorruptObjectError as e:
-                raise GcRefusedError(cid, f"commit {cid}, named by {via}, is damaged ({e.reason})") from None
+                try:  # an annotated tag (a tag's ref or reflog names its tag object): keep it and its commit
+                    target = tag_target(self.repo, cid)
+                except CorruptObjectError as te:
+                    raise GcRefusedError(cid, f"the tag object {cid}, named by {via}, is damaged ({te.reason})"
+                                         ) from None
+                if target is None:
+                    raise GcRefusedError(cid, f"commit {cid}, named by {via}, is damaged ({e.reason})") from None
+                self.needed.add(cid)
+                stack.append((target, f"tag object {cid[:12]}"))
+                continue
             self.result.commits_reached += 1
             self.needed.update((cid, c.manifest))
             stack.extend((p, f"commit {cid[:12]}") for p in c.parents)
@@ -329,26 +340,34 @@ def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], res
         except (ObjectNotFoundError, CorruptObjectError):
             return 1 << 16  # unreadable: nothing can be decoded on it, remove it first
 
-    progress.start("gc", len(candidates))
-    # Deepest first: a delta goes before its base, so a crash leaves no object whose base is gone.
-    for oid in sorted(candidates, key=lambda o: (-depth(o), o)):
-        progress.advance(1)
-        if oid in kept:
-            continue
-        try:
-            size = store.stored_size(oid)
-            if store.mtime(oid) > cutoff():  # freshened since it was listed, or an operation started since
-                kept.add(oid)
-                _close_bases(store, kept, {oid}, False)
+    progress.start("gc", len(candidates), unit="objects")
+    # Deepest first, one depth at a time: a delta goes before its base, so a crash leaves no object whose base is
+    # gone. Objects of one depth are never each other's bases, so each depth is deleted as one batch (a pack file
+    # holding several of them is rewritten once, not once per object).
+    levels: dict[int, list[str]] = {}
+    for oid in sorted(candidates):
+        levels.setdefault(depth(oid), []).append(oid)
+    for level in sorted(levels, reverse=True):
+        doomed = []
+        for oid in levels[level]:
+            progress.advance(1)
+            if oid in kept:
                 continue
-        except ObjectNotFoundError:
-            continue
-        if not result.dry_run:
-            store.delete(oid)
+            try:
+                size = store.stored_size(oid)
+                if store.mtime(oid) > cutoff():  # freshened since it was listed, or an operation started since
+                    kept.add(oid)
+                    _close_bases(store, kept, {oid}, False)
+                    continue
+            except ObjectNotFoundError:
+                continue
+            doomed.append(oid)
+            result.object_bytes_freed += size
+        if doomed and not result.dry_run:
+            store.delete_many(doomed)
             faults.point("gc.deleted")
-        result.objects_removed += 1
-        result.object_bytes_freed += size
-        result.removed_objects.append(oid)
+        result.objects_removed += len(doomed)
+        result.removed_objects.extend(doomed)
     progress.finish()
     present = set(mtimes) - set(result.removed_objects)
     result.objects_reachable = len(reachable & present)

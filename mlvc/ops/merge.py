@@ -11,9 +11,13 @@ with ties to even (mlvc/numeric.py). A both-sided change that a strategy cannot 
 tensors, a dtype or shape that differs, a tensor removed on one side, a non-safetensors file under average or
 task-arithmetic) stays a conflict. On any conflict nothing is written.
 
+Tensors and files are matched as diff and revert match them (treebuild.changes / pair_keys). A tensor (or
+file) that one side only moved, unchanged (a re-sharded checkpoint, a renamed file), while the other side
+changed or removed it, gets the other side's change where the first side moved it: no conflict.
+
 When the current branch is an ancestor of the other, the merge is a fast-forward: the branch moves, no merge
-commit. The merge commit has two parents (ours first) and records {"merge": {...}} in its metadata
-(docs/format.md).
+commit. The merge commit has two parents (ours first) and records {"merge": {...}} in its metadata, a summary
+of fixed size (counts and layer groups, docs/format.md); the full list of what changed is `mlvc diff` of it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,19 @@ from ..progress import NULL, Progress
 from ..snapshot import NamedBuffer
 from ..util import utc_now
 from .tensorsource import ByteStream
-from .treebuild import Conflict, Key, build_manifest, changed_paths, changes, describe, same_value, values
+from .treebuild import (
+    Conflict,
+    Key,
+    build_manifest,
+    changed_paths,
+    changes,
+    describe,
+    group_counts,
+    moves,
+    relocate,
+    same_value,
+    values,
+)
 from .worktree import check_clean, head_after, move_head, plan_changes, recover, update_worktree
 
 if TYPE_CHECKING:
@@ -52,11 +68,14 @@ class MergeResult:
     branch: str | None
     fast_forward: bool = False
     up_to_date: bool = False
+    rev: str | None = None  # the revision as the user named it
     strategy: str | None = None
     scale: float | None = None
     from_theirs: list[str] = field(default_factory=list)  # one-sided changes taken from the other branch
     resolved: list[str] = field(default_factory=list)  # both-sided changes the strategy decided
     written: list[str] = field(default_factory=list)  # working files rewritten or removed
+    followed: list[str] = field(default_factory=list)  # changes applied where the other side moved the value
+    resolved_keys: list[Key] = field(default_factory=list, repr=False)  # the keys of `resolved`
 
     @property
     def head(self) -> str:
@@ -67,7 +86,15 @@ class MergeResult:
                 "commit": self.commit.to_json() if self.commit else None, "branch": self.branch,
                 "fast_forward": self.fast_forward, "up_to_date": self.up_to_date, "strategy": self.strategy,
                 "scale": self.scale, "from_theirs": self.from_theirs, "resolved": self.resolved,
-                "written": self.written}
+                "followed": self.followed, "written": self.written}
+
+    def summary(self) -> dict[str, Any]:
+        """What the merge commit records: counts and layer groups, never one entry per tensor (a merge of a
+        large model resolves thousands; `mlvc diff HEAD^1 HEAD` lists them)."""
+        return {"base": self.base, "theirs": self.theirs, "rev": self.rev, "strategy": self.strategy,
+                "scale": self.scale, "resolved": len(self.resolved),
+                "resolved_groups": group_counts(self.resolved_keys), "from_theirs": len(self.from_theirs),
+                "followed": len(self.followed)}
 
 
 def merge_base(repo: Repo, a: str, b: str) -> str | None:
@@ -117,7 +144,7 @@ def _merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | Non
     theirs = repo.resolve(rev)
     base = merge_base(repo, ours, theirs)
     branch = repo.head_branch()
-    result = MergeResult(ours, theirs, base, None, branch, strategy=strategy,
+    result = MergeResult(ours, theirs, base, None, branch, strategy=strategy, rev=rev,
                          scale=(1.0 if scale is None else scale) if strategy == "task-arithmetic" else None)
     if theirs == ours or base == theirs:
         result.up_to_date = True
@@ -143,14 +170,14 @@ def _merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | Non
         raise ConflictError(f"cannot merge {rev} into {branch or 'HEAD'}", conflicts, hint)
     check_clean(repo, o_manifest, {k[0] for k in want} | {k[0] for k in arithmetic})
     s = result.scale
+    progress.start("merge")  # the bytes its pipeline reads and writes
     with repo.pipeline(progress=progress) as pipe:
         for key, (eb, eo, et) in arithmetic.items():
             assert strategy is not None  # values are combined by average and task-arithmetic only
             want[key] = _combine(pipe, key[1], eb, eo, et, strategy, s)
         new_manifest = build_manifest(pipe, o_manifest, want, [t_manifest, b_manifest])
         manifest_id = repo.write_manifest(new_manifest)
-    meta = {"merge": {"base": base, "theirs": theirs, "rev": rev, "strategy": strategy, "scale": s,
-                      "resolved": result.resolved}}
+    meta = {"merge": result.summary()}
     msg = message or f"Merge {rev} into {branch or 'detached HEAD'}"
     c = Commit(manifest_id, [ours, theirs], repo.author(), utc_now(), msg, meta)
     repo.write_commit(c)
@@ -171,11 +198,31 @@ def _three_way(b_manifest, o_manifest, t_manifest, strategy, result: MergeResult
     theirs_changed = changes(b_manifest, t_manifest)
     vo = values(o_manifest)
     o_files = {f.path: f for f in o_manifest.files}
+
+    def ours_value(key: Key):
+        return o_files.get(key[0]) if key[1] is None else vo.get(key)
+
     want: dict[Key, Any] = {}
     arithmetic: dict[Key, tuple] = {}
     conflicts: list[Conflict] = []
+    handled: set[Key] = set()
+    moved_o, moved_t = moves(b_manifest, o_manifest), moves(b_manifest, t_manifest)
+    for key, new in moved_o.items():  # we moved it unchanged, they changed or removed it: their change, here
+        if key in theirs_changed and key not in moved_t and new not in theirs_changed:
+            want[new] = relocate(new, theirs_changed[key][1]) if theirs_changed[key][1] is not None else None
+            result.followed.append(describe(new))
+            handled.add(key)
+    for key, new in moved_t.items():  # they moved it unchanged, we changed or removed it: our change, there
+        if key in ours_changed and key not in moved_o and new not in ours_changed:
+            eo = ours_value(key)
+            want[key] = None
+            want[new] = relocate(new, eo) if eo is not None else None
+            result.followed.append(describe(new))
+            handled |= {key, new}
     for key, (eb, et) in theirs_changed.items():
-        eo = o_files.get(key[0]) if key[1] is None else vo.get(key)
+        if key in handled:
+            continue
+        eo = ours_value(key)
         if key not in ours_changed:
             if _shape_clash(key, ours_changed):
                 conflicts.append(Conflict(key, "its file changed kind on one side and its tensors on the other"))
@@ -190,12 +237,13 @@ def _three_way(b_manifest, o_manifest, t_manifest, strategy, result: MergeResult
             conflicts.append(Conflict(key, why))
             continue
         result.resolved.append(describe(key))
+        result.resolved_keys.append(key)
         if strategy == "theirs":
             want[key] = et
         elif strategy in ("average", "task-arithmetic"):
             arithmetic[key] = (eb, eo, et)
     for key in ours_changed:  # a whole-file change on our side against tensor changes on theirs
-        if key not in theirs_changed and _shape_clash(key, theirs_changed):
+        if key not in theirs_changed and key not in handled and _shape_clash(key, theirs_changed):
             conflicts.append(Conflict(key, "its file changed kind on one side and its tensors on the other"))
     return want, arithmetic, conflicts
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import DirtyWorkingCheckpointError
 from ..progress import NULL, Progress
 from ..refs import ReflogEntry
 from ..revparse import reflog_ref
@@ -30,7 +31,8 @@ class ResetResult:
 def reset(repo: Repo, rev: str, hard: bool = False, force: bool = False, progress: Progress = NULL) -> ResetResult:
     """Point the current branch (or detached HEAD) at `rev`. Without `hard` the working checkpoint is left
     as it is (it then shows as changed against the new HEAD); with `hard` it is rewritten to `rev`, refusing
-    when that would lose uncommitted changes unless `force`. The old position stays in the reflog:
+    when that would lose uncommitted changes unless `force` (a file that already equals `rev`'s loses
+    nothing, whatever HEAD has). The old position stays in the reflog:
     `mlvc reset HEAD@{1}` goes back."""
     new = repo.resolve(rev)
     old = repo.head()
@@ -42,7 +44,15 @@ def reset(repo: Repo, rev: str, hard: bool = False, force: bool = False, progres
     recover(repo)
     head_manifest = repo.read_manifest(repo.read_commit(old).manifest) if old else None
     target = repo.read_manifest(repo.read_commit(new).manifest)
-    writes, removes, unchanged = plan_changes(repo, head_manifest, target, force, progress)
+    try:
+        writes, removes, unchanged = plan_changes(repo, head_manifest, target, force, progress)
+    except DirtyWorkingCheckpointError as e:
+        # A working file that differs from HEAD but already equals the target is not "uncommitted changes":
+        # `reset HEAD~1` then `reset --hard HEAD@{1}` loses nothing. Only the others refuse.
+        writes, removes, unchanged = plan_changes(repo, head_manifest, target, True, progress)
+        lost = [p for p in e.paths if p not in set(unchanged)]
+        if lost:
+            raise DirtyWorkingCheckpointError(lost) from None
     applied = update_worktree(repo, writes, removes, move_ref=lambda: move_head(repo, old, new, message),
                               expect_head=head_after(repo, new), unchanged=unchanged, progress=progress)
     result.written, result.removed = applied.written, applied.removed

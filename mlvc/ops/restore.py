@@ -1,12 +1,18 @@
-"""restore (`mlvc checkout REV -- GLOB...`): put some tensors of a commit into the working checkpoint.
+"""restore (`mlvc restore [--source REV] [PATH...] [-- GLOB...]`, and `mlvc checkout REV -- GLOB...`): put
+files or single tensors of a commit back into the working checkpoint; HEAD does not move.
 
-The affected files are rewritten all or nothing (each into a temp file beside it, fsynced and verified;
-only when every one is written are they renamed into place, so a bad object changes nothing): the
-tensors that match take their value (and dtype and shape) from REV, every other tensor keeps its working
-bytes, uncommitted changes included. The header is kept verbatim when the tensor layout did not change;
-otherwise it is rebuilt with the file's __metadata__. A tensor REV has but the working file lacks is appended.
-Like `git checkout REV -- PATH`, the matching tensors' uncommitted values are overwritten; HEAD does not move.
-Files that are not safetensors are only restored whole (when every tensor of the file matches).
+Files (`paths`): every file REV has under the paths is written whole, byte for byte (files already equal are
+left alone), and a file HEAD tracks under them that REV lacks is removed, so the paths end exactly as in
+REV; like `git restore PATH`, uncommitted changes there are discarded. Untracked files are never touched.
+
+Tensors (`tensors`, globs; only in files under `paths` when both are given): the affected files are rewritten
+all or nothing (each into a temp file beside it, fsynced and verified; only when every one is written are they
+renamed into place, so a bad object changes nothing): the tensors that match take their value (and dtype and
+shape) from REV, every other tensor keeps its working bytes, uncommitted changes included. The header is kept
+verbatim when the tensor layout did not change; otherwise it is rebuilt with the file's __metadata__. A tensor
+REV has but the working file lacks is appended. Like `git checkout REV -- PATH`, the matching tensors'
+uncommitted values are overwritten. Files that are not safetensors are only restored whole (when every tensor
+of the file matches).
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..chunking import FileRange
-from ..errors import FormatError, MlvcError
+from ..errors import FormatError, MlvcError, PathError
 from ..formats import safetensors as st
-from ..objects import KIND_SAFETENSORS, FileEntry, TensorEntry
+from ..objects import KIND_SAFETENSORS, FileEntry, Manifest, TensorEntry
 from ..progress import NULL, Progress
-from ..snapshot import tensor_chunks
+from ..snapshot import file_hash, tensor_chunks
 from .select import select_tensors
 from .treebuild import header_bytes, header_metadata
+from .workfiles import under
 from .worktree import Write, recover, safe_target, update_worktree
 
 if TYPE_CHECKING:
@@ -38,34 +45,60 @@ class RestoreResult:
     commit: str
     tensors: list[str] = field(default_factory=list)  # names restored
     files: list[str] = field(default_factory=list)  # working files rewritten
+    removed: list[str] = field(default_factory=list)  # files HEAD tracks that REV lacks, removed (path restores)
+    unchanged: list[str] = field(default_factory=list)  # files that already were as in REV (path restores)
+    head: str | None = None  # HEAD's commit (it did not move)
+    # what was restored and now differs from HEAD (tensor names, file paths): what `mlvc status` shows as
+    # changed because of this restore; empty when everything restored equals HEAD's (restored from HEAD)
+    differs_from_head: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def restore(repo: Repo, rev: str, tensors: Iterable[str] | str, progress: Progress = NULL) -> RestoreResult:
-    """Write the named tensors (globs) as they are in `rev` into the working checkpoint; HEAD stays."""
-    patterns = [tensors] if isinstance(tensors, str) else list(tensors)
-    if not patterns:
+def restore(repo: Repo, rev: str, tensors: Iterable[str] | str | None, progress: Progress = NULL,
+            paths: Iterable[str] | str | None = None) -> RestoreResult:
+    """Write files or tensors as they are in `rev` into the working checkpoint; HEAD stays.
+
+    `tensors`: globs of tensor names (None: whole files). `paths`: files or folders (relative to the current
+    folder, or absolute) whose files are restored whole, or, with `tensors`, that limit the tensors to their
+    files. At least one of the two must be given."""
+    patterns = None if tensors is None else [tensors] if isinstance(tensors, str) else list(tensors)
+    roots = None if paths is None else [repo.rel_path(p) for p in ([paths] if isinstance(paths, str) else paths)]
+    if patterns is not None and not patterns:
         raise MlvcError("name the tensors to restore (globs such as 'encoder.layer.0.*')")
+    if patterns is None and not roots:
+        raise MlvcError("name the paths to restore (`mlvc restore .` restores every tracked file) or the tensors "
+                        "(`mlvc restore -- 'encoder.layer.0.*'`)")
     recover(repo)
     cid = repo.resolve(rev)
     manifest = repo.read_manifest(repo.read_commit(cid).manifest)
-    names = manifest.tensors()
+    head = repo.head()
+    head_manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
+    result = RestoreResult(cid, head=head)
+    if patterns is None:
+        assert roots is not None
+        return _restore_files(repo, rev, manifest, head_manifest, roots, result, progress)
     file_of = {id(t): f for f in manifest.files for t in f.tensors}
+    names = {k: t for k, t in manifest.tensors().items()
+             if roots is None or any(under(file_of[id(t)].path, r) for r in roots)}
     by_file: dict[str, tuple[FileEntry, dict[str, TensorEntry]]] = {}
-    result = RestoreResult(cid)
-    for key in select_tensors(names, patterns, rev):
+    where = rev if roots is None else f"{rev} under {', '.join(roots)}"
+    head_tensors = {(f.path, t.name): t for f in head_manifest.files for t in f.tensors} if head_manifest else {}
+    for key in select_tensors(names, patterns, where):
         t = names[key]
         f = file_of[id(t)]
         by_file.setdefault(f.path, (f, {}))[1][t.name] = t
         result.tensors.append(key)
+        h = head_tensors.get((f.path, t.name))
+        if h is None or (h.hash, h.dtype, list(h.shape)) != (t.hash, t.dtype, list(t.shape)):
+            result.differs_from_head.append(key)
     # check everything before writing anything
     for path, (f, chosen) in by_file.items():
         safe_target(repo.root, path)
         if f.kind != KIND_SAFETENSORS and len(chosen) != len(f.tensors):
             raise FormatError(path, f"tensors of a {f.kind} file can only be restored all together; "
-                                    f"check out the whole file with `mlvc checkout {rev} -o DIR`")
+                                    f"check out the whole file with `mlvc restore --source {rev} {path}`")
         target = repo.abs_path(path)
         if f.kind == KIND_SAFETENSORS and os.path.isfile(target):
             with open(target, "rb") as fh:
@@ -81,6 +114,36 @@ def restore(repo: Repo, rev: str, tensors: Iterable[str] | str, progress: Progre
         result.files.append(path)
     # every file written and verified, then they all go into place (HEAD does not move)
     update_worktree(repo, writes, [], progress=progress)
+    return result
+
+
+def _restore_files(repo: Repo, rev: str, manifest: Manifest, head_manifest: Manifest | None, roots: list[str],
+                   result: RestoreResult, progress: Progress) -> RestoreResult:
+    """Whole files: REV's files under `roots` written (unless equal), HEAD's files there that REV lacks removed."""
+    committed = {f.path: f for f in head_manifest.files} if head_manifest else {}
+    wanted = [f for f in manifest.files if any(under(f.path, r) for r in roots)]
+    have = {f.path for f in wanted}
+    removes = sorted(p for p in committed if p not in have and any(under(p, r) for r in roots))
+    unmatched = [r for r in roots if not any(under(p, r) for p in [*have, *removes])]
+    if unmatched:
+        raise PathError(f"{', '.join(unmatched)}: no file of {rev} (or of HEAD) is there; `mlvc show {rev}` "
+                        "lists its files")
+    writes = []
+    for f in wanted:
+        target = safe_target(repo.root, f.path)
+        if os.path.isfile(target) and not os.path.islink(target) and file_hash(target) == f.hash:
+            result.unchanged.append(f.path)
+        else:
+            writes.append(Write.of(f))
+        if f.path not in committed or committed[f.path].hash != f.hash:
+            result.differs_from_head.append(f.path)
+    for p in removes:
+        safe_target(repo.root, p)
+        if os.path.lexists(repo.abs_path(p)):
+            result.differs_from_head.append(p)
+    removes = [p for p in removes if os.path.lexists(repo.abs_path(p))]
+    applied = update_worktree(repo, writes, removes, unchanged=result.unchanged, progress=progress)
+    result.files, result.removed = applied.written, applied.removed
     return result
 
 

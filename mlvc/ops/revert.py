@@ -4,6 +4,8 @@ For each tensor the reverted commit changed (added, removed, changed in value, d
 takes the value it had in that commit's parent, provided HEAD still holds the value the reverted commit gave
 it. A tensor that was changed again later is a conflict: every conflict is reported and nothing is written
 (no object, no ref, no working file). Files that are not safetensors are reverted whole, on the same rule.
+Tensors and files are matched as diff and merge match them (treebuild.changes / pair_keys): a tensor (or
+file) that only moved since, unchanged (a re-sharded checkpoint, a renamed file), is reverted where it is now.
 """
 
 from __future__ import annotations
@@ -15,7 +17,18 @@ from ..errors import ConflictError, MlvcError, NothingToCommitError
 from ..objects import Commit
 from ..progress import NULL, Progress
 from ..util import utc_now
-from .treebuild import Conflict, build_manifest, changed_paths, changes, describe, same_value, tensor_level, values
+from .treebuild import (
+    Conflict,
+    build_manifest,
+    changed_paths,
+    changes,
+    describe,
+    moves,
+    relocate,
+    same_value,
+    tensor_level,
+    values,
+)
 from .worktree import check_clean, head_after, move_head, plan_changes, recover, update_worktree
 
 if TYPE_CHECKING:
@@ -75,21 +88,30 @@ def _revert(repo: Repo, rev: str, mainline: int | None = None, message: str | No
         raise NothingToCommitError(f"{cid[:12]} changed no tensor or file against its parent: nothing to revert")
     now = values(h_manifest)
     h_files = {f.path: f for f in h_manifest.files}
+    moved_since = moves(c_manifest, h_manifest)  # what only moved (unchanged) between the commit and HEAD
+    targets = set(todo) - set(moved_since)
     conflicts = []
+    want = {}
     for key, (before, after) in todo.items():
-        current = h_files.get(key[0]) if key[1] is None else now.get(key)
-        if key[1] is not None and not tensor_level(h_files.get(key[0])):
+        where = key
+        if key in moved_since and after is not None and moved_since[key] not in targets:
+            where = moved_since[key]  # moved since, unchanged: revert it where it is now
+            targets.add(where)
+        current = h_files.get(where[0]) if where[1] is None else now.get(where)
+        if where[1] is not None and not tensor_level(h_files.get(where[0])):
             conflicts.append(Conflict(key, "its file is no longer safetensors in HEAD"))
-        elif not same_value(key, current, after):
+        elif not same_value(where, current, after):
             later = "removed" if current is None else ("re-added" if after is None else "changed again")
             conflicts.append(Conflict(key, f"{_what(before, after)} by {cid[:12]}, then {later} later"))
+        else:
+            want[where] = relocate(where, before) if before is not None else None
     if conflicts:
         raise ConflictError(f"cannot revert {cid[:12]}", conflicts,
                             "resolve by hand: check out the old values with `mlvc checkout "
                             f"{parent[:12]} -- NAME...` and commit")
-    want = {key: before for key, (before, _after) in todo.items()}
     paths = {key[0] for key in want}
     check_clean(repo, h_manifest, paths)
+    progress.start("revert")  # the bytes its pipeline reads and writes
     with repo.pipeline(progress=progress) as pipe:
         new_manifest = build_manifest(pipe, h_manifest, want, [p_manifest, c_manifest])
         manifest_id = repo.write_manifest(new_manifest)

@@ -1,4 +1,5 @@
-"""status: how the working checkpoint differs from HEAD, file by file and tensor by tensor."""
+"""status: how the working checkpoint differs from HEAD, file by file and tensor by tensor, and what the next
+commit without paths would record (docs/tracking.md)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ from typing import TYPE_CHECKING, Any
 from ..objects import FileEntry
 from ..progress import NULL, Progress
 from ..statcache import StatCache
-from .workfiles import working_entries
+from .workfiles import WorkState, tracked_set, working_entries
 from .worktree import recover
 
 if TYPE_CHECKING:
     from ..repo import Repo
 
 UNCHANGED, MODIFIED, ADDED, DELETED = "unchanged", "modified", "added", "deleted"
+# Tracked paths whose working file is not HEAD's version, with nothing to commit: committed from memory and not
+# checked out (no file), or an older committed copy still on disk (the newer one was committed from memory).
+NOT_CHECKED_OUT, STALE = "not_checked_out", "stale"
+# Untracked by `mlvc rm` (the next commit records it): the file is gone, or kept on disk (--cached).
+REMOVED, UNTRACKED = "removed", "untracked"
+# The states in which the next commit records nothing for the file.
+AT_HEAD = (UNCHANGED, NOT_CHECKED_OUT, STALE)
 
 
 @dataclass
@@ -35,11 +43,17 @@ class Status:
 
     @property
     def clean(self) -> bool:
-        return all(f.state == UNCHANGED for f in self.files)
+        """True when a commit without paths would record nothing (files committed from memory and not
+        checked out count as clean)."""
+        return all(f.state in AT_HEAD for f in self.files)
 
     @property
     def changed(self) -> list[FileStatus]:
-        return [f for f in self.files if f.state != UNCHANGED]
+        """The files a commit without paths would record: modified, added, deleted, removed, untracked."""
+        return [f for f in self.files if f.state not in AT_HEAD]
+
+    def in_state(self, *states: str) -> list[FileStatus]:
+        return [f for f in self.files if f.state in states]
 
     def to_json(self) -> dict[str, Any]:
         return {"branch": self.branch, "head": self.head, "roots": self.roots, "clean": self.clean,
@@ -56,20 +70,29 @@ def compare_entries(old: FileEntry, new: FileEntry) -> FileStatus:
 
 
 def status(repo: Repo, progress: Progress = NULL) -> Status:
+    """Every tracked file and every new file under a tracked folder, with its state against HEAD: UNCHANGED,
+    MODIFIED, ADDED, DELETED (tracked, missing from the work tree: a commit without paths refuses it),
+    NOT_CHECKED_OUT / STALE (committed from memory; nothing to commit), REMOVED / UNTRACKED (`mlvc rm`)."""
     recover(repo)
     head = repo.head()
     manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
-    roots = manifest.roots if manifest else []
+    if manifest is None:
+        return Status(repo.head_branch(), head, [], [])
+    plan = tracked_set(repo, manifest, None, WorkState.load(repo))
     cache = StatCache(repo.dir)
-    current = working_entries(repo, manifest, roots, cache, progress)
+    current = working_entries(repo, manifest, plan.roots, cache, progress, files=plan.read)
     cache.save()
+    committed = {f.path: f for f in manifest.files}
     files: list[FileStatus] = []
-    committed = {f.path: f for f in manifest.files} if manifest else {}
-    for path in sorted(set(committed) | set(current)):
-        if path not in current:
-            files.append(FileStatus(path, DELETED, tensors_removed=[t.name for t in committed[path].tensors]))
-        elif path not in committed:
-            files.append(FileStatus(path, ADDED, tensors_added=[t.name for t in current[path].tensors]))
-        else:
-            files.append(compare_entries(committed[path], current[path]))
-    return Status(repo.head_branch(), head, roots, files)
+    for p, e in current.items():
+        files.append(compare_entries(committed[p], e) if p in committed
+                     else FileStatus(p, ADDED, tensors_added=[t.name for t in e.tensors]))
+    untracked = set(plan.untracked)
+    for state, paths in ((NOT_CHECKED_OUT, plan.not_checked_out), (STALE, plan.stale), (DELETED, plan.missing),
+                         (REMOVED, [p for p in plan.removed if p not in untracked]), (UNTRACKED, plan.untracked)):
+        for p in paths:
+            gone = [t.name for t in committed[p].tensors] if state in (DELETED, REMOVED, UNTRACKED) else []
+            files.append(FileStatus(p, state, tensors_removed=gone))
+    listed = {f.path for f in files}
+    files += [FileStatus(p, UNCHANGED) for p in plan.carried if p not in listed]  # outside every root
+    return Status(repo.head_branch(), head, plan.roots, sorted(files, key=lambda f: f.path))

@@ -10,8 +10,11 @@ safetensors' layout rules keeping the template's __metadata__.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,21 +62,109 @@ def same_value(key: Key, x, y) -> bool:
     return same_file(x, y) if key[1] is None else same_tensor(x, y)
 
 
-def changes(old: Manifest | None, new: Manifest | None) -> dict[Key, tuple[Any, Any]]:
-    """What going from `old` to `new` changed: key -> (old value, new value), None for absent."""
-    vo, vn = values(old), values(new)
+def _content(key: Key, v) -> tuple:
+    """What makes two values the same content: a file's kind and hash, a tensor's hash, dtype and shape."""
+    return (v.kind, v.hash) if key[1] is None else (v.hash, v.dtype, tuple(v.shape))
+
+
+def pair_keys(vo: Mapping[Key, Any], vn: Mapping[Key, Any]) -> list[tuple[Key | None, Key | None]]:
+    """Which value of `vo` is which value of `vn`: the one matching rule of diff, revert and merge
+    (docs/diff.md, "Which tensor is which").
+
+    1. the same key (file path, tensor name) on both sides is the same tensor (or file);
+    2. of the keys left on each side, a tensor with the same name and the same content (hash, dtype, shape)
+       is the same tensor moved to another file (a re-sharded or renamed checkpoint), a file with the same
+       content is the same file renamed; several candidates are paired in path order;
+    3. of the tensors still left, one name that remains exactly once on each side is the same tensor, moved
+       and changed.
+    Everything else is on one side only: (key, None) for a removal, (None, key) for an addition. Pairs come in
+    the order of `vn`'s keys, then removals in `vo`'s order."""
+    pairs: dict[Key, Key | None] = {k: k for k in vn if k in vo}  # new key -> old key
+    only_o = [k for k in vo if k not in vn]
+    only_n = [k for k in vn if k not in vo]
+    if only_o and only_n:
+        by_content: dict[tuple, list[Key]] = {}
+        for k in sorted(only_o, key=_order):
+            by_content.setdefault((k[1], _content(k, vo[k])), []).append(k)
+        for k in sorted(only_n, key=_order):
+            cands = by_content.get((k[1], _content(k, vn[k])))
+            if cands:
+                pairs[k] = cands.pop(0)
+        used = set(pairs.values())
+        left_o = [k for k in only_o if k not in used and k[1] is not None]
+        left_n = [k for k in only_n if k not in pairs and k[1] is not None]
+        count_o: dict[str | None, list[Key]] = {}
+        count_n: dict[str | None, list[Key]] = {}
+        for k in left_o:
+            count_o.setdefault(k[1], []).append(k)
+        for k in left_n:
+            count_n.setdefault(k[1], []).append(k)
+        for name, ks in count_n.items():
+            if len(ks) == 1 and len(count_o.get(name, [])) == 1:
+                pairs[ks[0]] = count_o[name][0]
+    used = set(pairs.values())
+    out: list[tuple[Key | None, Key | None]] = [(pairs.get(k), k) for k in vn]
+    return out + [(k, None) for k in vo if k not in used]
+
+
+def _order(k: Key) -> tuple[str, str]:
+    return (k[0], k[1] or "")
+
+
+def whole_paths(old: Manifest | None, new: Manifest | None) -> set[str]:
+    """The paths handled as one value, the file: not safetensors on both sides (blob, torch, a kind change)."""
     fo = {f.path: f for f in old.files} if old else {}
     fn = {f.path: f for f in new.files} if new else {}
-    out: dict[Key, tuple[Any, Any]] = {}
-    # a path that is not safetensors on both sides (blob, torch, or a kind change) is one value: the file
-    whole = {p for p in set(fo) | set(fn) if not tensor_level(fo.get(p), fn.get(p))}
-    for path in sorted(whole):
-        if not same_file(fo.get(path), fn.get(path)):
-            out[(path, None)] = (fo.get(path), fn.get(path))
-    for key in sorted(set(vo) | set(vn), key=lambda k: (k[0], k[1] or "")):
-        if key[0] not in whole and not same_value(key, vo.get(key), vn.get(key)):
-            out[key] = (vo.get(key), vn.get(key))
+    return {p for p in set(fo) | set(fn) if not tensor_level(fo.get(p), fn.get(p))}
+
+
+def keyed(m: Manifest | None, whole: set[str]) -> dict[Key, TensorEntry | FileEntry]:
+    """A tree's values under the keys of a comparison: (path, None) for the `whole` paths, (path, tensor name)
+    for every other file's tensors."""
+    out: dict[Key, TensorEntry | FileEntry] = {}
+    for f in m.files if m else []:
+        if f.path in whole:
+            out[(f.path, None)] = f
+        else:
+            for t in f.tensors:
+                out[(f.path, t.name)] = t
     return out
+
+
+def changes(old: Manifest | None, new: Manifest | None) -> dict[Key, tuple[Any, Any]]:
+    """What going from `old` to `new` changed: key -> (old value, new value), None for absent. A value moved
+    to another key (pair_keys) is a removal at its old key and an addition at its new one: building a tree
+    works key by key."""
+    whole = whole_paths(old, new)
+    vo, vn = keyed(old, whole), keyed(new, whole)
+    out: dict[Key, tuple[Any, Any]] = {}
+    for ko, kn in pair_keys(vo, vn):
+        if ko == kn:
+            assert ko is not None
+            if not same_value(ko, vo[ko], vn[ko]):
+                out[ko] = (vo[ko], vn[ko])
+            continue
+        if ko is not None:
+            out[ko] = (vo[ko], None)
+        if kn is not None:
+            out[kn] = (None, vn[kn])
+    return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
+
+
+def moves(old: Manifest | None, new: Manifest | None) -> dict[Key, Key]:
+    """Values that only moved (same content, another key) from `old` to `new`: old key -> new key."""
+    whole = whole_paths(old, new)
+    vo, vn = keyed(old, whole), keyed(new, whole)
+    return {ko: kn for ko, kn in pair_keys(vo, vn)
+            if ko is not None and kn is not None and ko != kn and same_value(ko, vo[ko], vn[kn])}
+
+
+def relocate(key: Key, value):
+    """A value put under `key`: a whole file's entry takes the key's path (a file followed to where the other
+    side moved it); a tensor entry needs nothing (its file is the key's)."""
+    if isinstance(value, FileEntry) and value.path != key[0]:
+        return dataclasses.replace(value, path=key[0])
+    return value
 
 
 def describe(key: Key) -> str:
@@ -229,3 +320,51 @@ def changed_paths(a: Manifest | None, b: Manifest | None) -> set[str]:
     fa = {f.path: f for f in a.files} if a else {}
     fb = {f.path: f for f in b.files} if b else {}
     return {p for p in set(fa) | set(fb) if not same_file(fa.get(p), fb.get(p))}
+
+
+# -- names -------------------------------------------------------------------------------------------------
+
+
+_INDEX = re.compile(r"^[0-9]+$")
+
+
+def layer_group(name: str) -> str:
+    """The layer group of a tensor: its name up to and including the first all-digit part that is not the
+    last part ("encoder.layer.3.attention.self.query.weight" -> "encoder.layer.3"); without one, its parent
+    module path ("embeddings.word_embeddings.weight" -> "embeddings.word_embeddings"); "(root)" for a
+    top-level name."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if _INDEX.match(part):
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1]) or "(root)"
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that puts layer.2 before layer.10."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"([0-9]+)", name) if p)
+
+
+MAX_GROUPS = 16  # layer groups listed by group_counts; the rest are counted together
+
+
+def group_counts(keys: list[Key]) -> dict[str, int]:
+    """How many of `keys` fall in each layer group (whole files under "(files)"), in natural order; past
+    MAX_GROUPS groups, the remaining ones are counted together under "(other groups)"."""
+    counts: dict[str, int] = {}
+    for _path, name in keys:
+        g = "(files)" if name is None else layer_group(name)
+        counts[g] = counts.get(g, 0) + 1
+    names = sorted(counts, key=natural_key)
+    out = {g: counts[g] for g in names[:MAX_GROUPS]}
+    if len(names) > MAX_GROUPS:
+        out["(other groups)"] = sum(counts[g] for g in names[MAX_GROUPS:])
+    return out
+
+
+def parse_described(text: str) -> Key:
+    """The key a describe() text names ("NAME (PATH)" or "file PATH"), for lists written by older versions."""
+    if text.startswith("file "):
+        return (text[5:], None)
+    name, sep, rest = text.rpartition(" (")
+    return (rest[:-1], name) if sep and rest.endswith(")") else ("", text)

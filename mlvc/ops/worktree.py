@@ -12,7 +12,8 @@ in an order that is the guarantee, under the work-tree lock (`.mlvc/worktree.loc
    does not exist yet), fsync it, and verify it against its committed hash; nothing visible changes;
 4. move the ref (a compare-and-swap: a ref that moved under us stops here, and every temp file is removed);
 5. apply: remove the files the target lacks, rename the temp files into place, remove emptied folders,
-   fsync the folders, delete the journal.
+   fsync the folders, delete the journal; in place, the work-tree state (workfiles.WorkState) forgets the
+   paths now as HEAD has them (no longer "committed from memory, not checked out", nor pending `mlvc rm`).
 
 A process killed anywhere leaves a journal; `recover` (run by the next work-tree verb, `status`, `commit`,
 `fsck` and `gc`) finishes the transaction when its ref moved (roll forward) and removes its temp files
@@ -43,7 +44,7 @@ from ..refs import HEAD, HEADS
 from ..snapshot import file_hash, write_entry
 from ..statcache import StatCache
 from ..util import TMP_PREFIX, atomic_write_bytes, fsync_dir
-from .workfiles import working_entries
+from .workfiles import WORKTREE_LOCK, WorkState, edit_state, working_entries
 
 if TYPE_CHECKING:
     from ..chunking import Pipeline
@@ -51,8 +52,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-TXN_DIR = "txn"
-WORKTREE_LOCK = "worktree.lock"
+TXN_DIR = "txn"  # WORKTREE_LOCK is defined in workfiles: the work-tree state is written under it too
 
 
 # -- safe file operations under one folder ----------------------------------------------------------------
@@ -243,8 +243,11 @@ def plan_changes(repo: Repo, head_manifest: Manifest | None, manifest: Manifest,
     roots = sorted(set(head_manifest.roots if head_manifest else []) | set(manifest.roots))
     cache = cache or StatCache(repo.dir)
     current = working_entries(repo, head_manifest, roots, cache, progress)
-    # What would be lost: changes to committed files, and untracked files the target would overwrite.
-    conflicts = [p for p, e in current.items() if p in committed and e.hash != committed[p].hash]
+    # What would be lost: changes to committed files, and untracked files the target would overwrite. An
+    # older committed copy left on disk when a newer version was committed from memory loses nothing.
+    state = WorkState.load(repo)
+    conflicts = [p for p, e in current.items() if p in committed and e.hash != committed[p].hash
+                 and not state.stale(repo, p, cache)]
     conflicts += [p for p, e in current.items() if p not in committed and p in target and e.hash != target[p].hash]
     if only is not None:
         conflicts = [p for p in conflicts if p in only]
@@ -360,6 +363,10 @@ def update_worktree(repo: Repo, writes: list[Write], removes: list[str], *, base
             _roll_forward(tree, journal, verify=False)
             result.removed = list(removes)
             os.unlink(jpath)
+            if in_place:
+                # HEAD moved and the work tree now matches it: every path the plan saw is as HEAD says
+                seen = [*removes, *(unchanged or [])] if move_ref is not None else []
+                _clear_marks(repo, [w.rel for w in writes] + seen)
         finally:
             tree.close()
     if in_place:
@@ -371,6 +378,19 @@ def update_worktree(repo: Repo, writes: list[Write], removes: list[str], *, base
             cache.forget(rel)
         cache.save()
     return result
+
+
+def _clear_marks(repo: Repo, paths: list[str]) -> None:
+    """These paths are now as the work tree's HEAD has them (written, or found right, or removed with HEAD's
+    move): none is "committed from memory, not checked out" any more, nor untracked by `mlvc rm`. Called with
+    the work-tree lock held."""
+    done = set(paths)
+    if not done:
+        return
+    with contextlib.suppress(OSError), edit_state(repo, locked=True) as state:  # the update itself is done
+        for rel in done:
+            state.unmaterialized.pop(rel, None)
+        state.removals = [x for x in state.removals if x not in done]
 
 
 def _temp_name(tree: _Tree, rel: str, txn: str, i: int) -> str:
@@ -519,7 +539,10 @@ def check_clean(repo: Repo, head: Manifest, paths: set[str]) -> None:
     cache = StatCache(repo.dir)
     current = working_entries(repo, head, head.roots, cache)
     cache.save()
-    dirty = sorted(p for p in paths if (p in current) != (p in committed)
-                   or (p in current and current[p].hash != committed[p].hash))
+    state = WorkState.load(repo)  # committed from memory: not on disk, or an older copy there, loses nothing
+    dirty = sorted(p for p in paths if not (p in committed and p not in current and p in state.unmaterialized)
+                   and not (p in current and state.stale(repo, p))
+                   and ((p in current) != (p in committed)
+                        or (p in current and current[p].hash != committed[p].hash)))
     if dirty:
         raise DirtyWorkingCheckpointError(dirty)

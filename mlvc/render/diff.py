@@ -1,4 +1,5 @@
-"""A TreeDiff as text: tensor tables, layer-group tables, one-line summaries (`mlvc diff`, `show`, `log --stat`)."""
+"""A TreeDiff as text: file tables, tensor tables, layer-group tables, one-line summaries and git's
+--name-status lines (`mlvc diff`, `show`, `log --stat`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .text import table
+from .units import human_bytes
 
 if TYPE_CHECKING:
-    from ..ops.diff import GroupDiff, TensorDiff, TreeDiff
+    from ..ops.diff import FileDiff, GroupDiff, TensorDiff, TreeDiff
 
 TENSOR_HEADERS = ["tensor", "status", "dtype", "shape", "changed", "changed %", "l2", "rel_change", "max_abs",
                   "cosine"]
 GROUP_HEADERS = ["group", "tensors changed", "elements changed", "l2", "rel_change"]
+FILE_HEADERS = ["file", "status", "kind", "size"]
 
 
 def columns(groups: bool = False) -> list[str]:
@@ -57,8 +60,26 @@ def _shape(s: list[int]) -> str:
     return "x".join(map(str, s)) if s else "scalar"
 
 
+def _size(n: int | None) -> str:
+    return "-" if n is None else human_bytes(n)
+
+
+def file_rows(files: list[FileDiff]) -> list[list[str]]:
+    return [[f"{f.old_path} -> {f.path}" if f.old_path else f.path, f.status, _pair(f.kind_a, f.kind_b, str),
+             _pair(f.size_a, f.size_b, _size)] for f in files]
+
+
+def name_status_text(d: TreeDiff) -> str:
+    """git's --name-status: one changed file a line, "A\tpath", "D\tpath", "M\tpath", "R100\told\tnew"."""
+    return "\n".join("\t".join([f.letter, *([f.old_path] if f.old_path else []), f.path]) for f in d.changed_files)
+
+
+def _moved(t: TensorDiff) -> str:
+    return f"{t.name} ({t.old_path} -> {t.path})" if t.old_path else t.name
+
+
 def tensor_rows(tensors: list[TensorDiff]) -> list[list[str]]:
-    return [[t.name, t.status, _pair(t.dtype_a, t.dtype_b, str), _pair(t.shape_a, t.shape_b, _shape), num(t.changed),
+    return [[_moved(t), t.status, _pair(t.dtype_a, t.dtype_b, str), _pair(t.shape_a, t.shape_b, _shape), num(t.changed),
              pct(t.changed_frac), num(t.l2), num(t.rel_change), num(t.max_abs), cosine(t.cosine)] for t in tensors]
 
 
@@ -94,35 +115,65 @@ def sort_items(items: list, column: str | None, reverse: bool) -> list:
     return present + missing
 
 
+def _counts(statuses: list[str]) -> str:
+    by_status: dict[str, int] = {}
+    for s in statuses:
+        by_status[s] = by_status.get(s, 0) + 1
+    return ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(by_status.items()))
+
+
+def files_summary(d: TreeDiff) -> str:
+    """One sentence on the files: "1 of 3 file(s) changed (1 added); 12.0 KiB -> 14.5 KiB"; "" when none did."""
+    changed = d.changed_files
+    if not changed:
+        return ""
+    before = sum(f.size_a or 0 for f in d.files)
+    after = sum(f.size_b or 0 for f in d.files)
+    return (f"{len(changed)} of {len(d.files)} file(s) changed ({_counts([f.status for f in changed])}); "
+            f"{human_bytes(before)} -> {human_bytes(after)}")
+
+
 def summary(d: TreeDiff) -> str:
+    files = files_summary(d)
+    head = f"{files}\n" if files else ""
+    return head + _tensor_summary(d)
+
+
+def _tensor_summary(d: TreeDiff) -> str:
     total = d.total()
     if not total.changed_tensors:
         return f"No tensor changed ({total.tensors} compared)."
-    by_status: dict[str, int] = {}
-    for t in d.changed:
-        by_status[t.status] = by_status.get(t.status, 0) + 1
-    kinds = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(by_status.items()))
+    kinds = _counts([t.status for t in d.changed])
     frac = total.changed / total.numel if total.numel else 0.0
     return (f"{total.changed_tensors} of {total.tensors} tensor(s) changed ({kinds}); {total.changed:,} of "
             f"{total.numel:,} elements ({pct(frac)}); l2 {num(total.l2)}, relative change {num(total.rel_change)}")
 
 
 def short_stat(d: TreeDiff) -> str:
-    """One line for `log --stat`."""
+    """One line for `log --stat`: tensors, then files when any changed."""
     total = d.total()
     if not total.changed_tensors:
-        return "no tensor changed"
-    return f"{total.changed_tensors}/{total.tensors} tensor(s) changed, relative change {num(total.rel_change)}"
+        line = "no tensor changed"
+    else:
+        line = f"{total.changed_tensors}/{total.tensors} tensor(s) changed, relative change {num(total.rel_change)}"
+    changed = d.changed_files
+    if changed:
+        line += f"; {len(changed)} file(s) changed ({_counts([f.status for f in changed])})"
+    return line
 
 
 def diff_text(d: TreeDiff, stat: bool = False, show_all: bool = False, sort_by: str | None = None,
               reverse: bool = False) -> str:
-    """The changed tensors (with `stat`: layer groups; with `show_all`: unchanged ones too) as a table, then
-    the summary line."""
+    """The changed files as a table, the changed tensors (with `stat`: layer groups; with `show_all`: unchanged
+    ones too) as a table, then the summary lines."""
+    files = d.files if show_all else d.changed_files
+    parts = [table(file_rows(files), FILE_HEADERS)] if files else []
     if stat:
         groups = sort_items(d.groups if show_all else [g for g in d.groups if g.changed_tensors], sort_by, reverse)
         rows = table(group_rows(groups), GROUP_HEADERS) if groups else None
     else:
         tensors = sort_items(d.tensors if show_all else d.changed, sort_by, reverse)
         rows = table(tensor_rows(tensors), TENSOR_HEADERS) if tensors else None
-    return f"{rows}\n{summary(d)}" if rows else summary(d)
+    if rows:
+        parts.append(rows)
+    return "\n\n".join(parts + [summary(d)])

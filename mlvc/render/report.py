@@ -21,8 +21,8 @@ from ..errors import DependencyError
 from ..ops.evals import IMPROVED, REGRESSED, UNCHANGED
 from ..util import atomic_write_bytes
 from .evals import MARKS, cell_text, direction_text
-from .labels import ref_labels
-from .text import first_line, short
+from .labels import ref_labels, shown_metadata
+from .text import first_line, metadata_text, short
 
 if TYPE_CHECKING:
     from ..ops.report import ReportData
@@ -108,7 +108,7 @@ def _environment():
 def _history(data: ReportData) -> list[dict[str, Any]]:
     labels = ref_labels(data.head, data.head_branch, data.branches, data.tags, arrow="→")
     return [{"id": c.id, "short": short(c.id), "labels": labels.get(c.id, []), "time": c.time, "author": c.author,
-             "message": first_line(c.message), "meta": ", ".join(f"{k}={v}" for k, v in sorted(c.metadata.items())),
+             "message": first_line(c.message), "meta": metadata_text(shown_metadata(c.metadata)),
              "parents": [short(p) for p in c.parents]} for c in data.commits]
 
 

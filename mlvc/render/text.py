@@ -12,23 +12,25 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
-def fmt_value(v: float | None) -> str:
-    """A metric value: 4 decimals in the usual range, 4 significant digits outside it; "" for none."""
+def fmt_number(v: float | None) -> str:
+    """A metric value with 4 significant digits: 0.7741, 12.5, 1.235e+06, 3.2e-05; "0"; "" for none."""
     if v is None:
         return ""
-    return f"{v:.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.4g}"
+    return "0" if v == 0 else f"{v:.4g}"
 
 
-def fmt_delta(d: float | None) -> str:
-    """A signed change: +0.0300, -1.2e-05; "" for none."""
+def fmt_change(d: float | None) -> str:
+    """A change, signed, with 4 significant digits: +0.005, -0.0002131, +1.2e-05; "±0"; "" for none."""
     if d is None:
         return ""
-    return f"{d:+.4f}" if 1e-3 <= abs(d) < 1e4 or d == 0 else f"{d:+.3g}"
+    return "±0" if d == 0 else f"{d:+.4g}"
 
 
-def fmt_rel(r: float | None) -> str:
-    """A relative change as a signed percentage; "" for none."""
-    return "" if r is None else f"{r * 100:+.2f}%"
+def fmt_percent(r: float | None) -> str:
+    """A relative change as a signed percentage with 4 significant digits: -1.153%, +0.07%; "" for none."""
+    if r is None:
+        return ""
+    return "±0%" if r == 0 else f"{r * 100:+.4g}%"
 
 
 def first_line(message: str | None, width: int | None = None) -> str:
@@ -42,3 +44,15 @@ def first_line(message: str | None, width: int | None = None) -> str:
 def short(oid: str | None) -> str:
     """A commit id as shown to people (12 hex digits); "-" for none."""
     return oid[:12] if oid else "-"
+
+
+def json_value(v: Any) -> str:
+    """A metadata value as JSON (null, true, ["probe"], {"a": 1}), never a Python repr; keys sorted, UTF-8 kept."""
+    import json
+
+    return json.dumps(v, ensure_ascii=False, sort_keys=True, allow_nan=True)
+
+
+def metadata_text(meta: dict[str, Any], sep: str = ", ") -> str:
+    """Commit metadata on one line: KEY=VALUE with each value as JSON, keys sorted."""
+    return sep.join(f"{k}={json_value(v)}" for k, v in sorted(meta.items()))

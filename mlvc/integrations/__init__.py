@@ -1,0 +1,1 @@
+"""Framework callbacks (Hugging Face transformers, PyTorch Lightning) built on mlvc.tracker."""

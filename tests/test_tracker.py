@@ -1,0 +1,406 @@
+"""mlvc.Tracker: commits from a training loop, in the background, onto a branch of their own; keep-policies;
+resume. Tiny models on the CPU (the CUDA path is scripts/gpu_tracker_check.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from conftest import make_repo, set_config
+from mlvc import codec, tracker
+from mlvc.errors import MlvcError, PathError, TrackerError
+from mlvc.repo import Repo
+from mlvc.tracker import KeepPolicy, Tracker
+
+torch = pytest.importorskip("torch")
+
+
+def tiny(seed: int = 0, width: int = 16):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, width), torch.nn.Dropout(0.1), torch.nn.ReLU(),
+                               torch.nn.Linear(width, 2))
+
+
+def train_step(model, opt):
+    """One step whose batch and dropout come from every RNG a loop may use (torch, numpy, random)."""
+    x = torch.randn(4, 8) + float(np.random.rand()) + random.random()
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def chain(repo: Repo, branch: str) -> list:
+    """The branch's commits, oldest first (first parents)."""
+    out, cid = [], repo.refs.resolve("refs/heads/" + branch)
+    while cid:
+        c = repo.read_commit(cid)
+        out.append(c)
+        cid = c.parents[0] if c.parents else None
+    return out[::-1]
+
+
+@pytest.fixture
+def repo(tmp_path):
+    r = make_repo(tmp_path / "r")
+    with open(os.path.join(r.root, "notes.txt"), "w") as f:
+        f.write("work tree file\n")
+    r.commit(os.path.join(r.root, "notes.txt"), "base")
+    return r
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_commits_land_with_metadata_and_steps_without_touching_head(repo, background):
+    head, status_before = repo.head(), repo.status().to_json()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with Tracker(repo.root, "run-1", every=3, background=background, metadata={"run": "a"}) as t:
+        for i in range(1, 11):
+            loss = train_step(model, opt)
+            t.step(model, metrics={"loss": loss}, optimizer=opt, epoch=i // 5, metadata={"note": f"s{i}"})
+    commits = chain(repo, "run-1")
+    assert commits[0].id == head  # the branch starts at HEAD
+    run = commits[1:]
+    assert [c.metadata["step"] for c in run] == [3, 6, 9]
+    assert [c.message for c in run] == ["step 3", "step 6", "step 9"]
+    for c in run:
+        s = c.metadata["step"]
+        assert c.metadata["epoch"] == s // 5 and c.metadata["lr"] == 0.05 and c.metadata["run"] == "a"
+        assert c.metadata["note"] == f"s{s}" and set(c.metadata["metrics"]) == {"loss"}
+        files = {f.path for f in repo.read_manifest(c.manifest).files}
+        assert files == {"notes.txt", "model.safetensors", tracker.STATE_PATH}  # HEAD's files carried over
+    assert [c.step for c in t.commits] == [3, 6, 9] and t.last_commit == run[-1].id
+    # the model at the last commit is the one trained up to step 9, byte for byte
+    rows = {(r.commit, r.metric): r.value for r in repo.ledger.records()}
+    assert rows == {(c.id, "loss"): c.metadata["metrics"]["loss"] for c in run}
+    assert repo.head() == head and repo.head_branch() == "main"
+    assert repo.status().to_json() == status_before
+
+
+def test_saved_weights_are_the_weights_at_that_step(repo):
+    model = tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    expected = {}
+    with Tracker(repo.root, "run", every=2) as t:
+        for i in range(1, 7):
+            train_step(model, opt)
+            t.step(model, step=i)
+            if i % 2 == 0:
+                expected[i] = {k: v.clone() for k, v in model.state_dict().items()}
+    for tc in t.commits:
+        got = repo.load(tc.commit, path="model.safetensors")
+        assert set(got) == set(expected[tc.step])
+        assert all(torch.equal(got[k], expected[tc.step][k]) for k in got)
+
+
+def test_a_failing_worker_surfaces_on_the_next_call_and_on_close(repo, monkeypatch):
+    model = tiny()
+    real = tracker.snapshot_buffers
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second commit's model file
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(tracker, "snapshot_buffers", flaky)
+    t = Tracker(repo.root, "run", every=1)
+    t.step(model)
+    t.step(model)
+    with pytest.raises(TrackerError, match="No space left") as e:
+        t.flush()
+    assert isinstance(e.value.__cause__, OSError)
+    t.step(model)  # the error was reported once; later commits go on
+    t.close()
+    assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1, 3]
+    # an error in the last commit is raised by close itself
+    t2 = Tracker(repo.root, "run2", every=1)
+    monkeypatch.setattr(tracker, "snapshot_buffers", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
+    t2.step(model)
+    with pytest.raises(TrackerError, match="boom"):
+        t2.close()
+    assert repo.refs.resolve("refs/heads/run2") is None  # nothing half-made: no branch
+
+
+def gate_writes(monkeypatch):
+    """Hold the worker before each commit until the returned event is set."""
+    go = threading.Event()
+    real = Tracker._write
+
+    def slow(self, job):
+        go.wait(30)
+        return real(self, job)
+
+    monkeypatch.setattr(Tracker, "_write", slow)
+    return go
+
+
+def test_close_flushes_every_queued_commit(repo, monkeypatch):
+    go = gate_writes(monkeypatch)
+    model = tiny()
+    t = Tracker(repo.root, "run", every=1, max_queue_mb=64)
+    for i in range(1, 6):
+        with torch.no_grad():
+            model[0].weight.fill_(i)
+        t.step(model, step=i)
+    assert repo.refs.resolve("refs/heads/run") is None  # all five still queued
+    threading.Timer(0.2, go.set).start()
+    t.close()
+    run = chain(repo, "run")[1:]
+    assert [c.metadata["step"] for c in run] == [1, 2, 3, 4, 5]
+    w = [repo.load(c.id, tensors=["0.weight"])["0.weight"] for c in run]
+    assert all(torch.equal(w[i], torch.full_like(w[i], i + 1)) for i in range(5))  # each its own snapshot
+    with pytest.raises(TrackerError, match="closed"):
+        t.step(model, commit=True)
+
+
+def test_interpreter_exit_flushes(repo):
+    script = (
+        "import torch, mlvc\n"
+        "m = torch.nn.Linear(4, 4)\n"
+        f"t = mlvc.Tracker({repo.root!r}, 'run', every=1)\n"
+        "for i in range(3):\n"
+        "    t.step(m)\n"
+        "import sys; sys.exit(0)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1, 2, 3]
+
+
+def test_full_queue_skips_with_a_warning_or_blocks(repo, monkeypatch):
+    go = gate_writes(monkeypatch)
+    model = tiny()
+    t = Tracker(repo.root, "skip", every=1, on_full="skip")  # default bound: two snapshots
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        taken = [t.step(model, step=i) for i in range(1, 5)]
+    assert taken == [True, True, False, False] and t.skipped == 2
+    assert sum("queue of skip is full" in str(x.message) for x in w) == 2
+    go.set()
+    t.close()
+    assert [c.metadata["step"] for c in chain(repo, "skip")[1:]] == [1, 2]
+
+    go.clear()
+    b = Tracker(repo.root, "block", every=1, max_queue_mb=0)  # room for one snapshot: the next one waits
+    b.step(model, step=1)
+    done = threading.Event()
+    th = threading.Thread(target=lambda: (b.step(model, step=2), done.set()))
+    th.start()
+    assert not done.wait(0.3)  # blocked behind the first
+    go.set()
+    th.join(30)
+    assert done.is_set()
+    b.close()
+    assert [c.metadata["step"] for c in chain(repo, "block")[1:]] == [1, 2]
+
+
+def test_delta_from_memory_decodes_nothing(tmp_path, monkeypatch):
+    """Consecutive commits of one tracker find their delta bases in memory, even when core.cache_mb is too
+    small for the checkpoint (the tracker sizes the base cache); with the configured cache they are decoded."""
+    def run(branch: str, delta_cache_mb):
+        r = set_config(make_repo(tmp_path / branch, chunk_size=64 << 10), "cache_mb", 1)
+        model = tiny(width=40000)  # 1.8 MB of float32, 5.3 MB with the training state: over 1 MiB
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        decoded = [0]
+        real = codec.decode
+
+        def counting(*a, **k):
+            raw = real(*a, **k)
+            decoded[0] += not bytes(raw[:2]) == b'{"'  # a chunk, not a commit or manifest (JSON)
+            return raw
+
+        t = Tracker(r, branch, every=1, background=False, delta_cache_mb=delta_cache_mb)
+        per_commit = []
+        for _ in range(4):
+            train_step(model, opt)
+            monkeypatch.setattr(codec, "decode", counting)
+            t.step(model, optimizer=opt)
+            monkeypatch.setattr(codec, "decode", real)
+            per_commit.append(decoded[0])
+            decoded[0] = 0
+        t.close()
+        deltas = sum(r.store.header(oid).encoding in codec.DELTA_ENCODINGS for oid in r.store.ids())
+        return per_commit, deltas
+
+    auto, auto_deltas = run("auto", None)
+    assert auto == [0, 0, 0, 0] and auto_deltas > 0
+    configured, _ = run("configured", 0)
+    assert sum(configured[2:]) > 0  # the 1 MiB cache cannot hold the bases: they are read back and decoded
+
+
+def test_refuses_the_checked_out_branch_and_bad_arguments(repo):
+    with pytest.raises(TrackerError, match="checked out"):
+        Tracker(repo.root, "main")
+    for kw in ({"every": 0}, {"every": 1.5}, {"on_full": "drop"}):
+        with pytest.raises(MlvcError):
+            Tracker(repo.root, "run", **kw)
+    with pytest.raises(MlvcError):
+        KeepPolicy(last=0)
+    t = Tracker(repo.root, "run", background=False)
+    with pytest.raises(MlvcError, match="metric 'loss'"):
+        t.commit(tiny(), metrics={"loss": float("nan")})
+    with pytest.raises(MlvcError, match="cannot commit a str"):
+        t.commit("model.pt")
+    t.close()
+    assert repo.refs.resolve("refs/heads/run") is None
+
+
+def steps_on(repo, branch):
+    return [c.metadata["step"] for c in chain(repo, branch) if "tracker" in c.metadata]
+
+
+def keep_model(losses, last, tagged, higher):
+    """What KeepPolicy(last, best="loss") keeps of steps 1..n with these losses and tagged steps: the last
+    `last`, the tagged ones, and the first step with the best loss."""
+    n = len(losses)
+    best = min(range(n), key=lambda i: (-losses[i] if higher else losses[i], i)) + 1
+    return sorted(set(range(max(1, n - last + 1), n + 1)) | set(tagged) | {best})
+
+
+@hsettings(max_examples=12, deadline=None)
+@given(losses=st.lists(st.integers(0, 5), min_size=1, max_size=7), last=st.integers(1, 3),
+       tag_at=st.sets(st.integers(1, 7), max_size=2), higher=st.booleans())
+def test_keep_policy_keeps_exactly_what_it_says(tmp_path_factory, losses, last, tag_at, higher):
+    repo = make_repo(tmp_path_factory.mktemp("keep"))
+    model = tiny()
+    policy = KeepPolicy(last=last, best="loss", higher_is_better=higher)
+    tagged = {s for s in tag_at if s <= len(losses)}
+    t = Tracker(repo, "run", keep=policy, background=False, start=None)
+    for i, loss in enumerate(losses, 1):
+        with torch.no_grad():
+            model[0].bias.fill_(i)
+        t.step(model, step=i, commit=True, metrics={"loss": loss})
+        if i in tagged:
+            repo.create_tag(f"t{i}", t.last_commit)
+    t.close()
+    kept = keep_model(losses, last, tagged, higher)
+    assert steps_on(repo, "run") == kept
+    assert [c.step for c in t.commits] == kept
+    by_step = {c.metadata["step"]: c for c in chain(repo, "run")}
+    for s in tagged:  # a tag follows its commit to the rewritten chain
+        assert repo.tags()[f"t{s}"] == by_step[s].id
+    rows = {(r.commit, r.value) for r in repo.ledger.records()}
+    for s, c in by_step.items():  # each kept commit's ledger row follows it to its new id
+        assert (c.id, losses[s - 1]) in rows
+        assert torch.equal(repo.load(c.id, tensors=["0.bias"])["0.bias"], torch.full((16,), float(s)))
+
+
+def test_keep_policy_spares_commits_of_others_and_keep_true(repo):
+    model = tiny()
+    t = Tracker(repo, "run", keep=KeepPolicy(last=1), background=False)
+    for i in range(1, 5):
+        with torch.no_grad():
+            model[0].bias.fill_(i)
+        t.step(model, step=i, commit=True, keep=(i == 2))
+        if i == 3:
+            repo.create_branch("fork", t.last_commit)
+    t.close()
+    assert steps_on(repo, "run") == [2, 3, 4]
+    assert chain(repo, "run")[0].id == repo.head()  # where the run began is not the tracker's to drop
+
+
+def test_resume_reproduces_the_next_loss_exactly(repo):
+    def fresh(seed):
+        m = tiny(seed)
+        opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.01)
+        return m, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+
+    def loop(model, opt, sched, n, t=None, first=1):
+        out = []
+        for i in range(first, first + n):
+            out.append(train_step(model, opt).item())
+            sched.step()
+            if t is not None:
+                t.step(model, step=i, optimizer=opt, scheduler=sched)
+        return out
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    model, opt, sched = fresh(0)
+    with Tracker(repo, "run", every=3, background=True) as t:
+        losses = loop(model, opt, sched, 6, t)  # commits after steps 3 and 6
+    losses += loop(model, opt, sched, 2)  # steps 7, 8
+    for at in (3, 6):
+        torch.manual_seed(99), np.random.seed(99), random.seed(99)  # resume must restore these
+        model2, opt2, sched2 = fresh(123)  # other weights, no optimizer state, the scheduler at its start
+        meta = Tracker.resume(repo.root, next(c.commit for c in t.commits if c.step == at), model2, opt2, sched2)
+        assert meta["step"] == at and meta["lr"] == opt2.param_groups[0]["lr"]
+        assert loop(model2, opt2, sched2, 2) == losses[at : at + 2]  # bit for bit
+    # the model alone resumes from a commit without training state
+    t3 = Tracker(repo, "nostate", background=False, save_state=False)
+    t3.commit(model)
+    t3.close()
+    with pytest.raises(MlvcError, match="no training state"):
+        Tracker.resume(repo.root, "nostate", tiny(5), torch.optim.SGD(tiny(5).parameters(), lr=1))
+    m4 = tiny(5)
+    Tracker.resume(repo.root, "nostate", m4)
+    assert all(torch.equal(a, b) for a, b in zip(m4.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_load_one_file_and_its_metadata(repo):
+    t = Tracker(repo, "run", background=False)
+    t.commit(tiny(), optimizer=torch.optim.Adam(tiny().parameters()))
+    t.close()
+    assert set(repo.load("run", path="model.safetensors")) == set(tiny().state_dict())
+    from mlvc.ops.load import file_metadata
+
+    assert tracker.STATE_KEY in file_metadata(repo, "run", tracker.STATE_PATH)
+    assert file_metadata(repo, "run", "model.safetensors") == {}
+    with pytest.raises(PathError, match="holds no file nope"):
+        repo.load("run", path="nope")
+    with pytest.raises(MlvcError, match="not a safetensors file"):
+        file_metadata(repo, "run", "notes.txt")
+
+
+def test_import_mlvc_stays_light():
+    code = "import sys, mlvc; mlvc.Tracker; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_failing_loop_still_writes_the_queue_and_keeps_its_own_exception(repo, monkeypatch):
+    model = tiny()
+    with pytest.raises(KeyError, match="the loop's"):
+        with Tracker(repo, "run", every=1) as t:
+            t.step(model)
+            raise KeyError("the loop's")
+    assert steps_on(repo, "run") == [1]
+    monkeypatch.setattr(tracker, "snapshot_buffers", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(KeyError), pytest.warns(UserWarning, match="disk"):
+        with Tracker(repo, "run2", every=1) as t:
+            t.step(model)
+            raise KeyError("the loop's")
+
+
+def test_resume_into_a_new_branch_from_any_commit(tmp_path):
+    repo = make_repo(tmp_path / "fresh")  # no commit yet: the run's first commit is a root
+    model = tiny()
+    t = Tracker(repo, "run", every=1, background=False)
+    for _ in range(3):
+        t.step(model)
+    t.close()
+    assert chain(repo, "run")[0].parents == []
+    meta = Tracker.resume(repo, "run~1", model)
+    t2 = Tracker(repo, "run-b", start=meta["commit"], background=False)
+    t2.step(model, step=meta["step"] + 1, commit=True)
+    t2.close()
+    assert [c.metadata["step"] for c in chain(repo, "run-b")] == [1, 2, 3]
+
+
+def test_bad_input_is_refused_in_the_loop_thread_and_writes_nothing(repo):
+    t = Tracker(repo, "run", every=1)
+    with pytest.raises(MlvcError, match="not a tensor"):
+        t.commit({"w": torch.ones(2), "n": 3})
+    with pytest.raises(MlvcError, match="metadata must be JSON"):
+        t.commit(tiny(), metadata={"x": object()})
+    t.close()
+    assert repo.refs.resolve("refs/heads/run") is None
