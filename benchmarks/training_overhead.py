@@ -3,7 +3,7 @@ every few steps in the background, and with the same commits made synchronously 
 `repo.commit` pays).
 
 The model is MiniLM-sized (the shape of all-MiniLM-L6-v2: 30522-token embedding, 6 encoder layers of width
-384, 12 heads, FFN 1536; 22.7 M parameters, 91 MB of fp32), written in plain torch so that nothing beyond torch
+384, 12 heads, FFN 1536; 22.7 M parameters, 87 MiB of fp32), written in plain torch so that nothing beyond torch
 is needed (scripts/gpu_tracker_check.py runs the same loop on CUDA); it trains with AdamW on random token
 batches for a 2-class head. Each mode runs `--steps` steps per round, rounds alternate the modes (none,
 background, sync, none, ...) so that a load change on a shared machine hits all of them, and the first
@@ -154,7 +154,7 @@ def device_name(device: str) -> str:
 
 def table(res: dict) -> str:
     lines = [f"{res['device']} ({res['device_name']}), {res['params'] / 1e6:.1f} M params "
-             f"({res['model_bytes'] / 1e6:.0f} MB), batch {res['batch']} x {res['seq']}, commit every "
+             f"({res['model_bytes'] / 2**20:.0f} MiB), batch {res['batch']} x {res['seq']}, commit every "
              f"{res['every']} steps{' with optimizer + RNG state' if res['save_state'] else ''}, "
              f"{res['steps']} timed steps x {res['rounds']} rounds per mode",
              f"{'mode':<11} {'median step':>12} {'overhead':>9} {'mean ovh':>9} {'commits':>8} "

@@ -75,7 +75,7 @@ def copy_check(device: str, layers: int) -> dict:
             sync(device)
             times.append(time.perf_counter() - t0)
         med = statistics.median(times[1:])
-        out[name] = {"median_s": med, "GB_per_s": nbytes / med / 1e9}
+        out[name] = {"median_s": med, "GiB_per_s": nbytes / med / 2**30}
     return out
 
 
@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 
     c = res["copy"]
     print(f"device: {device} ({res['device_name']}), torch {res['torch']}")
-    print(f"snapshot copy of model + AdamW state ({c['bytes'] / 1e6:.0f} MB):")
+    print(f"snapshot copy of model + AdamW state ({c['bytes'] / 2**20:.0f} MiB):")
     for name in ("plain .cpu()", "reused pinned, non-blocking"):
-        print(f"  {name:<30} {c[name]['median_s'] * 1e3:9.1f} ms  {c[name]['GB_per_s']:7.2f} GB/s")
+        print(f"  {name:<30} {c[name]['median_s'] * 1e3:9.1f} ms  {c[name]['GiB_per_s']:7.2f} GiB/s")
     print(bench.table(res["overhead"]))
     e = res["exact"]
     print(f"exact: {e['commits']} background commits from {device}, loaded back to {device}: "
