@@ -804,3 +804,19 @@ def _check(repo: Repo, model: Model) -> None:
             assert s[p] == "deleted"
         else:
             assert s[p] == ("unchanged" if disk[p] == model.tree[p] else "modified")
+
+
+def test_diff_of_the_work_tree_agrees_with_status_on_a_path_committed_from_memory(tmp_path):
+    """`mlvc diff` (HEAD against the working checkpoint) compares with the tree the next commit would make: a
+    path committed from memory and not checked out is not "removed", as status does not call it "deleted"."""
+    repo = Repo.init(str(tmp_path))
+    hf_folder(repo)
+    repo.commit(os.path.join(repo.root, "model"), message="base")
+    repo.commit(random_state_dict(5), "from memory", path="ckpt/model.safetensors")
+    d = repo.diff("HEAD")
+    assert not [t for t in d.tensors if t.status != "unchanged"]
+    assert all(f.status == "unchanged" for f in d.files)
+    assert repo.status().clean
+    # a real change in the work tree still shows
+    write(repo, "model/config.json", b'{"hidden_size": 32}')
+    assert [f.path for f in repo.diff("HEAD").files if f.status == "modified"] == ["model/config.json"]

@@ -437,21 +437,23 @@ def _commit(repo: Repo, rev: str, pipe) -> tuple[Manifest, Side]:
 
 
 def _working(repo: Repo, stack: contextlib.ExitStack, progress: Progress) -> tuple[Manifest, Side]:
-    """The working checkpoint's files (hashed without storing; the stat cache spares unchanged ones) and a
-    side that reads their tensors."""
+    """The working checkpoint: the tree `mlvc commit` (no path) would make (tracked files hashed without
+    storing, the stat cache sparing unchanged ones; paths committed from memory and not checked out carried as
+    HEAD has them, so they are not "removed"), and a side that reads their tensors."""
     from ..statcache import StatCache
-    from .workfiles import working_entries
+    from .workfiles import WorkState, tracked_set, working_entries
 
     head = repo.head()
     if head is None:
         raise MlvcError("nothing is committed yet, so there is no working checkpoint to diff against; "
                         "`mlvc commit PATH -m MSG` makes the first commit")
     manifest = repo.read_manifest(repo.read_commit(head).manifest)
+    plan = tracked_set(repo, manifest, None, WorkState.load(repo))
     cache = StatCache(repo.dir)
-    files = list(working_entries(repo, manifest, manifest.roots, cache, progress).values())
+    read = working_entries(repo, manifest, plan.roots, cache, progress, files=plan.read)
     cache.save()
-    return (Manifest(list(manifest.roots), files, manifest.chunk_size),
-            WorkingSide(repo, files, manifest.chunk_size, stack))
+    files = sorted([*plan.carried.values(), *read.values()], key=lambda f: f.path)
+    return (Manifest(plan.roots, files, manifest.chunk_size), WorkingSide(repo, files, manifest.chunk_size, stack))
 
 
 def diff_commit(repo: Repo, rev: str, *, tensors: Iterable[str] | str | None = None,

@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..chunking import FileRange, aligned_chunk
 from ..dtypes import plane_width
-from ..errors import MlvcError
 from ..objects import KIND_SAFETENSORS, KIND_TORCH, FileEntry, Manifest, TensorEntry
-from ..progress import Progress
 
 if TYPE_CHECKING:
     from ..chunking import Pipeline
@@ -89,27 +87,6 @@ class WorkingSide(Side):
         for i in indices:
             piece = mv[i * step : (i + 1) * step]
             yield piece.read() if isinstance(piece, FileRange) else piece
-
-
-def commit_side(repo: Repo, rev: str, pipe: Pipeline) -> Side:
-    cid = repo.resolve(rev)
-    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
-    return StoredSide(cid, manifest.tensors(), manifest.chunk_size, pipe)
-
-
-def working_side(repo: Repo, stack: contextlib.ExitStack, progress: Progress) -> Side:
-    from ..statcache import StatCache
-    from .workfiles import working_entries
-
-    head = repo.head()
-    if head is None:
-        raise MlvcError("nothing is committed yet, so there is no working checkpoint to diff against; "
-                        "`mlvc commit PATH -m MSG` makes the first commit")
-    manifest = repo.read_manifest(repo.read_commit(head).manifest)
-    cache = StatCache(repo.dir)
-    entries = working_entries(repo, manifest, manifest.roots, cache, progress)
-    cache.save()
-    return WorkingSide(repo, list(entries.values()), manifest.chunk_size, stack)
 
 
 class ByteStream:
