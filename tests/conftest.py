@@ -102,6 +102,28 @@ def torch_state_dict(seed: int = 0, scale: int = 1):
     return {k: torch.from_numpy(v.copy()) for k, v in random_state_dict(seed, scale).items()}
 
 
+def cli_runner(folder, monkeypatch):
+    """`run(*ARGS, code=0)`: `mlvc ARGS` in-process inside `folder` (author "tester"), asserting its exit code
+    (None: any); returns the click Result. The CLI tests' fixtures are made from it."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from mlvc.cli import cli
+
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLVC_AUTHOR", "tester")
+    runner = CliRunner()
+
+    def run(*args: str, code: int | None = 0):
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        if code is not None:
+            assert result.exit_code == code, f"mlvc {shlex.join(args)} -> {result.exit_code}\n{result.output}"
+        return result
+
+    return run
+
+
 @pytest.fixture
 def repo(tmp_path) -> Repo:
     """An empty repository in a fresh folder (default settings)."""

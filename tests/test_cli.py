@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
+from conftest import cli_runner
 from mlvc.cli import cli
 from mlvc.errors import (
     EXIT_CODES,
@@ -25,16 +26,7 @@ from mlvc.errors import (
 @pytest.fixture
 def run(tmp_path, monkeypatch):
     """Run `mlvc ARGS` inside tmp_path; returns the click Result."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLVC_AUTHOR", "tester")
-    runner = CliRunner()
-
-    def _run(*args, code=0):
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, f"mlvc {' '.join(args)} -> {result.exit_code}\n{result.output}"
-        return result
-
-    return _run
+    return cli_runner(tmp_path, monkeypatch)
 
 
 def write_model(path, seed=0, scale=1.0, extra=False):

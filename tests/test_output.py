@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 import mlvc.cli._common as common
+from conftest import cli_runner
 from mlvc.cli import LISTERS, READERS, _Guard, cli, command_name, is_reader
 from mlvc.errors import OutputClosed
 from mlvc.progress import NULL, TerminalProgress, abandon_all, enabled, finish_all, format_amount
@@ -94,17 +95,7 @@ def cli_in(tmp_path, monkeypatch):
     repo = small_history(tmp_path / "repo")
     with open(os.path.join(repo.root, "mlvc.toml"), "w", encoding="utf-8") as f:  # one task, for eval run
         f.write(TASK)
-    monkeypatch.chdir(tmp_path / "repo")
-    monkeypatch.setenv("MLVC_AUTHOR", "tester")
-    runner = CliRunner()
-
-    def run(*args: str, code: int | None = 0):
-        r = runner.invoke(cli, list(args), catch_exceptions=False)
-        if code is not None:
-            assert r.exit_code == code, f"mlvc {shlex.join(args)} -> {r.exit_code}\n{r.output}"
-        return r
-
-    return run
+    return cli_runner(tmp_path / "repo", monkeypatch)
 
 
 # --- --json everywhere --------------------------------------------------------------------------------------------

@@ -13,12 +13,10 @@ import tempfile
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import random_state_dict, tree_hashes, write_safetensors_np
-from mlvc.cli import cli
+from conftest import cli_runner, random_state_dict, tree_hashes, write_safetensors_np
 from mlvc.errors import (
     EXIT_CODES,
     ConfigError,
@@ -72,16 +70,7 @@ def states(repo: Repo) -> dict[str, str]:
 
 @pytest.fixture
 def cli_run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLVC_AUTHOR", "tester")
-    runner = CliRunner()
-
-    def _run(*args, code=0):
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, f"mlvc {' '.join(args)} -> {result.exit_code}\n{result.output}"
-        return result
-
-    return _run
+    return cli_runner(tmp_path, monkeypatch)
 
 
 # -- the README's Quickstart and "From Python", literally -------------------------------------------------

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import flip_byte, make_repo, tree_hashes
+from conftest import cli_runner, flip_byte, make_repo, tree_hashes
 from fuzz_util import check_all, fuzz_settings, mutate_bytes, mutate_json, random_json, seed_batches
 from mlvc.cli import cli
 from mlvc.errors import (
@@ -43,16 +43,7 @@ def run(tmp_path, monkeypatch):
     """Run `mlvc ARGS` in tmp_path/repo (stdout and stderr together); returns the click Result."""
     root = tmp_path / "repo"
     root.mkdir()
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLVC_AUTHOR", "tester")
-    runner = CliRunner()
-
-    def _run(*args, code=0):
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, f"mlvc {' '.join(args)} -> {result.exit_code}\n{result.output}"
-        return result
-
-    return _run
+    return cli_runner(root, monkeypatch)
 
 
 def weights(seed: int, layers: int = 2) -> dict[str, np.ndarray]:
