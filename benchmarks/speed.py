@@ -14,7 +14,11 @@ side with zstd on the same file in the same run, so the ratios hold on a loaded 
   large       (--large) a 1 GiB series (--large-gb) from benchmarks/memory.py's generator and training step.
 
 --baseline SRC runs every mlvc step a second time with the mlvc source tree at SRC (e.g. the previous version,
-exported with `git archive HEAD | tar -x -C /tmp/mlvc-before`), so "before" and "after" come from one run.
+exported with `git archive HEAD | tar -x -C /tmp/mlvc-before`), so "before" and "after" come from one run
+(series rounds alternate between the two). Each step is timed in wall-clock and in CPU seconds (user + system
+of the process, steadier on a shared machine); the series section also reports the start-up floor, `mlvc
+status` in an empty repository (interpreter, imports, opening the repository), against `zstd -1 -T0` of one
+checkpoint.
 
     python benchmarks/speed.py [--rounds 2] [--checkpoints 8] [--large] [--baseline /tmp/mlvc-before]
 
@@ -29,6 +33,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import struct
@@ -119,31 +124,48 @@ def write_st(path: str, header: dict, data: bytes) -> None:
         f.write(struct.pack("<Q", len(text)) + text + data)
 
 
+def timed(cmd: list[str], **kwargs) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the child) of one command run to its end. On a shared
+    machine the CPU time is the steadier of the two; both are reported."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, **kwargs)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 class Runner:
     """Runs mlvc (this tree, or the --baseline tree) and zstd in fresh processes and times them."""
 
     def __init__(self, src: str):
         self.env = dict(os.environ, PYTHONPATH=src)
 
+    def timed(self, repo: str, *args: str) -> tuple[float, float]:
+        return timed([sys.executable, "-m", "mlvc", *args], cwd=repo, env=self.env, stdout=subprocess.DEVNULL)
+
     def mlvc(self, repo: str, *args: str) -> float:
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mlvc", *args], cwd=repo, env=self.env, check=True,
-                       stdout=subprocess.DEVNULL)
-        return time.perf_counter() - t
+        return self.timed(repo, *args)[0]
+
+    def startup(self, work: str, n: int = 5) -> tuple[float, float]:
+        """Median (wall, CPU) of `mlvc status` in an empty repository: the interpreter start, the imports and
+        the opening of a repository that every commit and checkout pays before any byte is read."""
+        repo = tempfile.mkdtemp(prefix="floor-", dir=work)
+        self.mlvc(repo, "init")
+        runs = [self.timed(repo, "status") for _ in range(n)]
+        shutil.rmtree(repo)
+        return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
 
 
-def zstd_times(path: str, work: str) -> tuple[float, float, int]:
+def zstd_times(path: str, work: str) -> dict:
+    """Wall and CPU seconds of `zstd -1 -T0` and `zstd -d` on the file, and the compressed size."""
     z = os.path.join(work, "z.zst")
-    t = time.perf_counter()
-    subprocess.run(["zstd", "-1", "-T0", "-q", "-f", path, "-o", z], check=True)
-    tc = time.perf_counter() - t
-    t = time.perf_counter()
-    subprocess.run(["zstd", "-d", "-q", "-f", z, "-o", z + ".out"], check=True)
-    td = time.perf_counter() - t
+    zc, zc_cpu = timed(["zstd", "-1", "-T0", "-q", "-f", path, "-o", z])
+    zd, zd_cpu = timed(["zstd", "-d", "-q", "-f", z, "-o", z + ".out"])
     size = os.path.getsize(z)
     os.remove(z)
     os.remove(z + ".out")
-    return tc, td, size
+    return {"zstd_s": zc, "zstd_cpu_s": zc_cpu, "unzstd_s": zd, "unzstd_cpu_s": zd_cpu, "zstd_bytes": size}
 
 
 def store_stats(repo: str) -> dict:
@@ -175,22 +197,23 @@ def run_series(runner: Runner, paths: list[str], work: str) -> list[dict]:
         target = os.path.join(repo, "model.safetensors")
         shutil.copyfile(path, target)
         before = set(LooseObjectStore(os.path.join(repo, ".mlvc", "objects")).ids())
-        zc, zd, _ = zstd_times(target, work)
-        commit = runner.mlvc(repo, "commit", "model.safetensors", "-m", f"ckpt {k}")
+        z = zstd_times(target, work)
+        commit, commit_cpu = runner.timed(repo, "commit", "model.safetensors", "-m", f"ckpt {k}")
         out = os.path.join(work, "out")
         shutil.rmtree(out, ignore_errors=True)
-        checkout = runner.mlvc(repo, "checkout", "HEAD", "--output", out)
+        checkout, checkout_cpu = runner.timed(repo, "checkout", "HEAD", "--output", out)
         if not same_file(os.path.join(out, "model.safetensors"), path):
             sys.exit(f"checkout of checkpoint {k} is not byte-identical")
         raw += os.path.getsize(path)
-        rows.append({"k": k, "depth": max_depth(repo, before), "commit_s": commit, "checkout_s": checkout,
-                     "zstd_s": zc, "unzstd_s": zd, "stored_ratio": store_stats(repo)["bytes"] / raw})
+        rows.append({"k": k, "depth": max_depth(repo, before), "commit_s": commit, "commit_cpu_s": commit_cpu,
+                     "checkout_s": checkout, "checkout_cpu_s": checkout_cpu, **z,
+                     "stored_ratio": store_stats(repo)["bytes"] / raw})
     # every commit checked out again at the end, the way a user goes back to an old one
     for k, row in enumerate(rows):
         out = os.path.join(work, "out")
         shutil.rmtree(out, ignore_errors=True)
         row["checkout_old_s"] = runner.mlvc(repo, "checkout", f"HEAD~{len(rows) - 1 - k}", "--output", out)
-        _, row["unzstd_old_s"], _ = zstd_times(paths[k], work)
+        row["unzstd_old_s"] = zstd_times(paths[k], work)["unzstd_s"]
     shutil.rmtree(repo)
     return rows
 
@@ -217,7 +240,7 @@ def run_small(runner: Runner, work: str) -> dict:
         os.makedirs(repo)
         runner.mlvc(repo, "init")
         shutil.copyfile(path, os.path.join(repo, "model.safetensors"))
-        r = {"file_bytes": os.path.getsize(path), "zstd_bytes": zstd_times(path, work)[2]}
+        r = {"file_bytes": os.path.getsize(path), "zstd_bytes": zstd_times(path, work)["zstd_bytes"]}
         r["commit_s"] = runner.mlvc(repo, "commit", "model.safetensors", "-m", "x")
         r["status_s"] = runner.mlvc(repo, "status")
         dest = os.path.join(work, "out-" + label)
@@ -231,7 +254,7 @@ def run_small(runner: Runner, work: str) -> dict:
     return out
 
 
-def run_pt(runner: Runner, work: str) -> dict | None:
+def run_pt(runner: Runner, work: str, rounds: int = 3) -> dict | None:
     try:
         import torch
     except ImportError:
@@ -240,20 +263,18 @@ def run_pt(runner: Runner, work: str) -> dict | None:
     sd = {k: torch.from_numpy(v) for k, v in sorted(arrays.items())}
     pt = os.path.join(work, "model.pt")
     torch.save(sd, pt)
-    out = {}
-    for label, src in (("pt", pt), ("safetensors", minilm_path())):
-        times = []
-        for _ in range(2):
+    times: dict[str, list[float]] = {"pt": [], "safetensors": []}
+    for _ in range(rounds):  # alternating, so a change of load hits both alike; the median of each
+        for label, src in (("pt", pt), ("safetensors", minilm_path())):
             repo = os.path.join(work, "repo-" + label)
             shutil.rmtree(repo, ignore_errors=True)
             os.makedirs(repo)
             runner.mlvc(repo, "init")
             name = "model.pt" if label == "pt" else "model.safetensors"
             shutil.copyfile(src, os.path.join(repo, name))
-            times.append(runner.mlvc(repo, "commit", name, "-m", "x"))
+            times[label].append(runner.mlvc(repo, "commit", name, "-m", "x"))
             shutil.rmtree(repo)
-        out[label] = min(times)
-    return out
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def large_series(work: str, n: int, size_gb: float) -> list[str]:
@@ -282,19 +303,24 @@ def series_summary(rows_by_round: list[list[dict]]) -> list[dict]:
                     "checkout_s": statistics.median(r["checkout_s"] for r in rs),
                     "checkout_x": statistics.median(r["checkout_s"] / r["unzstd_s"] for r in rs),
                     "checkout_old_x": statistics.median(r["checkout_old_s"] / r["unzstd_old_s"] for r in rs),
+                    "commit_cpu_x": statistics.median(r["commit_cpu_s"] / r["zstd_cpu_s"] for r in rs),
+                    "checkout_cpu_x": statistics.median(r["checkout_cpu_s"] / r["unzstd_cpu_s"] for r in rs),
                     "stored_ratio": rs[0]["stored_ratio"]})
     return out
 
 
 def print_series(title: str, summary: list[dict]) -> None:
     print(f"\n{title}")
-    print(f"{'ckpt':>4} {'depth':>5} {'commit s':>9} {'/zstd':>6} {'checkout s':>10} {'/zstd -d':>8} "
-          f"{'old co /zstd -d':>15} {'stored/raw':>10}")
+    print(f"{'ckpt':>4} {'depth':>5} {'commit s':>9} {'/zstd':>6} {'cpu /zstd':>9} {'checkout s':>10} {'/zstd -d':>8} "
+          f"{'cpu /zstd -d':>12} {'old co /zstd -d':>15} {'stored/raw':>10}")
     for r in summary:
-        print(f"{r['k']:>4} {r['depth']:>5} {r['commit_s']:>9.2f} {r['commit_x']:>6.2f} {r['checkout_s']:>10.2f} "
-              f"{r['checkout_x']:>8.2f} {r['checkout_old_x']:>15.2f} {r['stored_ratio']:>10.3f}")
-    print(f"median: commit {statistics.median(r['commit_x'] for r in summary):.2f}x zstd -1 -T0, "
-          f"checkout {statistics.median(r['checkout_x'] for r in summary):.2f}x zstd -d, "
+        print(f"{r['k']:>4} {r['depth']:>5} {r['commit_s']:>9.2f} {r['commit_x']:>6.2f} {r['commit_cpu_x']:>9.2f} "
+              f"{r['checkout_s']:>10.2f} {r['checkout_x']:>8.2f} {r['checkout_cpu_x']:>12.2f} "
+              f"{r['checkout_old_x']:>15.2f} {r['stored_ratio']:>10.3f}")
+    print(f"median: commit {statistics.median(r['commit_x'] for r in summary):.2f}x zstd -1 -T0 "
+          f"(CPU {statistics.median(r['commit_cpu_x'] for r in summary):.2f}x), "
+          f"checkout {statistics.median(r['checkout_x'] for r in summary):.2f}x zstd -d "
+          f"(CPU {statistics.median(r['checkout_cpu_x'] for r in summary):.2f}x), "
           f"worst commit {max(r['commit_x'] for r in summary):.2f}x, "
           f"worst checkout {max(max(r['checkout_x'], r['checkout_old_x']) for r in summary):.2f}x")
 
@@ -331,11 +357,22 @@ def main() -> int:
                 os.makedirs(series_dir)
                 paths = synthetic_series(series_dir, args.checkpoints)
             result["series"] = {}
-            for label, runner in versions.items():
-                rounds = [run_series(runner, paths, work) for _ in range(args.rounds)]
+            # rounds interleave the versions (before, after, before, ...) so a change of load hits both alike
+            by_label: dict[str, list] = {label: [] for label in versions}
+            for _ in range(args.rounds):
+                for label, runner in versions.items():
+                    by_label[label].append(run_series(runner, paths, work))
+            for label, rounds in by_label.items():
                 result["series"][label] = {"rounds": rounds, "summary": series_summary(rounds)}
                 print_series(f"fp32 series ({len(paths)} checkpoints of {human_bytes(os.path.getsize(paths[0]))}), "
                              f"{label}", result["series"][label]["summary"])
+            size = os.path.getsize(paths[0])
+            floor = {label: runner.startup(work) for label, runner in versions.items()}
+            zstd_one = statistics.median(zstd_times(paths[0], work)["zstd_s"] for _ in range(3))
+            result["startup"] = {label: {"wall_s": w, "cpu_s": c} for label, (w, c) in floor.items()}
+            for label, (w, c) in floor.items():
+                print(f"{label}: start-up floor (`mlvc status` in an empty repository) {w:.2f} s wall, {c:.2f} s CPU = "
+                      f"{w / zstd_one:.2f}x `zstd -1 -T0` of one {human_bytes(size)} checkpoint ({zstd_one:.2f} s)")
         if "small" not in skip:
             result["small"] = {label: run_small(runner, work) for label, runner in versions.items()}
             print("\n100,000 small tensors vs 4 large tensors, same file size")
@@ -348,8 +385,8 @@ def main() -> int:
                           f"{x['checkout_s']:>10.2f} {x['files']:>8} {x['bytes'] / MiB:>9.2f} {x['disk'] / MiB:>7.1f} "
                           f"{x['zstd_bytes'] / MiB:>11.2f}")
         if "pt" not in skip:
-            result["pt"] = {label: run_pt(runner, work) for label, runner in versions.items()}
-            print("\n.pt against safetensors (same weights), commit, best of 2")
+            result["pt"] = {label: run_pt(runner, work, max(3, args.rounds)) for label, runner in versions.items()}
+            print(f"\n.pt against safetensors (same weights), commit, median of {max(3, args.rounds)}")
             for label, r in result["pt"].items():
                 if r is None:
                     print(f"{label:>8}: torch is not installed")

@@ -7,13 +7,21 @@ The model is MiniLM-sized (the shape of all-MiniLM-L6-v2: 30522-token embedding,
 is needed (scripts/gpu_tracker_check.py runs the same loop on CUDA); it trains with AdamW on random token
 batches for a 2-class head. Each mode runs `--steps` steps per round, rounds alternate the modes (none,
 background, sync, none, ...) so that a load change on a shared machine hits all of them, and the first
-`--warmup` steps of each round are not timed. The overhead of a mode is its median step time against the
-median of "none" from the same run. A commit holds the model and, unless --no-state, the optimizer and RNG
-states (3x the model's bytes). A step's time ends with `loss.item()` (a loop that logs its loss waits for the
-step anyway), so on CUDA it includes the whole step.
+`--warmup` steps of each round are not timed. The overhead of a mode is its median (and mean) step time
+against the median (mean) of "none" from the same run. A commit holds the model and, unless --no-state, the
+optimizer and RNG states (3x the model's bytes). A step's time ends with `loss.item()` (a loop that logs its
+loss waits for the step anyway), so on CUDA it includes the whole step.
+
+The background tracker runs with `--priority` (the Tracker's worker_priority: a nice increment, idle, or 0) and
+`--threads` encode threads (default: the Tracker's default); `--also PRIORITY:THREADS ...` adds more background
+configurations to the same round-robin (e.g. `--also 0:1 10:1 idle:2`), to compare scheduling choices under
+the same load. Per mode the table gives the commits written (and skipped), the time the training thread spent
+in the commit call (the snapshot, or the wait for a full queue), and the commit latency: from the snapshot to
+the branch naming the commit. The load average is printed at the start and the end.
 
     python benchmarks/training_overhead.py                       # CPU, every 10 steps
     python benchmarks/training_overhead.py --steps 12 --rounds 1 --warmup 2 --layers 1   # quick check
+    python benchmarks/training_overhead.py --also 0:1 10:1 idle:2  # scheduling choices, same run
     python benchmarks/training_overhead.py --device cuda --batch 32
 
 Prints a table and writes benchmarks/out/training_overhead.json (or --out).
@@ -38,6 +46,7 @@ import torch  # noqa: E402
 
 from mlvc import KeepPolicy, Tracker  # noqa: E402
 from mlvc.repo import Repo  # noqa: E402
+from mlvc.tracker import DEFAULT_PRIORITY, IDLE, default_threads  # noqa: E402
 
 MODES = ("none", "background", "sync")
 
@@ -79,14 +88,45 @@ def train_step(model, opt, batch, seq: int, device: str) -> float:
     return loss.item()
 
 
-def run_round(mode: str, model, opt, args, repo: Repo, branch: str) -> dict:
+def parse_config(text: str) -> tuple[str | int, int | None]:
+    """"PRIORITY:THREADS" (idle:2, 10:1, 0:auto) as the Tracker's (worker_priority, threads)."""
+    prio, _, threads = text.partition(":")
+    priority: str | int = prio if prio == IDLE else int(prio)
+    return priority, None if threads in ("", "auto") else int(threads)
+
+
+def label(priority: str | int, threads: int | None) -> str:
+    prio = "idle" if priority == IDLE else f"nice+{priority}" if priority else "normal"
+    return f"background {prio}/{threads or default_threads()}t"
+
+
+def modes_of(args) -> list[tuple[str, dict]]:
+    """(name, Tracker arguments) per mode, in round-robin order; the first background one is "background"."""
+    out: list[tuple[str, dict]] = []
+    for mode in args.modes:
+        if mode == "none":
+            out.append((mode, {}))
+        elif mode == "sync":
+            out.append((mode, {"background": False}))
+        else:
+            out.append((mode, {"background": True, "worker_priority": parse_config(args.priority)[0],
+                               "threads": args.threads}))
+    for conf in args.also:
+        priority, threads = parse_config(conf)
+        out.append((label(priority, threads), {"background": True, "worker_priority": priority, "threads": threads}))
+    return out
+
+
+def run_round(mode: str, model, opt, args, repo: Repo, branch: str, conf: dict | None = None) -> dict:
     """One round of one mode: the step times after warm-up, the time the tracker calls took inside them, and
     (background) the time close() waited for the queue at the end."""
     tracker = None
+    if conf is None:  # the mode's configuration from args
+        conf = dict(modes_of(args)).get(mode, {})
     if mode != "none":
         keep = KeepPolicy(last=2) if args.keep_last else None
-        tracker = Tracker(repo, branch, every=args.every, background=(mode == "background"), start=None,
-                          save_state=not args.no_state, pin_memory=not args.no_pin, keep=keep)
+        tracker = Tracker(repo, branch, every=args.every, start=None, save_state=not args.no_state,
+                          pin_memory=not args.no_pin, keep=keep, **conf)
     times, tracker_s, commit_calls = [], [], []
     for i in range(1, args.warmup + args.steps + 1):
         t0 = time.perf_counter()
@@ -100,32 +140,39 @@ def run_round(mode: str, model, opt, args, repo: Repo, branch: str) -> dict:
             if took:
                 commit_calls.append(t2 - t1)
     close_s = 0.0
-    commits = 0
+    commits, skipped, latencies, applied = 0, 0, [], ""
     if tracker is not None:
         t0 = time.perf_counter()
         tracker.close()
         close_s = time.perf_counter() - t0
-        commits = len(tracker.commits)
+        commits, skipped = len(tracker.commits), tracker.skipped
+        latencies = [c.latency_s for c in tracker.commits]
+        applied = tracker.applied_priority if tracker.background else ""
     return {"times": times, "tracker_s": tracker_s, "commit_calls": commit_calls, "close_s": close_s,
-            "commits": commits}
+            "commits": commits, "skipped": skipped, "latency_s": latencies, "applied_priority": applied}
 
 
 def measure(args) -> dict:
     model, opt = build(args.device, args.layers)
     nbytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
-    results: dict[str, dict] = {m: {"times": [], "tracker_s": [], "commit_calls": [], "close_s": [], "commits": 0}
-                                for m in args.modes}
+    modes = modes_of(args)
+    results: dict[str, dict] = {m: {"times": [], "tracker_s": [], "commit_calls": [], "close_s": [], "commits": 0,
+                                    "skipped": 0, "latency_s": [], "applied_priority": "", "config": conf}
+                                for m, conf in modes}
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mlvc-overhead-", dir=args.workdir) as tmp:
         repo = Repo.init(tmp)
         for r in range(args.rounds):
-            for mode in args.modes:
-                got = run_round(mode, model, opt, args, repo, f"{mode}-{r}")
+            for i, (mode, conf) in enumerate(modes):
+                got = run_round(mode, model, opt, args, repo, f"m{i}-{r}", conf)
                 res = results[mode]
-                res["times"] += got["times"]
-                res["tracker_s"] += got["tracker_s"]
-                res["commit_calls"] += got["commit_calls"]
+                for key in ("times", "tracker_s", "commit_calls", "latency_s"):
+                    res[key] += got[key]
                 res["close_s"].append(got["close_s"])
                 res["commits"] += got["commits"]
+                res["skipped"] += got["skipped"]
+                res["applied_priority"] = got["applied_priority"]
+    load_end = os.getloadavg()
     base = statistics.median(results["none"]["times"]) if "none" in results else None
     rows = []
     for mode, res in results.items():
@@ -135,13 +182,18 @@ def measure(args) -> dict:
                      "overhead_pct": None if base is None else 100.0 * (med / base - 1.0),
                      "mean_overhead_pct": None if base is None else
                      100.0 * (statistics.fmean(res["times"]) / statistics.fmean(results["none"]["times"]) - 1.0),
-                     "commits": res["commits"],
+                     "commits": res["commits"], "skipped": res["skipped"],
                      "commit_call_s": statistics.median(commit_calls) if commit_calls else 0.0,
-                     "close_wait_s": max(res["close_s"]) if res["close_s"] else 0.0})
+                     "commit_call_max_s": max(commit_calls) if commit_calls else 0.0,
+                     "latency_median_s": statistics.median(res["latency_s"]) if res["latency_s"] else 0.0,
+                     "latency_max_s": max(res["latency_s"]) if res["latency_s"] else 0.0,
+                     "close_wait_s": max(res["close_s"]) if res["close_s"] else 0.0,
+                     "config": {k: v for k, v in res["config"].items()}, "applied_priority": res["applied_priority"]})
     return {"device": args.device, "device_name": device_name(args.device), "model_bytes": nbytes,
             "params": sum(p.numel() for p in model.parameters()), "every": args.every, "steps": args.steps,
             "rounds": args.rounds, "batch": args.batch, "seq": args.seq, "save_state": not args.no_state,
-            "pinned": not args.no_pin,
+            "pinned": not args.no_pin, "default_threads": default_threads(),
+            "loadavg_start": list(load_start), "loadavg_end": list(load_end),
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "rows": rows}
 
@@ -157,13 +209,22 @@ def table(res: dict) -> str:
              f"({res['model_bytes'] / 2**20:.0f} MiB), batch {res['batch']} x {res['seq']}, commit every "
              f"{res['every']} steps{' with optimizer + RNG state' if res['save_state'] else ''}, "
              f"{res['steps']} timed steps x {res['rounds']} rounds per mode",
-             f"{'mode':<11} {'median step':>12} {'overhead':>9} {'mean ovh':>9} {'commits':>8} "
-             f"{'commit call':>12} {'close wait':>11}"]
+             f"{res['cpus']} CPUs, torch {res['torch_threads']} threads, load average "
+             f"{res['loadavg_start'][0]:.2f} at the start, {res['loadavg_end'][0]:.2f} at the end",
+             f"{'mode':<24} {'median step':>11} {'overhead':>9} {'mean step':>10} {'mean ovh':>9} {'commits':>8} "
+             f"{'call med/max':>14} {'latency med/max':>16} {'close wait':>10}"]
     for r in res["rows"]:
         ovh = "" if r["overhead_pct"] is None else f"{r['overhead_pct']:+.1f}%"
         movh = "" if r["mean_overhead_pct"] is None else f"{r['mean_overhead_pct']:+.1f}%"
-        lines.append(f"{r['mode']:<11} {r['median_step_s'] * 1e3:>10.1f}ms {ovh:>9} {movh:>9} {r['commits']:>8} "
-                     f"{r['commit_call_s'] * 1e3:>10.1f}ms {r['close_wait_s']:>10.2f}s")
+        commits = f"{r['commits']}" + (f"+{r['skipped']}sk" if r["skipped"] else "")
+        call = f"{r['commit_call_s'] * 1e3:.0f}/{r['commit_call_max_s'] * 1e3:.0f}ms" if r["commits"] else ""
+        lat = f"{r['latency_median_s']:.1f}/{r['latency_max_s']:.1f}s" if r["latency_median_s"] else ""
+        close = f"{r['close_wait_s']:.2f}s" if r["commits"] else ""
+        lines.append(f"{r['mode']:<24} {r['median_step_s'] * 1e3:>9.0f}ms {ovh:>9} {r['mean_step_s'] * 1e3:>8.0f}ms "
+                     f"{movh:>9} {commits:>8} {call:>14} {lat:>16} {close:>10}")
+    applied = {r["mode"]: r["applied_priority"] for r in res["rows"] if r["applied_priority"]}
+    if applied:
+        lines.append("worker priority applied: " + ", ".join(f"{m}: {a}" for m, a in applied.items()))
     return "\n".join(lines)
 
 
@@ -181,6 +242,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pin", action="store_true", help="snapshot CUDA tensors into pageable, not pinned, memory")
     p.add_argument("--keep-last", action="store_true", help="apply KeepPolicy(last=2) at every commit")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--priority", default=str(DEFAULT_PRIORITY),
+                   help="the background tracker's worker_priority: a nice increment 1..19 (default: the Tracker's "
+                        "default), idle (SCHED_IDLE), or 0 (unchanged)")
+    p.add_argument("--threads", type=int, default=None, help="the background tracker's encode threads (default: "
+                                                             "the Tracker's default)")
+    p.add_argument("--also", nargs="*", default=[], metavar="PRIORITY:THREADS",
+                   help="more background configurations in the same round-robin, e.g. 0:1 10:1 idle:2")
     p.add_argument("--workdir", default=None, help="where the temporary repository goes")
     p.add_argument("--out", default=os.path.join(HERE, "out", "training_overhead.json"))
     return p

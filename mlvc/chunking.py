@@ -214,9 +214,10 @@ class Pipeline:
                 hasher = None if 0 < n <= step else new_hasher()
                 if hasher is not None:
                     hashers[seg.key] = hasher
-                # A small chunk is hashed here when nothing is stored: a worker's hand-off costs more than the hash.
-                inline = self._pool is None or (self.store is None and n < _INLINE_BYTES)
                 small = n <= PACK_OBJECT_MAX  # a small segment (tensor, header) is stored in a pack
+                # A small chunk is hashed (and packed: no encoding, one append) here: a worker's hand-off costs
+                # more than that, and a checkpoint of 100,000 tiny tensors spent most of its commit on hand-offs.
+                inline = self._pool is None or (small if self.store is not None else n < _INLINE_BYTES)
                 for i, start in enumerate(range(0, n, step)):
                     mv = seg.data[start : start + step]
                     lineage = [_at(ids, i) for ids in seg.lineage] if seg.lineage else None

@@ -153,11 +153,12 @@ def _incompressible(plane: np.ndarray, level: int) -> bool:
     return len(_compressor(level).compress(probe)) >= len(probe) * (1 - MIN_SAVING / 2)
 
 
-def _pack_planes(arr: np.ndarray, width: int, level: int) -> bytes:
-    """Plane table + planes of a uint8 array whose length is a multiple of width."""
+def _pack_planes(arr: np.ndarray, width: int, level: int) -> list:
+    """Plane table + planes of a uint8 array whose length is a multiple of width, as a list of buffers to join
+    (a plane stored raw is not copied until the one join that makes the object file)."""
     planes = arr.reshape(-1, width).T.copy() if width > 1 else arr.reshape(1, -1)
     table = []
-    blobs = []
+    blobs: list = []
     for plane in planes:
         big = len(plane) >= _MIN_PLANE_BYTES
         z = _compressor(level).compress(plane.data) if big and not _incompressible(plane, level) else b""
@@ -166,8 +167,12 @@ def _pack_planes(arr: np.ndarray, width: int, level: int) -> bytes:
             blobs.append(z)
         else:
             table.append(_PLANE_ENTRY.pack(0, len(plane)))
-            blobs.append(bytes(plane.data))
-    return b"".join([*table, *blobs])
+            blobs.append(plane.data)
+    return [*table, *blobs]
+
+
+def _size(parts: list) -> int:
+    return sum(len(memoryview(p).cast("B")) for p in parts)
 
 
 def _unpack_planes(payload: memoryview, width: int, raw_length: int) -> bytearray:
@@ -235,13 +240,13 @@ def _decompress_exact(frame, size: int) -> bytes:
 # -- full objects ------------------------------------------------------------------------------------
 
 
-def _full_payload(mv: memoryview, width: int, level: int) -> tuple[int, int, bytes]:
+def _full_payload(mv: memoryview, width: int, level: int) -> tuple[int, int, list]:
     n = len(mv)
     if width > 1 and n % width == 0 and n >= width * _MIN_PLANE_BYTES:
         return ENC_PLANES, width, _pack_planes(np.frombuffer(mv, dtype=np.uint8), width, level)
     if n >= _MIN_PLANE_BYTES:
-        return ENC_ZSTD, 1, _compressor(level).compress(mv)
-    return ENC_RAW, 1, bytes(mv)
+        return ENC_ZSTD, 1, [_compressor(level).compress(mv)]
+    return ENC_RAW, 1, [mv]
 
 
 def encode(raw, width: int = 1, level: int = 1) -> bytes:
@@ -252,10 +257,10 @@ def encode(raw, width: int = 1, level: int = 1) -> bytes:
     """
     mv = memoryview(raw).cast("B")
     n = len(mv)
-    encoding, w, payload = _full_payload(mv, width, level)
-    if encoding != ENC_RAW and len(payload) >= n * (1 - MIN_SAVING):
-        encoding, w, payload = ENC_RAW, 1, bytes(mv)
-    return _pack_header(encoding, w, n) + payload
+    encoding, w, parts = _full_payload(mv, width, level)
+    if encoding != ENC_RAW and _size(parts) >= n * (1 - MIN_SAVING):
+        encoding, w, parts = ENC_RAW, 1, [mv]
+    return b"".join([_pack_header(encoding, w, n), *parts])
 
 
 # -- delta objects -----------------------------------------------------------------------------------
@@ -270,7 +275,7 @@ class Base:
     depth: int
 
 
-def _delta_payload(encoding: int, mv, b1, b2, width: int, level: int) -> bytes:
+def _delta_parts(encoding: int, mv, b1, b2, width: int, level: int) -> list:
     if encoding == ENC_XOR:
         return _pack_planes(delta.forward(delta.XOR, mv, b1, width), width, level)
     if encoding == ENC_SUB:
@@ -279,7 +284,11 @@ def _delta_payload(encoding: int, mv, b1, b2, width: int, level: int) -> bytes:
         return _pack_planes(delta.forward(delta.SUB, mv, delta.predict(b1, b2, width), width), width, level)
     mask, values = delta.sparse(mv, b1, width)
     bitmap = _compressor(level).compress(np.packbits(mask).data)
-    return _U32.pack(len(bitmap)) + bitmap + _pack_planes(values, width, level)
+    return [_U32.pack(len(bitmap)), bitmap, *_pack_planes(values, width, level)]
+
+
+def _delta_payload(encoding: int, mv, b1, b2, width: int, level: int) -> bytes:
+    return b"".join(_delta_parts(encoding, mv, b1, b2, width, level))
 
 
 def _samples(n: int, width: int) -> list[slice]:
@@ -292,30 +301,31 @@ def _samples(n: int, width: int) -> list[slice]:
 
 def encode_delta(raw, width: int, level: int, base: Base, base2: Base | None = None) -> bytes | None:
     """The smallest delta object for `raw` against `base` (and `base2`, the base's own predecessor, for the
-    pred encoding), or None when a full object would be smaller. The encoding is chosen on a sample."""
+    pred encoding), or None when a full object would be smaller. The encoding is chosen on a sample, among
+    sub, sparse, pred (with base2) and xor (only for 1- and 8-byte elements: on 2- and 4-byte elements
+    zigzag subtraction stored less at every fraction of changed elements measured, docs/design.md)."""
     mv = memoryview(raw).cast("B")
     n = len(mv)
     if len(base.raw) != n or not delta.supports(width, n) or n == 0:
         return None
     b1 = memoryview(base.raw).cast("B")
     b2 = memoryview(base2.raw).cast("B") if base2 is not None and len(base2.raw) == n else None
-    candidates = [ENC_SUB, ENC_XOR, ENC_SPARSE] + ([ENC_PRED] if b2 is not None else [])
+    candidates = [ENC_SUB, ENC_SPARSE] + ([ENC_PRED] if b2 is not None else []) + ([ENC_XOR] if width in (1, 8) else [])
     spots = _samples(n, width)
 
     def estimate(encoding: int) -> int:
-        return sum(len(_delta_payload(encoding, mv[s], b1[s], b2[s] if b2 is not None else None, width, level))
+        return sum(_size(_delta_parts(encoding, mv[s], b1[s], b2[s] if b2 is not None else None, width, level))
                    for s in spots)
 
-    full_estimate = sum(len(_full_payload(mv[s], width, level)[2]) for s in spots)
     sizes = {e: estimate(e) for e in candidates}
     best = min(candidates, key=lambda e: sizes[e])
     pred = best == ENC_PRED and base2 is not None  # pred is a candidate only with base2
     depth = 1 + max(base.depth, base2.depth if pred and base2 is not None else 0)
-    if sizes[best] >= full_estimate or depth > MAX_DEPTH:
+    if depth > MAX_DEPTH or sizes[best] >= sum(_size(_full_payload(mv[s], width, level)[2]) for s in spots):
         return None
-    payload = _delta_payload(best, mv, b1, b2, width, level)
+    parts = _delta_parts(best, mv, b1, b2, width, level)
     prefix = bytes.fromhex(base2.id) if pred and base2 is not None else b""
-    return _pack_header(best, width, n, base.id, depth) + prefix + payload
+    return b"".join([_pack_header(best, width, n, base.id, depth), prefix, *parts])
 
 
 # -- decoding ----------------------------------------------------------------------------------------

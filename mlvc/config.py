@@ -24,6 +24,7 @@ DEFAULT_CHUNK_SIZE = 2 << 20  # 2 MiB: measured in docs/design.md
 DEFAULT_ZSTD_LEVEL = 1
 DEFAULT_KEYFRAME_INTERVAL = 8  # a full object at least every 8 versions of a chunk
 DEFAULT_CACHE_MB = 128  # decoded delta bases kept in memory
+DEFAULT_SKIP_DELTAS = 0  # 1: skip-delta bases (shallower chains, some storage); docs/design.md
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Config:
     threads: int = 0  # 0: one per core
     keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL  # delta chains stay under this many links; 1: no deltas
     cache_mb: int = DEFAULT_CACHE_MB  # decoded delta bases kept in memory
+    skip_deltas: int = DEFAULT_SKIP_DELTAS  # 1: version n of a chunk against version n & (n-1)
     user_name: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +88,7 @@ CORE_RANGES: dict[str, tuple[int, int, int, str]] = {
     "threads": (0, 256, 0, " (0: one per core)"),
     "keyframe_interval": (1, 256, DEFAULT_KEYFRAME_INTERVAL, " (1: no deltas)"),
     "cache_mb": (0, 1 << 20, DEFAULT_CACHE_MB, " MiB"),
+    "skip_deltas": (0, 1, DEFAULT_SKIP_DELTAS, " (1: skip-delta bases)"),
 }
 # Top-level names that must be tables when present (read by other modules: gc settings, evaluation tasks, the
 # rules of `mlvc check`).
@@ -102,6 +105,7 @@ def write_default(path: str) -> None:
         f"keyframe_interval = {DEFAULT_KEYFRAME_INTERVAL}"
         "  # a full object at least every K versions of a chunk; 1: no deltas\n"
         f"cache_mb = {DEFAULT_CACHE_MB}  # decoded delta bases kept in memory while reading\n"
+        f"skip_deltas = {DEFAULT_SKIP_DELTAS}  # 1: chains of at most log2(K) + 1 links, for a few % more storage\n"
     )
     atomic_write_bytes(path, text.encode())
 
@@ -127,6 +131,8 @@ SETTINGS: dict[str, Setting] = {
     "user.name": Setting("user.name", "string", None, "commit author (MLVC_AUTHOR wins; else the login name)"),
     "gc.grace": Setting("gc.grace", "grace", "2.weeks.ago", "gc keeps unreachable objects younger than this"),
     "gc.temp_grace": Setting("gc.temp_grace", "grace", "1.day.ago", "gc keeps temp files younger than this"),
+    "gc.reflog_expire": Setting("gc.reflog_expire", "grace", "90.days.ago",
+                                "gc first drops reflog entries older than this"),
 }
 _INT = re.compile(r"^[+-]?\d{1,20}$")
 _NUMBER = re.compile(r"^\d{1,15}(\.\d{1,9})?$")

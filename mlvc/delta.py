@@ -33,17 +33,18 @@ def supports(width: int, nbytes: int) -> bool:
 
 
 def forward(kind: str, child, base, width: int) -> np.ndarray:
-    """The delta of `child` against `base` as a uint8 array of the same length."""
+    """The delta of `child` against `base` as a uint8 array of the same length (three passes, one scratch
+    array: this runs on every byte a commit delta-codes)."""
     ut = _UINT[width]
     c = np.frombuffer(child, dtype=ut)
     b = np.frombuffer(base, dtype=ut)
     if kind == XOR:
-        out = c ^ b
-    else:
-        bits = 8 * width
-        d = (c - b).view(np.dtype(f"i{width}"))  # wrapping subtraction, read as signed
-        out = ((d << 1) ^ (d >> (bits - 1))).view(ut)  # zigzag
-    return out.view(np.uint8)
+        return np.bitwise_xor(c, b).view(np.uint8)
+    d = np.subtract(c, b)  # wrapping
+    sign = np.right_shift(d.view(np.dtype(f"i{width}")), 8 * width - 1)  # arithmetic: 0 or all ones
+    np.left_shift(d, ut(1), out=d)
+    np.bitwise_xor(d, sign.view(ut), out=d)  # zigzag: (d << 1) ^ (d >> bits-1)
+    return d.view(np.uint8)
 
 
 def inverse(kind: str, delta, base, width: int, inplace: bool = False) -> bytearray:
@@ -84,7 +85,7 @@ def sparse(child, base, width: int) -> tuple[np.ndarray, np.ndarray]:
     c = np.frombuffer(child, dtype=ut)
     b = np.frombuffer(base, dtype=ut)
     mask = c != b
-    z = forward(SUB, c[mask].tobytes(), b[mask].tobytes(), width)
+    z = forward(SUB, c[mask], b[mask], width)
     return mask, z
 
 

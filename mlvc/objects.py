@@ -7,14 +7,17 @@ their id is the hash of those bytes. docs/format.md is the schema.
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dtypes import MAX_RANK, dims_fit, holds, is_dtype_name
+from .dtypes import DTYPES, MAX_RANK, dims_fit, holds, is_dtype_name
 from .errors import CorruptObjectError, FormatError, MlvcError, PathError
-from .util import canonical_json, is_object_id, is_utf8_text, show
+from .util import ID_HEX_LEN, canonical_json, hash_bytes, is_utf8_text, show
 
-MANIFEST_FORMAT = 1
+# 2: a tensor entry leaves out `hash` and `nbytes` where they are implied (docs/format.md, "Tensor entry");
+# format-1 manifests, which always hold both, read as before.
+MANIFEST_FORMAT = 2
 COMMIT_FORMAT = 1
 TAG_FORMAT = 1
 
@@ -68,31 +71,78 @@ class TensorEntry:
     alias: str | None = None  # torch files: this tensor shares storage with the named one
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes,
-             "hash": self.hash, "chunks": list(self.chunks)}
+        """The entry as stored: `hash` and `nbytes` only where a reader could not work them out (format 2).
+        A checkpoint of 100,000 one-chunk tensors otherwise lists every chunk id twice."""
+        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                             "chunks": list(self.chunks)}
+        if self.alias is not None or implied_nbytes(self.dtype, self.shape) != self.nbytes:
+            d["nbytes"] = self.nbytes
+        if self.alias is not None or implied_hash(self.chunks) != self.hash:
+            d["hash"] = self.hash
         if self.alias is not None:
             d["alias"] = self.alias
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorEntry:
-        """A tensor entry as stored; Malformed (a ValueError) when any field is not what mlvc writes."""
-        _want(isinstance(d, dict), "a tensor entry is not an object")
+        """A tensor entry as stored; Malformed (a ValueError) when any field is not what mlvc writes. Runs once
+        per tensor of every manifest read (100,000 for some checkpoints): a message is only built on failure."""
+        if not isinstance(d, dict):
+            raise Malformed("a tensor entry is not an object")
         name = d["name"]
-        _want(is_utf8_text(name), f"tensor name {show(name)} is not UTF-8 text")
-        dtype, shape, nbytes = d["dtype"], d["shape"], d["nbytes"]
-        _want(is_dtype_name(dtype), f"tensor {show(name)}: dtype {show(dtype)}")
-        _want(isinstance(shape, list) and len(shape) <= MAX_RANK and all(_nat(x) for x in shape),
-              f"tensor {show(name)}: shape must be a list of at most {MAX_RANK} non-negative integers")
-        _want(dims_fit(shape), f"tensor {show(name)}: its dims multiply past 2**63")
-        _want(_nat(nbytes), f"tensor {show(name)}: nbytes must be a non-negative integer")
-        alias = d.get("alias")
-        _want(alias is None or is_utf8_text(alias), f"tensor {show(name)}: alias {show(alias)}")
-        if alias is None:
-            _want(holds(dtype, shape, nbytes), f"tensor {show(name)}: {nbytes} bytes do not hold {dtype} of "
-                                               f"{len(shape)} dims {show(shape)}")
-        return cls(name, dtype, list(shape), nbytes, _id(d["hash"], "tensor hash"), _ids(d["chunks"], "chunks"),
-                   alias)
+        if not (type(name) is str and name.isascii()) and not is_utf8_text(name):  # ASCII: the common case, cheap
+            raise Malformed(f"tensor name {show(name)} is not UTF-8 text")
+        dtype, shape, alias = d["dtype"], d["shape"], d.get("alias")
+        if not is_dtype_name(dtype):
+            raise Malformed(f"tensor {show(name)}: dtype {show(dtype)}")
+        if not (type(shape) is list and len(shape) <= MAX_RANK and all(type(x) is int and x >= 0 for x in shape)):
+            raise Malformed(f"tensor {show(name)}: shape must be a list of at most {MAX_RANK} non-negative integers")
+        if not dims_fit(shape):
+            raise Malformed(f"tensor {show(name)}: its dims multiply past 2**63")
+        if alias is not None and not is_utf8_text(alias):
+            raise Malformed(f"tensor {show(name)}: alias {show(alias)}")
+        chunks = _ids(d["chunks"], "chunks")
+        nbytes: Any = d.get("nbytes")
+        if nbytes is None and "nbytes" not in d:  # format 2: implied by a known dtype and the shape
+            nbytes = implied_nbytes(dtype, shape) if alias is None else None
+            if nbytes is None:
+                raise Malformed(f"tensor {show(name)}: no nbytes, and {show(dtype)} does not imply it")
+        if not _nat(nbytes):
+            raise Malformed(f"tensor {show(name)}: nbytes must be a non-negative integer")
+        tensor_hash: Any = d.get("hash")
+        if tensor_hash is None and "hash" not in d:
+            # format 2: a tensor of one chunk (or none) has that chunk's id (the hash of no bytes) as its hash
+            tensor_hash = implied_hash(chunks)
+            if tensor_hash is None:
+                raise Malformed(f"tensor {show(name)}: no hash, and {len(chunks)} chunks do not imply one")
+        else:
+            _id(tensor_hash, "tensor hash")
+        if alias is None and not holds(dtype, shape, nbytes):
+            raise Malformed(f"tensor {show(name)}: {nbytes} bytes do not hold {dtype} of {len(shape)} dims "
+                            f"{show(shape)}")
+        return cls(name, dtype, list(shape), nbytes, tensor_hash, chunks, alias)
+
+
+EMPTY_HASH = hash_bytes(b"")
+
+
+def implied_nbytes(dtype: str, shape: list[int]) -> int | None:
+    """The byte length a tensor of a known dtype and this shape has; None for a dtype of unknown element size."""
+    d = DTYPES.get(dtype)
+    if d is None:
+        return None
+    n = d.itemsize
+    for x in shape:
+        n *= x
+    return n
+
+
+def implied_hash(chunks: list[str]) -> str | None:
+    """A tensor's hash as its chunk list gives it without reading anything: its only chunk's id (both are the
+    xxh3-128 of the same bytes), or the hash of no bytes for no chunk; None for several chunks."""
+    if len(chunks) > 1:
+        return None
+    return chunks[0] if chunks else EMPTY_HASH
 
 
 @dataclass
@@ -322,20 +372,28 @@ def _want(ok: bool, what: str) -> None:
         raise Malformed(what)
 
 
+_ID = re.compile(f"[0-9a-f]{{{ID_HEX_LEN}}}")  # util.is_object_id as one match
+
+
 def _nat(x: Any) -> bool:
     """A non-negative JSON integer (`True` is an int to Python, a boolean to JSON: never a size)."""
     return type(x) is int and x >= 0
 
 
 def _id(x: Any, what: str) -> str:
-    _want(isinstance(x, str) and is_object_id(x), f"{what}: {show(x)} is not an object id")
+    if not isinstance(x, str) or _ID.fullmatch(x) is None:
+        raise Malformed(f"{what}: {show(x)} is not an object id")
     return x
 
 
 def _ids(x: Any, what: str) -> list[str]:
-    _want(isinstance(x, list), f"{what} must be a list of object ids")
+    """A list of object ids (one regex match each: manifests list up to millions of them)."""
+    if not isinstance(x, list):
+        raise Malformed(f"{what} must be a list of object ids")
+    match = _ID.fullmatch
     for i in x:
-        _id(i, what)
+        if not isinstance(i, str) or match(i) is None:
+            _id(i, what)
     return list(x)
 
 
@@ -371,7 +429,7 @@ def _check_file(d: Any) -> None:
     _want(d.get("archive") is None or is_utf8_text(d["archive"]), f"{path}: archive")
     _want(d.get("layout") is None or isinstance(d["layout"], list), f"{path}: layout must be a list")
     names = [t.get("name") if isinstance(t, dict) else None for t in tensors]
-    if len(set(map(repr, names))) != len(names):
+    if len(set(names if all(type(n) is str for n in names) else map(repr, names))) != len(names):
         raise Malformed(f"{path}: lists a tensor name twice")
 
 

@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import faults, lockfile
@@ -198,12 +198,16 @@ class RefStore:
             folder = os.path.dirname(folder)
 
     # -- reflog ------------------------------------------------------------------------------------
+    @staticmethod
+    def _log_line(old: str | None, new: str | None, who: str, time: str, message: str) -> bytes:
+        line = json.dumps({"old": old, "new": new, "who": who, "time": time, "message": message},
+                          ensure_ascii=False, sort_keys=True)
+        return (line + "\n").encode("utf-8", "surrogateescape")
+
     def append_log(self, ref: str, old: str | None, new: str | None, who: str, message: str) -> None:
         path = self._log_path(ref)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        line = json.dumps({"old": old, "new": new, "who": who, "time": utc_now(), "message": message},
-                          ensure_ascii=False, sort_keys=True)
-        data = (line + "\n").encode("utf-8", "surrogateescape")
+        data = self._log_line(old, new, who, utc_now(), message)
         # One short O_APPEND write per line: concurrent appends do not interleave. A line torn by a crash
         # has no newline: start on a fresh line so the torn one cannot swallow this entry.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -240,6 +244,22 @@ class RefStore:
             except (ValueError, AttributeError, RecursionError):  # Unicode/JSONDecodeError are ValueErrors
                 bad += 1
         return out, bad
+
+    def expire_log(self, ref: str, drop: Callable[[ReflogEntry], bool]) -> int:
+        """Remove the lines of `ref`'s reflog for which `drop(entry)` is true (and, when it rewrites, damaged
+        lines), in one durable rewrite under the ref's lock, which every move holds while it appends: no line
+        written meanwhile is lost. A log with nothing to drop is not touched (nor its lock taken). The number
+        of entries removed."""
+        if not any(drop(e) for e in self.reflog_lines(ref)[0]):
+            return 0
+        with self._locked(ref):
+            entries, _ = self.reflog_lines(ref)
+            kept = [e for e in entries if not drop(e)]
+            if len(kept) < len(entries):
+                data = b"".join(self._log_line(e.old, e.new, e.who, e.time, e.message) for e in kept)
+                atomic_write_bytes(self._log_path(ref), data)
+                faults.point("reflog.expired")
+        return len(entries) - len(kept)
 
     def reflog(self, ref: str) -> builtins.list[ReflogEntry]:
         """Entries newest first; damaged lines (a line torn by a crash mid-append) are skipped."""

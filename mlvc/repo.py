@@ -97,7 +97,8 @@ class Repo:
         self.config = _config.Config.load(_config.config_path(self.dir))
         self.store = LooseObjectStore(os.path.join(self.dir, "objects"), level=self.config.zstd_level,
                                       keyframe_interval=self.config.keyframe_interval,
-                                      cache_bytes=self.config.cache_mb << 20)
+                                      cache_bytes=self.config.cache_mb << 20,
+                                      skip_deltas=bool(self.config.skip_deltas))
         self.refs = RefStore(self.dir)
 
     # -- opening ---------------------------------------------------------------------------------------

@@ -159,43 +159,51 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -
     """A torch file as its tensors, plus a *frame* (every byte of the file outside the storage records that
     are a tensor's bytes, verbatim) and a *layout* interleaving the two (see FileEntry). Nothing is
     re-serialized, so the rebuild is byte for byte whatever the pickle holds (Parameters, views, strings,
-    legacy format, any archive name). With a store, the entry is also rebuilt from the stored objects by
-    write_entry, exactly as checkout will, before it is returned; should that ever fail, the whole file goes
-    into the frame and is checked again, so a committed torch file always checks out."""
-    from .dtypes import from_torch
+    legacy format, any archive name). The tensors are read by the torch-free reader when it models the file
+    (formats/torchzip.py), else through torch.load: the entry is the same either way. With a store, the
+    entry is also rebuilt from the stored objects by write_entry, exactly as checkout will, before it is
+    returned; should that ever fail, the whole file goes into the frame and is checked again, so a committed
+    torch file always checks out."""
     from .formats import torchfile
 
-    obj = torchfile.load(abs_path, rel)
-    named = torchfile.named_tensors(obj, rel)
-    first_by_key: dict[tuple, str] = {}
-    aliases: dict[str, str] = {}
-    for name, t in named:
-        first = first_by_key.setdefault(torchfile.storage_key(t), name)
-        if first != name:
-            aliases[name] = first
-    dtype = {name: from_torch(t.dtype) for name, t in named}
-    # a generator, so that a tensor's contiguous copy (if it needs one) lives only while it is chunked
-    results, _ = pipe.ingest(Segment(name, torchfile.tensor_bytes(t), plane_width(dtype[name]),
-                                     **history.tensor(name, dtype[name], list(t.shape)))
-                             for name, t in named if name not in aliases)
-    tensors = []
-    for name, t in named:
-        r = results[aliases.get(name, name)]
-        tensors.append(TensorEntry(name, dtype[name], list(t.shape), r.nbytes, r.hash, r.chunks, aliases.get(name)))
-    sizes = {t.untyped_storage().nbytes() for _name, t in named} - {0}
-    del obj, named  # torch's map of the file can go
-    by_content: dict[tuple[int, str], str] = {}
-    for key, r in results.items():
-        if r.nbytes:
-            by_content.setdefault((r.nbytes, r.hash), str(key))
     with open(abs_path, "rb") as f:
-        whole = FileRange(f.fileno(), 0, os.fstat(f.fileno()).st_size, rel)
+        fd = f.fileno()
+        found = torchfile.read_tensors(f, abs_path, rel)  # torch-free for a zip torch.save wrote, else torch.load
+        first_by_key: dict[tuple, str] = {}
+        aliases: dict[str, str] = {}
+        for t in found:
+            if t.key is not None:  # an empty tensor has no bytes to share
+                first = first_by_key.setdefault(t.key, t.name)
+                if first != t.name:
+                    aliases[t.name] = first
+        # a generator, so that a tensor's gathered copy (if it needs one) lives only while it is chunked; a
+        # tensor whose bytes are a range of the file is read from it chunk by chunk
+        results, _ = pipe.ingest(Segment(t.name, FileRange(fd, t.span[0], t.span[1] - t.span[0], rel) if t.span
+                                         else t.read(fd, rel), plane_width(t.dtype),
+                                         **history.tensor(t.name, t.dtype, t.shape))
+                                 for t in found if t.name not in aliases)
+        tensors = []
+        for t in found:
+            r = results[aliases.get(t.name, t.name)]
+            tensors.append(TensorEntry(t.name, t.dtype, t.shape, r.nbytes, r.hash, r.chunks, aliases.get(t.name)))
+        sizes = {t.storage_nbytes for t in found} - {0}
+        # ranges of the file known to hold a tensor's bytes: their hash is that tensor's, no need to read them
+        known = {t.span: results[t.name].hash for t in found if t.span and t.name not in aliases}
+        del found  # torch's map of the file (if torch read it) can go
+        by_content: dict[tuple[int, str], str] = {}
+        for key, r in results.items():
+            if r.nbytes:
+                by_content.setdefault((r.nbytes, r.hash), str(key))
+        lengths = {n for n, _h in by_content}
+        f.seek(0)
+        whole = FileRange(fd, 0, os.fstat(fd).st_size, rel)
         fhash = file_hash(f)
         pieces = []  # (start, end, tensor name): storage records whose bytes are exactly a tensor's
         for a, b in torchfile.storage_ranges(f, len(whole), sizes):
-            found = by_content.get((b - a, _range_hash(whole[a:b])))
-            if found is not None:
-                pieces.append((a, b, found))
+            if b - a in lengths:  # else no tensor can match it
+                found_name = by_content.get((b - a, known.get((a, b)) or _range_hash(whole[a:b])))
+                if found_name is not None:
+                    pieces.append((a, b, found_name))
         entry = _torch_entry(pipe, whole, fhash, tensors, pieces, history)
         if pipe.store is not None and not _rebuilds(pipe, entry):
             entry = _torch_entry(pipe, whole, fhash, tensors, [], history)

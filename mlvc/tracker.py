@@ -19,7 +19,9 @@ import math
 import os
 import queue
 import random
+import sys
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -38,6 +40,9 @@ from .util import canonical_json, utc_now
 STATE_PATH = "training_state.safetensors"
 STATE_KEY = "mlvc.training_state"  # the safetensors metadata key holding the plain values (JSON)
 MARK = "tracker"  # commit metadata key naming the run: what the keep-policy may drop
+IDLE = "idle"  # worker_priority: Linux SCHED_IDLE
+MAX_NICE = 19
+DEFAULT_PRIORITY = MAX_NICE  # measured: docs/benchmarks.md, "training-loop overhead"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class TrackedCommit:
     step: int
     commit: str  # its id (updated when a keep-policy rewrite re-parents it)
     metrics: dict[str, float] = field(default_factory=dict)
+    latency_s: float = 0.0  # from the snapshot (the step() call) to the branch naming the commit
 
 
 @dataclass
@@ -75,6 +81,7 @@ class _Job:
     buffers: list[dict[str, Any]] = field(default_factory=list)  # host buffer sets to give back
     nbytes: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    taken: float = 0.0  # time.monotonic() of the snapshot
 
 
 _LIVE: weakref.WeakSet[Tracker] = weakref.WeakSet()
@@ -99,7 +106,11 @@ class Tracker:
     worker and `"skip"` skips that commit with a warning. A worker error is raised by the next call and by
     `close()` (TrackerError, the cause chained). `start`: where a new branch begins (default HEAD; None: a root
     commit). `delta_cache_mb`: memory for the delta bases (default: three checkpoints; 0 keeps core.cache_mb).
-    `worker_nice`: the worker's (Linux) nice increment, so that commits yield the CPU to training (0: none)."""
+    `threads`: encode threads of a background commit (default: a quarter of the cores, 1 to 4).
+    `worker_priority`: the CPU priority of the worker and its encode threads, so that commits take the CPU time
+    training leaves instead of competing for it: a nice increment 1..19 (default 19, the lowest nice value),
+    "idle" (Linux SCHED_IDLE, else nice 19), or 0/None (unchanged). Where the OS has no per-thread priority
+    it is left unchanged; `applied_priority` says what was applied."""
 
     def __init__(self, repo: str | os.PathLike | Repo, branch: str, *, every: int | None = None,
                  background: bool = True, path: str = "model.safetensors", task: str = "train",
@@ -107,7 +118,7 @@ class Tracker:
                  save_state: bool = True, max_queue_mb: float | None = None, on_full: str = "block",
                  pin_memory: bool = True, threads: int | None = None, start: str | None = "HEAD",
                  delta_cache_mb: int | None = None, metadata: Mapping[str, Any] | None = None,
-                 worker_nice: int = 10):
+                 worker_priority: str | int | None = DEFAULT_PRIORITY):
         # its own Repo (and store): the worker's cache sizing and reads never touch the caller's
         self.repo = Repo.open(repo.root if isinstance(repo, Repo) else os.fspath(repo))
         self.branch = check_name(branch)
@@ -115,6 +126,12 @@ class Tracker:
             raise MlvcError(f"every must be a whole number of steps >= 1, not {every!r}")
         if on_full not in ("block", "skip"):
             raise MlvcError(f"on_full must be 'block' or 'skip', not {on_full!r}")
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise MlvcError(f"threads must be a whole number >= 1 (or None: the default), not {threads!r}")
+        if not (worker_priority is None or worker_priority == IDLE
+                or (type(worker_priority) is int and 0 <= worker_priority <= MAX_NICE)):
+            raise MlvcError(f"worker_priority must be {IDLE!r}, a nice increment 0..{MAX_NICE} or None, "
+                            f"not {worker_priority!r}")
         self.every, self.background, self.task = every, background, task
         self.path = self.repo.rel_path(path, self.repo.root)
         self.higher_is_better = dict(higher_is_better or {})
@@ -122,8 +139,9 @@ class Tracker:
             self.higher_is_better.setdefault(keep.best, keep.higher_is_better)
         self.keep, self.save_state, self.on_full, self.pin = keep, save_state, on_full, pin_memory
         self.max_queue = None if max_queue_mb is None else int(max_queue_mb * (1 << 20))
-        self.threads = threads or (max(1, min(4, (os.cpu_count() or 1) // 4)) if background else None)
-        self.delta_cache_mb, self.worker_nice = delta_cache_mb, worker_nice
+        self.threads = threads or (default_threads() if background else None)
+        self.delta_cache_mb, self.worker_priority = delta_cache_mb, worker_priority
+        self.applied_priority = "unchanged"  # what the worker applied to itself (see lower_thread_priority)
         self.base_metadata = dict(metadata or {})
         self.commits: list[TrackedCommit] = []
         self.skipped = 0
@@ -190,7 +208,8 @@ class Tracker:
                                         "metadata=")
         state_items, plain = _training_state(optimizer, scheduler) if self.save_state else ([], None)
         nbytes = sum(_nbytes(v) for _, v in items + state_items)
-        job = _Job("commit", step, message or f"step {step}", meta, metrics=values, nbytes=nbytes)
+        job = _Job("commit", step, message or f"step {step}", meta, metrics=values, nbytes=nbytes,
+                   taken=time.monotonic())
         if not self.background:  # the live tensors, read while this call runs
             job.files = [(self.path, items, None)]
             if plain is not None:
@@ -326,14 +345,9 @@ class Tracker:
 
     # -- the worker --------------------------------------------------------------------------------------
     def _run(self) -> None:
-        if self.worker_nice and hasattr(os, "setpriority"):
-            # Linux gives each thread its own nice value, and the pipeline's threads inherit this one's: the
-            # commits take the CPU time the training threads leave (on a CPU-bound loop, the difference
-            # between slowing it down and not). Only raising it is allowed unprivileged; a failure changes nothing.
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.worker_nice)
-            except OSError:
-                pass
+        # The pipeline's encode threads and the store's fsync threads are started by this thread, so they
+        # inherit what it applies here (Linux: scheduling policy and nice value are per thread, inherited).
+        self.applied_priority = lower_thread_priority(self.worker_priority)
         while True:
             job = self._queue.get()
             if job is None:
@@ -419,7 +433,7 @@ class Tracker:
             repo.write_commit(c)
             repo.store.flush()  # every object durable before the ref points at it
             repo.refs.set_if_equals(ref, tip, c.id, who=repo.author(), message=f"tracker: {job.message}")
-        self.commits.append(TrackedCommit(job.step, c.id, dict(job.metrics)))
+        self.commits.append(TrackedCommit(job.step, c.id, dict(job.metrics), time.monotonic() - job.taken))
         if job.metrics:
             self._record(c.id, job.metrics, job.step)
         if self.keep is not None:
@@ -443,6 +457,39 @@ class Tracker:
         for t in self.commits:
             t.commit = remap.get(t.commit, t.commit)
         self.commits = [t for t in self.commits if t.commit is not None]
+
+
+def default_threads() -> int:
+    """Encode threads of a background commit: a quarter of the cores, 1 to 4. Fewer than a CPU-bound loop's
+    torch threads (one per core), so that a commit never asks for every core; on a GPU machine, where the cores
+    are mostly idle, 4 threads keep the commit latency short (docs/hooks.md, "Scheduling")."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+def lower_thread_priority(priority: str | int | None) -> str:
+    """Lower the calling thread's CPU priority; threads it starts afterwards inherit it. "idle": SCHED_IDLE
+    (the thread runs only on CPU time that no other thread wants; a thread of normal priority that wakes up
+    takes the core at once), or nice 19 where that is refused; an int n: the nice value raised by n (at most
+    19). Only on Linux, where a thread id names one thread; elsewhere, or when the OS refuses, nothing changes.
+    Returns what was applied: "idle", "nice N", or "unchanged" (with the reason)."""
+    if priority is None or priority == 0:
+        return "unchanged"
+    if not sys.platform.startswith("linux"):
+        return f"unchanged (no per-thread priority on {sys.platform})"
+    tid = threading.get_native_id()
+    if priority == IDLE:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return IDLE
+        except (AttributeError, OSError):
+            priority = MAX_NICE
+    assert isinstance(priority, int)
+    try:
+        nice = min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + priority)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError) as e:
+        return f"unchanged ({type(e).__name__}: {e})"
+    return f"nice {nice}"
 
 
 def _under(rel: str, root: str) -> bool:
@@ -707,10 +754,17 @@ def _apply_keep(repo: Repo, branch: str, policy: KeepPolicy,
         except RefConflictError as e:
             raise TrackerError(f"branch {branch} moved while the keep-policy rewrote it ({e}); nothing was "
                                "dropped") from None
-        for name, old in tags.items():
-            if old not in remap:  # below the first dropped commit: unchanged
-                continue
-            repo.refs.set_if_equals(TAGS + name, old, remap[old], who=repo.author(), message=note)
+        moved = [TAGS + name for name, old in tags.items() if old in remap]  # below the first dropped: unchanged
+        for name in moved:
+            old = tags[name[len(TAGS):]]
+            repo.refs.set_if_equals(name, old, remap[old], who=repo.author(), message=note)
+        # What the policy dropped must become collectable: the reflog lines that name a commit of the old chain
+        # (dropped, or written again under a new id) go, or gc would keep every dropped checkpoint through them.
+        # The rewrite itself stays on record as one line naming only the new tip.
+        gone = set(remap)
+        for r in [ref, *moved]:
+            repo.refs.expire_log(r, lambda e: e.old in gone or e.new in gone)
+        repo.refs.append_log(ref, parent, parent, repo.author(), note)
     return remap
 
 

@@ -112,6 +112,101 @@ def test_branches_tags_and_detached_head_are_kept(repo):
     assert repo.fsck().ok
 
 
+def _dated(monkeypatch, days_ago: float) -> None:
+    """Reflog lines written from now on carry a time `days_ago` days in the past."""
+    import datetime as dt
+
+    import mlvc.refs
+
+    t = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)
+    monkeypatch.setattr(mlvc.refs, "utc_now", lambda: t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def test_old_reflog_entries_expire_and_what_only_they_named_is_collected(repo, monkeypatch):
+    """Entries older than gc.reflog_expire (default 90 days) are dropped before the mark; a commit that only
+    such entries named is then garbage, while one a younger entry names is kept. A dry run counts the entries
+    and changes nothing; 'never' keeps every entry."""
+    _dated(monkeypatch, 200)
+    c1 = _commit(repo, 1)
+    c2 = _commit(repo, 2)
+    repo.reset(c1, hard=True, force=True)  # c2: named by old entries only (its commit's, the reset's old)
+    _dated(monkeypatch, 10)
+    repo.switch("exp", create=True, force=True)
+    c3 = _commit(repo, 3)  # named by young entries of HEAD's log (exp's log goes with exp)
+    repo.switch("main", force=True)
+    repo.delete_branch("exp")
+    monkeypatch.undo()
+    _age_objects(repo)
+    logs = {ref: repo.refs.reflog(ref) for ref in repo.refs.reflog_refs()}
+    cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 90 * DAY))
+    n_old = sum(e.time < cutoff for entries in logs.values() for e in entries)
+    only_c2 = _needs(repo, c2) - _needs(repo, c1) - _needs(repo, c3)
+    assert n_old == 6 and only_c2  # commit c1, commit c2, the reset: each logged by main and by HEAD
+
+    dry = repo.gc(dry_run=True)
+    assert dry.reflog_entries_expired == n_old and set(dry.removed_objects) == only_c2
+    assert {ref: repo.refs.reflog(ref) for ref in repo.refs.reflog_refs()} == logs  # nothing rewritten
+    never = repo.gc(expire_reflog="never")
+    assert never.reflog_entries_expired == 0 and never.objects_removed == 0
+
+    r = repo.gc()
+    assert r.reflog_entries_expired == n_old and set(r.removed_objects) == only_c2
+    after = {ref: repo.refs.reflog(ref) for ref in repo.refs.reflog_refs()}
+    assert after == {ref: [e for e in entries if e.time >= cutoff] for ref, entries in logs.items()}
+    assert _needs(repo, c1) | _needs(repo, c3) <= set(repo.store.ids()) and repo.fsck().ok
+
+
+def test_reflog_expiry_keeps_undatable_lines_and_reads_the_config(repo):
+    c1 = _commit(repo, 1)
+    c2 = _commit(repo, 2)
+    log = os.path.join(repo.dir, "logs", "refs", "heads", "main")
+    with open(log, "rb") as f:
+        lines = f.read().splitlines()
+    lines[1] = lines[1].replace(b'"time": "', b'"time": "not a time ')  # c2's line cannot be dated
+    with open(log, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    config = os.path.join(repo.dir, "config.toml")
+    with open(config, "a", encoding="utf-8") as f:
+        f.write('\n[gc]\nreflog_expire = "now"\n')
+    repo = Repo(repo.root)
+    r = repo.gc()
+    assert r.reflog_expire_seconds == 0 and r.reflog_entries_expired == 3  # main's c1 line, HEAD's two
+    assert [e.new for e in repo.refs.reflog(HEADS + "main")] == [c2] and repo.refs.reflog("HEAD") == []
+    assert _needs(repo, c1) <= set(repo.store.ids())  # c2's parent: reachable from main still
+    with open(config, "a", encoding="utf-8") as f:
+        f.write('[other]\n')
+    with open(config, encoding="utf-8") as f:
+        text = f.read().replace('reflog_expire = "now"', 'reflog_expire = "soon"')
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(text)
+    with pytest.raises(ConfigError, match="gc.reflog_expire"):
+        Repo(repo.root).gc()
+
+
+def test_expire_log_rewrites_under_the_ref_lock(repo, monkeypatch):
+    """expire_log rewrites while holding the ref's lock: a move of the ref meanwhile waits (here: gives up), so
+    no line it would append can be lost; the kept lines are exactly the ones not dropped."""
+    import mlvc.refs
+
+    c1 = _commit(repo, 1)
+    c2 = _commit(repo, 2)
+    ref = HEADS + "main"
+    real = mlvc.refs.atomic_write_bytes
+    tried = []
+
+    def write(path, data, *a, **k):
+        if path.endswith(os.path.join("logs", "refs", "heads", "main")):
+            with pytest.raises(LockBusyError):
+                repo.refs.set_if_equals(ref, c2, c1, "x", "concurrent move")
+            tried.append(path)
+        return real(path, data, *a, **k)
+
+    monkeypatch.setattr(mlvc.refs, "atomic_write_bytes", write)
+    assert repo.refs.expire_log(ref, lambda e: e.new == c1) == 1
+    assert tried and [e.new for e in repo.refs.reflog(ref)] == [c2] and repo.refs.resolve(ref) == c2
+    assert repo.refs.expire_log(ref, lambda e: False) == 0 and len(tried) == 1  # nothing to drop: untouched
+
+
 def test_reflog_only_commits_are_kept(repo):
     c1 = _commit(repo, 1)
     c2 = _commit(repo, 2)

@@ -249,6 +249,7 @@ def test_the_contract_fails_when_an_import_goes_the_wrong_way(tmp_path, module, 
 def test_config_owns_its_defaults_and_a_bare_store_agrees():
     assert config.DEFAULT_KEYFRAME_INTERVAL == store.DEFAULT_KEYFRAME_INTERVAL
     assert config.DEFAULT_CACHE_MB << 20 == store.DEFAULT_CACHE_BYTES
+    assert bool(config.DEFAULT_SKIP_DELTAS) is store.ObjectStore().skip_deltas
     code = "import sys, mlvc.config; print(sorted(m for m in ('mlvc.store', 'numpy') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

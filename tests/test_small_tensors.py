@@ -4,6 +4,7 @@ unreachable from a pack without losing what the pack still holds for others."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from conftest import flip_byte, make_repo, sha256_file, write_safetensors_np
 from mlvc import codec
 from mlvc.errors import CorruptObjectError
+from mlvc.objects import Manifest
 from mlvc.repo import Repo
 from mlvc.store import PACK_DIR, PACK_OBJECT_MAX, LooseObjectStore, PackSet
 from mlvc.util import hash_bytes
@@ -173,10 +175,10 @@ def test_pack_round_trip_and_delete_property(tmp_path_factory, blobs, data):
     cuts = sorted(data.draw(st.sets(st.integers(0, len(blobs)), max_size=3)))
     ids = []
     for i, blob in enumerate(blobs):
-        encoded = codec.encode(blob)
         oid = hash_bytes(blob)
-        assert packs.add(oid, encoded)
-        assert not packs.add(oid, encoded)  # once
+        width = data.draw(st.sampled_from([1, 2, 4, 8]))  # a hint: a length it does not divide is kept as width 1
+        assert packs.add(oid, blob, width)
+        assert not packs.add(oid, blob, width)  # once
         ids.append(oid)
         if i in cuts:
             packs.seal()
@@ -210,3 +212,172 @@ def test_an_object_two_packs_hold_stays_readable_when_one_pack_goes(tmp_path):
     reader.delete_many([])
     assert reader.get(shared) == b"in both packs"
     assert LooseObjectStore(root).get(shared) == b"in both packs"
+
+
+# -- version-2 packs, version-1 packs still read, manifests without implied fields ---------------------------
+
+def _v1_pack(folder: str, objects: list[bytes]) -> tuple[str, list[str]]:
+    """A version-1 pack as earlier mlvc wrote it (docs/format.md "Packs"): object files, 20-byte index entries."""
+    import struct
+
+    import zstandard
+
+    files = [codec.encode(o, 4 if len(o) % 4 == 0 else 1) for o in objects]
+    ids = [hash_bytes(o) for o in objects]
+    head = struct.pack("<4sB3sI", b"MLVP", 1, bytes(3), len(files))
+    table = b"".join(bytes.fromhex(i) + struct.pack("<I", len(f)) for i, f in zip(ids, files, strict=True))
+    body = head + table + bytes.fromhex(hash_bytes(head + table))
+    body += zstandard.ZstdCompressor(level=1, write_content_size=True).compress(b"".join(files))
+    name = hash_bytes(body)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name + ".pack"), "wb") as f:
+        f.write(body + bytes.fromhex(name))
+    return name, ids
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blobs=_blobs, data=st.data())
+def test_version_1_packs_read_and_rewrite_as_version_2(tmp_path_factory, blobs, data):
+    """A store written by the previous version (version-1 packs) reads exactly; gc's rewrite of such a pack
+    makes a version-2 pack holding exactly the objects that stay."""
+    root = str(tmp_path_factory.mktemp("objects"))
+    name, ids = _v1_pack(os.path.join(root, PACK_DIR), blobs)
+    store = LooseObjectStore(root)
+    assert sorted(store.ids()) == sorted(set(ids))
+    assert all(bytes(store.get(i)) == b for i, b in zip(ids, blobs, strict=True))
+    dead = data.draw(st.sets(st.sampled_from(ids)))
+    store.delete_many(sorted(dead))
+    again = LooseObjectStore(root)
+    assert sorted(again.ids()) == sorted(set(ids) - dead)
+    assert all(bytes(again.get(i)) == b for i, b in zip(ids, blobs, strict=True) if i not in dead)
+    for pack in os.listdir(os.path.join(root, PACK_DIR)):
+        with open(os.path.join(root, PACK_DIR, pack), "rb") as f:
+            assert f.read(5)[4] == (1 if pack[:-5] == name else 2)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.tuples(st.sampled_from([1, 2, 4, 8]), st.integers(0, 64)), min_size=1, max_size=30),
+       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=3))
+def test_a_flip_anywhere_in_a_version_2_pack_never_returns_wrong_bytes(tmp_path_factory, sizes, flips):
+    """Fault injection: bytes damaged anywhere in a pack: every read is the right bytes or a CorruptObjectError
+    (never other bytes), and fsck's check of the folder (bad packs, or verify of each object) sees it."""
+    root = str(tmp_path_factory.mktemp("objects"))
+    rng = np.random.default_rng(len(sizes))
+    store = LooseObjectStore(root)
+    objects = {}
+    for w, n in sizes:
+        raw = rng.standard_normal(n).astype(f"<f{w}" if w > 1 else "u1").tobytes() if w in (2, 4, 8) \
+            else rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        objects[store.put(raw, width=w, pack=True).id] = raw
+    store.flush()
+    (pack,) = os.listdir(os.path.join(root, PACK_DIR))
+    path = os.path.join(root, PACK_DIR, pack)
+    size = os.path.getsize(path)
+    for at, xor in flips:
+        flip_byte(path, int(at * size), xor)
+    fresh = LooseObjectStore(root)
+    caught = bool(fresh.packs.bad_packs())
+    for oid, raw in objects.items():
+        try:
+            got = fresh.get(oid)
+        except CorruptObjectError:
+            caught = True
+        except Exception as e:  # an id the damage hid reads as missing, never as other bytes
+            assert type(e).__name__ == "ObjectNotFoundError"
+            caught = True
+        else:
+            assert bytes(got) == raw
+    assert caught  # the trailer hash covers every byte: no damage goes unnoticed
+
+
+_mix = st.lists(st.tuples(st.sampled_from(["F32", "F16", "I64", "U8"]),
+                          st.one_of(st.integers(0, 9), st.integers(4000, 9000))), min_size=1, max_size=25)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mix=_mix)
+def test_random_mixes_of_tiny_and_large_tensors_round_trip_exactly(tmp_path_factory, mix):
+    """Tiny (packed) and larger (loose) tensors of any dtype, empty ones included: committed, checked out byte
+    for byte, loaded exactly, and the manifest reads back the same entries it was written from."""
+    kinds = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "U8": np.uint8}
+    rng = np.random.default_rng(len(mix))
+    tensors = {f"t.{i}": (rng.standard_normal(n) * 100).astype(kinds[dt]) for i, (dt, n) in enumerate(mix)}
+    repo = make_repo(tmp_path_factory.mktemp("mix") / "repo", chunk_size=16 << 10)
+    path = os.path.join(repo.root, "model.safetensors")
+    write_safetensors_np(path, tensors)
+    c = repo.commit(path, message="mix")
+    out = tmp_path_factory.mktemp("out")
+    repo.checkout("HEAD", output=str(out))
+    assert sha256_file(out / "model.safetensors") == sha256_file(path)
+    loaded = repo.load(c.commit.id, framework="numpy")
+    assert all(np.array_equal(loaded[k], v) for k, v in tensors.items())
+    m = repo.read_manifest(repo.read_commit(c.commit.id).manifest)
+    assert Manifest.from_dict(json.loads(m.to_bytes())) == m
+    assert repo.fsck().ok
+
+
+_entries = st.builds(
+    lambda name, dtype, shape, nchunks, alias, seed: _entry(name, dtype, shape, nchunks, alias, seed),
+    st.text(min_size=1, max_size=8), st.sampled_from(["F32", "BF16", "I8", "BOOL", "F4", "X9"]),
+    st.lists(st.integers(0, 5), max_size=3), st.integers(0, 3), st.one_of(st.none(), st.just("other")),
+    st.integers(0, 1 << 30))
+
+
+def _entry(name, dtype, shape, nchunks, alias, seed):
+    from mlvc.objects import TensorEntry, implied_nbytes
+
+    ids = [hash_bytes(f"{seed}.{i}".encode()) for i in range(nchunks)]
+    nbytes = implied_nbytes(dtype, shape)
+    if nbytes is None:  # a dtype outside the table: any length
+        nbytes = seed % 1000
+    tensor_hash = (ids[0] if nchunks == 1 else hash_bytes(b"") if nchunks == 0 and seed % 2
+                   else hash_bytes(str(seed).encode()))
+    return TensorEntry(name, dtype, shape, nbytes, tensor_hash, ids, alias)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(_entries, max_size=6, unique_by=lambda t: t.name))
+def test_manifests_round_trip_with_implied_fields_left_out(entries):
+    """Any tensor entries: written without what a reader can work out, read back equal; the old form (every
+    entry with `nbytes` and `hash`, format 1) reads to the same entries."""
+    from mlvc.objects import FileEntry, implied_hash
+
+    m = Manifest(["m.safetensors"], [FileEntry("m.safetensors", "safetensors", 1, hash_bytes(b"f"),
+                                               tensors=entries, header=[hash_bytes(b"h")])], 64)
+    doc = json.loads(m.to_bytes())
+    assert doc["format"] == 2 and Manifest.from_dict(doc) == m
+    for t, d in zip(entries, doc["files"][0]["tensors"], strict=True):
+        assert ("hash" in d) == (t.alias is not None or implied_hash(t.chunks) != t.hash)
+    old = dict(doc, format=1)
+    old["files"] = [dict(doc["files"][0], tensors=[dict(t.to_dict(), nbytes=t.nbytes, hash=t.hash)
+                                                   for t in entries])]
+    assert Manifest.from_dict(old) == m
+
+
+def test_first_unchanged_commit_after_an_upgrade_is_nothing_to_commit(tmp_path):
+    """A repository whose HEAD manifest is format 1 (hash and nbytes spelled out for every tensor): committing
+    the same checkpoint again with this version writes a format-2 manifest with another id, and is still
+    "nothing to commit"; a real change still commits."""
+    from mlvc.errors import NothingToCommitError
+    from mlvc.objects import Commit
+    from mlvc.util import canonical_json
+
+    repo = make_repo(tmp_path / "r")
+    path = str(tmp_path / "r" / "model.safetensors")
+    rng = np.random.default_rng(0)
+    write_safetensors_np(path, {f"t{i}": rng.standard_normal(8).astype(np.float32) for i in range(20)})
+    first = repo.commit(paths=[path], message="new format").commit
+    m = repo.read_manifest(first.manifest)
+    old_form = {"type": "manifest", "format": 1, "roots": m.roots, "chunk_size": m.chunk_size,
+                "files": [{**f.to_dict(), "tensors": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,
+                                                       "nbytes": t.nbytes, "hash": t.hash, "chunks": t.chunks}
+                                                      for t in f.tensors]} for f in m.files]}
+    old_id = repo.store.put(canonical_json(old_form)).id
+    assert old_id != first.manifest and repo.read_manifest(old_id) == m
+    old = Commit(old_id, [], "tester", first.time, "written by an older mlvc", {})
+    repo.write_commit(old)
+    repo.refs.set_if_equals("refs/heads/main", first.id, old.id)
+    with pytest.raises(NothingToCommitError):
+        repo.commit(paths=[path], message="same weights")
+    write_safetensors_np(path, {f"t{i}": rng.standard_normal(8).astype(np.float32) for i in range(20)})
+    assert repo.commit(paths=[path], message="changed").commit.parents == [old.id]

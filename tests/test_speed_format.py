@@ -4,6 +4,7 @@ one-chunk segment hash are checked against the slower paths they replace, over c
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +110,7 @@ def _versions(count: int, seed: int, elems: int = 4096) -> list[bytes]:
 def test_skip_deltas_keep_chains_at_popcount_depth():
     """With the lineage, version n (counted from its keyframe) is a delta against n & (n-1): depth popcount(n),
     at most 3 for K = 8, and every K-th version is full again; every version reads back exactly."""
-    store = MemoryObjectStore(keyframe_interval=8)
+    store = MemoryObjectStore(keyframe_interval=8, skip_deltas=True)
     ids: list[str] = []
     versions = _versions(20, seed=1)
     for raw in versions:
@@ -122,6 +123,22 @@ def test_skip_deltas_keep_chains_at_popcount_depth():
     assert [bytes(fresh.get(oid)) for oid in ids] == versions
 
 
+def test_without_skip_deltas_a_lineage_changes_nothing_and_chains_stay_storage_optimal():
+    """A store without skip_deltas (core.skip_deltas = 0, the default) ignores a lineage: every version is a
+    delta against its parent (depth n, up to K-1), which stores least."""
+    versions = _versions(10, seed=2)
+    plain, given = MemoryObjectStore(keyframe_interval=8), MemoryObjectStore(keyframe_interval=8)
+    a: list[str] = []
+    b: list[str] = []
+    for raw in versions:
+        a.append(plain.put(raw, 4, base=a[-1] if a else None).id)
+        lineage = list(reversed(b))[:8]
+        b.append(given.put(raw, 4, base=lineage[0] if lineage else None, lineage=lineage or None).id)
+    assert plain._objects == given._objects
+    assert [plain.header(oid).depth for oid in a] == [k % 8 for k in range(10)]
+    assert [plain.header(oid).base for oid in a[1:8]] == a[:7]
+
+
 @settings(max_examples=30, deadline=None)
 @given(plan=st.lists(st.sampled_from(["new", "same", "gap"]), min_size=1, max_size=24),
        k=st.integers(1, 9), seed=st.integers(0, 1000), depth_of_lineage=st.integers(1, 10))
@@ -129,7 +146,7 @@ def test_skip_delta_bases_round_trip_whatever_the_history(plan, k, seed, depth_o
     """Any history: versions that repeat (a commit leaving the chunk as it was), gaps (the tensor absent in a
     commit), lineages shorter than the chain (history from before skip-deltas falls back to the parent):
     every object reads back exactly and no chain reaches the keyframe interval."""
-    store = MemoryObjectStore(keyframe_interval=k)
+    store = MemoryObjectStore(keyframe_interval=k, skip_deltas=True)
     versions = iter(_versions(len(plan) + 1, seed, elems=1024))
     history: list[str | None] = []
     stored: dict[str, bytes] = {}
@@ -163,7 +180,7 @@ def test_history_ancestors_give_skip_deltas_through_snapshot(tmp_path):
     from mlvc.snapshot import History, snapshot_path, write_entry
     from mlvc.util import hash_bytes as h
 
-    store = MemoryObjectStore(keyframe_interval=8)
+    store = MemoryObjectStore(keyframe_interval=8, skip_deltas=True)
     rng = np.random.default_rng(3)
     tensors = {"a": _weights(300_000, 1), "b": _weights(70_000, 2), "tiny": _weights(5, 3)}
     entries, files = [], []
@@ -188,19 +205,21 @@ def test_history_ancestors_give_skip_deltas_through_snapshot(tmp_path):
             assert h(out.getvalue()) == h(f.read())
 
 
-def test_commits_bound_every_chain_by_skip_deltas(tmp_path):
-    """Through `repo.commit`: 12 versions of a slowly trained tensor, each committed on the last; with the
-    default keyframe interval (8) no object's chain is longer than 3 links (a plain chain would reach 7), and
-    every version checks out byte for byte."""
+@pytest.mark.parametrize("skip", [0, 1])
+def test_commits_bound_every_chain_by_skip_deltas_when_asked(tmp_path, skip):
+    """Through `repo.commit`: 12 versions of a slowly trained tensor, each committed on the last. With the
+    default keyframe interval (8), chains reach 7 links by default (each version against its parent, the least
+    storage) and at most 3 with core.skip_deltas = 1; every version checks out byte for byte either way."""
+    from conftest import set_config
     from mlvc.repo import Repo
 
-    repo = Repo.init(str(tmp_path / "r"))
+    repo = set_config(Repo.init(str(tmp_path / "r")), "skip_deltas", skip)
     versions = _versions(12, seed=5, elems=1 << 16)
     for i, raw in enumerate(versions):
         sd = {"w": np.frombuffer(raw, dtype=np.float32).copy()}
         repo.commit(sd, f"step {i}", path="model.safetensors")
     assert repo.config.keyframe_interval == 8
-    assert 1 <= repo.stats().max_depth <= 3
+    assert repo.stats().max_depth == (3 if skip else 7)
     for back, raw in enumerate(reversed(versions)):
         got = repo.load(f"HEAD~{back}", path="model.safetensors")["w"]
         assert np.asarray(got).tobytes() == raw

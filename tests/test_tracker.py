@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from conftest import make_repo, set_config
 from mlvc import codec, tracker
 from mlvc.errors import MlvcError, PathError, TrackerError
+from mlvc.refs import HEADS
 from mlvc.repo import Repo
 from mlvc.tracker import KeepPolicy, Tracker
 
@@ -310,6 +312,40 @@ def test_keep_policy_spares_commits_of_others_and_keep_true(repo):
     assert chain(repo, "run")[0].id == repo.head()  # where the run began is not the tracker's to drop
 
 
+def test_keep_policy_frees_the_dropped_checkpoints_for_gc(repo):
+    """The dropped commits leave the branch and its reflog: `gc --prune=now` removes every object only they
+    needed, keeps everything the kept commits need, and the reflog records the rewrite naming only the new tip."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256))  # 64 KiB of weights: loose objects, not packed
+    t = Tracker(repo, "run", keep=KeepPolicy(last=2), background=False)
+    old = {}
+    for i in range(1, 6):
+        with torch.no_grad():
+            model[0].weight.normal_(generator=torch.Generator().manual_seed(i))
+        t.step(model, step=i, commit=True)
+        old[i] = t.last_commit
+    t.close()
+    kept = chain(repo, "run")
+    assert steps_on(repo, "run") == [4, 5]
+
+    def needs(cid):
+        c = repo.read_commit(cid)
+        out = {c.manifest}
+        for f in repo.read_manifest(c.manifest).files:
+            out.update(f.object_ids())
+        return out
+
+    before = set(repo.store.ids())
+    kept_needs = set().union(*(needs(c.id) for c in kept), needs(repo.head()))
+    only_dropped = set().union(*(needs(old[s]) for s in (1, 2, 3))) - kept_needs
+    r = repo.gc(prune="now")
+    assert kept_needs <= set(repo.store.ids()) and repo.fsck().ok
+    assert only_dropped and only_dropped <= before and not only_dropped & set(repo.store.ids())
+    assert set(r.removed_objects) >= only_dropped
+    log = repo.refs.reflog(HEADS + "run")
+    assert log[0].old == log[0].new == kept[-1].id and "keep-policy" in log[0].message
+    assert not {x for e in log for x in (e.old, e.new)} & set(old.values()) - {c.id for c in kept}
+
+
 def test_resume_reproduces_the_next_loss_exactly(repo):
     def fresh(seed):
         m = tiny(seed)
@@ -404,3 +440,250 @@ def test_bad_input_is_refused_in_the_loop_thread_and_writes_nothing(repo):
         t.commit(tiny(), metadata={"x": object()})
     t.close()
     assert repo.refs.resolve("refs/heads/run") is None
+
+
+# -- scheduling: the worker's priority, its encode threads, the queue under a slow worker ------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+
+
+def watch_threads(monkeypatch):
+    """Record, for every thread that stores an object (the encode threads) or runs a commit (the worker), its
+    id, scheduling policy and nice value, read back from the OS."""
+    from mlvc import store
+
+    seen: dict[tuple[int, str], tuple[int, int]] = {}  # (thread id, role): (policy, nice)
+    lock = threading.Lock()
+
+    def note(role):
+        tid = threading.get_native_id()
+        with lock:
+            seen[tid, role] = (os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid))
+
+    real_put, real_write = store.ObjectStore.put, Tracker._write
+
+    def put(self, *a, **k):
+        note("encode")
+        return real_put(self, *a, **k)
+
+    def write(self, job):
+        note("worker")
+        return real_write(self, job)
+
+    monkeypatch.setattr(store.ObjectStore, "put", put)
+    monkeypatch.setattr(Tracker, "_write", write)
+    return seen
+
+
+@linux_only
+@pytest.mark.parametrize("priority", ["idle", 5])
+def test_worker_and_its_encode_threads_run_at_the_requested_priority(tmp_path, monkeypatch, priority):
+    repo = make_repo(tmp_path / "r", chunk_size=64 << 10)  # several chunks per tensor: the pool stores them
+    seen = watch_threads(monkeypatch)
+    me = threading.get_native_id()
+    mine = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
+    model = tiny(width=20000)
+    with Tracker(repo, "run", every=1, threads=2, worker_priority=priority) as t:
+        t.step(model)
+        t.step(model)
+    assert len(t.commits) == 2
+    assert {role for _, role in seen} == {"worker", "encode"}
+    assert me not in {tid for tid, _ in seen}  # nothing of a background commit ran in the training thread...
+    assert (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me)) == mine  # ...nor changed its priority
+    assert len({tid for tid, role in seen if role == "encode"} - {tid for tid, role in seen if role == "worker"}) >= 1
+    for (_, role), (policy, nice) in seen.items():
+        if priority == "idle":
+            assert policy == os.SCHED_IDLE, role
+        else:
+            assert policy == mine[0] and nice == min(19, mine[1] + priority), role
+    assert t.applied_priority == ("idle" if priority == "idle" else f"nice {min(19, mine[1] + priority)}")
+
+
+@linux_only
+def test_sync_commits_and_priority_zero_leave_the_priority_alone(repo, monkeypatch):
+    seen = watch_threads(monkeypatch)
+    me = threading.get_native_id()
+    mine = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
+    for kw in ({"background": False}, {"worker_priority": 0}, {"worker_priority": None}):
+        seen.clear()
+        with Tracker(repo.root, "run", every=1, **kw) as t:
+            t.step(tiny())
+        assert seen and all(got == mine for got in seen.values()), kw
+        assert t.applied_priority == "unchanged"
+
+
+@pytest.mark.parametrize("os_lacks", ["platform", "missing", "refused", "idle refused"])
+def test_priority_is_skipped_where_the_os_has_none_and_commits_still_land(repo, monkeypatch, os_lacks):
+    def refuse(*a, **k):
+        raise PermissionError(1, "Operation not permitted")
+
+    if os_lacks == "platform":  # another OS: the thread id is no pid there, so nothing may be called with it
+        monkeypatch.setattr(sys, "platform", "darwin")
+        monkeypatch.setattr(os, "setpriority", refuse, raising=False)
+        monkeypatch.setattr(os, "sched_setscheduler", refuse, raising=False)
+    elif os_lacks == "missing":
+        monkeypatch.delattr(os, "setpriority", raising=False)
+        monkeypatch.delattr(os, "sched_setscheduler", raising=False)
+        monkeypatch.setattr(sys, "platform", "linux")
+    elif os_lacks == "refused":
+        monkeypatch.setattr(os, "setpriority", refuse, raising=False)
+        monkeypatch.setattr(os, "sched_setscheduler", refuse, raising=False)
+        monkeypatch.setattr(sys, "platform", "linux")
+    else:  # SCHED_IDLE refused: nice 19 instead
+        monkeypatch.setattr(os, "sched_setscheduler", refuse, raising=False)
+        if not sys.platform.startswith("linux"):
+            pytest.skip("reads back a Linux thread's nice value")
+    model = tiny()
+    with Tracker(repo.root, "run", every=1, worker_priority="idle" if os_lacks == "idle refused" else 5) as t:
+        t.step(model)
+        t.step(model)
+    assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1, 2]
+    expected = {"platform": "unchanged (no per-thread priority on darwin)", "idle refused": "nice 19"}
+    if os_lacks in expected:
+        assert t.applied_priority == expected[os_lacks]
+    else:
+        assert t.applied_priority.startswith("unchanged (")
+
+
+def test_lower_thread_priority_in_a_thread_of_its_own():
+    """The function itself, for each value, in a fresh thread (a raised nice value cannot be lowered)."""
+    got = {}
+
+    def run(p):
+        got[p] = tracker.lower_thread_priority(p)
+        if sys.platform.startswith("linux") and got[p] != "unchanged":
+            tid = threading.get_native_id()
+            got[p, "read"] = ("idle" if os.sched_getscheduler(tid) == os.SCHED_IDLE
+                              else f"nice {os.getpriority(os.PRIO_PROCESS, tid)}")
+
+    for p in ("idle", 3, 19, 0, None):
+        th = threading.Thread(target=run, args=(p,))
+        th.start()
+        th.join()
+    assert got[0] == got[None] == "unchanged"
+    if sys.platform.startswith("linux"):
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert got["idle"] == got["idle", "read"] == "idle"
+        assert got[3] == got[3, "read"] == f"nice {min(19, base + 3)}"
+        assert got[19] == got[19, "read"] == "nice 19"  # capped
+
+
+def test_the_threads_knob_is_honoured_and_the_default_leaves_cores_to_training(tmp_path, monkeypatch):
+    from mlvc import store
+
+    repo = make_repo(tmp_path / "r", chunk_size=64 << 10)
+    made: list[int] = []
+    real_pipeline = tracker.Pipeline
+
+    def pipeline(*a, **k):
+        p = real_pipeline(*a, **k)
+        made.append(p.threads)
+        return p
+
+    monkeypatch.setattr(tracker, "Pipeline", pipeline)
+    storing: set[int] = set()
+    real_put = store.ObjectStore.put
+
+    def put(self, *a, **k):
+        storing.add(threading.get_native_id())
+        return real_put(self, *a, **k)
+
+    monkeypatch.setattr(store.ObjectStore, "put", put)
+    workers: set[int] = set()  # the worker thread stores the manifest and the commit itself
+    real_write = Tracker._write
+
+    def write(self, job):
+        workers.add(threading.get_native_id())
+        return real_write(self, job)
+
+    monkeypatch.setattr(Tracker, "_write", write)
+    model = tiny(width=20000)
+    for n in (1, 3):
+        made.clear()
+        storing.clear()
+        with Tracker(repo, f"run{n}", every=1, threads=n) as t:
+            t.step(model)
+        assert made == [n] and 1 <= len(storing - workers) <= n and t.threads == n
+    with Tracker(repo, "dflt") as t:
+        t.flush()  # the worker has started and applied its priority
+    assert t.threads == tracker.default_threads()
+    if sys.platform.startswith("linux"):
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert t.applied_priority == f"nice {min(19, base + tracker.DEFAULT_PRIORITY)}"
+    bad: Any
+    for bad in (0, -2, 1.5, True, "4"):
+        with pytest.raises(MlvcError, match="threads"):
+            Tracker(repo, "bad", threads=bad)
+    for bad in ("low", -1, 20, True, 2.5):
+        with pytest.raises(MlvcError, match="worker_priority"):
+            Tracker(repo, "bad", worker_priority=bad)
+
+
+@given(cores=st.integers(1, 512))
+def test_default_threads_are_fewer_than_the_cores(cores):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "cpu_count", lambda: cores)
+        n = tracker.default_threads()
+    assert 1 <= n <= 4 and (n < cores or cores == 1)
+
+
+@hsettings(max_examples=10, deadline=None)
+@given(commits=st.integers(1, 6), room=st.integers(0, 2), on_full=st.sampled_from(["block", "skip"]))
+def test_a_slow_worker_loses_no_commit_silently(tmp_path_factory, commits, room, on_full):
+    """The worker writes a commit only when the test lets it. "block": every commit lands, each with its own
+    weights, and the queue never holds more than its bound; "skip": the commits past the bound are skipped,
+    each counted and warned about; a commit is never both written and skipped, nor neither."""
+    repo = make_repo(tmp_path_factory.mktemp("slow"))
+    model = tiny()
+    one = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    room_for = max(room, 1)  # the first snapshot is always taken, even over a bound smaller than it
+    gate, written = threading.Semaphore(0), threading.Semaphore(0)
+    peak = [0]
+    taken: list[int] = []
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        real_write, real_reserve = Tracker._write, Tracker._reserve
+
+        def slow(self, job):
+            gate.acquire()
+            try:
+                return real_write(self, job)
+            finally:
+                written.release()
+
+        def reserve(self, nbytes):
+            ok = real_reserve(self, nbytes)
+            peak[0] = max(peak[0], self._pending_bytes)
+            return ok
+
+        mp.setattr(Tracker, "_write", slow)
+        mp.setattr(Tracker, "_reserve", reserve)
+        t = Tracker(repo, "run", every=1, on_full=on_full, max_queue_mb=room * one / (1 << 20), save_state=False)
+
+        def loop():
+            for i in range(1, commits + 1):
+                with torch.no_grad():
+                    model[0].bias.fill_(i)
+                if t.step(model, step=i):
+                    taken.append(i)
+
+        th = threading.Thread(target=loop)
+        th.start()
+        if on_full == "skip":  # never waits: it runs to the end with the worker held
+            th.join(60)
+        for _ in range(commits if on_full == "block" else len(taken)):
+            gate.release()  # one more commit may be written
+            assert written.acquire(timeout=60)
+        th.join(60)
+        assert not th.is_alive()
+        t.close()
+    assert [c.metadata["step"] for c in chain(repo, "run")] == taken == [c.step for c in t.commits]  # a root first
+    assert peak[0] <= room_for * one
+    assert len(taken) + t.skipped == commits and sum("is full" in str(x.message) for x in w) == t.skipped
+    if on_full == "block":
+        assert taken == list(range(1, commits + 1)) and t.skipped == 0
+    else:
+        assert taken == list(range(1, min(commits, room_for) + 1))
+    for c in t.commits:  # each commit holds the weights of its own step
+        assert torch.equal(repo.load(c.commit, tensors=["0.bias"])["0.bias"], torch.full((16,), float(c.step)))
+        assert c.latency_s >= 0.0

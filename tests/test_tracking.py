@@ -465,6 +465,26 @@ def test_an_older_copy_on_disk_is_stale_not_modified_and_never_committed_back(re
     assert states(repo)["model/model.safetensors"] == "modified"
 
 
+def test_cli_commit_branch_commits_paths_onto_another_branch(cli_run, tmp_path):
+    """`mlvc commit PATHS -b NAME`: the commit lands on NAME (made at HEAD), HEAD, the work tree and status stay;
+    without PATHS it is refused (exit 1 names what to do) and nothing moves."""
+    cli_run("init")
+    write_safetensors_np(str(tmp_path / "model.safetensors"), random_state_dict(1))
+    cli_run("commit", "model.safetensors", "-m", "base")
+    repo = Repo(str(tmp_path))
+    head, status = repo.head(), repo.status().to_json()
+    write_safetensors_np(str(tmp_path / "eval.safetensors"), random_state_dict(2))
+    out = json.loads(cli_run("commit", "eval.safetensors", "-m", "side", "--branch", "exp", "--json").output)
+    assert out["branch"] == "exp" and repo.refs.resolve("refs/heads/exp") == out["commit"]["id"]
+    assert repo.head() == head and repo.head_branch() == "main"
+    assert repo.read_commit(out["commit"]["id"]).parents == [head]
+    assert set(files_of(repo, "exp")) == {"model.safetensors", "eval.safetensors"}
+    assert repo.status().to_json() == status
+    r = cli_run("commit", "-m", "all", "-b", "exp", code=None)
+    assert r.exit_code != 0 and "name what to commit" in r.output
+    assert repo.refs.resolve("refs/heads/exp") == out["commit"]["id"]
+
+
 def test_branch_commits_leave_head_work_tree_and_status_alone(repo):
     hf_folder(repo)
     repo.commit(repo.abs_path("model"), message="base")

@@ -65,19 +65,23 @@ def _parse_meta(items: tuple[str, ...]) -> dict:
 @click.option("--as-blob", multiple=True, metavar="GLOB",
               help="Store matching files as opaque bytes (e.g. training_args.bin).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if nothing changed.")
+@click.option("-b", "--branch", default=None, metavar="NAME",
+              help="Commit PATHS onto branch NAME (made at HEAD if new) instead; HEAD and the work tree's "
+                   "state stay as they are.")
 @json_option
 @quiet_option
 @with_repo
-def commit(repo: Repo, paths, message, meta, step, as_blob, allow_empty, as_json, quiet) -> None:
+def commit(repo: Repo, paths, message, meta, step, as_blob, allow_empty, branch, as_json, quiet) -> None:
     """Commit PATHS (files or folders) as they are now, carrying every other tracked path over unchanged.
 
     Without PATHS, every tracked path is committed (refused when a tracked file is missing: `mlvc rm PATH`
-    untracks it). Files and folders matched by .mlvcignore are left out of folders (docs/tracking.md)."""
+    untracks it). Files and folders matched by .mlvcignore are left out of folders (docs/tracking.md).
+    With --branch, the commit goes onto that branch (its other tracked paths carried over from its tip)."""
     metadata = _parse_meta(meta)
     if step is not None:
         metadata["step"] = step
     r = repo.commit(message=message, metadata=metadata, paths=list(paths) or None, as_blob=as_blob,
-                    allow_empty=allow_empty, progress=progress(quiet))
+                    allow_empty=allow_empty, progress=progress(quiet), branch=branch)
     if as_json:
         echo_json(r.to_json())
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import click
@@ -62,22 +63,30 @@ def _grace_option(value, source):
 @click.option("--prune-temp", "prune_temp", metavar="WHEN", default=None,
               callback=lambda ctx, p, v: _grace_option(v, "--prune-temp"),
               help="Remove temp files and scratch entries older than this (default: gc.temp_grace, 1 day).")
+@click.option("--expire-reflog", "expire_reflog", metavar="WHEN", default=None,
+              callback=lambda ctx, p, v: _grace_option(v, "--expire-reflog"),
+              help="Drop reflog entries older than this first, so what only they named can go "
+                   "(default: gc.reflog_expire, 90 days; 'never' keeps them all).")
 @click.option("-n", "--dry-run", is_flag=True, help="Report what would be removed; delete nothing.")
 @json_option
 @quiet_option
 @with_repo
-def gc(repo: Repo, prune, prune_temp, dry_run, as_json, quiet) -> None:
+def gc(repo: Repo, prune, prune_temp, expire_reflog, dry_run, as_json, quiet) -> None:
     """Delete unreachable objects past the grace period, old temp files and stale locks.
 
     Reachable: everything branches, tags, HEAD and reflog entries lead to (commits, parents, manifests,
     chunks, delta bases). Refuses (exit 5) when a reachable commit is missing or damaged: run `mlvc fsck`."""
-    r = repo.gc(prune=prune, prune_temp=prune_temp, dry_run=dry_run, progress=progress(quiet))
+    r = repo.gc(prune=prune, prune_temp=prune_temp, dry_run=dry_run, progress=progress(quiet),
+                expire_reflog=expire_reflog)
 
     def text() -> str:
         verb = "to remove" if dry_run else "removed"
         rows = [["objects kept", r.objects_kept, f"{r.objects_reachable} reachable, {r.objects_young} young"],
                 [f"objects {verb}", r.objects_removed, human_bytes(r.object_bytes_freed)],
                 [f"temp files {verb}", r.temp_files_removed, human_bytes(r.temp_bytes_freed)],
+                [f"reflog entries {'to expire' if dry_run else 'expired'}", r.reflog_entries_expired,
+                 "never expire" if math.isinf(r.reflog_expire_seconds)
+                 else f"older than {describe_grace(r.reflog_expire_seconds)}"],
                 [f"stale locks {'to clear' if dry_run else 'cleared'}", r.locks_cleared, ""]]
         lines = [table(rows, ["", "count", "detail"]),
                  f"{'would free' if dry_run else 'freed'} {human_bytes(r.bytes_freed)} (grace: objects "

@@ -1,5 +1,6 @@
-"""PyTorch .pt/.bin/.pth/.ckpt files: read only through torch.load(weights_only=True), never executing pickled
-code; list the container's named tensors; find the byte ranges of the file that hold a storage's raw bytes.
+"""PyTorch .pt/.bin/.pth/.ckpt files: the named tensors of a checkpoint, read without torch when the file is
+one `torchzip` models (the zip format torch.save writes), else through torch.load(weights_only=True); never
+executing pickled code either way. Also: find the byte ranges of the file that hold a storage's raw bytes.
 
 A torch file is stored as its tensors plus a *frame* (every other byte of the file, verbatim) and a layout
 that interleaves the two, so it is rebuilt byte for byte by concatenation, without torch (snapshot.py). Which
@@ -23,11 +24,13 @@ import struct
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DependencyError, FormatError, UnsafePickleError
 from ..util import TMP_PREFIX
+from . import torchzip
 
 
 def require_torch(why: str):
@@ -45,10 +48,58 @@ _REFUSED = re.compile(r"Unsupported global|Unsupported operand|not an allowed gl
 MMAP_ABOVE = 1 << 30  # bytes: larger zip checkpoints are memory-mapped (docs/security.md)
 
 
-def load(path: str, display: str) -> Any:
+@dataclass
+class FileTensor:
+    """A named tensor of a checkpoint file, as the commit path needs it, whichever reader found it."""
+
+    name: str
+    dtype: str  # safetensors name
+    shape: list[int]
+    key: tuple | None  # equal keys: one tensor under two names (tied weights); None: never shared (no bytes)
+    storage_nbytes: int  # the byte size of the storage it views
+    span: tuple[int, int] | None  # the file's bytes [a, b) are exactly the tensor's bytes (C order), if known
+    reader: Callable[[int, str], memoryview]  # (open fd, display path) -> the tensor's bytes, C order
+
+    def read(self, fd: int, display: str) -> memoryview:
+        return self.reader(fd, display)
+
+
+def read_tensors(f, path: str, display: str) -> list[FileTensor]:
+    """The named tensors of the torch file open as `f` (at `path`), in the order `named_tensors` gives them.
+    Read by `torchzip` without torch when it models the file; otherwise (the legacy format, a global it does
+    not know, ...) through torch.load, which gives the same answer (or the error) torch always gave."""
+    try:
+        ckpt = torchzip.read(f, os.fstat(f.fileno()).st_size)
+        return [_zip_tensor(name, t) for name, t in walk(ckpt.obj, torchzip.Tensor, torchzip.plain_key)]
+    except torchzip.Unsupported as e:  # a tensor in a dict key may decline during the walk, too
+        why = str(e)
+    except (torchzip.TooDeep, RecursionError):  # (torch.load would crash on the first; str() of a key, the second)
+        raise FormatError(display, "a dict key is nested too deeply to read; pass --as-blob to store the file as "
+                          "opaque bytes") from None
+    obj = load(path, display, why)
+    out = []
+    for name, t in named_tensors(obj, display):
+        nbytes = t.untyped_storage().nbytes()
+        key = storage_key(t) if t.numel() else None
+        out.append(FileTensor(name, check_tensor(t, name, display), list(t.shape), key, nbytes, None, _reader(t)))
+    return out
+
+
+def _reader(t) -> Callable[[int, str], memoryview]:
+    return lambda _fd, _display: tensor_bytes(t)
+
+
+def _zip_tensor(name: str, t: torchzip.Tensor) -> FileTensor:
+    contiguous = t.is_contiguous() and t.numel > 0
+    return FileTensor(name, t.dtype, list(t.shape), t.key() if t.numel else None, t.storage.nbytes,
+                      t.span() if contiguous else None, t.read)
+
+
+def load(path: str, display: str, why: str | None = None) -> Any:
     """The file's object, through torch.load(weights_only=True) only. Whatever goes wrong inside torch (a
-    truncated or damaged file, a refused global, an allocation a damaged size asks for) is a FormatError."""
-    torch = require_torch(f"reading {display}")
+    truncated or damaged file, a refused global, an allocation a damaged size asks for) is a FormatError.
+    `why`: the reason the torch-free reader declined the file, said when torch is missing."""
+    torch = require_torch(f"reading {display}" + (f" ({why})" if why else ""))
     try:
         # mmap keeps a huge zip checkpoint out of RAM, but a file truncated by another process while it is
         # mapped kills the reader with SIGBUS; below MMAP_ABOVE torch reads it with plain reads instead, so
@@ -78,6 +129,15 @@ def named_tensors(obj: Any, display: str) -> list[tuple[str, Any]]:
     The walk is iterative, so any nesting depth torch.load accepts is fine. A tensor mlvc cannot store as
     plain bytes (sparse, quantized, nested, meta, a dtype without a safetensors name) is a FormatError."""
     torch = require_torch("listing the tensors of a torch checkpoint")
+    tensors = walk(obj, torch.Tensor)
+    for name, t in tensors:
+        check_tensor(t, name, display)
+    return tensors
+
+
+def walk(obj: Any, tensor_type: type, plain_key: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
+    """`named_tensors`' walk, for torch's tensors or torchzip's: the same names in the same order. With
+    `plain_key`, a dict key that names a tensor or container and is not plain declines (torchzip.Unsupported)."""
     tensors: list[tuple[str, Any]] = []
     names: set[str] = set()
     suffixes: dict[str, int] = {}  # how many "_" the last name made from this one needed
@@ -87,7 +147,7 @@ def named_tensors(obj: Any, display: str) -> list[tuple[str, Any]]:
     stack: list[tuple[Any, tuple | None]] = [(obj, None)]
     while stack:
         x, path = stack.pop()
-        if isinstance(x, torch.Tensor):
+        if isinstance(x, tensor_type):
             if id(x) in seen:
                 continue
             seen.add(id(x))
@@ -104,18 +164,18 @@ def named_tensors(obj: Any, display: str) -> list[tuple[str, Any]]:
                 n += 1
             suffixes[base] = n
             names.add(name)
-            check_tensor(x, name, display)
             tensors.append((name, x))
         elif isinstance(x, (Mapping, list, tuple)):
             if id(x) in seen:
                 continue
             seen.add(id(x))
             items = x.items() if isinstance(x, Mapping) else enumerate(x)
-            children = [(v, (path, str(k))) for k, v in items if isinstance(v, (torch.Tensor, Mapping, list, tuple))]
+            children = [(v, (path, k)) for k, v in items if isinstance(v, (tensor_type, Mapping, list, tuple))]
+            if plain_key is not None and not all(plain_key(k) for _v, (_p, k) in children):
+                raise torchzip.Unsupported("a dict key that names a tensor is not a plain value")
+            children = [(v, (p, str(k))) for v, (p, k) in children]
             stack.extend(reversed(children))
     return tensors
-
-
 
 
 def check_tensor(t, name: str, display: str) -> str:

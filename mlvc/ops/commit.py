@@ -108,7 +108,7 @@ def _commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths:
                             "every tracked path reads the work tree, which is HEAD's")
         tip = repo.refs.resolve(HEADS + branch)
     parent = tip if tip is not None else repo.head()  # a new branch starts at HEAD
-    lineage = _lineage(repo, parent, repo.config.keyframe_interval)
+    lineage = _lineage(repo, parent, repo.config.keyframe_interval if repo.config.skip_deltas else 2)
     parent_manifest = lineage[0] if lineage else None
     state = WorkState() if side else WorkState.load(repo)
 
@@ -156,7 +156,10 @@ def _commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths:
             raise PathError("nothing to commit: no files")
         manifest = Manifest(plan.roots, files, chunk_size)
         manifest_id = repo.write_manifest(manifest)
-    if parent is not None and not allow_empty and manifest_id == repo.read_commit(parent).manifest:
+    # the same tree, by id, or by content when the parent's manifest has an older format (format 1 spells out
+    # what format 2 implies: the first unchanged commit after an upgrade is still "nothing to commit")
+    if parent is not None and not allow_empty and (manifest_id == repo.read_commit(parent).manifest
+                                                   or manifest == parent_manifest):
         cache.save()
         raise NothingToCommitError("nothing to commit: the checkpoint is identical to "
                                    f"{'HEAD' if tip is None else branch} (pass --allow-empty to commit anyway)")

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 DEFAULT_GRACE = 14 * 86400.0  # objects: git's gc.pruneExpire default ("2.weeks.ago")
 DEFAULT_TEMP_GRACE = 86400.0  # temp files, scratch entries: no write stays silent this long
+DEFAULT_REFLOG_EXPIRE = 90 * 86400.0  # reflog entries: git's gc.reflogExpire default ("90.days.ago")
 GC_LOCK = "gc.lock"
 
 _UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60, "minute": 60,
@@ -91,6 +92,8 @@ class GcResult:
     object_bytes_freed: int = 0
     temp_files_removed: int = 0
     temp_bytes_freed: int = 0
+    reflog_expire_seconds: float = DEFAULT_REFLOG_EXPIRE  # reflog entries older than this are dropped first
+    reflog_entries_expired: int = 0  # (in a dry run: that would be)
     locks_cleared: int = 0
     worktree_busy: bool = False  # a work-tree update held its lock: the work tree's temp files were not looked at
     recovered: list[str] = field(default_factory=list)  # interrupted work-tree updates finished or undone first
@@ -109,7 +112,9 @@ class GcResult:
     def to_json(self) -> dict[str, Any]:
         grace = None if math.isinf(self.grace_seconds) else self.grace_seconds
         temp = None if math.isinf(self.temp_grace_seconds) else self.temp_grace_seconds
+        reflog = None if math.isinf(self.reflog_expire_seconds) else self.reflog_expire_seconds
         return {"dry_run": self.dry_run, "grace_seconds": grace, "temp_grace_seconds": temp,
+                "reflog_expire_seconds": reflog, "reflog_entries_expired": self.reflog_entries_expired,
                 "commits_reached": self.commits_reached, "objects_kept": self.objects_kept,
                 "objects_reachable": self.objects_reachable, "objects_young": self.objects_young,
                 "objects_missing": self.objects_missing, "objects_removed": self.objects_removed,
@@ -131,16 +136,28 @@ def configured_graces(repo: Repo) -> tuple[float, float]:
     return grace, temp
 
 
+def configured_reflog_expire(repo: Repo) -> float:
+    """`[gc] reflog_expire` in config.toml, or 90 days."""
+    section = repo.config.raw.get("gc", {})
+    if isinstance(section, dict) and "reflog_expire" in section:
+        return parse_grace(section["reflog_expire"], "gc.reflog_expire")
+    return DEFAULT_REFLOG_EXPIRE
+
+
 def gc(repo: Repo, prune: Any = None, prune_temp: Any = None, dry_run: bool = False,
-       progress: Progress = NULL) -> GcResult:
-    """Mark, then sweep objects, temp files and stale locks (module docstring). `prune` / `prune_temp`
-    override the configured grace periods (see parse_grace); `dry_run` reports and deletes nothing."""
+       progress: Progress = NULL, expire_reflog: Any = None) -> GcResult:
+    """Expire old reflog entries, mark, then sweep objects, temp files and stale locks (module docstring).
+    `prune` / `prune_temp` / `expire_reflog` override the configured periods (see parse_grace); `dry_run`
+    reports and deletes nothing."""
     grace, temp_grace = configured_graces(repo)
+    reflog_expire = configured_reflog_expire(repo)
     if prune is not None:
         grace = parse_grace(prune, "--prune")
     if prune_temp is not None:
         temp_grace = parse_grace(prune_temp, "--prune-temp")
-    result = GcResult(dry_run, grace, temp_grace)
+    if expire_reflog is not None:
+        reflog_expire = parse_grace(expire_reflog, "--expire-reflog")
+    result = GcResult(dry_run, grace, temp_grace, reflog_expire_seconds=reflog_expire)
     gc_lock = os.path.join(repo.dir, GC_LOCK)
     with lockfile.locked(gc_lock, "the repository (another `mlvc gc` is running)"):
         now = time.time()
@@ -150,9 +167,10 @@ def gc(repo: Repo, prune: Any = None, prune_temp: Any = None, dry_run: bool = Fa
             return _fenced(repo, base_cutoff)
 
         cutoff()  # operations in flight are seen before the refs are read
+        result.reflog_entries_expired = _expire_reflogs(repo, now - reflog_expire, dry_run)
         marker = _Marker(repo, result)
-        marker.walk(_tips(repo))  # refuses (GcRefusedError) before anything is deleted
-        _sweep_objects(repo, marker, cutoff, result, progress)
+        marker.walk(_tips(repo, now - reflog_expire))  # refuses (GcRefusedError) before anything is deleted
+        _sweep_objects(repo, marker, cutoff, result, progress, now - reflog_expire)
         sweep_worktree(repo, now - temp_grace, result)
         sweep_mlvc_temp(repo, now - temp_grace, result)
         clear_stale_locks(repo, gc_lock, result)
@@ -162,8 +180,38 @@ def gc(repo: Repo, prune: Any = None, prune_temp: Any = None, dry_run: bool = Fa
 # -- mark ---------------------------------------------------------------------------------------------
 
 
-def _tips(repo: Repo) -> list[tuple[str, str]]:
-    """(commit id, what names it) for every starting point of the mark."""
+def _entry_time(entry) -> float | None:
+    """When a reflog entry was written (seconds since the epoch); None when its time does not parse."""
+    try:
+        return _dt.datetime.strptime(entry.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _expired(entry, before: float) -> bool:
+    """An entry written before `before`; one whose time cannot be read is never expired."""
+    t = _entry_time(entry)
+    return t is not None and t < before
+
+
+def _expire_reflogs(repo: Repo, before: float, dry_run: bool) -> int:
+    """Drop every reflog entry written before `before` (each log rewritten under its ref's lock), so that what
+    only old entries named becomes collectable; in a dry run only count them. The number of entries."""
+    if before == -math.inf:
+        return 0
+    count = 0
+    for ref in repo.refs.reflog_refs():
+        with contextlib.suppress(MlvcError):
+            if dry_run:
+                count += sum(_expired(e, before) for e in repo.refs.reflog(ref))
+            else:
+                count += repo.refs.expire_log(ref, lambda e: _expired(e, before))
+    return count
+
+
+def _tips(repo: Repo, reflog_before: float = -math.inf) -> list[tuple[str, str]]:
+    """(commit id, what names it) for every starting point of the mark; reflog entries written before
+    `reflog_before` are expired (a dry run has not removed them) and name nothing."""
     tips: list[tuple[str, str]] = []
     refs = [(f"branch {n}", HEADS + n) for n in repo.refs.names(HEADS)]
     refs += [(f"tag {n}", TAGS + n) for n in repo.refs.names(TAGS)] + [("HEAD", HEAD)]
@@ -175,7 +223,10 @@ def _tips(repo: Repo) -> list[tuple[str, str]]:
         if cid:
             tips.append((cid, via))
     tips += _other_ref_tips(repo)
-    tips += [(cid, "a reflog entry") for cid in repo.refs.all_reflog_ids()]
+    for ref in repo.refs.reflog_refs():
+        with contextlib.suppress(MlvcError):
+            tips += [(cid, "a reflog entry") for e in repo.refs.reflog(ref) if not _expired(e, reflog_before)
+                     for cid in (e.old, e.new) if cid]
     return tips
 
 
@@ -311,7 +362,7 @@ def _fenced(repo: Repo, cutoff: float) -> float:
 
 
 def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], result: GcResult,
-                   progress: Progress) -> None:
+                   progress: Progress, reflog_before: float) -> None:
     store = repo.store
     reachable = set(marker.needed)
     _close_bases(store, reachable, set(reachable), True)
@@ -324,7 +375,7 @@ def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], res
     # Refs that moved while we marked (a commit that landed, a checkout of a dangling commit): mark from the
     # tips again; anything new is kept too.
     before = set(marker.needed)
-    marker.walk(_tips(repo))
+    marker.walk(_tips(repo, reflog_before))
     new = marker.needed - before
     reachable |= new
     _close_bases(store, reachable, new, True)

@@ -77,8 +77,10 @@ class WorkingSide(Side):
         if f.kind == KIND_TORCH:
             from ..formats import torchfile
 
-            named = torchfile.named_tensors(torchfile.load(path, f.path), f.path)
-            return {name: torchfile.tensor_bytes(t) for name, t in named}
+            fh = self.stack.enter_context(open(path, "rb"))  # read without torch when the zip reader models it
+            fd = fh.fileno()
+            return {t.name: FileRange(fd, t.span[0], t.span[1] - t.span[0], f.path) if t.span else t.read(fd, f.path)
+                    for t in torchfile.read_tensors(fh, path, f.path)}
         return {}
 
     def read(self, t, indices):
