@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from mlvc import KeepPolicy, Tracker  # noqa: E402
 from mlvc.repo import Repo  # noqa: E402
-from mlvc.tracker import DEFAULT_PRIORITY, IDLE, default_threads  # noqa: E402
+from mlvc.tracker import DEFAULT_PRIORITY, IDLE, default_encode_threads  # noqa: E402
 
 MODES = ("none", "background", "sync")
 
@@ -97,7 +97,7 @@ def parse_config(text: str) -> tuple[str | int, int | None]:
 
 def label(priority: str | int, threads: int | None) -> str:
     prio = "idle" if priority == IDLE else f"nice+{priority}" if priority else "normal"
-    return f"background {prio}/{threads or default_threads()}t"
+    return f"background {prio}/{threads or default_encode_threads()}t"
 
 
 def modes_of(args) -> list[tuple[str, dict]]:
@@ -192,7 +192,7 @@ def measure(args) -> dict:
     return {"device": args.device, "device_name": device_name(args.device), "model_bytes": nbytes,
             "params": sum(p.numel() for p in model.parameters()), "every": args.every, "steps": args.steps,
             "rounds": args.rounds, "batch": args.batch, "seq": args.seq, "save_state": not args.no_state,
-            "pinned": not args.no_pin, "default_threads": default_threads(),
+            "pinned": not args.no_pin, "default_encode_threads": default_encode_threads(),
             "loadavg_start": list(load_start), "loadavg_end": list(load_end),
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "rows": rows}

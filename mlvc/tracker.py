@@ -139,7 +139,7 @@ class Tracker:
             self.higher_is_better.setdefault(keep.best, keep.higher_is_better)
         self.keep, self.save_state, self.on_full, self.pin = keep, save_state, on_full, pin_memory
         self.max_queue = None if max_queue_mb is None else int(max_queue_mb * (1 << 20))
-        self.threads = threads or (default_threads() if background else None)
+        self.threads = threads or (default_encode_threads() if background else None)
         self.delta_cache_mb, self.worker_priority = delta_cache_mb, worker_priority
         self.applied_priority = "unchanged"  # what the worker applied to itself (see lower_thread_priority)
         self.base_metadata = dict(metadata or {})
@@ -459,7 +459,7 @@ class Tracker:
         self.commits = [t for t in self.commits if t.commit is not None]
 
 
-def default_threads() -> int:
+def default_encode_threads() -> int:
     """Encode threads of a background commit: a quarter of the cores, 1 to 4. Fewer than a CPU-bound loop's
     torch threads (one per core), so that a commit never asks for every core; on a GPU machine, where the cores
     are mostly idle, 4 threads keep the commit latency short (docs/hooks.md, "Scheduling")."""

@@ -606,7 +606,7 @@ def test_the_threads_knob_is_honoured_and_the_default_leaves_cores_to_training(t
         assert made == [n] and 1 <= len(storing - workers) <= n and t.threads == n
     with Tracker(repo, "dflt") as t:
         t.flush()  # the worker has started and applied its priority
-    assert t.threads == tracker.default_threads()
+    assert t.threads == tracker.default_encode_threads()
     if sys.platform.startswith("linux"):
         base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         assert t.applied_priority == f"nice {min(19, base + tracker.DEFAULT_PRIORITY)}"
@@ -623,7 +623,7 @@ def test_the_threads_knob_is_honoured_and_the_default_leaves_cores_to_training(t
 def test_default_threads_are_fewer_than_the_cores(cores):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(os, "cpu_count", lambda: cores)
-        n = tracker.default_threads()
+        n = tracker.default_encode_threads()
     assert 1 <= n <= 4 and (n < cores or cores == 1)
 
 
