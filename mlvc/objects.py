@@ -271,13 +271,9 @@ class Commit:
     id: str = ""  # filled in when read or written; not part of the serialized form
 
     def to_bytes(self) -> bytes:
-        try:
-            return canonical_json({"type": "commit", "format": COMMIT_FORMAT, "manifest": self.manifest,
-                                   "parents": list(self.parents), "author": self.author, "time": self.time,
-                                   "message": self.message, "metadata": self.metadata})
-        except UnicodeEncodeError as e:
-            raise MlvcError(f"the commit's message, author and metadata must be UTF-8 text, but they hold "
-                            f"{show(e.object[e.start:e.end])} (bytes that are not UTF-8?)") from None
+        return _text_json({"type": "commit", "format": COMMIT_FORMAT, "manifest": self.manifest,
+                           "parents": list(self.parents), "author": self.author, "time": self.time,
+                           "message": self.message, "metadata": self.metadata}, "commit's message, author and metadata")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], oid: str) -> Commit:
@@ -317,13 +313,9 @@ class Tag:
     id: str = ""  # filled in when read or written; not part of the serialized form
 
     def to_bytes(self) -> bytes:
-        try:
-            return canonical_json({"type": "tag", "format": TAG_FORMAT, "object": self.object,
-                                   "object_type": self.object_type, "tag": self.tag, "tagger": self.tagger,
-                                   "time": self.time, "message": self.message})
-        except UnicodeEncodeError as e:
-            raise MlvcError(f"the tag's name, message and tagger must be UTF-8 text, but they hold "
-                            f"{show(e.object[e.start:e.end])} (bytes that are not UTF-8?)") from None
+        return _text_json({"type": "tag", "format": TAG_FORMAT, "object": self.object,
+                           "object_type": self.object_type, "tag": self.tag, "tagger": self.tagger,
+                           "time": self.time, "message": self.message}, "tag's name, message and tagger")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], oid: str) -> Tag:
@@ -365,6 +357,15 @@ def object_type(raw: bytes | bytearray) -> str | None:
 
 class Malformed(ValueError):
     """A manifest field that is not what mlvc writes (Repo.read_manifest reports it as a CorruptObjectError)."""
+
+
+def _text_json(d: dict[str, Any], what: str) -> bytes:
+    """A commit's or tag's canonical JSON; MlvcError naming `what` when a string in it is not UTF-8 text."""
+    try:
+        return canonical_json(d)
+    except UnicodeEncodeError as e:
+        raise MlvcError(f"the {what} must be UTF-8 text, but they hold {show(e.object[e.start:e.end])} (bytes that "
+                        "are not UTF-8?)") from None
 
 
 def _want(ok: bool, what: str) -> None:

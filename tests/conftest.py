@@ -102,6 +102,16 @@ def torch_state_dict(seed: int = 0, scale: int = 1):
     return {k: torch.from_numpy(v.copy()) for k, v in random_state_dict(seed, scale).items()}
 
 
+def first_parent_chain(repo: Repo, branch: str) -> list:
+    """The branch's commits, oldest first (first parents)."""
+    out, cid = [], repo.refs.resolve("refs/heads/" + branch)
+    while cid:
+        c = repo.read_commit(cid)
+        out.append(c)
+        cid = c.parents[0] if c.parents else None
+    return out[::-1]
+
+
 def cli_runner(folder, monkeypatch):
     """`run(*ARGS, code=0)`: `mlvc ARGS` in-process inside `folder` (author "tester"), asserting its exit code
     (None: any); returns the click Result. The CLI tests' fixtures are made from it."""

@@ -9,19 +9,15 @@ import sys
 
 import pytest
 
-from conftest import make_repo
+from conftest import first_parent_chain, make_repo
 from mlvc.repo import Repo
 
 torch = pytest.importorskip("torch")
 
 
 def run_chain(repo: Repo, branch: str) -> list:
-    out, cid = [], repo.refs.resolve("refs/heads/" + branch)
-    while cid:
-        c = repo.read_commit(cid)
-        out.append(c)
-        cid = c.parents[0] if c.parents else None
-    return [c for c in out[::-1] if "tracker" in c.metadata]
+    """The tracker's commits on the branch, oldest first."""
+    return [c for c in first_parent_chain(repo, branch) if "tracker" in c.metadata]
 
 
 def equal_weights(repo: Repo, rev: str, module) -> bool:

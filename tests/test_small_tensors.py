@@ -75,13 +75,19 @@ def test_gc_removes_unreachable_packed_objects_and_keeps_their_pack_mates(tmp_pa
     assert os.listdir(os.path.join(store.root, PACK_DIR)) == []
 
 
-def test_a_damaged_pack_is_caught_on_read_and_by_fsck(tmp_path):
+def _one_pack(tmp_path, n: int):
+    """A repository with one commit of n tiny tensors: (repo, the pack folder, the one pack's file name)."""
     repo = make_repo(tmp_path / "repo")
     path = os.path.join(repo.root, "model.safetensors")
-    write_safetensors_np(path, _many_small(200))
+    write_safetensors_np(path, _many_small(n))
     repo.commit(path, message="small")
     folder = os.path.join(repo.dir, "objects", PACK_DIR)
     (name,) = os.listdir(folder)
+    return repo, folder, name
+
+
+def test_a_damaged_pack_is_caught_on_read_and_by_fsck(tmp_path):
+    repo, folder, name = _one_pack(tmp_path, 200)
     flip_byte(os.path.join(folder, name), os.path.getsize(os.path.join(folder, name)) // 2)
     fresh = LooseObjectStore(os.path.join(repo.dir, "objects"))
     packed = fresh.packs.ids()
@@ -114,12 +120,7 @@ def test_objects_of_a_pack_with_a_damaged_header_read_as_corrupt_not_missing(tmp
 
 
 def test_fsck_names_a_pack_whose_header_is_damaged(tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    path = os.path.join(repo.root, "model.safetensors")
-    write_safetensors_np(path, _many_small(50))
-    repo.commit(path, message="small")
-    folder = os.path.join(repo.dir, "objects", PACK_DIR)
-    (name,) = os.listdir(folder)
+    repo, folder, name = _one_pack(tmp_path, 50)
     flip_byte(os.path.join(folder, name), 0)  # the magic: the pack cannot be read at all
     report = Repo(repo.root).fsck()
     assert not report.ok

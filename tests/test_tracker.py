@@ -17,11 +17,10 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from conftest import make_repo, set_config
+from conftest import first_parent_chain, make_repo, set_config
 from mlvc import codec, tracker
 from mlvc.errors import MlvcError, PathError, TrackerError
 from mlvc.refs import HEADS
-from mlvc.repo import Repo
 from mlvc.tracker import KeepPolicy, Tracker
 
 torch = pytest.importorskip("torch")
@@ -43,14 +42,7 @@ def train_step(model, opt):
     return loss
 
 
-def chain(repo: Repo, branch: str) -> list:
-    """The branch's commits, oldest first (first parents)."""
-    out, cid = [], repo.refs.resolve("refs/heads/" + branch)
-    while cid:
-        c = repo.read_commit(cid)
-        out.append(c)
-        cid = c.parents[0] if c.parents else None
-    return out[::-1]
+chain = first_parent_chain
 
 
 @pytest.fixture
