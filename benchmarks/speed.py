@@ -11,6 +11,9 @@ side with zstd on the same file in the same run, so the ratios hold on a loaded 
   small       a safetensors file of 100,000 small tensors against a file of the same size holding 4 large
               ones: commit, status, checkout, objects written and store size against `zstd -1` of the file.
   pt          the same MiniLM weights as a torch `.pt` state_dict and as safetensors: commit time (needs torch).
+  startup     light commands, each in a fresh process: `mlvc --version`, `mlvc status` in an empty repository
+              and in one whose 87 MiB MiniLM file is committed and unchanged, `mlvc log` there; the median of
+              --startup-runs runs each (alternating between the versions), wall and CPU.
   large       (--large) a 1 GiB series (--large-gb) from benchmarks/memory.py's generator and training step.
 
 --baseline SRC runs every mlvc step a second time with the mlvc source tree at SRC (e.g. the previous version,
@@ -19,6 +22,11 @@ exported with `git archive HEAD | tar -x -C /tmp/mlvc-before`), so "before" and 
 of the process, steadier on a shared machine); the series section also reports the start-up floor, `mlvc
 status` in an empty repository (interpreter, imports, opening the repository), against `zstd -1 -T0` of one
 checkpoint.
+
+The child processes run as on a user's machine, where `pip install` has compiled every module to bytecode:
+PYTHONDONTWRITEBYTECODE is removed from their environment (a sandbox that sets it would otherwise make each
+`mlvc` process compile every module it imports, 0.10-0.13 s here), and each source tree is compiled once
+(`compileall`) before anything is timed.
 
     python benchmarks/speed.py [--rounds 2] [--checkpoints 8] [--large] [--baseline /tmp/mlvc-before]
 
@@ -139,7 +147,15 @@ class Runner:
     """Runs mlvc (this tree, or the --baseline tree) and zstd in fresh processes and times them."""
 
     def __init__(self, src: str):
-        self.env = dict(os.environ, PYTHONPATH=src)
+        # As on a user's machine: bytecode is written and read (pip compiles every module at install).
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.env["PYTHONPATH"] = src
+        self.src = src
+
+    def warm(self) -> None:
+        """Compile the tree's modules to bytecode once, before anything is timed, as `pip install` does."""
+        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(self.src, "mlvc")], check=True,
+                       env=self.env, stdout=subprocess.DEVNULL)
 
     def timed(self, repo: str, *args: str) -> tuple[float, float]:
         return timed([sys.executable, "-m", "mlvc", *args], cwd=repo, env=self.env, stdout=subprocess.DEVNULL)
@@ -155,6 +171,54 @@ class Runner:
         runs = [self.timed(repo, "status") for _ in range(n)]
         shutil.rmtree(repo)
         return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+
+
+# The light commands whose time is all start-up: (label, repository, arguments). "empty" is a new repository,
+# "full" one whose MiniLM file (87 MiB) is committed and unchanged.
+STARTUP_COMMANDS = [
+    ("--version", "empty", ["--version"]),
+    ("status, empty repository", "empty", ["status"]),
+    ("status, 87 MiB file unchanged", "full", ["status"]),
+    ("log, one commit", "full", ["log"]),
+]
+
+
+def run_startup(versions: dict[str, Runner], work: str, runs: int) -> dict:
+    """Median wall and CPU seconds of each light command per version, over `runs` runs that alternate between
+    the versions (so a change of load hits both alike), after one untimed run of each to warm the caches."""
+    repos: dict[str, dict[str, str]] = {}
+    for label, runner in versions.items():
+        repos[label] = {}
+        for kind in ("empty", "full"):
+            repo = repos[label][kind] = tempfile.mkdtemp(prefix=f"startup-{kind}-", dir=work)
+            runner.mlvc(repo, "init")
+            if kind == "full":
+                shutil.copyfile(minilm_path(), os.path.join(repo, "model.safetensors"))
+                runner.mlvc(repo, "commit", "model.safetensors", "-m", "MiniLM")
+        for _, kind, args in STARTUP_COMMANDS:
+            runner.timed(repos[label][kind], *args)
+    times: dict[str, dict[str, list[tuple[float, float]]]] = {
+        label: {name: [] for name, _, _ in STARTUP_COMMANDS} for label in versions}
+    for _ in range(runs):
+        for label, runner in versions.items():
+            for name, kind, args in STARTUP_COMMANDS:
+                times[label][name].append(runner.timed(repos[label][kind], *args))
+    for label in versions:
+        for repo in repos[label].values():
+            shutil.rmtree(repo)
+    return {label: {name: {"wall_s": statistics.median(w for w, _ in runs_),
+                           "cpu_s": statistics.median(c for _, c in runs_)}
+                    for name, runs_ in by_name.items()}
+            for label, by_name in times.items()}
+
+
+def print_startup(result: dict, runs: int) -> None:
+    print(f"\nstart-up: light commands, fresh process each, bytecode cached, median of {runs} runs (s)")
+    labels = list(result)
+    print(f"{'command':<32}" + "".join(f"{label + ' wall':>13}{label + ' cpu':>13}" for label in labels))
+    for name, _, _ in STARTUP_COMMANDS:
+        print(f"{name:<32}" + "".join(f"{result[label][name]['wall_s']:>13.3f}{result[label][name]['cpu_s']:>13.3f}"
+                                      for label in labels))
 
 
 def zstd_times(path: str, work: str) -> dict:
@@ -334,7 +398,8 @@ def main() -> int:
     ap.add_argument("--large", action="store_true", help="also the large series (slow)")
     ap.add_argument("--large-gb", type=float, default=1.0,
                     help="checkpoint size of the large series in GiB (2^30 bytes); default 1.0")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: series,small,pt")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: series,startup,small,pt")
+    ap.add_argument("--startup-runs", type=int, default=9, help="runs of each light command (startup section)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=os.path.join(HERE, "out", "speed.json"))
     args = ap.parse_args()
@@ -344,8 +409,12 @@ def main() -> int:
     versions = {"after": Runner(ROOT)}
     if args.baseline:
         versions = {"before": Runner(os.path.abspath(args.baseline)), **versions}
+    for runner in versions.values():
+        runner.warm()
+    print("note: every mlvc step is a fresh `python -m mlvc` process with its modules' bytecode cached, as after a pip "
+          "install (PYTHONDONTWRITEBYTECODE unset in its environment, each source tree compiled once before timing)")
     result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                    "rounds": args.rounds, "versions": list(versions)}
+                    "rounds": args.rounds, "versions": list(versions), "bytecode": "cached (compileall, then written)"}
     work = tempfile.mkdtemp(prefix="mlvc-speed-", dir=args.workdir)
     try:
         if "series" not in skip:
@@ -371,8 +440,12 @@ def main() -> int:
             zstd_one = statistics.median(zstd_times(paths[0], work)["zstd_s"] for _ in range(3))
             result["startup"] = {label: {"wall_s": w, "cpu_s": c} for label, (w, c) in floor.items()}
             for label, (w, c) in floor.items():
-                print(f"{label}: start-up floor (`mlvc status` in an empty repository) {w:.2f} s wall, {c:.2f} s CPU = "
+                print(f"{label}: start-up floor (`mlvc status` in an empty repository, bytecode cached) "
+                      f"{w:.2f} s wall, {c:.2f} s CPU = "
                       f"{w / zstd_one:.2f}x `zstd -1 -T0` of one {human_bytes(size)} checkpoint ({zstd_one:.2f} s)")
+        if "startup" not in skip:
+            result["startup_commands"] = run_startup(versions, work, args.startup_runs)
+            print_startup(result["startup_commands"], args.startup_runs)
         if "small" not in skip:
             result["small"] = {label: run_small(runner, work) for label, runner in versions.items()}
             print("\n100,000 small tensors vs 4 large tensors, same file size")

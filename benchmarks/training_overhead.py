@@ -6,18 +6,19 @@ The model is MiniLM-sized (the shape of all-MiniLM-L6-v2: 30522-token embedding,
 384, 12 heads, FFN 1536; 22.7 M parameters, 87 MiB of fp32), written in plain torch so that nothing beyond torch
 is needed (scripts/gpu_tracker_check.py runs the same loop on CUDA); it trains with AdamW on random token
 batches for a 2-class head. Each mode runs `--steps` steps per round, rounds alternate the modes (none,
-background, sync, none, ...) so that a load change on a shared machine hits all of them, and the first
+background, thread, sync, none, ...) so that a load change on a shared machine hits all of them, and the first
 `--warmup` steps of each round are not timed. The overhead of a mode is its median (and mean) step time
 against the median (mean) of "none" from the same run. A commit holds the model and, unless --no-state, the
 optimizer and RNG states (3x the model's bytes). A step's time ends with `loss.item()` (a loop that logs its
 loss waits for the step anyway), so on CUDA it includes the whole step.
 
 The background tracker runs with `--priority` (the Tracker's worker_priority: a nice increment, idle, or 0) and
-`--threads` encode threads (default: the Tracker's default); `--also PRIORITY:THREADS ...` adds more background
-configurations to the same round-robin (e.g. `--also 0:1 10:1 idle:2`), to compare scheduling choices under
-the same load. Per mode the table gives the commits written (and skipped), the time the training thread spent
-in the commit call (the snapshot, or the wait for a full queue), and the commit latency: from the snapshot to
-the branch naming the commit. The load average is printed at the start and the end.
+`--threads` encode threads (default: the Tracker's default), in a worker process (mode "background", the
+Tracker's default) and in a worker thread (mode "thread"); `--also PRIORITY:THREADS[:WORKER] ...` adds more
+background configurations to the same round-robin (e.g. `--also 0:1 10:1 idle:2 19:1:thread`), to compare
+scheduling choices under the same load. Per mode the table gives the commits written (and skipped), the time
+the training thread spent in the commit call (the snapshot, or the wait for a full queue), and the commit
+latency: from the snapshot to the branch naming the commit. The load average is printed at the start and the end.
 
     python benchmarks/training_overhead.py                       # CPU, every 10 steps
     python benchmarks/training_overhead.py --steps 12 --rounds 1 --warmup 2 --layers 1   # quick check
@@ -48,7 +49,7 @@ from mlvc import KeepPolicy, Tracker  # noqa: E402
 from mlvc.repo import Repo  # noqa: E402
 from mlvc.tracker import DEFAULT_PRIORITY, IDLE, default_encode_threads  # noqa: E402
 
-MODES = ("none", "background", "sync")
+MODES = ("none", "background", "thread", "sync")
 
 
 class MiniLMShaped(torch.nn.Module):
@@ -88,16 +89,18 @@ def train_step(model, opt, batch, seq: int, device: str) -> float:
     return loss.item()
 
 
-def parse_config(text: str) -> tuple[str | int, int | None]:
-    """"PRIORITY:THREADS" (idle:2, 10:1, 0:auto) as the Tracker's (worker_priority, threads)."""
-    prio, _, threads = text.partition(":")
+def parse_config(text: str) -> tuple[str | int, int | None, str]:
+    """"PRIORITY:THREADS[:WORKER]" (idle:2, 10:1, 0:auto:thread) as the Tracker's (worker_priority, threads,
+    worker)."""
+    prio, _, rest = text.partition(":")
+    threads, _, worker = rest.partition(":")
     priority: str | int = prio if prio == IDLE else int(prio)
-    return priority, None if threads in ("", "auto") else int(threads)
+    return priority, None if threads in ("", "auto") else int(threads), worker or "process"
 
 
-def label(priority: str | int, threads: int | None) -> str:
+def label(priority: str | int, threads: int | None, worker: str) -> str:
     prio = "idle" if priority == IDLE else f"nice+{priority}" if priority else "normal"
-    return f"background {prio}/{threads or default_encode_threads()}t"
+    return f"{worker} {prio}/{threads or default_encode_threads()}t"
 
 
 def modes_of(args) -> list[tuple[str, dict]]:
@@ -108,12 +111,13 @@ def modes_of(args) -> list[tuple[str, dict]]:
             out.append((mode, {}))
         elif mode == "sync":
             out.append((mode, {"background": False}))
-        else:
+        else:  # "background": a worker process (the Tracker's default); "thread": a worker thread
             out.append((mode, {"background": True, "worker_priority": parse_config(args.priority)[0],
-                               "threads": args.threads}))
+                               "threads": args.threads, "worker": "thread" if mode == "thread" else "process"}))
     for conf in args.also:
-        priority, threads = parse_config(conf)
-        out.append((label(priority, threads), {"background": True, "worker_priority": priority, "threads": threads}))
+        priority, threads, worker = parse_config(conf)
+        out.append((label(priority, threads, worker), {"background": True, "worker_priority": priority,
+                                                       "threads": threads, "worker": worker}))
     return out
 
 
@@ -188,7 +192,8 @@ def measure(args) -> dict:
                      "latency_median_s": statistics.median(res["latency_s"]) if res["latency_s"] else 0.0,
                      "latency_max_s": max(res["latency_s"]) if res["latency_s"] else 0.0,
                      "close_wait_s": max(res["close_s"]) if res["close_s"] else 0.0,
-                     "config": {k: v for k, v in res["config"].items()}, "applied_priority": res["applied_priority"]})
+                     "config": {k: v for k, v in res["config"].items()}, "applied_priority": res["applied_priority"],
+                     "step_times_s": res["times"], "commit_calls_s": commit_calls})
     return {"device": args.device, "device_name": device_name(args.device), "model_bytes": nbytes,
             "params": sum(p.numel() for p in model.parameters()), "every": args.every, "steps": args.steps,
             "rounds": args.rounds, "batch": args.batch, "seq": args.seq, "save_state": not args.no_state,
@@ -247,8 +252,8 @@ def parser() -> argparse.ArgumentParser:
                         "default), idle (SCHED_IDLE), or 0 (unchanged)")
     p.add_argument("--threads", type=int, default=None, help="the background tracker's encode threads (default: "
                                                              "the Tracker's default)")
-    p.add_argument("--also", nargs="*", default=[], metavar="PRIORITY:THREADS",
-                   help="more background configurations in the same round-robin, e.g. 0:1 10:1 idle:2")
+    p.add_argument("--also", nargs="*", default=[], metavar="PRIORITY:THREADS[:WORKER]",
+                   help="more background configurations in the same round-robin, e.g. 0:1 10:1 idle:2 19:1:thread")
     p.add_argument("--workdir", default=None, help="where the temporary repository goes")
     p.add_argument("--out", default=os.path.join(HERE, "out", "training_overhead.json"))
     return p

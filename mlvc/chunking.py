@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import CorruptObjectError, FileChangedError
 from .progress import NULL, Progress
@@ -20,7 +19,12 @@ from .store import PACK_OBJECT_MAX, ObjectStore
 from .util import hash_bytes, new_hasher
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from xxhash import xxh3_128
+
+# concurrent.futures (which imports logging: about 7 ms) is imported when a pipeline runs, not when a command that
+# never hashes or stores a chunk imports this module (tests/test_startup.py).
 
 
 # Chunks smaller than this are hashed in the calling thread when nothing is stored (status).
@@ -135,6 +139,7 @@ class Pipeline:
         self.progress = progress
         self.stats = IngestStats()
         self.remember = False  # keep what is stored in the store's base cache (see ObjectStore.put)
+        self._pooled = False  # inside `with`: chunks may go to the thread pool, made when the first one does
         self._pool: ThreadPoolExecutor | None = None
         # Buffers that file ranges are read into, recycled once their chunk is consumed: at most window + 1
         # are ever made. A fresh buffer per chunk costs a page fault per page (glibc maps large blocks, and
@@ -142,11 +147,22 @@ class Pipeline:
         self._buffers: SimpleQueue[bytearray] = SimpleQueue()
 
     def __enter__(self) -> Pipeline:
-        if self.store is not None or self.threads > 1:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mlvc")
+        self._pooled = self.store is not None or self.threads > 1
         return self
 
+    def _workers(self) -> ThreadPoolExecutor:
+        """The thread pool (only inside `with`, and not with one thread and no store: `_pooled`), made when the
+        first chunk goes to it: a pipeline that hands none to a worker (`mlvc status` of small files, or of files
+        unchanged by stat) makes no pool and imports no concurrent.futures."""
+        assert self._pooled
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mlvc")
+        return self._pool
+
     def __exit__(self, *exc) -> None:
+        self._pooled = False
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -188,7 +204,7 @@ class Pipeline:
 
         def consume() -> None:
             res, hasher, fut = inflight.popleft()
-            oid, stored, mv, buf = fut.result() if isinstance(fut, Future) else fut
+            oid, stored, mv, buf = fut if isinstance(fut, tuple) else fut.result()
             n = len(mv)
             res.chunks.append(oid)
             if hasher is None:
@@ -217,12 +233,12 @@ class Pipeline:
                 small = n <= PACK_OBJECT_MAX  # a small segment (tensor, header) is stored in a pack
                 # A small chunk is hashed (and packed: no encoding, one append) here: a worker's hand-off costs
                 # more than that, and a checkpoint of 100,000 tiny tensors spent most of its commit on hand-offs.
-                inline = self._pool is None or (small if self.store is not None else n < _INLINE_BYTES)
+                inline = not self._pooled or (small if self.store is not None else n < _INLINE_BYTES)
                 for i, start in enumerate(range(0, n, step)):
                     mv = seg.data[start : start + step]
                     lineage = [_at(ids, i) for ids in seg.lineage] if seg.lineage else None
                     args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i), small, lineage)
-                    fut = self._put(*args) if inline or self._pool is None else self._pool.submit(self._put, *args)
+                    fut = self._put(*args) if inline else self._workers().submit(self._put, *args)
                     inflight.append((res, hasher, fut))
                     while len(inflight) > self.window:
                         consume()
@@ -233,10 +249,13 @@ class Pipeline:
         except BaseException:
             # Nothing still running may outlive this call: a worker reading a file range after its caller
             # closed the file would read from a closed (or reused) descriptor.
-            futures = [f for _, _, f in inflight if isinstance(f, Future)]
-            for f in futures:
-                f.cancel()
-            wait(futures)
+            futures = [f for _, _, f in inflight if not isinstance(f, tuple)]
+            if futures:
+                from concurrent.futures import wait
+
+                for f in futures:
+                    f.cancel()
+                wait(futures)
             raise
         for key, h in hashers.items():
             results[key].hash = h.hexdigest()
@@ -246,28 +265,26 @@ class Pipeline:
         """Decoded chunks in order, decoding a window ahead in the pool."""
         assert self.store is not None
         ids = iter(ids)
-        inflight: deque[Future] = deque()
-        pool = self._pool
+        inflight: deque[Future | tuple] = deque()  # a worker's, or read here (in a 1-tuple)
         for oid in ids:
             # a packed (small) object is read here: handing it to a worker costs more than reading it
-            if pool is None or self.store.is_small(oid):
-                inflight.append(_done(self.store.get(oid)))
+            if not self._pooled or self.store.is_small(oid):
+                inflight.append((self.store.get(oid),))
             else:
-                inflight.append(pool.submit(self.store.get, oid))
+                inflight.append(self._workers().submit(self.store.get, oid))
             if len(inflight) > self.window:
-                yield inflight.popleft().result()
+                yield _result(inflight.popleft())
         while inflight:
-            yield inflight.popleft().result()
+            yield _result(inflight.popleft())
 
 
 def _at(ids: list[str] | None, i: int) -> str | None:
     return ids[i] if ids is not None and i < len(ids) else None
 
 
-def _done(value) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
+def _result(item: Future | tuple) -> Any:
+    """A chunk in flight: a worker's Future, or the value the calling thread computed, in a 1-tuple."""
+    return item[0] if isinstance(item, tuple) else item.result()
 
 
 class VerifyingWriter:

@@ -25,11 +25,15 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import zstandard
+if TYPE_CHECKING:
+    import numpy as np
+    import zstandard
 
-from . import delta
+# numpy (about 0.1 s to import), zstandard and mlvc.delta (which needs numpy) are imported by the functions that
+# use them: reading a commit or a manifest needs zstandard only, and a command that reads no object (`mlvc
+# status` before the first commit, `mlvc config`, `mlvc --version`) none of the three (tests/test_startup.py).
 
 MAGIC = b"MLVO"
 FORMAT_VERSION = 1
@@ -71,6 +75,8 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
         cache = _local.c = {}
     c = cache.get(level)
     if c is None:
+        import zstandard
+
         c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return c
 
@@ -78,6 +84,8 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 def _decompressor() -> zstandard.ZstdDecompressor:
     d = getattr(_local, "d", None)
     if d is None:
+        import zstandard
+
         d = _local.d = zstandard.ZstdDecompressor()
     return d
 
@@ -198,6 +206,8 @@ def _unpack_planes(payload: memoryview, width: int, raw_length: int) -> bytearra
         blobs.append((mode, blob))
     if pos != len(payload):
         raise DecodeError("trailing bytes after the last plane")
+    import numpy as np
+
     out = bytearray(raw_length)
     view = np.frombuffer(out, dtype=np.uint8).reshape(-1, width)
     for i, (mode, blob) in enumerate(blobs):
@@ -216,6 +226,8 @@ MAX_ZSTD_RATIO = 1 << 16
 def _frame_size(frame) -> int:
     """The content size a zstd frame declares (encode always writes it), read without decompressing;
     DecodeError when the frame is too small to hold that much."""
+    import zstandard
+
     try:
         size = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as e:
@@ -228,6 +240,8 @@ def _frame_size(frame) -> int:
 def _decompress_exact(frame, size: int) -> bytes:
     """One zstd frame that must hold exactly `size` bytes; checked from the frame header before anything is
     allocated, so a damaged length can never ask for an absurd amount of memory."""
+    import zstandard
+
     declared = _frame_size(frame)
     if declared != size:
         raise DecodeError(f"zstd frame holds {declared} bytes, expected {size}")
@@ -243,6 +257,8 @@ def _decompress_exact(frame, size: int) -> bytes:
 def _full_payload(mv: memoryview, width: int, level: int) -> tuple[int, int, list]:
     n = len(mv)
     if width > 1 and n % width == 0 and n >= width * _MIN_PLANE_BYTES:
+        import numpy as np
+
         return ENC_PLANES, width, _pack_planes(np.frombuffer(mv, dtype=np.uint8), width, level)
     if n >= _MIN_PLANE_BYTES:
         return ENC_ZSTD, 1, [_compressor(level).compress(mv)]
@@ -276,6 +292,10 @@ class Base:
 
 
 def _delta_parts(encoding: int, mv, b1, b2, width: int, level: int) -> list:
+    import numpy as np
+
+    from . import delta
+
     if encoding == ENC_XOR:
         return _pack_planes(delta.forward(delta.XOR, mv, b1, width), width, level)
     if encoding == ENC_SUB:
@@ -304,6 +324,8 @@ def encode_delta(raw, width: int, level: int, base: Base, base2: Base | None = N
     pred encoding), or None when a full object would be smaller. The encoding is chosen on a sample, among
     sub, sparse, pred (with base2) and xor (only for 1- and 8-byte elements: on 2- and 4-byte elements
     zigzag subtraction stored less at every fraction of changed elements measured, docs/design.md)."""
+    from . import delta
+
     mv = memoryview(raw).cast("B")
     n = len(mv)
     if len(base.raw) != n or not delta.supports(width, n) or n == 0:
@@ -355,6 +377,10 @@ def decode(data, get_base: Callable[[str], bytes | bytearray] | None = None) -> 
 
 
 def _decode_delta(h: ObjectHeader, payload: memoryview, get_base) -> bytearray:
+    import numpy as np
+
+    from . import delta
+
     if get_base is None:
         raise DecodeError("a delta object needs its base")
     if not delta.supports(h.width, h.raw_length):

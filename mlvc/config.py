@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -157,6 +156,8 @@ def setting(key: str) -> Setting:
     if key.startswith("tasks."):
         raise ConfigError(f"{key}: evaluation tasks are tables of several keys; edit .mlvc/config.toml by hand "
                           "(docs/ledger.md)")
+    import difflib  # only for the error message: opening a repository does not import it
+
     close = difflib.get_close_matches(key, list(SETTINGS), n=3)
     hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     raise ConfigError(f"unknown setting {key!r}; {hint}`mlvc config list` shows every setting")

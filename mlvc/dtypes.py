@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 FLOAT, SIGNED, UNSIGNED, BOOL = "float", "signed", "unsigned", "bool"
 
@@ -34,12 +36,16 @@ class DType:
     @property
     def bits(self) -> np.dtype:
         """The unsigned integer type of the element's bit pattern (what delta coding works on)."""
+        import numpy as np
+
         return np.dtype(f"<u{self.itemsize}")
 
     @property
     def numbers(self) -> np.dtype | None:
         """The numpy type exact arithmetic reads elements as (None for bf16 and fp8: mlvc.numeric widens
         those itself). BOOL reads as uint8: see the module docstring."""
+        import numpy as np
+
         if self.kind == BOOL:
             return np.dtype("u1")
         return np.dtype(self.numpy) if self.numpy else None
@@ -131,6 +137,8 @@ def holds(dtype: str, shape: list[int], nbytes: int) -> bool:
 def numpy_dtype(dtype: str) -> np.dtype:
     """The numpy type a tensor of this dtype loads as. bf16 and fp8 need ml_dtypes; without it their bits
     come back as unsigned integers of the same size. KeyError for a dtype not in the table."""
+    import numpy as np
+
     d = DTYPES[dtype]
     if d.numpy is not None:
         return np.dtype(d.numpy)
@@ -143,6 +151,8 @@ def numpy_dtype(dtype: str) -> np.dtype:
 
 
 def from_numpy(dt: np.dtype) -> str:
+    import numpy as np
+
     dt = np.dtype(dt)
     for name, d in DTYPES.items():
         if (d.numpy is not None and np.dtype(d.numpy) == dt) or (d.ml_dtypes is not None and dt.name == d.ml_dtypes):

@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import sys
 import time
 import uuid
@@ -55,8 +54,14 @@ class LockInfo:
         return f"{self.path} (pid {self.pid} on {self.host}, since {self.since}: {self.command})"
 
 
+def _hostname() -> str:
+    import socket  # here, not at the top: a command that takes no lock does not import it (tests/test_startup.py)
+
+    return socket.gethostname()
+
+
 def _record() -> bytes:
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+    return json.dumps({"pid": os.getpid(), "host": _hostname(),
                        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]},
                       sort_keys=True).encode()
@@ -80,7 +85,7 @@ def read_info(path: str) -> LockInfo | None:
 
 
 def _foreign(info: LockInfo | None) -> bool:
-    return info is not None and info.host is not None and info.host != socket.gethostname()
+    return info is not None and info.host is not None and info.host != _hostname()
 
 
 @contextlib.contextmanager

@@ -16,16 +16,20 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import numpy as np
-import zstandard
+from typing import TYPE_CHECKING
 
 from . import codec
 from .config import DEFAULT_CACHE_MB, DEFAULT_KEYFRAME_INTERVAL
 from .errors import CorruptObjectError, ObjectNotFoundError
 from .util import ID_HEX_LEN, atomic_writer, fsync_dir, hash_bytes
+
+if TYPE_CHECKING:
+    import zstandard
+
+# numpy and zstandard are imported where packs are read and written (numpy for the byte planes of a pack's
+# sections), and the fsync pool by flush(): opening a repository, which every command does, imports none of them
+# (tests/test_startup.py).
 
 
 @dataclass(frozen=True)
@@ -476,6 +480,8 @@ def _read_index(f, size: int) -> _Index:
     frame = f.read(min(n, size))
     lengths = widths = None
     if len(frame) == n:
+        import zstandard
+
         try:
             sizes = zstandard.ZstdDecompressor().decompress(frame, max_output_size=5 * count)
             if len(sizes) == 5 * count:
@@ -523,20 +529,28 @@ def _shuffle(raw: bytes, width: int) -> bytes:
     """The byte planes of a section: byte k of every element, for k = 0 .. width-1 (codec's planes, pack-wide)."""
     if width == 1:
         return raw
+    import numpy as np
+
     return np.frombuffer(raw, np.uint8).reshape(-1, width).T.tobytes()
 
 
 def _unshuffle(planes: bytes, width: int) -> bytes:
     if width == 1:
         return planes
+    import numpy as np
+
     return np.frombuffer(planes, np.uint8).reshape(width, -1).T.tobytes()
 
 
 def _pack_compressor() -> zstandard.ZstdCompressor:
+    import zstandard
+
     return zstandard.ZstdCompressor(level=1, write_content_size=True)
 
 
 def _decompress(frame: bytes, total: int, name: str) -> bytes:
+    import zstandard
+
     try:
         data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=total)
     except zstandard.ZstdError as e:
@@ -657,6 +671,8 @@ class PackSet:
         listed = [[oid] for oid in index.ids]
         if index.lengths is None:
             return listed
+        import zstandard
+
         try:
             with open(os.path.join(self.folder, name + ".pack"), "rb") as f:
                 blob = f.read()
@@ -1015,6 +1031,8 @@ class LooseObjectStore(ObjectStore):
         # A commit touches up to 256 sub-folders: fsync them side by side (the calls wait on the disk, not
         # the CPU), then the root, which holds any new sub-folder.
         if len(subs) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(min(16, len(subs)), thread_name_prefix="mlvc-fsync") as pool:
                 list(pool.map(fsync_dir, subs))
         elif subs:

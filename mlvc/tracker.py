@@ -1,10 +1,11 @@
 """Training-loop Tracker: commit every N steps from a training loop, in the background.
 
-The training thread only copies the tensors to host memory (into buffers it reuses: pinned ones, with
-non-blocking copies, when the tensors are on CUDA) and returns; a worker thread hashes, encodes and writes
+The training thread only copies the tensors to host memory (into buffers it reuses: shared memory that the
+worker process maps, page-locked for CUDA where CUDA allows it, with non-blocking copies from the GPU) and
+returns; a worker (mlvc.trackworker: a process of its own by default, or a thread) hashes, encodes and writes
 the commit, records its metrics in the ledger and applies the keep-policy. Commits go to the run's own branch
 by compare-and-swap on that ref alone: HEAD, the work tree and `mlvc status` are never touched. Consecutive
-commits of one process find their delta bases in the store's base cache, which the Tracker sizes to hold the
+commits of one worker find their delta bases in the store's base cache, which the worker sizes to hold the
 last three versions (parent and grandparent are the bases), so nothing is decoded to delta-code a commit.
 
 A commit holds the model at `path` (model.safetensors) and, unless `save_state=False`, the training state at
@@ -15,11 +16,10 @@ file's metadata, and the RNG states (torch, CUDA, numpy, Python), so `Tracker.re
 from __future__ import annotations
 
 import atexit
+import importlib
 import math
 import os
-import queue
 import random
-import sys
 import threading
 import time
 import warnings
@@ -28,60 +28,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chunking import Pipeline
-from .errors import FormatError, MlvcError, RefConflictError, TrackerError
-from .objects import Commit, Manifest
-from .ops.commit import _buffer, _code_revision
-from .refs import HEADS, TAGS, check_name
+from .errors import FormatError, MlvcError, TrackerError
+from .refs import check_name
 from .repo import Repo
-from .snapshot import History, snapshot_buffers
-from .util import canonical_json, utc_now
+from .trackworker import (
+    MARK,
+    Job,
+    KeepPolicy,
+    ProcessWorker,
+    Result,
+    SharedSnapshot,
+    ThreadWorker,
+    TrackedCommit,
+    Writer,
+    WriterArgs,
+    check_not_checked_out,
+    snapshot_layout,
+)
+from .util import IDLE, MAX_NICE, canonical_json
 
 STATE_PATH = "training_state.safetensors"
 STATE_KEY = "mlvc.training_state"  # the safetensors metadata key holding the plain values (JSON)
-MARK = "tracker"  # commit metadata key naming the run: what the keep-policy may drop
-IDLE = "idle"  # worker_priority: Linux SCHED_IDLE
-MAX_NICE = 19
 DEFAULT_PRIORITY = MAX_NICE  # measured: docs/benchmarks.md, "training-loop overhead"
-
-
-@dataclass(frozen=True)
-class KeepPolicy:
-    """Which commits of a run stay on its branch: the last `last` (None: every one), the best by `best` (a
-    metric given to `step`/`record`, lower is better unless `higher_is_better`), every tagged commit, every
-    commit another branch names, and every commit made with `keep=True`. The others are dropped from the
-    branch (the kept ones are re-parented: new ids, same manifests; their tags and ledger rows follow)."""
-
-    last: int | None = None
-    best: str | None = None
-    higher_is_better: bool = False
-
-    def __post_init__(self) -> None:
-        if self.last is not None and (type(self.last) is not int or self.last < 1):
-            raise MlvcError(f"KeepPolicy(last=...) must be a whole number of commits >= 1, not {self.last!r}")
+WORKERS = ("process", "thread")
 
 
 @dataclass
-class TrackedCommit:
-    step: int
-    commit: str  # its id (updated when a keep-policy rewrite re-parents it)
-    metrics: dict[str, float] = field(default_factory=dict)
-    latency_s: float = 0.0  # from the snapshot (the step() call) to the branch naming the commit
+class _Pending:
+    """A job the loop handed to the worker: what to give back when it is done."""
 
-
-@dataclass
-class _Job:
-    kind: str  # "commit" or "record"
-    step: int = 0
-    message: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    files: list[tuple[str, list[tuple[str, Any]], dict[str, str] | None]] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    event: Any = None  # a CUDA event the copies wait on
-    buffers: list[dict[str, Any]] = field(default_factory=list)  # host buffer sets to give back
+    job: Job
     nbytes: int = 0
+    buffers: Any = None  # the host buffer set to reuse: a SharedSnapshot, or {(group, name): tensor} for a thread
     done: threading.Event = field(default_factory=threading.Event)
-    taken: float = 0.0  # time.monotonic() of the snapshot
 
 
 _LIVE: weakref.WeakSet[Tracker] = weakref.WeakSet()
@@ -93,24 +72,26 @@ def _close_all() -> None:  # a normal interpreter exit flushes every open tracke
 
 
 # At exit, concurrent.futures refuses new work from its own exit hook, which threading runs before atexit's: the
-# flush must run before it. threading's hooks run last-registered first, and concurrent.futures registered
-# its own when mlvc.chunking imported it, so this one comes first (atexit where threading has no such hook).
+# flush (of a worker thread's pipeline) must run before it. threading's hooks run last-registered first, so
+# concurrent.futures is imported (its hook registered) before this one is (atexit where threading has none).
+importlib.import_module("concurrent.futures.thread")
 getattr(threading, "_register_atexit", atexit.register)(_close_all)
 
 
 class Tracker:
     """Commit a model every `every` steps from a training loop (see docs/hooks.md).
 
-    `background=True`: `step` copies the tensors to host memory and returns; a worker commits. At most
-    `max_queue_mb` of snapshots wait (default: room for two); when full, `on_full="block"` waits for the
-    worker and `"skip"` skips that commit with a warning. A worker error is raised by the next call and by
-    `close()` (TrackerError, the cause chained). `start`: where a new branch begins (default HEAD; None: a root
-    commit). `delta_cache_mb`: memory for the delta bases (default: three checkpoints; 0 keeps core.cache_mb).
-    `threads`: encode threads of a background commit (default: a quarter of the cores, 1 to 4).
-    `worker_priority`: the CPU priority of the worker and its encode threads, so that commits take the CPU time
-    training leaves instead of competing for it: a nice increment 1..19 (default 19, the lowest nice value),
-    "idle" (Linux SCHED_IDLE, else nice 19), or 0/None (unchanged). Where the OS has no per-thread priority
-    it is left unchanged; `applied_priority` says what was applied."""
+    `background=True`: `step` copies the tensors to host memory and returns; a worker commits: a process of its
+    own (`worker="process"`, the default: it never competes with the loop for the interpreter's lock) or a
+    thread (`worker="thread"`). At most `max_queue_mb` of snapshots wait (default: room for two); when full,
+    `on_full="block"` waits for the worker and `"skip"` skips that commit with a warning. A worker error is
+    raised by the next call and by `close()` (TrackerError, the cause chained). `start`: where a new branch
+    begins (default HEAD; None: a root commit). `delta_cache_mb`: memory for the delta bases (default: three
+    checkpoints; 0 keeps core.cache_mb). `threads`: encode threads of a background commit (default: a quarter
+    of the cores, 1 to 4). `worker_priority`: the CPU priority of the worker and its encode threads, so that
+    commits take the CPU time training leaves instead of competing for it: a nice increment 1..19 (default 19,
+    the lowest nice value), "idle" (Linux SCHED_IDLE, else nice 19), or 0/None (unchanged). Where the OS has no
+    per-thread priority it is left unchanged; `applied_priority` says what was applied."""
 
     def __init__(self, repo: str | os.PathLike | Repo, branch: str, *, every: int | None = None,
                  background: bool = True, path: str = "model.safetensors", task: str = "train",
@@ -118,8 +99,7 @@ class Tracker:
                  save_state: bool = True, max_queue_mb: float | None = None, on_full: str = "block",
                  pin_memory: bool = True, threads: int | None = None, start: str | None = "HEAD",
                  delta_cache_mb: int | None = None, metadata: Mapping[str, Any] | None = None,
-                 worker_priority: str | int | None = DEFAULT_PRIORITY):
-        # its own Repo (and store): the worker's cache sizing and reads never touch the caller's
+                 worker_priority: str | int | None = DEFAULT_PRIORITY, worker: str = "process"):
         self.repo = Repo.open(repo.root if isinstance(repo, Repo) else os.fspath(repo))
         self.branch = check_name(branch)
         if every is not None and (type(every) is not int or every < 1):
@@ -132,6 +112,8 @@ class Tracker:
                 or (type(worker_priority) is int and 0 <= worker_priority <= MAX_NICE)):
             raise MlvcError(f"worker_priority must be {IDLE!r}, a nice increment 0..{MAX_NICE} or None, "
                             f"not {worker_priority!r}")
+        if worker not in WORKERS:
+            raise MlvcError(f"worker must be one of {', '.join(map(repr, WORKERS))}, not {worker!r}")
         self.every, self.background, self.task = every, background, task
         self.path = self.repo.rel_path(path, self.repo.root)
         self.higher_is_better = dict(higher_is_better or {})
@@ -141,27 +123,29 @@ class Tracker:
         self.max_queue = None if max_queue_mb is None else int(max_queue_mb * (1 << 20))
         self.threads = threads or (default_encode_threads() if background else None)
         self.delta_cache_mb, self.worker_priority = delta_cache_mb, worker_priority
-        self.applied_priority = "unchanged"  # what the worker applied to itself (see lower_thread_priority)
+        self.worker = worker if background else None
         self.base_metadata = dict(metadata or {})
         self.commits: list[TrackedCommit] = []
         self.skipped = 0
         unborn = start == "HEAD" and self.repo.head() is None  # a new repository: the run's first commit is a root
-        self._start = self.repo.resolve(start) if start and not unborn else None
         self._counter = 0
         self._committed_step: int | None = None  # the step of the latest commit taken (queued or written)
-        self._manifests: dict[str, Manifest] = {}
-        self._code: dict[str, Any] | None = None
         self._cond = threading.Condition()
         self._pending_bytes = 0
-        self._free: list[dict[str, Any]] = []  # host buffer sets to reuse
+        self._free: list[Any] = []  # host buffer sets to reuse
         self._errors: list[BaseException] = []
         self._closed = False
-        self._check_not_checked_out()
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
-        if background:
-            self._worker = threading.Thread(target=self._run, name=f"mlvc-tracker-{branch}", daemon=True)
-            self._worker.start()
+        self._closed_worker = False  # close() stopped the worker: nothing more can be submitted
+        args = WriterArgs(self.repo.root, self.branch, self.repo.resolve(start) if start and not unborn else None,
+                          task, self.higher_is_better, keep, self.threads, delta_cache_mb)
+        self._writer: Writer | None = None
+        self._worker: ThreadWorker | ProcessWorker | None = None
+        check_not_checked_out(self.repo, self.branch)
+        if not background:
+            self._writer = Writer(args)
+        else:
+            kind = ProcessWorker if worker == "process" else ThreadWorker
+            self._worker = kind(args, worker_priority, self._finish, f"mlvc-tracker-{branch}")
         _LIVE.add(self)
 
     # -- the training thread ---------------------------------------------------------------------------
@@ -207,28 +191,27 @@ class Tracker:
                 raise FormatError(name, f"is a {type(v).__name__}, not a tensor or array; put plain values in "
                                         "metadata=")
         state_items, plain = _training_state(optimizer, scheduler) if self.save_state else ([], None)
-        nbytes = sum(_nbytes(v) for _, v in items + state_items)
-        job = _Job("commit", step, message or f"step {step}", meta, metrics=values, nbytes=nbytes,
-                   taken=time.monotonic())
-        if not self.background:  # the live tensors, read while this call runs
-            job.files = [(self.path, items, None)]
-            if plain is not None:
-                job.files.append((STATE_PATH, state_items, {STATE_KEY: plain}))
-            self._do(job)
-            self._raise_errors()
+        groups = [items, state_items]
+        layout = snapshot_layout(groups)  # a dtype safetensors cannot hold is refused here too
+        nbytes = sum(entry[4] for entry in layout)
+        job = Job("commit", step, message or f"step {step}", meta, metrics=values, nbytes=nbytes,
+                  taken=time.monotonic())
+        paths = [(self.path, None)] + ([(STATE_PATH, {STATE_KEY: plain})] if plain is not None else [])
+        if self._writer is not None:  # synchronous: the live tensors, read while this call runs
+            job.files = [(rel, group, meta) for (rel, meta), group in zip(paths, groups, strict=False)]
+            self._run_here(job)
             self._committed_step = step
             return True
         if not self._reserve(nbytes):
             return False
         try:
-            (items, state_items), job.event, job.buffers = self._copy_to_host([items, state_items])
+            buffers, event = self._copy_to_host(groups, layout)
         except BaseException:
-            self._release(nbytes, [])
+            self._release(nbytes, None)
             raise
-        job.files = [(self.path, items, None)]
-        if plain is not None:
-            job.files.append((STATE_PATH, state_items, {STATE_KEY: plain}))
-        self._queue.put(job)
+        tensors = [[buffers.handed(g, name) for name, _ in group] for g, group in enumerate(groups)]
+        job.files = [(rel, group, meta) for (rel, meta), group in zip(paths, tensors, strict=False)]
+        self._submit(job, _Pending(job, nbytes, buffers), event)
         self._committed_step = step
         return True
 
@@ -244,17 +227,20 @@ class Tracker:
     def record(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Record metrics for the commit of `step` (default: the latest commit), after the commits queued before."""
         self._raise_errors()
-        job = _Job("record", self._counter if step is None else int(step),
-                   metrics={k: _number(k, v) for k, v in metrics.items()})
-        self._queue.put(job) if self.background else self._do(job)
+        job = Job("record", self._counter if step is None else int(step),
+                  metrics={k: _number(k, v) for k, v in metrics.items()})
+        if self._writer is not None:
+            self._run_here(job)
+        else:
+            self._submit(job, _Pending(job))
         self._raise_errors()
 
     def flush(self) -> None:
         """Wait until every queued commit is written; raises a worker error (TrackerError)."""
-        if self.background and self._worker is not None and self._worker.is_alive():
-            job = _Job("flush")
-            self._queue.put(job)
-            job.done.wait()
+        if self._worker is not None and not self._closed_worker:
+            pending = _Pending(Job("flush", self._counter))
+            self._submit(pending.job, pending)
+            pending.done.wait()
         self._raise_errors()
 
     def close(self) -> None:
@@ -265,8 +251,13 @@ class Tracker:
                 self.flush()
             finally:
                 if self._worker is not None:
-                    self._queue.put(None)
-                    self._worker.join()
+                    self._closed_worker = True
+                    self._worker.close()
+                    with self._cond:
+                        free, self._free = self._free, []
+                    for b in free:
+                        if isinstance(b, SharedSnapshot):
+                            b.free()
                 _LIVE.discard(self)
         self._raise_errors()
 
@@ -292,6 +283,16 @@ class Tracker:
         """The id of the latest commit written (commits still queued have none yet: flush() first)."""
         return self.commits[-1].commit if self.commits else None
 
+    @property
+    def applied_priority(self) -> str:
+        """What the worker applied to itself (see lower_thread_priority); "unchanged" until it has started."""
+        return self._worker.applied_priority if self._worker is not None else "unchanged"
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker process's id (worker="process"), else None."""
+        return getattr(self._worker, "pid", None)
+
     @classmethod
     def resume(cls, repo: str | os.PathLike | Repo, rev: str, model: Any = None, optimizer: Any = None,
                scheduler: Any = None, *, path: str = "model.safetensors", restore_rng: bool = True) -> dict:
@@ -299,6 +300,38 @@ class Tracker:
         training from it; returns the commit's metadata (step, epoch, lr, metrics, ...)."""
         r = repo if isinstance(repo, Repo) else Repo.open(os.fspath(repo))
         return _restore(r, rev, model, optimizer, scheduler, path=path, restore_rng=restore_rng)
+
+    # -- the worker's results ----------------------------------------------------------------------------
+    def _run_here(self, job: Job) -> None:
+        assert self._writer is not None
+        self.commits = self._writer.run(job).apply(self.commits)  # errors raise at once
+
+    def _submit(self, job: Job, pending: _Pending, event: Any = None) -> None:
+        assert self._worker is not None
+        if self._closed_worker:
+            raise TrackerError(f"the tracker of branch {self.branch} is closed")
+        self._worker.submit(job, pending, event)
+
+    def _finish(self, pending: _Pending, result: Result | None, error: BaseException | None) -> None:
+        with self._cond:
+            if result is not None:
+                self.commits = result.apply(self.commits)
+            if error is not None:
+                self._errors.append(error)
+            if pending.nbytes:
+                self._pending_bytes -= pending.nbytes
+            if pending.buffers is not None:
+                self._free.append(pending.buffers)
+            self._cond.notify_all()
+        pending.done.set()
+
+    def _raise_errors(self) -> None:
+        with self._cond:
+            errors, self._errors = self._errors, []
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise TrackerError(f"a commit of the tracker on branch {self.branch} failed{more}: "
+                               f"{type(errors[0]).__name__}: {errors[0]}") from errors[0]
 
     # -- snapshots ---------------------------------------------------------------------------------------
     def _reserve(self, nbytes: int) -> bool:
@@ -315,148 +348,77 @@ class Tracker:
             self._pending_bytes += nbytes
         return True
 
-    def _release(self, nbytes: int, buffers: list[dict[str, Any]]) -> None:
+    def _release(self, nbytes: int, buffers: Any) -> None:
         with self._cond:
             self._pending_bytes -= nbytes
-            self._free.extend(buffers)
+            if buffers is not None:
+                self._free.append(buffers)
             self._cond.notify_all()
 
-    def _copy_to_host(self, groups: list[list[tuple[str, Any]]]):
-        """Each group's tensors copied into host buffers (reused from an earlier snapshot when their shapes
-        match); CUDA tensors by non-blocking copies into pinned buffers, with an event the worker waits on."""
+    def _copy_to_host(self, groups: list[list[tuple[str, Any]]], layout: tuple) -> tuple[Any, Any]:
+        """The snapshot's tensors copied into a host buffer set, one of an earlier snapshot when the layout is
+        the same (a SharedSnapshot for a worker process, else _LocalBuffers); CUDA tensors by non-blocking
+        copies into page-locked buffers, with an event the worker waits on. (buffers, event)."""
+        shared = isinstance(self._worker, ProcessWorker)
         with self._cond:
-            sets = [self._free.pop() if self._free else {} for _ in groups]
-        out: list[list[tuple[str, Any]]] = []
-        on_cuda = False
-        for items, bufs in zip(groups, sets, strict=True):
-            copied = []
-            for name, v in items:
-                host, cuda = _copy_into(bufs, name, v, self.pin)
-                copied.append((name, host))
-                on_cuda = on_cuda or cuda
-            out.append(copied)
+            buffers = next((b for b in self._free if b.layout == layout), None)
+            if buffers is not None:
+                self._free.remove(buffers)
+            elif self._free:  # a set of another layout goes, so that there is never more than one per queue slot
+                old = self._free.pop()
+                if shared:
+                    assert isinstance(self._worker, ProcessWorker)
+                    self._worker.detach(old.name)  # the worker mapped it for its job: unlinking the name is safe
+                    old.free()
+        on_cuda = any(_is_torch(v) and v.device.type == "cuda" for items in groups for _, v in items)
+        if buffers is None:
+            buffers = (SharedSnapshot if shared else _LocalBuffers)(layout, self.pin and on_cuda)
+        try:
+            for g, items in enumerate(groups):
+                for name, v in items:
+                    _copy(buffers.views[(g, name)], v, on_cuda and buffers.pinned)
+        except BaseException:
+            self._release(0, buffers)  # a set still: the next snapshot of this layout overwrites it
+            raise
         event = None
         if on_cuda:
             import torch
 
             event = torch.cuda.Event()
             event.record()
-        return out, event, sets
+        return buffers, event
 
-    # -- the worker --------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        # The pipeline's encode threads and the store's fsync threads are started by this thread, so they
-        # inherit what it applies here (Linux: scheduling policy and nice value are per thread, inherited).
-        self.applied_priority = lower_thread_priority(self.worker_priority)
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            self._do(job)
 
-    def _do(self, job: _Job) -> None:
-        try:
-            if job.kind == "commit":
-                if job.event is not None:
-                    job.event.synchronize()
-                self._write(job)
-            elif job.kind == "record":
-                self._record_for(job.step, job.metrics)
-        except BaseException as e:  # surfaced by the next call of the training thread, and by close()
-            with self._cond:
-                self._errors.append(e)
-        finally:
-            if job.kind == "commit" and self.background:
-                self._release(job.nbytes, job.buffers)
-            job.done.set()
+class _LocalBuffers:
+    """The host buffers of a snapshot for a worker thread: `views[(group, name)]`, a tensor or array per tensor
+    of `layout` (see trackworker.snapshot_layout), page-locked when `pin` (CUDA snapshots)."""
 
-    def _raise_errors(self) -> None:
-        with self._cond:
-            errors, self._errors = self._errors, []
-        if errors:
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise TrackerError(f"a commit of the tracker on branch {self.branch} failed{more}: "
-                               f"{type(errors[0]).__name__}: {errors[0]}") from errors[0]
+    def __init__(self, layout: tuple, pin: bool):
+        self.layout, self.pinned = layout, pin
+        self.views = {(g, name): _host_like(shape, like, pin) for g, name, _, shape, _, like in layout}
 
-    def _check_not_checked_out(self) -> None:
-        if self.repo.head_branch() == self.branch:
-            raise TrackerError(f"branch {self.branch} is checked out here; a run commits to a branch of its own "
-                               f"(give another branch, or `mlvc switch` away from {self.branch})")
+    def handed(self, group: int, name: str) -> tuple[str, Any]:
+        """What the worker thread is given for a tensor: (name, the host copy)."""
+        return name, self.views[(group, name)]
 
-    def _manifest(self, cid: str | None) -> Manifest | None:
-        if cid is None:
-            return None
-        mid = self.repo.read_commit(cid).manifest
-        if mid not in self._manifests:
-            if len(self._manifests) > 4:
-                self._manifests.pop(next(iter(self._manifests)))
-            self._manifests[mid] = self.repo.read_manifest(mid)
-        return self._manifests[mid]
 
-    def _size_cache(self, nbytes: int) -> None:
-        """Room for three versions of every chunk (the new one, its parent and grandparent bases), in this
-        tracker's own Repo (the caller's is never changed)."""
-        want = (self.delta_cache_mb << 20) if self.delta_cache_mb else 3 * nbytes + 3 * self.repo.config.chunk_size
-        cache = getattr(self.repo.store, "_cache", None)  # the store has no public setter for its cache size yet
-        if self.delta_cache_mb != 0 and cache is not None and cache.max_bytes < want:
-            cache.max_bytes = want
+def _host_like(shape: tuple[int, ...], like: Any, pin: bool) -> Any:
+    import numpy as np
 
-    def _write(self, job: _Job) -> None:
-        repo = self.repo
-        self._check_not_checked_out()
-        ref = HEADS + self.branch
-        if self._code is None:
-            self._code = _code_revision(repo.root)
-        self._size_cache(job.nbytes)
-        with repo.writing():
-            tip = repo.refs.resolve(ref)
-            parent = tip if tip is not None else self._start
-            pm = self._manifest(parent)
-            pc = repo.read_commit(parent) if parent else None
-            gm = self._manifest(pc.parents[0]) if pc and pc.parents else None
-            # carried files were chunked at the parent's chunk size; a manifest has one, so new files use it too
-            chunk_size = pm.chunk_size if pm else repo.config.chunk_size
-            pipe = Pipeline(repo.store, chunk_size, self.threads, tmp_dir=os.path.join(repo.dir, "tmp"))
-            pipe.remember = job.nbytes <= repo.store.cache_bytes
-            files = {f.path: f for f in pm.files} if pm else {}
-            with pipe:
-                for rel, items, st_meta in job.files:
-                    history = History(pm.file(rel) if pm else None, gm.file(rel) if gm else None)
-                    files[rel] = snapshot_buffers(pipe, rel, [_buffer(n, v) for n, v in items], st_meta, history)
-            roots = list(pm.roots) if pm else []
-            roots += [rel for rel, _, _ in job.files if not any(_under(rel, r) for r in roots)]
-            manifest = Manifest(sorted(roots), list(files.values()), chunk_size)
-            mid = repo.write_manifest(manifest)
-            self._manifests[mid] = manifest
-            meta = {**job.metadata, **{k: v for k, v in self._code.items() if k not in job.metadata}}
-            c = Commit(mid, [parent] if parent else [], repo.author(), utc_now(), job.message, meta)
-            repo.write_commit(c)
-            repo.store.flush()  # every object durable before the ref points at it
-            repo.refs.set_if_equals(ref, tip, c.id, who=repo.author(), message=f"tracker: {job.message}")
-        self.commits.append(TrackedCommit(job.step, c.id, dict(job.metrics), time.monotonic() - job.taken))
-        if job.metrics:
-            self._record(c.id, job.metrics, job.step)
-        if self.keep is not None:
-            self._apply_keep()
+    if isinstance(like, np.dtype):
+        return np.empty(shape, dtype=like)
+    import torch
 
-    def _record_for(self, step: int, metrics: dict[str, float]) -> None:
-        tc = next((t for t in reversed(self.commits) if t.step <= step), None)
-        if tc is None:
-            raise TrackerError(f"no commit of this tracker at or before step {step} to record metrics for")
-        tc.metrics.update(metrics)
-        self._record(tc.commit, metrics, tc.step)
+    return torch.empty(shape, dtype=like, pin_memory=pin)
 
-    def _record(self, cid: str, metrics: dict[str, float], step: int) -> None:
-        directions = {k: v for k, v in self.higher_is_better.items() if k in metrics}
-        self.repo.record_eval(cid, self.task, metrics, higher_is_better=directions or None,
-                              notes=f"{self.branch} step {step}")
 
-    def _apply_keep(self) -> None:
-        assert self.keep is not None
-        remap = _apply_keep(self.repo, self.branch, self.keep, {t.commit: t.metrics for t in self.commits})
-        for t in self.commits:
-            t.commit = remap.get(t.commit, t.commit)
-        self.commits = [t for t in self.commits if t.commit is not None]
+def _copy(dst: Any, v: Any, non_blocking: bool) -> None:
+    if _is_torch(v):
+        dst.copy_(v.detach(), non_blocking=non_blocking)
+    else:
+        import numpy as np
+
+        np.copyto(dst, np.asarray(v))
 
 
 def default_encode_threads() -> int:
@@ -464,36 +426,6 @@ def default_encode_threads() -> int:
     torch threads (one per core), so that a commit never asks for every core; on a GPU machine, where the cores
     are mostly idle, 4 threads keep the commit latency short (docs/hooks.md, "Scheduling")."""
     return max(1, min(4, (os.cpu_count() or 1) // 4))
-
-
-def lower_thread_priority(priority: str | int | None) -> str:
-    """Lower the calling thread's CPU priority; threads it starts afterwards inherit it. "idle": SCHED_IDLE
-    (the thread runs only on CPU time that no other thread wants; a thread of normal priority that wakes up
-    takes the core at once), or nice 19 where that is refused; an int n: the nice value raised by n (at most
-    19). Only on Linux, where a thread id names one thread; elsewhere, or when the OS refuses, nothing changes.
-    Returns what was applied: "idle", "nice N", or "unchanged" (with the reason)."""
-    if priority is None or priority == 0:
-        return "unchanged"
-    if not sys.platform.startswith("linux"):
-        return f"unchanged (no per-thread priority on {sys.platform})"
-    tid = threading.get_native_id()
-    if priority == IDLE:
-        try:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            return IDLE
-        except (AttributeError, OSError):
-            priority = MAX_NICE
-    assert isinstance(priority, int)
-    try:
-        nice = min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + priority)
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except (AttributeError, OSError) as e:
-        return f"unchanged ({type(e).__name__}: {e})"
-    return f"nice {nice}"
-
-
-def _under(rel: str, root: str) -> bool:
-    return root == "." or rel == root or rel.startswith(root.rstrip("/") + "/")
 
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -548,37 +480,6 @@ def _is_tensor(v: Any) -> bool:
     import numpy as np
 
     return _is_torch(v) or isinstance(v, np.ndarray | np.generic)
-
-
-def _nbytes(v: Any) -> int:
-    if _is_torch(v):
-        return v.numel() * v.element_size()
-    return int(getattr(v, "nbytes", 0))
-
-
-def _copy_into(bufs: dict[str, Any], name: str, v: Any, pin: bool) -> tuple[Any, bool]:
-    """`v` copied into the host buffer kept under `name` (made, or remade when its shape or dtype changed);
-    (buffer, whether the copy is an asynchronous one from CUDA)."""
-    if _is_torch(v):
-        import torch
-
-        t = v.detach()
-        cuda = t.device.type == "cuda"
-        b = bufs.get(name)
-        if b is None or b.shape != t.shape or b.dtype != t.dtype:
-            b = bufs[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=pin and cuda)
-        b.copy_(t, non_blocking=cuda and b.is_pinned())
-        return b, cuda and b.is_pinned()
-    import numpy as np
-
-    if not isinstance(v, np.ndarray | np.generic):
-        return v, False  # not a tensor: the commit refuses it with the tensor's name
-    a = np.asarray(v)
-    b = bufs.get(name)
-    if b is None or b.shape != a.shape or b.dtype != a.dtype:
-        b = bufs[name] = np.empty_like(a)
-    np.copyto(b, a)
-    return b, False
 
 
 def _training_state(optimizer: Any, scheduler: Any) -> tuple[list[tuple[str, Any]], str]:
@@ -691,81 +592,3 @@ def _restore(repo: Repo, rev: str, model: Any, optimizer: Any, scheduler: Any, *
             if restore_rng:
                 _set_rng_state(state["rng"])
     return {**commit.metadata, "commit": cid}
-
-
-# -- keep-policies -----------------------------------------------------------------------------------------
-
-def _apply_keep(repo: Repo, branch: str, policy: KeepPolicy,
-                known: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    """Drop the run's commits the policy does not keep from `branch`: the kept ones after the first dropped
-    one are written again with new parents (same manifest, message, time and metadata), the branch and the
-    tags on them move by compare-and-swap, and their ledger rows are copied to the new ids. Returns
-    {old id: new id, or None when dropped}."""
-    import dataclasses
-
-    ref = HEADS + branch
-    tip = repo.refs.resolve(ref)
-    chain: list[Commit] = []
-    cid = tip
-    while cid:
-        c = repo.read_commit(cid)
-        mark = c.metadata.get(MARK)
-        if not isinstance(mark, dict) or mark.get("branch") != branch:
-            break  # where the run began: what lies below is not the tracker's to drop
-        chain.append(c)
-        cid = c.parents[0] if c.parents else None
-    chain.reverse()
-    ids = {c.id for c in chain}
-    tags = {n: t for n, t in repo.tags().items() if t in ids}
-    keep = {c.id for c in (chain if policy.last is None else chain[-policy.last:])}
-    keep |= set(tags.values()) | {t for n, t in repo.branches().items() if n != branch and t in ids}
-    keep |= {c.id for c in chain if c.metadata[MARK].get("keep")}
-    if policy.best:
-        scored = [(s, i, c.id) for i, c in enumerate(chain)
-                  if (s := known.get(c.id, {}).get(policy.best, c.metadata.get("metrics", {}).get(policy.best)))
-                  is not None]
-        if scored:
-            sign = -1 if policy.higher_is_better else 1
-            keep.add(min(scored, key=lambda x: (sign * x[0], x[1]))[2])
-    first = next((i for i, c in enumerate(chain) if c.id not in keep), None)
-    if first is None:
-        return {}
-    remap: dict[str, Any] = {}
-    parent = chain[first].parents[0] if chain[first].parents else None
-    with repo.writing():
-        for c in chain[first:]:
-            if c.id not in keep:
-                remap[c.id] = None
-                continue
-            nc = Commit(c.manifest, ([parent] if parent else []) + c.parents[1:], c.author, c.time, c.message,
-                        c.metadata)
-            parent = remap[c.id] = repo.write_commit(nc)
-        repo.store.flush()
-        if repo.ledger.parts():
-            rows = [dataclasses.replace(r, commit=remap[r.commit], row_id="") for r in repo.ledger.records()
-                    if remap.get(r.commit)]
-            if rows:
-                repo.ledger.append(rows)
-        dropped = sum(v is None for v in remap.values())
-        note = f"tracker keep-policy: dropped {dropped} commit(s), re-parented {len(remap) - dropped}"
-        assert parent is not None  # the tip is always kept (policy.last >= 1), so something was written
-        try:
-            repo.refs.set_if_equals(ref, tip, parent, who=repo.author(), message=note)
-        except RefConflictError as e:
-            raise TrackerError(f"branch {branch} moved while the keep-policy rewrote it ({e}); nothing was "
-                               "dropped") from None
-        moved = [TAGS + name for name, old in tags.items() if old in remap]  # below the first dropped: unchanged
-        for name in moved:
-            old = tags[name[len(TAGS):]]
-            repo.refs.set_if_equals(name, old, remap[old], who=repo.author(), message=note)
-        # What the policy dropped must become collectable: the reflog lines that name a commit of the old chain
-        # (dropped, or written again under a new id) go, or gc would keep every dropped checkpoint through them.
-        # The rewrite itself stays on record as one line naming only the new tip.
-        gone = set(remap)
-        for r in [ref, *moved]:
-            repo.refs.expire_log(r, lambda e: e.old in gone or e.new in gone)
-        repo.refs.append_log(ref, parent, parent, repo.author(), note)
-    return remap
-
-
-

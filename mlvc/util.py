@@ -110,3 +110,38 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError  # pragma: no cover
+
+
+# -- CPU priority (the Tracker's worker; here, because its process applies it before importing anything heavy) --
+
+IDLE = "idle"  # Linux SCHED_IDLE
+MAX_NICE = 19
+
+
+def lower_thread_priority(priority: str | int | None) -> str:
+    """Lower the calling thread's CPU priority; threads it starts afterwards inherit it. "idle": SCHED_IDLE
+    (the thread runs only on CPU time that no other thread wants; a thread of normal priority that wakes up
+    takes the core at once), or nice 19 where that is refused; an int n: the nice value raised by n (at most
+    19). Only on Linux, where a thread id names one thread; elsewhere, or when the OS refuses, nothing changes.
+    Returns what was applied: "idle", "nice N", or "unchanged" (with the reason)."""
+    import sys
+    import threading
+
+    if priority is None or priority == 0:
+        return "unchanged"
+    if not sys.platform.startswith("linux"):
+        return f"unchanged (no per-thread priority on {sys.platform})"
+    tid = threading.get_native_id()
+    if priority == IDLE:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return IDLE
+        except (AttributeError, OSError):
+            priority = MAX_NICE
+    assert isinstance(priority, int)
+    try:
+        nice = min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + priority)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError) as e:
+        return f"unchanged ({type(e).__name__}: {e})"
+    return f"nice {nice}"

@@ -4,15 +4,17 @@ Needs only `pip install -e .` and torch (no transformers); on a machine without 
 CPU, smaller, so that it can be checked anywhere. Three parts:
 
 1. copy: the training thread's cost of a snapshot of the model and AdamW state: plain `.cpu()` of every tensor
-   against non-blocking copies into reused pinned buffers (what the Tracker does), each timed to the end of
-   the copy (synchronized), median of 5.
+   against non-blocking copies into reused pinned buffers (a worker thread's snapshot) and into shared memory
+   page-locked with cudaHostRegister (a worker process's snapshot, trackworker.SharedSnapshot), each timed to
+   the end of the copy (synchronized), median of 5.
 2. overhead: benchmarks/training_overhead.py's loop (a MiniLM-sized encoder, AdamW) with no tracker, the
-   background tracker (pinned buffers), the background tracker with unpinned buffers, and synchronous commits.
+   background tracker (worker process, then worker thread; pinned buffers), the background tracker with
+   unpinned buffers, and synchronous commits.
    The commit interval is chosen from the measured step time (about --interval-s seconds between commits,
    at least every 5 steps), because a GPU step takes milliseconds.
-3. exact: a model with fp32 and bf16 tensors on CUDA committed in the background while the loop keeps
-   changing the weights right after each `step()` returns; every commit loaded back to CUDA must be bit-equal
-   to a clone taken at its step.
+3. exact: a model with fp32 and bf16 tensors on CUDA committed in the background (worker process and worker
+   thread) while the loop keeps changing the weights right after each `step()` returns; every commit loaded
+   back to CUDA must be bit-equal to a clone taken at its step.
 
     python scripts/gpu_tracker_check.py            # prints a table; writes $OUT/gpu_tracker_check.json if $OUT is set
     python scripts/gpu_tracker_check.py --quick    # a few steps (the CPU fallback uses this size by default)
@@ -41,6 +43,7 @@ import training_overhead as bench  # noqa: E402
 
 from mlvc import Tracker  # noqa: E402
 from mlvc.repo import Repo  # noqa: E402
+from mlvc.trackworker import SharedSnapshot, snapshot_layout  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -65,8 +68,16 @@ def copy_check(device: str, layers: int) -> dict:
         for b, t in zip(pinned, tensors, strict=True):
             b.copy_(t, non_blocking=device == "cuda")
 
-    out = {"bytes": nbytes}
-    for name, fn in (("plain .cpu()", plain), ("reused pinned, non-blocking", into_pinned)):
+    shared = SharedSnapshot(snapshot_layout([[(str(i), t) for i, t in enumerate(tensors)]]), device == "cuda")
+    views = [shared.views[(0, str(i))] for i in range(len(tensors))]
+
+    def into_shared():
+        for b, t in zip(views, tensors, strict=True):
+            b.copy_(t, non_blocking=shared.pinned)
+
+    out: dict = {"bytes": nbytes, "shared_registered": shared.pinned}
+    for name, fn in (("plain .cpu()", plain), ("reused pinned, non-blocking", into_pinned),
+                     ("shared memory, registered", into_shared)):
         times = []
         for _ in range(6):
             sync(device)
@@ -76,6 +87,8 @@ def copy_check(device: str, layers: int) -> dict:
             times.append(time.perf_counter() - t0)
         med = statistics.median(times[1:])
         out[name] = {"median_s": med, "GiB_per_s": nbytes / med / 2**30}
+    views.clear()  # the views of the segment go before it is unmapped
+    shared.free()
     return out
 
 
@@ -93,7 +106,7 @@ def overhead(device: str, quick: bool, interval_s: float, layers: int, workdir: 
     del model, opt
     results = []
     for pin in (True, False):
-        modes = ["none", "background", "sync"] if pin else ["background"]
+        modes = ["none", "background", "thread", "sync"] if pin else ["background"]
         args = bench.parser().parse_args(["--device", device, "--every", str(every), "--steps", str(steps),
                                           "--warmup", "3", "--rounds", "1" if quick else "2", "--batch", str(batch),
                                           "--seq", str(seq), "--layers", str(layers), "--modes", *modes]
@@ -114,13 +127,20 @@ def overhead(device: str, quick: bool, interval_s: float, layers: int, workdir: 
 
 
 def exact(device: str, workdir: str | None) -> dict:
+    runs = {w: exact_run(device, workdir, w) for w in ("process", "thread")}
+    bad = [f"{w}: {m}" for w, r in runs.items() for m in r["mismatches"]]
+    return {"commits": sum(r["commits"] for r in runs.values()), "mismatches": bad,
+            "ok": all(r["ok"] for r in runs.values()), "runs": runs}
+
+
+def exact_run(device: str, workdir: str | None, worker: str) -> dict:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)).to(device)
     model[2].to(torch.bfloat16)
     expected = {}
     with tempfile.TemporaryDirectory(prefix="mlvc-gpu-exact-", dir=workdir) as tmp:
         repo = Repo.init(tmp)
-        with Tracker(repo, "exact", every=1, background=True, start=None, max_queue_mb=64) as t:
+        with Tracker(repo, "exact", every=1, background=True, start=None, max_queue_mb=64, worker=worker) as t:
             for step in range(1, 9):
                 with torch.no_grad():
                     for p in model.parameters():
@@ -160,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     c = res["copy"]
     print(f"device: {device} ({res['device_name']}), torch {res['torch']}")
     print(f"snapshot copy of model + AdamW state ({c['bytes'] / 2**20:.0f} MiB):")
-    for name in ("plain .cpu()", "reused pinned, non-blocking"):
+    for name in ("plain .cpu()", "reused pinned, non-blocking", "shared memory, registered"):
         print(f"  {name:<30} {c[name]['median_s'] * 1e3:9.1f} ms  {c[name]['GiB_per_s']:7.2f} GiB/s")
     print(bench.table(res["overhead"]))
     e = res["exact"]
-    print(f"exact: {e['commits']} background commits from {device}, loaded back to {device}: "
+    print(f"shared memory page-locked with cudaHostRegister: {c['shared_registered']}")
+    print(f"exact: {e['commits']} background commits (worker process and thread) from {device}, loaded back "
+          f"to {device}: "
           f"{'bit-equal' if e['ok'] else 'MISMATCH ' + ', '.join(e['mismatches'][:5])}")
     print(f"wall: {res['wall_s']:.1f} s")
     out = os.environ.get("OUT")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -18,10 +19,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from conftest import first_parent_chain, make_repo, set_config
-from mlvc import codec, tracker
+from mlvc import codec, tracker, trackworker
 from mlvc.errors import MlvcError, PathError, TrackerError
 from mlvc.refs import HEADS
 from mlvc.tracker import KeepPolicy, Tracker
+from mlvc.util import lower_thread_priority
 
 torch = pytest.importorskip("torch")
 
@@ -100,7 +102,7 @@ def test_saved_weights_are_the_weights_at_that_step(repo):
 
 def test_a_failing_worker_surfaces_on_the_next_call_and_on_close(repo, monkeypatch):
     model = tiny()
-    real = tracker.snapshot_buffers
+    real = trackworker.snapshot_buffers
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -109,8 +111,8 @@ def test_a_failing_worker_surfaces_on_the_next_call_and_on_close(repo, monkeypat
             raise OSError(28, "No space left on device")
         return real(*a, **k)
 
-    monkeypatch.setattr(tracker, "snapshot_buffers", flaky)
-    t = Tracker(repo.root, "run", every=1)
+    monkeypatch.setattr(trackworker, "snapshot_buffers", flaky)
+    t = Tracker(repo.root, "run", every=1, worker="thread")
     t.step(model)
     t.step(model)
     with pytest.raises(TrackerError, match="No space left") as e:
@@ -120,37 +122,57 @@ def test_a_failing_worker_surfaces_on_the_next_call_and_on_close(repo, monkeypat
     t.close()
     assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1, 3]
     # an error in the last commit is raised by close itself
-    t2 = Tracker(repo.root, "run2", every=1)
-    monkeypatch.setattr(tracker, "snapshot_buffers", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
+    t2 = Tracker(repo.root, "run2", every=1, worker="thread")
+    monkeypatch.setattr(trackworker, "snapshot_buffers", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
     t2.step(model)
     with pytest.raises(TrackerError, match="boom"):
         t2.close()
     assert repo.refs.resolve("refs/heads/run2") is None  # nothing half-made: no branch
 
 
-def gate_writes(monkeypatch):
-    """Hold the worker before each commit until the returned event is set."""
-    go = threading.Event()
-    real = Tracker._write
+class Gate:
+    """Holds the worker until `open()`: a worker thread before each commit (a patched Writer._write), a worker
+    process by SIGSTOP (`hold(tracker)`, then SIGCONT)."""
 
-    def slow(self, job):
-        go.wait(30)
-        return real(self, job)
+    def __init__(self, monkeypatch, worker: str):
+        self.worker, self.go, self.pid = worker, threading.Event(), None
+        if worker == "thread":
+            real = trackworker.Writer._write
 
-    monkeypatch.setattr(Tracker, "_write", slow)
-    return go
+            def slow(w, job):
+                self.go.wait(30)
+                return real(w, job)
+
+            monkeypatch.setattr(trackworker.Writer, "_write", slow)
+
+    def hold(self, t: Tracker) -> Tracker:
+        if self.worker == "process":
+            self.pid = t.worker_pid
+            os.kill(self.pid, signal.SIGSTOP)
+        return t
+
+    def open(self) -> None:
+        self.go.set()
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGCONT)
+            self.pid = None
 
 
-def test_close_flushes_every_queued_commit(repo, monkeypatch):
-    go = gate_writes(monkeypatch)
+workers = pytest.mark.parametrize("worker", ["thread", pytest.param("process", marks=pytest.mark.skipif(
+    not hasattr(signal, "SIGSTOP"), reason="holds the worker process with SIGSTOP"))])
+
+
+@workers
+def test_close_flushes_every_queued_commit(repo, monkeypatch, worker):
+    gate = Gate(monkeypatch, worker)
     model = tiny()
-    t = Tracker(repo.root, "run", every=1, max_queue_mb=64)
+    t = gate.hold(Tracker(repo.root, "run", every=1, max_queue_mb=64, worker=worker))
     for i in range(1, 6):
         with torch.no_grad():
             model[0].weight.fill_(i)
         t.step(model, step=i)
     assert repo.refs.resolve("refs/heads/run") is None  # all five still queued
-    threading.Timer(0.2, go.set).start()
+    threading.Timer(0.2, gate.open).start()
     t.close()
     run = chain(repo, "run")[1:]
     assert [c.metadata["step"] for c in run] == [1, 2, 3, 4, 5]
@@ -160,11 +182,12 @@ def test_close_flushes_every_queued_commit(repo, monkeypatch):
         t.step(model, commit=True)
 
 
-def test_interpreter_exit_flushes(repo):
+@pytest.mark.parametrize("worker", ["process", "thread"])
+def test_interpreter_exit_flushes(repo, worker):
     script = (
         "import torch, mlvc\n"
         "m = torch.nn.Linear(4, 4)\n"
-        f"t = mlvc.Tracker({repo.root!r}, 'run', every=1)\n"
+        f"t = mlvc.Tracker({repo.root!r}, 'run', every=1, worker={worker!r})\n"
         "for i in range(3):\n"
         "    t.step(m)\n"
         "import sys; sys.exit(0)\n")
@@ -172,27 +195,28 @@ def test_interpreter_exit_flushes(repo):
     assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1, 2, 3]
 
 
-def test_full_queue_skips_with_a_warning_or_blocks(repo, monkeypatch):
-    go = gate_writes(monkeypatch)
+@workers
+def test_full_queue_skips_with_a_warning_or_blocks(repo, monkeypatch, worker):
+    gate = Gate(monkeypatch, worker)
     model = tiny()
-    t = Tracker(repo.root, "skip", every=1, on_full="skip")  # default bound: two snapshots
+    t = gate.hold(Tracker(repo.root, "skip", every=1, on_full="skip", worker=worker))  # bound: two snapshots
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         taken = [t.step(model, step=i) for i in range(1, 5)]
     assert taken == [True, True, False, False] and t.skipped == 2
     assert sum("queue of skip is full" in str(x.message) for x in w) == 2
-    go.set()
+    gate.open()
     t.close()
     assert [c.metadata["step"] for c in chain(repo, "skip")[1:]] == [1, 2]
 
-    go.clear()
-    b = Tracker(repo.root, "block", every=1, max_queue_mb=0)  # room for one snapshot: the next one waits
+    gate = Gate(monkeypatch, worker)
+    b = gate.hold(Tracker(repo.root, "block", every=1, max_queue_mb=0, worker=worker))  # room for one snapshot
     b.step(model, step=1)
     done = threading.Event()
     th = threading.Thread(target=lambda: (b.step(model, step=2), done.set()))
     th.start()
     assert not done.wait(0.3)  # blocked behind the first
-    go.set()
+    gate.open()
     th.join(30)
     assert done.is_set()
     b.close()
@@ -402,9 +426,9 @@ def test_a_failing_loop_still_writes_the_queue_and_keeps_its_own_exception(repo,
             t.step(model)
             raise KeyError("the loop's")
     assert steps_on(repo, "run") == [1]
-    monkeypatch.setattr(tracker, "snapshot_buffers", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
+    monkeypatch.setattr(trackworker, "snapshot_buffers", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
     with pytest.raises(KeyError), pytest.warns(UserWarning, match="disk"):
-        with Tracker(repo, "run2", every=1) as t:
+        with Tracker(repo, "run2", every=1, worker="thread") as t:
             t.step(model)
             raise KeyError("the loop's")
 
@@ -452,7 +476,7 @@ def watch_threads(monkeypatch):
         with lock:
             seen[tid, role] = (os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid))
 
-    real_put, real_write = store.ObjectStore.put, Tracker._write
+    real_put, real_write = store.ObjectStore.put, trackworker.Writer._write
 
     def put(self, *a, **k):
         note("encode")
@@ -463,7 +487,7 @@ def watch_threads(monkeypatch):
         return real_write(self, job)
 
     monkeypatch.setattr(store.ObjectStore, "put", put)
-    monkeypatch.setattr(Tracker, "_write", write)
+    monkeypatch.setattr(trackworker.Writer, "_write", write)
     return seen
 
 
@@ -475,7 +499,7 @@ def test_worker_and_its_encode_threads_run_at_the_requested_priority(tmp_path, m
     me = threading.get_native_id()
     mine = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
     model = tiny(width=20000)
-    with Tracker(repo, "run", every=1, threads=2, worker_priority=priority) as t:
+    with Tracker(repo, "run", every=1, threads=2, worker_priority=priority, worker="thread") as t:
         t.step(model)
         t.step(model)
     assert len(t.commits) == 2
@@ -498,7 +522,7 @@ def test_sync_commits_and_priority_zero_leave_the_priority_alone(repo, monkeypat
     mine = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
     for kw in ({"background": False}, {"worker_priority": 0}, {"worker_priority": None}):
         seen.clear()
-        with Tracker(repo.root, "run", every=1, **kw) as t:
+        with Tracker(repo.root, "run", every=1, worker="thread", **kw) as t:
             t.step(tiny())
         assert seen and all(got == mine for got in seen.values()), kw
         assert t.applied_priority == "unchanged"
@@ -526,7 +550,8 @@ def test_priority_is_skipped_where_the_os_has_none_and_commits_still_land(repo, 
         if not sys.platform.startswith("linux"):
             pytest.skip("reads back a Linux thread's nice value")
     model = tiny()
-    with Tracker(repo.root, "run", every=1, worker_priority="idle" if os_lacks == "idle refused" else 5) as t:
+    with Tracker(repo.root, "run", every=1, worker_priority="idle" if os_lacks == "idle refused" else 5,
+                 worker="thread") as t:
         t.step(model)
         t.step(model)
     assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1, 2]
@@ -542,7 +567,7 @@ def test_lower_thread_priority_in_a_thread_of_its_own():
     got = {}
 
     def run(p):
-        got[p] = tracker.lower_thread_priority(p)
+        got[p] = lower_thread_priority(p)
         if sys.platform.startswith("linux") and got[p] != "unchanged":
             tid = threading.get_native_id()
             got[p, "read"] = ("idle" if os.sched_getscheduler(tid) == os.SCHED_IDLE
@@ -565,14 +590,14 @@ def test_the_threads_knob_is_honoured_and_the_default_leaves_cores_to_training(t
 
     repo = make_repo(tmp_path / "r", chunk_size=64 << 10)
     made: list[int] = []
-    real_pipeline = tracker.Pipeline
+    real_pipeline = trackworker.Pipeline
 
     def pipeline(*a, **k):
         p = real_pipeline(*a, **k)
         made.append(p.threads)
         return p
 
-    monkeypatch.setattr(tracker, "Pipeline", pipeline)
+    monkeypatch.setattr(trackworker, "Pipeline", pipeline)
     storing: set[int] = set()
     real_put = store.ObjectStore.put
 
@@ -582,18 +607,18 @@ def test_the_threads_knob_is_honoured_and_the_default_leaves_cores_to_training(t
 
     monkeypatch.setattr(store.ObjectStore, "put", put)
     workers: set[int] = set()  # the worker thread stores the manifest and the commit itself
-    real_write = Tracker._write
+    real_write = trackworker.Writer._write
 
     def write(self, job):
         workers.add(threading.get_native_id())
         return real_write(self, job)
 
-    monkeypatch.setattr(Tracker, "_write", write)
+    monkeypatch.setattr(trackworker.Writer, "_write", write)
     model = tiny(width=20000)
     for n in (1, 3):
         made.clear()
         storing.clear()
-        with Tracker(repo, f"run{n}", every=1, threads=n) as t:
+        with Tracker(repo, f"run{n}", every=1, threads=n, worker="thread") as t:
             t.step(model)
         assert made == [n] and 1 <= len(storing - workers) <= n and t.threads == n
     with Tracker(repo, "dflt") as t:
@@ -634,7 +659,7 @@ def test_a_slow_worker_loses_no_commit_silently(tmp_path_factory, commits, room,
     taken: list[int] = []
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        real_write, real_reserve = Tracker._write, Tracker._reserve
+        real_write, real_reserve = trackworker.Writer._write, Tracker._reserve
 
         def slow(self, job):
             gate.acquire()
@@ -648,9 +673,10 @@ def test_a_slow_worker_loses_no_commit_silently(tmp_path_factory, commits, room,
             peak[0] = max(peak[0], self._pending_bytes)
             return ok
 
-        mp.setattr(Tracker, "_write", slow)
+        mp.setattr(trackworker.Writer, "_write", slow)
         mp.setattr(Tracker, "_reserve", reserve)
-        t = Tracker(repo, "run", every=1, on_full=on_full, max_queue_mb=room * one / (1 << 20), save_state=False)
+        t = Tracker(repo, "run", every=1, on_full=on_full, max_queue_mb=room * one / (1 << 20), save_state=False,
+                    worker="thread")
 
         def loop():
             for i in range(1, commits + 1):
@@ -679,3 +705,174 @@ def test_a_slow_worker_loses_no_commit_silently(tmp_path_factory, commits, room,
     for c in t.commits:  # each commit holds the weights of its own step
         assert torch.equal(repo.load(c.commit, tensors=["0.bias"])["0.bias"], torch.full((16,), float(c.step)))
         assert c.latency_s >= 0.0
+
+
+# -- the worker process: faults, priority, shared memory -------------------------------------------------------
+
+posix_only = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="kills the worker process with a signal")
+
+
+def test_an_error_in_the_worker_process_surfaces_with_its_traceback(repo):
+    """A commit that fails in the worker process (here: its branch got checked out in the work tree meanwhile)
+    is raised by the loop's next call with the worker's exception chained and its traceback noted; the run goes
+    on after it."""
+    model = tiny()
+    t = Tracker(repo.root, "run", every=1)
+    assert t.worker == "process" and t.worker_pid not in (None, os.getpid())
+    t.step(model)
+    t.flush()
+    repo.switch("run")
+    t.step(model)
+    with pytest.raises(TrackerError, match="checked out here") as e:
+        t.flush()
+    cause = e.value.__cause__
+    assert isinstance(cause, TrackerError)
+    assert any(f"worker process (pid {t.worker_pid})" in n and "Traceback" in n for n in cause.__notes__)
+    repo.switch("main")
+    t.step(model)
+    t.close()
+    assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1, 3]
+
+
+@posix_only
+def test_a_killed_worker_process_loses_only_what_it_had_not_written(repo):
+    model = tiny()
+    t = Tracker(repo.root, "run", every=1, max_queue_mb=64)
+    t.step(model)
+    t.flush()
+    written = repo.refs.resolve("refs/heads/run")
+    os.kill(t.worker_pid, signal.SIGSTOP)  # two more commits wait in the pipe...
+    t.step(model)
+    t.step(model)
+    os.kill(t.worker_pid, signal.SIGKILL)  # ...and are lost with the process
+    with pytest.raises(TrackerError, match=r"worker process \(pid \d+\) is gone .*step 2 was not written"):
+        t.flush()
+    with pytest.raises(TrackerError, match="is gone"):  # every later commit says so too, and close() does not hang
+        t.step(model)
+        t.flush()
+    with pytest.raises(TrackerError, match="is gone"):
+        t.close()
+    assert repo.refs.resolve("refs/heads/run") == written and len(t.commits) == 1
+    assert repo.fsck().ok
+
+
+def proc_threads(pid: int) -> dict[int, tuple[int, int]]:
+    """{thread id: (policy, nice)} of every thread of a process, read from the OS."""
+    return {int(tid): (os.sched_getscheduler(int(tid)), os.getpriority(os.PRIO_PROCESS, int(tid)))
+            for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@linux_only
+@pytest.mark.parametrize("priority", ["idle", 7, 0])
+def test_the_worker_process_and_all_its_threads_run_at_the_requested_priority(tmp_path, priority):
+    repo = make_repo(tmp_path / "r", chunk_size=64 << 10)
+    me = threading.get_native_id()
+    mine = (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me))
+    with Tracker(repo, "run", every=1, threads=2, worker_priority=priority) as t:
+        t.step(tiny(width=20000))
+        t.flush()  # the pipeline's encode threads and the store's fsync threads have run by now
+        seen = proc_threads(t.worker_pid)
+    assert len(t.commits) == 1 and len(seen) >= 2
+    if priority == "idle":
+        assert all(policy == os.SCHED_IDLE for policy, _ in seen.values())
+    else:
+        assert all(got == (mine[0], min(19, mine[1] + priority)) for got in seen.values())
+    assert (os.sched_getscheduler(me), os.getpriority(os.PRIO_PROCESS, me)) == mine  # the loop's is untouched
+    want = {"idle": "idle", 0: "unchanged"}.get(priority) or f"nice {min(19, mine[1] + priority)}"
+    assert t.applied_priority == want
+
+
+@linux_only
+def test_shared_memory_is_given_back(tmp_path):
+    """Every segment a run made is unlinked by close (also when the layout changes between commits), and the
+    interpreter's exit warns about none."""
+    repo = make_repo(tmp_path / "r")
+    script = (
+        "import os, torch, mlvc\n"
+        f"t = mlvc.Tracker({repo.root!r}, 'run', every=1)\n"
+        "for width in (4, 4, 6, 6, 8):\n"
+        "    t.step(torch.nn.Linear(width, 3))\n"
+        "t.flush()\n"
+        "print(sorted(os.listdir('/dev/shm')))\n"
+        "t.close()\n"
+        "print(sorted(os.listdir('/dev/shm')))\n")
+    before = set(os.listdir("/dev/shm"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    during, after = (set(eval(line)) for line in out.stdout.splitlines())
+    assert during - before and not (after - before)
+    assert "leaked" not in out.stderr and "resource_tracker" not in out.stderr
+    assert len(chain(repo, "run")) == 5
+
+
+TORCH_DTYPES = ["float32", "bfloat16", "float16", "float64", "int64", "int8", "uint8", "bool"]
+NUMPY_DTYPES = ["<f4", ">f4", "<i2", ">i8", "bool", "<f8"]
+
+
+@st.composite
+def state_dicts(draw):
+    """A state_dict of torch tensors and numpy arrays of any dtype and shape (0-d, empty, non-contiguous
+    views), names from a small pool so that layouts repeat, change and grow between commits."""
+    out: dict[str, Any] = {}
+    for name in draw(st.lists(st.sampled_from(["a", "b.w", "b.bias", "c", "d.0", "e"]), min_size=1, unique=True)):
+        shape = tuple(draw(st.lists(st.integers(0, 5), max_size=3)))
+        seed = draw(st.integers(0, 2**16))
+        g = torch.Generator().manual_seed(seed)
+        if draw(st.booleans()):
+            dt = getattr(torch, draw(st.sampled_from(TORCH_DTYPES)))
+            base = torch.randint(0, 256, (*shape, 2), generator=g, dtype=torch.uint8)
+            t = base[..., 0].clone() if dt == torch.uint8 else (base.float() - 128).to(dt)
+            out[name] = t.transpose(0, -1) if t.dim() >= 2 and draw(st.booleans()) else t
+        else:
+            dt_np = np.dtype(draw(st.sampled_from(NUMPY_DTYPES)))
+            a = (np.random.default_rng(seed).integers(-100, 100, size=(*shape, 2))).astype(dt_np)
+            out[name] = a[..., ::2].reshape(shape) if draw(st.booleans()) else np.ascontiguousarray(a[..., 0])
+    return out
+
+
+@hsettings(max_examples=8, deadline=None)
+@given(snapshots=st.lists(state_dicts(), min_size=1, max_size=4))
+def test_any_state_dict_reaches_the_worker_process_byte_for_byte(tmp_path_factory, snapshots):
+    """Whatever the loop hands over (dtypes, byte orders, 0-d, empty, strided views; layouts that change between
+    commits), the worker process commits exactly what a synchronous commit of the same tensors stores."""
+    repo = make_repo(tmp_path_factory.mktemp("bytes"))
+    background = Tracker(repo, "p", every=1, start=None, save_state=False)
+    sync = Tracker(repo, "s", every=1, start=None, save_state=False, background=False)
+    for sd in snapshots:
+        background.step(sd)
+        sync.step(sd)
+    background.close()
+    sync.close()
+
+    def entries(branch):
+        out = []
+        for c in chain(repo, branch):
+            f = repo.read_manifest(c.manifest).file("model.safetensors")
+            out.append([(x.name, x.dtype, list(x.shape), x.hash) for x in f.tensors])
+        return out
+
+    assert entries("p") == entries("s") and len(entries("p")) == len(snapshots)
+
+
+@posix_only
+def test_the_worker_process_ends_with_a_crashed_loop(repo):
+    """A loop that dies without closing its tracker (os._exit: no atexit, no flush) leaves no worker behind:
+    the worker reads the end of its pipe and exits; the commit it had is written or not, never half."""
+    script = (
+        "import os, sys, torch, mlvc\n"
+        f"t = mlvc.Tracker({repo.root!r}, 'run', every=1)\n"
+        "t.step(torch.nn.Linear(4, 4))\n"
+        "print(t.worker_pid, flush=True)\n"
+        "os._exit(3)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    pid = int(out.stdout.split()[0])
+    for _ in range(600):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        threading.Event().wait(0.1)
+    else:
+        pytest.fail(f"the worker process {pid} outlived its loop")
+    assert len(chain(repo, "run")) in (0, 2) and repo.fsck().ok  # no branch, or HEAD + the commit

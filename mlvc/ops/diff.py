@@ -22,12 +22,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ..dtypes import ITEMSIZE
+from ..dtypes import ITEMSIZE, is_numeric
 from ..errors import MlvcError
 from ..normcache import NormCache
-from ..numeric import as_numbers, is_numeric
 from ..objects import KIND_SAFETENSORS, FileEntry, Manifest, TensorEntry
 from ..progress import NULL, Progress
 from .select import select_tensors
@@ -37,7 +34,12 @@ from .treebuild import Key, layer_group, natural_key, pair_keys
 __all__ = ["FileDiff", "GroupDiff", "TensorDiff", "TreeDiff", "diff", "diff_commit", "layer_group", "natural_key"]
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..repo import Repo
+
+# numpy (and mlvc.numeric, which needs it) are imported where tensor values are compared: a diff that reads no
+# value (`mlvc show` of a first commit, files added or removed, tensors unchanged) does without them.
 
 ADDED, REMOVED, CHANGED, UNCHANGED = "added", "removed", "changed", "unchanged"
 DTYPE_CHANGED, SHAPE_CHANGED, MOVED = "dtype_changed", "shape_changed", "moved"
@@ -188,6 +190,8 @@ def _numel(shape: list[int]) -> int:
 def _dot(x: np.ndarray, y: np.ndarray) -> float:
     """Dot product in float64. einsum, not BLAS: on chunk-sized vectors a threaded BLAS was ~50x slower
     here (2 busy cores) than einsum's plain loop."""
+    import numpy as np
+
     return float(np.einsum("i,i->", x, y))
 
 
@@ -210,6 +214,8 @@ class _Acc:
         self.ab += s
 
     def pair(self, a: np.ndarray, b: np.ndarray) -> None:
+        import numpy as np
+
         if a.dtype != np.float64:  # integers and bool (same type on both sides): exact comparison
             self.changed += int(np.count_nonzero(a != b))
             a, b = a.astype(np.float64), b.astype(np.float64)
@@ -231,6 +237,8 @@ class _Acc:
         self._accumulate(d, a2, b2)
 
     def _finite(self, a: np.ndarray, b: np.ndarray, count: bool) -> None:
+        import numpy as np
+
         d = b - a
         if count:
             self.changed += int(np.count_nonzero(d))
@@ -239,6 +247,8 @@ class _Acc:
         self._accumulate(d, a, b, aa)
 
     def _accumulate(self, d: np.ndarray, a: np.ndarray, b: np.ndarray, aa: float | None = None) -> None:
+        import numpy as np
+
         if d.size:
             self.ssq_d += _dot(d, d)
             self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
@@ -248,6 +258,10 @@ class _Acc:
 
 
 def _finite_ssq(raw, dtype: str) -> float:
+    import numpy as np
+
+    from ..numeric import as_numbers
+
     x = as_numbers(raw, dtype)
     if x.dtype != np.float64:
         x = x.astype(np.float64)
@@ -285,6 +299,8 @@ class _Differ:
         if not (is_numeric(ta.dtype) and is_numeric(tb.dtype)):
             return base(status=status, changed=None, changed_frac=None, l2=None, rel_change=None,
                         max_abs=None, cosine=None)
+        import numpy as np
+
         acc = _Acc()
         with np.errstate(over="ignore", invalid="ignore"):
             if self._aligned(ta, tb):
@@ -303,6 +319,8 @@ class _Differ:
 
     def _paired(self, ta: TensorEntry, tb: TensorEntry, acc: _Acc) -> None:
         """Same chunking on both sides: equal chunk ids are skipped, the others compared pairwise."""
+        from ..numeric import as_numbers
+
         dtype = ta.dtype
         diff_idx, same_todo = [], []
         for i, (ca, cb) in enumerate(zip(ta.chunks, tb.chunks, strict=True)):
@@ -328,6 +346,10 @@ class _Differ:
 
     def _streamed(self, ta: TensorEntry, tb: TensorEntry, acc: _Acc, n: int) -> None:
         """Different chunking or dtype: both sides in element blocks (everything is read)."""
+        import numpy as np
+
+        from ..numeric import as_numbers
+
         sa = ByteStream(self.a.read(ta, list(range(len(ta.chunks)))))
         sb = ByteStream(self.b.read(tb, list(range(len(tb.chunks)))))
         wa, wb = ITEMSIZE[ta.dtype], ITEMSIZE[tb.dtype]
