@@ -136,6 +136,7 @@ class Tracker:
         self._errors: list[BaseException] = []
         self._closed = False
         self._closed_worker = False  # close() stopped the worker: nothing more can be submitted
+        self._spill_warned = False  # said once that shared memory was too small for a snapshot
         args = WriterArgs(self.repo.root, self.branch, self.repo.resolve(start) if start and not unborn else None,
                           task, self.higher_is_better, keep, self.threads, delta_cache_mb)
         self._writer: Writer | None = None
@@ -371,8 +372,16 @@ class Tracker:
                     self._worker.detach(old.name)  # the worker mapped it for its job: unlinking the name is safe
                     old.free()
         on_cuda = any(_is_torch(v) and v.device.type == "cuda" for items in groups for _, v in items)
-        if buffers is None:
-            buffers = (SharedSnapshot if shared else _LocalBuffers)(layout, self.pin and on_cuda)
+        if buffers is None and shared:
+            buffers = SharedSnapshot(layout, self.pin and on_cuda, os.path.join(self.repo.dir, "tmp"))
+            if buffers.spilled and not self._spill_warned:
+                self._spill_warned = True
+                warnings.warn(f"mlvc: {buffers.spilled}; the snapshots of {self.branch} go through a file in "
+                              f"{os.path.join(self.repo.dir, 'tmp')} instead (page cache, written back to disk in "
+                              "time); a container needs more shared memory (docker run --shm-size=...)",
+                              stacklevel=4)
+        elif buffers is None:
+            buffers = _LocalBuffers(layout, self.pin and on_cuda)
         try:
             for g, items in enumerate(groups):
                 for name, v in items:

@@ -295,7 +295,7 @@ class ProcessWorker:
         self._reader.start()
 
     def submit(self, job: Job, tag: Any, event: Any = None) -> None:
-        """As ThreadWorker.submit; the job's tensors are SharedSnapshot.items (where they sit in shared memory)."""
+        """As ThreadWorker.submit; the job's tensors are what SharedSnapshot.handed gives (where they sit)."""
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -417,12 +417,12 @@ def serve(applied: str) -> None:
                 return
 
     threading.Thread(target=read, daemon=True).start()
-    segments: dict[str, Any] = {}
+    segments: dict[str, Segment] = {}
     while (msg := msgs.get()) is not None and msg[0] != "close":
         if msg[0] == "detach":
             seg = segments.pop(msg[1], None)
             if seg is not None:
-                _close_segment(seg)
+                seg.close()
             continue
         seq, job = msg[1], msg[2]
         try:
@@ -437,23 +437,10 @@ def serve(applied: str) -> None:
             job.files = []
 
 
-def _segment(segments: dict[str, Any], name: str) -> Any:
+def _segment(segments: dict[str, Segment], name: str) -> Segment:
     if name not in segments:
-        from multiprocessing import resource_tracker, shared_memory
-
-        seg = shared_memory.SharedMemory(name)
-        # Python < 3.13 registers an attached segment with this process's resource tracker, which would unlink it
-        # when this process exits: the loop's process made it and unlinks it.
-        resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
-        segments[name] = seg
+        segments[name] = Segment.attach(name)
     return segments[name]
-
-
-def _close_segment(seg: Any) -> None:
-    try:
-        seg.close()
-    except BufferError:  # a view of it still lives somewhere: unmapped at exit instead
-        pass
 
 
 def _pack(e: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -480,30 +467,118 @@ def _error(packed: tuple[bytes | None, str, str, str], pid: int | None) -> BaseE
 
 # -- shared-memory snapshots -----------------------------------------------------------------------------------
 
-class SharedSnapshot:
-    """The host buffers of one snapshot in one shared-memory segment that a worker process maps: every tensor
-    at an aligned offset, as a torch tensor or numpy array viewing the segment (what the loop copies into), and
-    as the (name, dtype, shape, segment, offset, size) the worker reads (`handed`). Reused while the layout
-    (names, dtypes, shapes) stays the same. `pin`: register the segment with CUDA (page-locked), so that copies
-    from the GPU into it are asynchronous DMA; where CUDA refuses, the copies are synchronous ones into pageable
-    memory."""
+class Segment:
+    """Memory that the loop's process and the worker process both map, named for the wire: shared memory
+    ("shm:NAME"), or a file in the repository's scratch folder ("file:PATH") where shared memory cannot hold
+    it. The pages are reserved when it is made (posix_fallocate, where the OS has it): a container's /dev/shm
+    (64 MiB by default under Docker) would otherwise accept the segment and kill the loop with SIGBUS at the
+    first page it cannot back."""
 
-    def __init__(self, layout: tuple[tuple[int, str, str, tuple[int, ...], int, Any], ...], pin: bool):
+    def __init__(self, name: str, buf: memoryview, release: Callable[[], None], remove: Callable[[], None]):
+        self.name, self.buf, self._release, self._remove = name, buf, release, remove
+        self.spilled: str | None = None  # why it is a file, when it is one
+
+    @classmethod
+    def create(cls, size: int, spill_dir: str) -> Segment:
         from multiprocessing import shared_memory
 
+        shm = shared_memory.SharedMemory(create=True, size=size)
+        try:
+            _reserve(getattr(shm, "_fd", -1), size)
+        except OSError as e:
+            shm.close()
+            shm.unlink()
+            seg = cls._file(size, spill_dir)
+            seg.spilled = f"shared memory cannot hold {size / 2**20:.0f} MiB: {e.strerror or e}"
+            return seg
+        assert shm.buf is not None
+        return cls("shm:" + shm.name, shm.buf, shm.close, shm.unlink)
+
+    @classmethod
+    def _file(cls, size: int, folder: str) -> Segment:
+        import mmap
+        import tempfile
+
+        os.makedirs(folder, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="tracker-", suffix=".snapshot", dir=folder)
+        try:
+            _reserve(fd, size)
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+        except OSError as e:
+            os.unlink(path)
+            raise TrackerError(f"no room for a {size / 2**20:.0f} MiB snapshot, neither in shared memory nor in "
+                               f"{folder} ({e.strerror or e}): free some, or pass worker='thread'") from e
+        finally:
+            os.close(fd)
+        return cls("file:" + path, memoryview(mm), mm.close, lambda: os.unlink(path))
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """The worker's mapping of a segment the loop made (and will remove)."""
+        kind, _, where = name.partition(":")
+        if kind == "file":
+            import mmap
+
+            fd = os.open(where, os.O_RDWR)
+            try:
+                mm = mmap.mmap(fd, 0)
+            finally:
+                os.close(fd)
+            return cls(name, memoryview(mm), mm.close, lambda: None)
+        from multiprocessing import resource_tracker, shared_memory
+
+        shm = shared_memory.SharedMemory(where)
+        # Python < 3.13 registers an attached segment with this process's resource tracker, which would unlink it
+        # when this process exits: the loop's process made it and unlinks it.
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        assert shm.buf is not None
+        return cls(name, shm.buf, shm.close, lambda: None)
+
+    def close(self) -> None:
+        """Unmap it here (when no view of it is left: else at exit)."""
+        buf, self.buf = self.buf, memoryview(b"")
+        try:
+            buf.release()
+            self._release()
+        except BufferError:
+            pass
+
+    def remove(self) -> None:
+        """Remove its name (the loop's side, once the worker is done with it); mappings stay valid."""
+        try:
+            self._remove()
+        except FileNotFoundError:
+            pass
+
+
+def _reserve(fd: int, size: int) -> None:
+    if fd >= 0 and size and hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+
+
+class SharedSnapshot:
+    """The host buffers of one snapshot in one Segment that a worker process maps: every tensor at an aligned
+    offset, as a torch tensor or numpy array viewing the segment (what the loop copies into), and as the (name,
+    dtype, shape, segment, offset, size) the worker reads (`handed`). Reused while the layout (names, dtypes,
+    shapes) stays the same. `pin`: register the segment with CUDA (page-locked), so that copies from the GPU
+    into it are asynchronous DMA; where CUDA refuses, the copies are synchronous ones into pageable memory.
+    `spill_dir`: where the segment goes when shared memory cannot hold it (`spilled` then says why)."""
+
+    def __init__(self, layout: tuple[tuple[int, str, str, tuple[int, ...], int, Any], ...], pin: bool,
+                 spill_dir: str):
         self.layout = layout
         offsets, total = [], 0
         for *_, nbytes, _ in layout:
             offsets.append(total)
             total += -(-nbytes // ALIGN) * ALIGN
-        self.segment = shared_memory.SharedMemory(create=True, size=max(total, ALIGN))
-        self.pinned = pin and _cuda_register(self.segment, True)
+        self.segment = Segment.create(max(total, ALIGN), spill_dir)
+        self.spilled = self.segment.spilled
+        self.pinned = pin and _cuda_register(self.segment.buf, True)
         self.views: dict[tuple[int, str], Any] = {}
         self._wire: dict[tuple[int, str], tuple[str, str, list[int], str, int, int]] = {}
-        buf = self.segment.buf
-        assert buf is not None
         for (group, name, dtype, shape, nbytes, like), off in zip(layout, offsets, strict=True):
-            self.views[(group, name)] = _view(buf, off, nbytes, shape, like)
+            self.views[(group, name)] = _view(self.segment.buf, off, nbytes, shape, like)
             self._wire[(group, name)] = (name, dtype, list(shape), self.segment.name, off, nbytes)
 
     def handed(self, group: int, name: str) -> tuple[str, str, list[int], str, int, int]:
@@ -517,12 +592,9 @@ class SharedSnapshot:
     def free(self) -> None:
         self.views.clear()
         if self.pinned:
-            _cuda_register(self.segment, False)
-        _close_segment(self.segment)
-        try:
-            self.segment.unlink()
-        except FileNotFoundError:
-            pass
+            _cuda_register(self.segment.buf, False)
+        self.segment.close()
+        self.segment.remove()
 
 
 def snapshot_layout(groups: list[list[tuple[str, Any]]]) -> tuple[tuple[int, str, str, tuple[int, ...], int, Any], ...]:
@@ -562,8 +634,8 @@ def _view(buf: memoryview, off: int, nbytes: int, shape: tuple[int, ...], like: 
     return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=off).view(like).view(shape)
 
 
-def _cuda_register(segment: Any, on: bool) -> bool:
-    """Page-lock (or release) a segment for CUDA; False where CUDA is absent or refuses."""
+def _cuda_register(buf: memoryview, on: bool) -> bool:
+    """Page-lock (or release) a segment's memory for CUDA; False where CUDA is absent or refuses."""
     try:
         import ctypes
 
@@ -572,8 +644,8 @@ def _cuda_register(segment: Any, on: bool) -> bool:
         if not torch.cuda.is_available():
             return False
         cudart = torch.cuda.cudart()
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(segment.buf))
-        err = cudart.cudaHostRegister(addr, segment.size, 0) if on else cudart.cudaHostUnregister(addr)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        err = cudart.cudaHostRegister(addr, len(buf), 0) if on else cudart.cudaHostUnregister(addr)
         return int(err) == 0
     except Exception:
         return False

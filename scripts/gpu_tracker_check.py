@@ -68,7 +68,8 @@ def copy_check(device: str, layers: int) -> dict:
         for b, t in zip(pinned, tensors, strict=True):
             b.copy_(t, non_blocking=device == "cuda")
 
-    shared = SharedSnapshot(snapshot_layout([[(str(i), t) for i, t in enumerate(tensors)]]), device == "cuda")
+    shared = SharedSnapshot(snapshot_layout([[(str(i), t) for i, t in enumerate(tensors)]]), device == "cuda",
+                            tempfile.gettempdir())
     views = [shared.views[(0, str(i))] for i in range(len(tensors))]
 
     def into_shared():

@@ -876,3 +876,51 @@ def test_the_worker_process_ends_with_a_crashed_loop(repo):
     else:
         pytest.fail(f"the worker process {pid} outlived its loop")
     assert len(chain(repo, "run")) in (0, 2) and repo.fsck().ok  # no branch, or HEAD + the commit
+
+
+@linux_only
+def test_a_shared_memory_too_small_for_a_snapshot_spills_to_a_file(repo, monkeypatch):
+    """A container's /dev/shm is often 64 MiB: where shared memory cannot hold a snapshot (its pages are
+    reserved up front, so this is an error and not a SIGBUS later), the snapshot goes through a file in
+    .mlvc/tmp, with one warning, and commits the same bytes; the files are removed by close(). With no room
+    there either, the loop's call fails with a clear error and nothing is queued."""
+    import errno
+
+    real = trackworker._reserve
+    refuse = {"shm"}
+
+    def reserve(fd, size):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if ("shm" in refuse and target.startswith("/dev/shm/")) or ("file" in refuse and "/tmp/" in target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, size)
+
+    monkeypatch.setattr(trackworker, "_reserve", reserve)
+    scratch = os.path.join(repo.dir, "tmp")
+    p = Tracker(repo, "p", every=1, save_state=False)
+    s = Tracker(repo, "s", every=1, save_state=False, background=False)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for width in (4, 4, 6):
+            m = tiny(seed=width, width=width)
+            p.step(m)
+            s.step(m)
+        p.flush()
+        assert any(n.startswith("tracker-") for n in os.listdir(scratch))
+        p.close()
+    s.close()
+    assert sum("shared memory cannot hold" in str(x.message) for x in w) == 1
+    assert not [n for n in os.listdir(scratch) if n.startswith("tracker-")]
+
+    def tensors(branch):
+        return [[(t.name, t.hash) for t in repo.read_manifest(c.manifest).file("model.safetensors").tensors]
+                for c in chain(repo, branch)[1:]]
+
+    assert tensors("p") == tensors("s") and len(tensors("p")) == 3
+
+    refuse.add("file")
+    t = Tracker(repo, "none", every=1)
+    with pytest.raises(TrackerError, match="no room for a .* snapshot, neither in shared memory nor in"):
+        t.step(tiny())
+    t.close()
+    assert repo.refs.resolve("refs/heads/none") is None
