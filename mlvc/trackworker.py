@@ -287,6 +287,8 @@ class ProcessWorker:
         self._pending: dict[int, tuple[Job, Any]] = {}  # (job, tag) sent or about to be, by seq
         self._seq = 0
         self._dead: str | None = None  # why the worker is gone, once it is
+        self._started = False  # it said it is ready
+        self._lost = False  # a job failed because the worker was gone
         self._out: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._send(("init", args))
         self._sender = threading.Thread(target=self._send_loop, name=f"{name}-send", daemon=True)
@@ -311,7 +313,12 @@ class ProcessWorker:
         self._out.put(None)
         self._sender.join()
         self._reader.join()
-        self._proc.wait()
+        code = self._proc.wait()
+        if code != 0 and self._started and not self._lost:  # else the lost jobs' errors said so already
+            import warnings
+
+            warnings.warn(f"mlvc: the tracker's worker process (pid {self.pid}) exited with code {code} after "
+                          "its last job (what it wrote is complete; its stderr says why)", stacklevel=3)
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         assert self._proc.stdin is not None
@@ -347,7 +354,7 @@ class ProcessWorker:
             except Exception:  # EOF: the worker exited (closed, or died)
                 break
             if msg[0] == "ready":
-                self.applied_priority = msg[1]
+                self.applied_priority, self._started = msg[1], True
                 if msg[2] is not None:
                     self._dead = f"it could not start: {_error(msg[2], self.pid)}"
             elif msg[0] == "done":
@@ -355,6 +362,9 @@ class ProcessWorker:
                     _, tag = self._pending.pop(msg[1])
                 self._finish(tag, msg[2], None if msg[3] is None else _error(msg[3], self.pid))
         code = self._proc.wait()
+        if not self._started:  # this interpreter could not run it (a frozen executable, a broken environment)
+            self._dead = (f"it exited with code {code} before it started, its error above on stderr; pass "
+                          "worker='thread' where the interpreter cannot start a worker process")
         self._dead = self._dead or f"it exited with code {code}"
         with self._lock:
             left = sorted(self._pending)
@@ -365,6 +375,7 @@ class ProcessWorker:
         with self._lock:
             job, tag = self._pending.pop(seq, (None, None))
         if job is not None:
+            self._lost = True
             what = f"step {job.step}" if job.kind == "commit" else f"the {job.kind} after step {job.step}"
             self._finish(tag, None, TrackerError(
                 f"the tracker's worker process (pid {self.pid}) is gone ({self._dead}): {what} was not written; "
@@ -416,7 +427,8 @@ def serve(applied: str) -> None:
                 msgs.put(None)
                 return
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     segments: dict[str, Segment] = {}
     while (msg := msgs.get()) is not None and msg[0] != "close":
         if msg[0] == "detach":
@@ -435,6 +447,13 @@ def serve(applied: str) -> None:
             send(("done", seq, result, None))
         finally:
             job.files = []
+    # The reader must not be inside a read of stdin when the interpreter finalizes (a fatal error: the buffered
+    # reader's lock is held); the loop's process closes the pipe right after "close", so it ends soon. Should the
+    # pipe stay open, every commit is written and durable by now: leave without finalizing.
+    reader.join(5)
+    if reader.is_alive():
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _segment(segments: dict[str, Segment], name: str) -> Segment:

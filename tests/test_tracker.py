@@ -4,6 +4,7 @@ resume. Tiny models on the CPU (the CUDA path is scripts/gpu_tracker_check.py)."
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -924,3 +925,48 @@ def test_a_shared_memory_too_small_for_a_snapshot_spills_to_a_file(repo, monkeyp
         t.step(tiny())
     t.close()
     assert repo.refs.resolve("refs/heads/none") is None
+
+
+def test_a_worker_process_that_cannot_start_says_what_to_do(repo, monkeypatch):
+    """An interpreter that cannot run the worker (here: a command that exits at once) fails the commit with an
+    error that says so and names worker='thread'; nothing is written."""
+    monkeypatch.setattr(trackworker, "_MAIN", "import sys; sys.exit(3)")
+    t = Tracker(repo, "run", every=1)
+    t.step(tiny())
+    with pytest.raises(TrackerError, match=r"exited with code 3 before it started.*worker='thread'"):
+        t.flush()
+    with pytest.raises(TrackerError, match="is gone"):
+        t.close()
+    assert repo.refs.resolve("refs/heads/run") is None
+
+
+def test_the_worker_process_exits_cleanly_whenever_its_pipe_closes(repo):
+    """The worker ends with status 0 and nothing on stderr after "close", whether the loop's process closes the
+    pipe at once, later, or never (its reader thread must not be inside a read when the interpreter ends: that
+    is a fatal error that aborts the process)."""
+    from mlvc.trackworker import _MAIN, WriterArgs
+
+    args = WriterArgs(repo.root, "run", None, "train", {}, None, 1, None)
+    for close_after in (0.0, 0.5, None):
+        proc = subprocess.Popen([sys.executable, "-c", _MAIN, "0", os.path.dirname(os.path.dirname(tracker.__file__))],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for msg in (("init", args), ("close",)):
+            pickle.dump(msg, proc.stdin)
+        proc.stdin.flush()
+        if close_after is not None:
+            threading.Event().wait(close_after)
+            proc.stdin.close()
+        assert proc.wait(90) == 0
+        assert proc.stderr.read() == b"", close_after
+        assert pickle.load(proc.stdout)[0] == "ready"
+        if close_after is None:
+            proc.stdin.close()
+
+
+def test_a_worker_that_exits_badly_after_its_last_job_is_reported(repo, monkeypatch):
+    monkeypatch.setattr(trackworker, "_MAIN", trackworker._MAIN + "import os; os._exit(5)\n")
+    t = Tracker(repo, "run", every=1)
+    t.step(tiny())
+    with pytest.warns(UserWarning, match="exited with code 5 after its last job"):
+        t.close()
+    assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1]
