@@ -43,6 +43,7 @@ from .trackworker import (
     Writer,
     WriterArgs,
     check_not_checked_out,
+    is_torch,
     snapshot_layout,
 )
 from .util import IDLE, MAX_NICE, canonical_json
@@ -59,7 +60,7 @@ class _Pending:
 
     job: Job
     nbytes: int = 0
-    buffers: Any = None  # the host buffer set to reuse: a SharedSnapshot, or {(group, name): tensor} for a thread
+    buffers: Any = None  # the host buffer set to reuse: a SharedSnapshot, or _LocalBuffers for a thread
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -76,6 +77,10 @@ def _close_all() -> None:  # a normal interpreter exit flushes every open tracke
 # concurrent.futures is imported (its hook registered) before this one is (atexit where threading has none).
 importlib.import_module("concurrent.futures.thread")
 getattr(threading, "_register_atexit", atexit.register)(_close_all)
+# A process forked from the loop (a DataLoader worker, a multiprocessing pool) has its trackers' objects but none
+# of their threads or pipes: at its exit it must not try to flush them (it would wait forever).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_LIVE.clear)
 
 
 class Tracker:
@@ -206,13 +211,13 @@ class Tracker:
         if not self._reserve(nbytes):
             return False
         try:
-            buffers, event = self._copy_to_host(groups, layout)
+            buffers, events = self._copy_to_host(groups, layout)
         except BaseException:
             self._release(nbytes, None)
             raise
         tensors = [[buffers.handed(g, name) for name, _ in group] for g, group in enumerate(groups)]
         job.files = [(rel, group, meta) for (rel, meta), group in zip(paths, tensors, strict=False)]
-        self._submit(job, _Pending(job, nbytes, buffers), event)
+        self._submit(job, _Pending(job, nbytes, buffers), events)
         self._committed_step = step
         return True
 
@@ -307,11 +312,11 @@ class Tracker:
         assert self._writer is not None
         self.commits = self._writer.run(job).apply(self.commits)  # errors raise at once
 
-    def _submit(self, job: Job, pending: _Pending, event: Any = None) -> None:
+    def _submit(self, job: Job, pending: _Pending, events: list[Any] | None = None) -> None:
         assert self._worker is not None
         if self._closed_worker:
             raise TrackerError(f"the tracker of branch {self.branch} is closed")
-        self._worker.submit(job, pending, event)
+        self._worker.submit(job, pending, events)
 
     def _finish(self, pending: _Pending, result: Result | None, error: BaseException | None) -> None:
         with self._cond:
@@ -319,11 +324,7 @@ class Tracker:
                 self.commits = result.apply(self.commits)
             if error is not None:
                 self._errors.append(error)
-            if pending.nbytes:
-                self._pending_bytes -= pending.nbytes
-            if pending.buffers is not None:
-                self._free.append(pending.buffers)
-            self._cond.notify_all()
+            self._release(pending.nbytes, pending.buffers)
         pending.done.set()
 
     def _raise_errors(self) -> None:
@@ -350,7 +351,7 @@ class Tracker:
         return True
 
     def _release(self, nbytes: int, buffers: Any) -> None:
-        with self._cond:
+        with self._cond:  # (a Condition's lock is reentrant: _finish calls this holding it)
             self._pending_bytes -= nbytes
             if buffers is not None:
                 self._free.append(buffers)
@@ -359,7 +360,8 @@ class Tracker:
     def _copy_to_host(self, groups: list[list[tuple[str, Any]]], layout: tuple) -> tuple[Any, Any]:
         """The snapshot's tensors copied into a host buffer set, one of an earlier snapshot when the layout is
         the same (a SharedSnapshot for a worker process, else _LocalBuffers); CUDA tensors by non-blocking
-        copies into page-locked buffers, with an event the worker waits on. (buffers, event)."""
+        copies into page-locked buffers, with a CUDA event per device copied from (recorded on its current stream,
+        where its copies were queued), which the worker waits on. (buffers, events)."""
         shared = isinstance(self._worker, ProcessWorker)
         with self._cond:
             buffers = next((b for b in self._free if b.layout == layout), None)
@@ -371,7 +373,7 @@ class Tracker:
                     assert isinstance(self._worker, ProcessWorker)
                     self._worker.detach(old.name)  # the worker mapped it for its job: unlinking the name is safe
                     old.free()
-        on_cuda = any(_is_torch(v) and v.device.type == "cuda" for items in groups for _, v in items)
+        on_cuda = any(is_torch(v) and v.device.type == "cuda" for items in groups for _, v in items)
         if buffers is None and shared:
             buffers = SharedSnapshot(layout, self.pin and on_cuda, os.path.join(self.repo.dir, "tmp"))
             if buffers.spilled and not self._spill_warned:
@@ -389,13 +391,16 @@ class Tracker:
         except BaseException:
             self._release(0, buffers)  # a set still: the next snapshot of this layout overwrites it
             raise
-        event = None
+        events = []
         if on_cuda:
             import torch
 
-            event = torch.cuda.Event()
-            event.record()
-        return buffers, event
+            for device in {v.device for items in groups for _, v in items if is_torch(v) and v.device.type == "cuda"}:
+                with torch.cuda.device(device):
+                    event = torch.cuda.Event()
+                    event.record()
+                    events.append(event)
+        return buffers, events
 
 
 class _LocalBuffers:
@@ -422,7 +427,7 @@ def _host_like(shape: tuple[int, ...], like: Any, pin: bool) -> Any:
 
 
 def _copy(dst: Any, v: Any, non_blocking: bool) -> None:
-    if _is_torch(v):
+    if is_torch(v):
         dst.copy_(v.detach(), non_blocking=non_blocking)
     else:
         import numpy as np
@@ -481,14 +486,10 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _is_torch(v: Any) -> bool:
-    return type(v).__module__.startswith("torch") and hasattr(v, "element_size")
-
-
 def _is_tensor(v: Any) -> bool:
     import numpy as np
 
-    return _is_torch(v) or isinstance(v, np.ndarray | np.generic)
+    return is_torch(v) or isinstance(v, np.ndarray | np.generic)
 
 
 def _training_state(optimizer: Any, scheduler: Any) -> tuple[list[tuple[str, Any]], str]:
@@ -506,7 +507,7 @@ def _training_state(optimizer: Any, scheduler: Any) -> tuple[list[tuple[str, Any
     tensors: list[tuple[str, Any]] = []
 
     def enc(x: Any, where: str) -> Any:
-        if _is_torch(x) or isinstance(x, np.ndarray):
+        if is_torch(x) or isinstance(x, np.ndarray):
             tensors.append((where, x))
             return {"__tensor__": where}
         if isinstance(x, bool | int | str) or x is None:

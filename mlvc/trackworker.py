@@ -14,7 +14,8 @@ every mode. It runs in one of three places:
   process shares nothing, so its low priority is only what the OS makes of it (docs/hooks.md, "Scheduling").
 
 The wire: pickled tuples over the child's stdin and a duplicate of its stdout (fd 1 itself is pointed at stderr,
-so whatever the worker prints cannot corrupt it). To the worker: ("init", writer arguments),
+so whatever the worker prints cannot corrupt it; what the interpreter printed before that, from a
+sitecustomize or a .pth file, is skipped up to WIRE_MARK). To the worker: ("init", writer arguments),
 ("job", seq, Job), ("detach", segment name), ("close",). From it: ("ready", applied priority, error or None) once,
 then ("done", seq, Result or None, error or None) per job, in order. An error crosses as the pickled exception
 when it survives a round trip, else as its type name and text; its traceback in the worker comes as a note.
@@ -41,10 +42,11 @@ from .ops.commit import _buffer, _code_revision
 from .refs import HEADS, TAGS
 from .repo import Repo
 from .snapshot import History, NamedBuffer, snapshot_buffers
-from .util import lower_thread_priority, utc_now
+from .util import lower_thread_priority, utc_now, windows_priority_class
 
 MARK = "tracker"  # commit metadata key naming the run: what the keep-policy may drop
 ALIGN = 64  # offsets of the tensors in a shared snapshot: a cache line, more than any dtype needs
+WIRE_MARK = b"\0mlvc-tracker-wire\0"  # the worker's first bytes on the wire: anything before it is not the wire's
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ class Writer:
             repo.store.flush()  # every object durable before the ref points at it
             repo.refs.set_if_equals(ref, tip, c.id, who=repo.author(), message=f"tracker: {job.message}")
         new = TrackedCommit(job.step, c.id, dict(job.metrics), time.monotonic() - job.taken)
-        self.commits.append(TrackedCommit(new.step, new.commit, dict(new.metrics), new.latency_s))
+        self.commits.append(new)  # the loop's list gets its own copy (Result.apply)
         if job.metrics:
             self._record(c.id, job.metrics, job.step)
         remap: dict[str, str | None] = {}
@@ -243,9 +245,9 @@ class ThreadWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job, tag: Any, event: Any = None) -> None:
-        """Write `job` after the ones before it (once `event`, a CUDA event, has passed); finish(tag, ...)."""
-        self._queue.put((job, tag, event))
+    def submit(self, job: Job, tag: Any, events: list[Any] | None = None) -> None:
+        """Write `job` after the ones before it (once `events`, CUDA events, have passed); finish(tag, ...)."""
+        self._queue.put((job, tag, events or []))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -256,9 +258,9 @@ class ThreadWorker:
         # inherit what it applies here (Linux: scheduling policy and nice value are per thread, inherited).
         self.applied_priority = lower_thread_priority(self._priority)
         while (item := self._queue.get()) is not None:
-            job, tag, event = item
+            job, tag, events = item
             try:
-                if event is not None:
+                for event in events:
                     event.synchronize()
                 result = self._writer.run(job)
             except BaseException as e:  # surfaced by the loop's next call and by close()
@@ -278,8 +280,13 @@ class ProcessWorker:
                                "executable is (sys.executable is empty); pass worker='thread'")
         try:
             home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the worker runs this very mlvc
-            self._proc = subprocess.Popen([sys.executable, "-c", _MAIN, repr(priority), home],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+            # A session (Windows: a process group) of its own: a Ctrl-C at the terminal is the loop's to handle
+            # (the loop's `with Tracker(...)` still writes what was queued), and the worker ignores SIGINT too.
+            self._proc = subprocess.Popen([sys.executable, "-c", _MAIN, repr(priority), home, repr(sys.path)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                                          start_new_session=os.name == "posix",
+                                          creationflags=_windows_priority(priority)
+                                          | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0))
         except OSError as e:
             raise TrackerError(f"cannot start the tracker's worker process ({e}); pass worker='thread'") from e
         self.pid = self._proc.pid
@@ -290,19 +297,24 @@ class ProcessWorker:
         self._started = False  # it said it is ready
         self._lost = False  # a job failed because the worker was gone
         self._out: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._send(("init", args))
+        try:
+            self._write(pickle.dumps(("init", args), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as e:
+            self._proc.kill()
+            self._proc.wait()
+            raise TrackerError(f"the tracker's worker process exited at once ({e}); pass worker='thread'") from e
         self._sender = threading.Thread(target=self._send_loop, name=f"{name}-send", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name=f"{name}-read", daemon=True)
         self._sender.start()
         self._reader.start()
 
-    def submit(self, job: Job, tag: Any, event: Any = None) -> None:
+    def submit(self, job: Job, tag: Any, events: list[Any] | None = None) -> None:
         """As ThreadWorker.submit; the job's tensors are what SharedSnapshot.handed gives (where they sit)."""
         with self._lock:
             self._seq += 1
             seq = self._seq
             self._pending[seq] = (job, tag)
-        self._out.put(("job", seq, job, event))
+        self._out.put(("job", seq, job, events))
 
     def detach(self, segment: str) -> None:
         """The worker unmaps a segment the loop is about to free (after every job that reads it)."""
@@ -320,24 +332,30 @@ class ProcessWorker:
             warnings.warn(f"mlvc: the tracker's worker process (pid {self.pid}) exited with code {code} after "
                           "its last job (what it wrote is complete; its stderr says why)", stacklevel=3)
 
-    def _send(self, msg: tuple[Any, ...]) -> None:
+    def _write(self, data: bytes) -> None:
         assert self._proc.stdin is not None
-        pickle.dump(msg, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self._proc.stdin.write(data)
         self._proc.stdin.flush()
 
     def _send_loop(self) -> None:
         # A thread of its own: the loop never waits on a full pipe or on the CUDA copies of a snapshot.
         while (msg := self._out.get()) is not None:
-            event = None
+            events: list[Any] = []
             if msg[0] == "job":
-                msg, event = msg[:3], msg[3]
+                msg, events = msg[:3], msg[3] or []
             try:
-                if event is not None:
+                for event in events:
                     event.synchronize()  # the snapshot's copies are done before the worker reads them
-                if self._dead is None:
-                    self._send(msg)
-            except BaseException as e:  # a broken pipe: the worker is gone, the reader says why
-                self._dead = self._dead or f"{type(e).__name__}: {e}"
+                data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as e:  # that job's own failure: nothing of it was written to the pipe
+                if msg[0] == "job":
+                    self._fail(msg[1], e)
+                continue
+            if self._dead is None:
+                try:
+                    self._write(data)
+                except OSError as e:  # a broken pipe: the worker is gone (the reader says why, if it can)
+                    self._dead = f"{type(e).__name__}: {e}"
             if self._dead is not None and msg[0] == "job":
                 self._fail(msg[1])
         try:
@@ -348,15 +366,20 @@ class ProcessWorker:
 
     def _read_loop(self) -> None:
         assert self._proc.stdout is not None
+        _skip_to(self._proc.stdout, WIRE_MARK)  # what the interpreter printed before the worker took fd 1
         while True:
             try:
                 msg = pickle.load(self._proc.stdout)
-            except Exception:  # EOF: the worker exited (closed, or died)
+            except EOFError:  # the worker exited (closed, or died)
+                break
+            except Exception as e:  # not a message of the wire: stop it rather than wait on it forever
+                self._dead = f"what it sent could not be read ({type(e).__name__}: {e})"
+                self._proc.kill()
                 break
             if msg[0] == "ready":
                 self.applied_priority, self._started = msg[1], True
                 if msg[2] is not None:
-                    self._dead = f"it could not start: {_error(msg[2], self.pid)}"
+                    self._dead = self._dead or f"it could not start: {_error(msg[2], self.pid)}"
             elif msg[0] == "done":
                 with self._lock:
                     _, tag = self._pending.pop(msg[1])
@@ -371,39 +394,52 @@ class ProcessWorker:
         for seq in left:
             self._fail(seq)
 
-    def _fail(self, seq: int) -> None:
+    def _fail(self, seq: int, error: BaseException | None = None) -> None:
+        """Job `seq` ends without the worker: with `error` (its own), else because the worker is gone."""
         with self._lock:
             job, tag = self._pending.pop(seq, (None, None))
-        if job is not None:
+        if job is None:
+            return
+        if error is None:
             self._lost = True
             what = f"step {job.step}" if job.kind == "commit" else f"the {job.kind} after step {job.step}"
-            self._finish(tag, None, TrackerError(
-                f"the tracker's worker process (pid {self.pid}) is gone ({self._dead}): {what} was not written; "
-                "the commits written before it are complete"))
+            error = TrackerError(f"the tracker's worker process (pid {self.pid}) is gone ({self._dead}): {what} "
+                                 "was not written; the commits written before it are complete")
+        self._finish(tag, None, error)
 
 
-# The worker process's command (argv: priority, the folder holding the loop's mlvc). It runs the loop's mlvc (that
-# folder goes first on sys.path unless `import mlvc` finds it there anyway: a loop that put a checkout on its path
-# must not talk to an older installed copy), sets its priority before anything heavy is imported (every thread
-# started later, the BLAS pools numpy's import starts included, inherits it), then serves.
+# The worker process's command (argv: priority, the folder holding the loop's mlvc, the loop's sys.path). First the
+# wire: a copy of fd 1, and fd 1 pointed at stderr, so that nothing an import prints can reach the wire. Ctrl-C
+# (SIGINT to the terminal's whole process group) is the loop's to handle: the worker ignores it, so that the loop's
+# `with Tracker(...)` can still write what was queued. It sees what the loop could import (the loop's sys.path
+# entries it lacks, after its own), runs the loop's mlvc (that folder first unless `import mlvc` finds it there
+# anyway: a loop that put a checkout on its path must not talk to an older installed copy), and sets its
+# priority before anything heavy is imported (every thread started later, numpy's BLAS pools included, inherits
+# it), then serves.
 _MAIN = """
-import ast, importlib.util, os, sys
-home = sys.argv[2]
+import os, signal, sys
+wire = os.dup(1)
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+import ast, importlib.util
+priority, home, path = ast.literal_eval(sys.argv[1]), sys.argv[2], ast.literal_eval(sys.argv[3])
+sys.path.extend(p for p in path if p not in sys.path)
 spec = importlib.util.find_spec("mlvc")
 if spec is None or spec.origin is None or os.path.dirname(os.path.dirname(spec.origin)) != home:
     sys.path.insert(0, home)
 import mlvc.util
-applied = mlvc.util.lower_thread_priority(ast.literal_eval(sys.argv[1]))
+applied = mlvc.util.lower_process_priority(priority)
 import mlvc.trackworker
-mlvc.trackworker.serve(applied)
+mlvc.trackworker.serve(applied, wire)
 """
 
 
-def serve(applied: str) -> None:
-    """The worker process's main (`applied`: the priority it runs at): see the module's docstring."""
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # what the worker prints goes to stderr, never into the wire
-    sys.stdout = sys.stderr
+def serve(applied: str, wire: int) -> None:
+    """The worker process's main (`applied`: the priority it runs at; `wire`: the fd its messages go to): see
+    the module's docstring."""
+    out = os.fdopen(wire, "wb")
+    out.write(WIRE_MARK)
     inp = sys.stdin.buffer
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -429,6 +465,19 @@ def serve(applied: str) -> None:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    try:
+        _serve_jobs(writer, msgs, send)
+    finally:
+        # The reader must not be inside a read of stdin when the interpreter finalizes (a fatal error: the
+        # buffered reader's lock is held); the loop's process closes the pipe right after "close", so it ends
+        # soon. Should the pipe stay open, every commit is written and durable by now: leave without finalizing.
+        reader.join(5)
+        if reader.is_alive():
+            sys.stderr.flush()
+            os._exit(0)
+
+
+def _serve_jobs(writer: Writer, msgs: queue.SimpleQueue, send: Callable[[tuple[Any, ...]], None]) -> None:
     segments: dict[str, Segment] = {}
     while (msg := msgs.get()) is not None and msg[0] != "close":
         if msg[0] == "detach":
@@ -447,13 +496,16 @@ def serve(applied: str) -> None:
             send(("done", seq, result, None))
         finally:
             job.files = []
-    # The reader must not be inside a read of stdin when the interpreter finalizes (a fatal error: the buffered
-    # reader's lock is held); the loop's process closes the pipe right after "close", so it ends soon. Should the
-    # pipe stay open, every commit is written and durable by now: leave without finalizing.
-    reader.join(5)
-    if reader.is_alive():
-        sys.stderr.flush()
-        os._exit(0)
+
+
+def _skip_to(f: Any, mark: bytes) -> None:
+    """Read `f` up to and including `mark` (or to its end)."""
+    seen = b""
+    while not seen.endswith(mark):
+        b = f.read(1)
+        if not b:
+            return
+        seen = (seen + b)[-len(mark):]
 
 
 def _segment(segments: dict[str, Segment], name: str) -> Segment:
@@ -547,10 +599,14 @@ class Segment:
             return cls(name, memoryview(mm), mm.close, lambda: None)
         from multiprocessing import resource_tracker, shared_memory
 
-        shm = shared_memory.SharedMemory(where)
-        # Python < 3.13 registers an attached segment with this process's resource tracker, which would unlink it
-        # when this process exits: the loop's process made it and unlinks it.
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        # The loop's process made the segment and unlinks it. Python < 3.13 registers an attached segment with
+        # this process's resource tracker (POSIX), which would unlink it when this process exits.
+        if sys.version_info >= (3, 13):
+            shm = shared_memory.SharedMemory(where, track=False)  # type: ignore[call-arg,unused-ignore]
+        else:
+            shm = shared_memory.SharedMemory(where)
+            if os.name == "posix":
+                resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
         assert shm.buf is not None
         return cls(name, shm.buf, shm.close, lambda: None)
 
@@ -593,12 +649,17 @@ class SharedSnapshot:
             total += -(-nbytes // ALIGN) * ALIGN
         self.segment = Segment.create(max(total, ALIGN), spill_dir)
         self.spilled = self.segment.spilled
-        self.pinned = pin and _cuda_register(self.segment.buf, True)
+        self.pinned = False
         self.views: dict[tuple[int, str], Any] = {}
         self._wire: dict[tuple[int, str], tuple[str, str, list[int], str, int, int]] = {}
-        for (group, name, dtype, shape, nbytes, like), off in zip(layout, offsets, strict=True):
-            self.views[(group, name)] = _view(self.segment.buf, off, nbytes, shape, like)
-            self._wire[(group, name)] = (name, dtype, list(shape), self.segment.name, off, nbytes)
+        try:
+            self.pinned = pin and _cuda_register(self.segment.buf, True)
+            for (group, name, dtype, shape, nbytes, like), off in zip(layout, offsets, strict=True):
+                self.views[(group, name)] = _view(self.segment.buf, off, nbytes, shape, like)
+                self._wire[(group, name)] = (name, dtype, list(shape), self.segment.name, off, nbytes)
+        except BaseException:
+            self.free()
+            raise
 
     def handed(self, group: int, name: str) -> tuple[str, str, list[int], str, int, int]:
         """What the worker is given for a tensor: where it sits in the segment."""
@@ -626,7 +687,7 @@ def snapshot_layout(groups: list[list[tuple[str, Any]]]) -> tuple[tuple[int, str
     for g, items in enumerate(groups):
         for name, v in items:
             try:
-                if type(v).__module__.startswith("torch"):
+                if is_torch(v):
                     out.append((g, name, from_torch(v.dtype), tuple(v.shape), v.numel() * v.element_size(), v.dtype))
                 else:
                     import numpy as np
@@ -637,6 +698,17 @@ def snapshot_layout(groups: list[list[tuple[str, Any]]]) -> tuple[tuple[int, str
             except TypeError as e:
                 raise FormatError(name, str(e)) from None
     return tuple(out)
+
+
+def is_torch(v: Any) -> bool:
+    """A torch tensor (or Parameter), told without importing torch."""
+    return type(v).__module__.startswith("torch") and hasattr(v, "element_size")
+
+
+def _windows_priority(priority: str | int | None) -> int:
+    """Popen creation flags that start the worker at a lower priority class on Windows (0 elsewhere)."""
+    name = windows_priority_class(priority) if sys.platform == "win32" else None
+    return int(getattr(subprocess, name, 0)) if name else 0
 
 
 def _view(buf: memoryview, off: int, nbytes: int, shape: tuple[int, ...], like: Any) -> Any:
@@ -653,6 +725,9 @@ def _view(buf: memoryview, off: int, nbytes: int, shape: tuple[int, ...], like: 
     return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=off).view(like).view(shape)
 
 
+_CUDA_HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: page-locked for every device, not only the current one
+
+
 def _cuda_register(buf: memoryview, on: bool) -> bool:
     """Page-lock (or release) a segment's memory for CUDA; False where CUDA is absent or refuses."""
     try:
@@ -664,7 +739,8 @@ def _cuda_register(buf: memoryview, on: bool) -> bool:
             return False
         cudart = torch.cuda.cudart()
         addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-        err = cudart.cudaHostRegister(addr, len(buf), 0) if on else cudart.cudaHostUnregister(addr)
+        err = (cudart.cudaHostRegister(addr, len(buf), _CUDA_HOST_REGISTER_PORTABLE) if on
+               else cudart.cudaHostUnregister(addr))
         return int(err) == 0
     except Exception:
         return False

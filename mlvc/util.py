@@ -145,3 +145,31 @@ def lower_thread_priority(priority: str | int | None) -> str:
     except (AttributeError, OSError) as e:
         return f"unchanged ({type(e).__name__}: {e})"
     return f"nice {nice}"
+
+
+def windows_priority_class(priority: str | int | None) -> str | None:
+    """The Windows priority class a worker process is started with for `priority` (None: unchanged): "idle"
+    and nice increments of 15 or more are IDLE_PRIORITY_CLASS, lower ones BELOW_NORMAL_PRIORITY_CLASS."""
+    if not priority:
+        return None
+    return "IDLE_PRIORITY_CLASS" if priority == IDLE or (isinstance(priority, int) and priority >= 15) \
+        else "BELOW_NORMAL_PRIORITY_CLASS"
+
+
+def lower_process_priority(priority: str | int | None) -> str:
+    """Lower the priority of the calling process from its first thread, before it starts others (they inherit
+    it): on Linux as lower_thread_priority; on other POSIX systems by the process's nice value ("idle": nice
+    19); on Windows the class it was started with (windows_priority_class) is all there is. Returns what was
+    applied, as lower_thread_priority does."""
+    import sys
+
+    if priority is None or priority == 0:
+        return "unchanged"
+    if sys.platform.startswith("linux"):
+        return lower_thread_priority(priority)
+    if sys.platform == "win32":
+        return (windows_priority_class(priority) or "unchanged").lower().replace("_", " ")
+    try:
+        return f"nice {os.nice(MAX_NICE if priority == IDLE else int(priority))}"
+    except (AttributeError, OSError) as e:
+        return f"unchanged ({type(e).__name__}: {e})"

@@ -748,8 +748,8 @@ def test_a_killed_worker_process_loses_only_what_it_had_not_written(repo):
     os.kill(t.worker_pid, signal.SIGKILL)  # ...and are lost with the process
     with pytest.raises(TrackerError, match=r"worker process \(pid \d+\) is gone .*step 2 was not written"):
         t.flush()
+    t.step(model)  # the snapshot is taken; the failure comes with the worker's answer
     with pytest.raises(TrackerError, match="is gone"):  # every later commit says so too, and close() does not hang
-        t.step(model)
         t.flush()
     with pytest.raises(TrackerError, match="is gone"):
         t.close()
@@ -790,18 +790,26 @@ def test_shared_memory_is_given_back(tmp_path):
     repo = make_repo(tmp_path / "r")
     script = (
         "import os, torch, mlvc\n"
+        "from mlvc import trackworker\n"
+        "made, create = [], trackworker.Segment.create.__func__\n"
+        "def noted(cls, size, spill):\n"
+        "    seg = create(cls, size, spill)\n"
+        "    made.append(seg.name.partition(':')[2])\n"
+        "    return seg\n"
+        "trackworker.Segment.create = classmethod(noted)\n"
         f"t = mlvc.Tracker({repo.root!r}, 'run', every=1)\n"
         "for width in (4, 4, 6, 6, 8):\n"
         "    t.step(torch.nn.Linear(width, 3))\n"
         "t.flush()\n"
-        "print(sorted(os.listdir('/dev/shm')))\n"
+        "print(made, [n for n in made if n in os.listdir('/dev/shm')])\n"
         "t.close()\n"
-        "print(sorted(os.listdir('/dev/shm')))\n")
-    before = set(os.listdir("/dev/shm"))
+        "print([n for n in made if n in os.listdir('/dev/shm')])\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    during, after = (set(eval(line)) for line in out.stdout.splitlines())
-    assert during - before and not (after - before)
+    first, last = out.stdout.splitlines()
+    made, live = first.split("] [")
+    assert made.count("psm_") == 5 and live.count("psm_") == 2  # two sets live (the queue), the others freed
+    assert last == "[]"
     assert "leaked" not in out.stderr and "resource_tracker" not in out.stderr
     assert len(chain(repo, "run")) == 5
 
@@ -948,7 +956,8 @@ def test_the_worker_process_exits_cleanly_whenever_its_pipe_closes(repo):
 
     args = WriterArgs(repo.root, "run", None, "train", {}, None, 1, None)
     for close_after in (0.0, 0.5, None):
-        proc = subprocess.Popen([sys.executable, "-c", _MAIN, "0", os.path.dirname(os.path.dirname(tracker.__file__))],
+        home = os.path.dirname(os.path.dirname(tracker.__file__))
+        proc = subprocess.Popen([sys.executable, "-c", _MAIN, "0", home, repr(sys.path)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for msg in (("init", args), ("close",)):
             pickle.dump(msg, proc.stdin)
@@ -958,6 +967,7 @@ def test_the_worker_process_exits_cleanly_whenever_its_pipe_closes(repo):
             proc.stdin.close()
         assert proc.wait(90) == 0
         assert proc.stderr.read() == b"", close_after
+        trackworker._skip_to(proc.stdout, trackworker.WIRE_MARK)
         assert pickle.load(proc.stdout)[0] == "ready"
         if close_after is None:
             proc.stdin.close()
@@ -970,3 +980,63 @@ def test_a_worker_that_exits_badly_after_its_last_job_is_reported(repo, monkeypa
     with pytest.warns(UserWarning, match="exited with code 5 after its last job"):
         t.close()
     assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1]
+
+
+def test_reused_snapshot_buffers_hold_each_commits_own_weights(repo):
+    """With the default queue (two snapshots), later commits reuse the buffers of earlier ones: each commit
+    still holds the weights of its own step."""
+    model = tiny()
+    with Tracker(repo, "run", every=1, save_state=False) as t:
+        for i in range(1, 8):
+            with torch.no_grad():
+                model[0].weight.fill_(i)
+            t.step(model, step=i)
+    for tc in t.commits:
+        w = repo.load(tc.commit, tensors=["0.weight"])["0.weight"]
+        assert torch.equal(w, torch.full_like(w, float(tc.step)))
+    assert [tc.step for tc in t.commits] == list(range(1, 8))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is the default start method on Linux")
+def test_a_process_forked_from_the_loop_exits(repo):
+    """A DataLoader worker or a multiprocessing pool forked after the Tracker was made has none of its threads
+    or pipes: it must exit without trying to flush the tracker (it would wait forever)."""
+    import multiprocessing
+
+    with Tracker(repo, "run", every=1) as t:
+        t.step(tiny())
+        child = multiprocessing.get_context("fork").Process(target=int)
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        t.step(tiny())
+    assert len(t.commits) == 2
+
+
+@posix_only
+def test_ctrl_c_does_not_take_the_queued_commits_with_it(repo):
+    """Ctrl-C reaches the terminal's whole process group: the worker ignores it, so the loop's `with` block
+    can still write what was queued."""
+    model = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker(repo, "run", every=1, max_queue_mb=64) as t:
+            t.flush()  # the worker runs: past its start-up
+            os.kill(t.worker_pid, signal.SIGSTOP)
+            t.step(model)
+            t.step(model)
+            os.kill(t.worker_pid, signal.SIGINT)
+            os.kill(t.worker_pid, signal.SIGCONT)
+            raise KeyboardInterrupt
+    assert [c.metadata["step"] for c in chain(repo, "run")[1:]] == [1, 2]
+
+
+def test_what_the_interpreter_prints_before_the_worker_runs_is_not_the_wire(repo, tmp_path, monkeypatch):
+    """A sitecustomize (or .pth file) that prints at start-up writes to the worker's stdout before the worker
+    has taken it for its messages: the loop skips it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("print('hello from sitecustomize', flush=True)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    with Tracker(repo, "run", every=1) as t:
+        t.step(tiny())
+    assert len(t.commits) == 1
