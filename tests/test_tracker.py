@@ -773,6 +773,12 @@ def test_the_worker_process_and_all_its_threads_run_at_the_requested_priority(tm
         t.step(tiny(width=20000))
         t.flush()  # the pipeline's encode threads and the store's fsync threads have run by now
         seen = proc_threads(t.worker_pid)
+        # the loop's session and scheduling group: Linux's autogroup shares the CPU equally between sessions
+        # whatever the nice values inside them, so a worker in a session of its own would ignore its priority
+        assert os.getsid(t.worker_pid) == os.getsid(0)
+        if os.path.exists("/proc/self/autogroup"):  # (kernels built without autogroup have none)
+            with open(f"/proc/{t.worker_pid}/autogroup") as theirs, open("/proc/self/autogroup") as ours:
+                assert theirs.read().split()[0] == ours.read().split()[0]
     assert len(t.commits) == 1 and len(seen) >= 2
     if priority == "idle":
         assert all(policy == os.SCHED_IDLE for policy, _ in seen.values())
