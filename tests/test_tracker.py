@@ -1046,3 +1046,26 @@ def test_what_the_interpreter_prints_before_the_worker_runs_is_not_the_wire(repo
     with Tracker(repo, "run", every=1) as t:
         t.step(tiny())
     assert len(t.commits) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="POSIX nice values")
+@pytest.mark.parametrize("priority", ["idle", 4, 0, None])
+def test_a_worker_process_elsewhere_than_linux_lowers_its_whole_nice_value(priority):
+    """Off Linux a thread id names no thread, so a worker process lowers the nice value of the whole process
+    (read back from the OS, in a process of its own: a raised nice value cannot be lowered again); the Windows
+    priority class it would be started with follows the same levels."""
+    code = ("import os, sys; sys.platform = 'darwin'; from mlvc.util import lower_process_priority as low; "
+            f"print(low({priority!r})); print(os.getpriority(os.PRIO_PROCESS, 0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    applied, nice = out.stdout.split("\n")[:2]
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if priority in (0, None):
+        assert applied == "unchanged" and int(nice) == base
+    else:
+        want = min(19, base + (19 if priority == "idle" else priority))
+        assert applied == f"nice {want}" and int(nice) == want
+    from mlvc.util import windows_priority_class
+
+    assert windows_priority_class(priority) == {"idle": "IDLE_PRIORITY_CLASS", 4: "BELOW_NORMAL_PRIORITY_CLASS"}.get(
+        priority)
+    assert windows_priority_class(15) == "IDLE_PRIORITY_CLASS"
