@@ -311,12 +311,17 @@ def _delta_payload(encoding: int, mv, b1, b2, width: int, level: int) -> bytes:
     return b"".join(_delta_parts(encoding, mv, b1, b2, width, level))
 
 
-def _samples(n: int, width: int) -> list[slice]:
+def _sample(buf: memoryview, width: int) -> memoryview | bytes:
+    """What a chunk's coding is chosen on: the whole chunk up to _SAMPLE bytes, else three windows (start,
+    middle, end) joined into one sample, so that each candidate costs one zstd call per plane, not three
+    (the estimates were a fifth of the time of delta-coding an fp32 chunk). Element-aligned, so a transform
+    of the joined windows is the joined transforms of the windows."""
+    n = len(buf)
     if n <= _SAMPLE:
-        return [slice(0, n)]
+        return buf
     w = (_SAMPLE // 3) - (_SAMPLE // 3) % width
     mid = (n // 2) - (n // 2) % width
-    return [slice(0, w), slice(mid, mid + w), slice(n - w, n)]
+    return b"".join((buf[:w], buf[mid : mid + w], buf[n - w :]))
 
 
 def encode_delta(raw, width: int, level: int, base: Base, base2: Base | None = None) -> bytes | None:
@@ -333,17 +338,13 @@ def encode_delta(raw, width: int, level: int, base: Base, base2: Base | None = N
     b1 = memoryview(base.raw).cast("B")
     b2 = memoryview(base2.raw).cast("B") if base2 is not None and len(base2.raw) == n else None
     candidates = [ENC_SUB, ENC_SPARSE] + ([ENC_PRED] if b2 is not None else []) + ([ENC_XOR] if width in (1, 8) else [])
-    spots = _samples(n, width)
-
-    def estimate(encoding: int) -> int:
-        return sum(_size(_delta_parts(encoding, mv[s], b1[s], b2[s] if b2 is not None else None, width, level))
-                   for s in spots)
-
-    sizes = {e: estimate(e) for e in candidates}
+    sample, s1 = _sample(mv, width), _sample(b1, width)
+    s2 = _sample(b2, width) if b2 is not None else None
+    sizes = {e: _size(_delta_parts(e, sample, s1, s2, width, level)) for e in candidates}
     best = min(candidates, key=lambda e: sizes[e])
     pred = best == ENC_PRED and base2 is not None  # pred is a candidate only with base2
     depth = 1 + max(base.depth, base2.depth if pred and base2 is not None else 0)
-    if depth > MAX_DEPTH or sizes[best] >= sum(_size(_full_payload(mv[s], width, level)[2]) for s in spots):
+    if depth > MAX_DEPTH or sizes[best] >= _size(_full_payload(memoryview(sample).cast("B"), width, level)[2]):
         return None
     parts = _delta_parts(best, mv, b1, b2, width, level)
     prefix = bytes.fromhex(base2.id) if pred and base2 is not None else b""

@@ -30,7 +30,7 @@ DEFAULT_SKIP_DELTAS = 0  # 1: skip-delta bases (shallower chains, some storage);
 class Config:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     zstd_level: int = DEFAULT_ZSTD_LEVEL
-    threads: int = 0  # 0: one per core
+    threads: int = 0  # 0: two per core, up to 16
     keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL  # delta chains stay under this many links; 1: no deltas
     cache_mb: int = DEFAULT_CACHE_MB  # decoded delta bases kept in memory
     skip_deltas: int = DEFAULT_SKIP_DELTAS  # 1: version n of a chunk against version n & (n-1)
@@ -84,7 +84,7 @@ class Config:
 CORE_RANGES: dict[str, tuple[int, int, int, str]] = {
     "chunk_size": (64, 1 << 30, DEFAULT_CHUNK_SIZE, " bytes (a multiple of 8)"),
     "zstd_level": (-7, 22, DEFAULT_ZSTD_LEVEL, ""),
-    "threads": (0, 256, 0, " (0: one per core)"),
+    "threads": (0, 256, 0, " (0: two per core, up to 16)"),
     "keyframe_interval": (1, 256, DEFAULT_KEYFRAME_INTERVAL, " (1: no deltas)"),
     "cache_mb": (0, 1 << 20, DEFAULT_CACHE_MB, " MiB"),
     "skip_deltas": (0, 1, DEFAULT_SKIP_DELTAS, " (1: skip-delta bases)"),
@@ -100,7 +100,7 @@ def write_default(path: str) -> None:
         "[core]\n"
         f"chunk_size = {DEFAULT_CHUNK_SIZE}  # bytes per chunk, element-aligned\n"
         f"zstd_level = {DEFAULT_ZSTD_LEVEL}\n"
-        "threads = 0  # 0: one per core\n"
+        "threads = 0  # 0: two per core, up to 16\n"
         f"keyframe_interval = {DEFAULT_KEYFRAME_INTERVAL}"
         "  # a full object at least every K versions of a chunk; 1: no deltas\n"
         f"cache_mb = {DEFAULT_CACHE_MB}  # decoded delta bases kept in memory while reading\n"

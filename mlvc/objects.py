@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dtypes import DTYPES, MAX_RANK, dims_fit, holds, is_dtype_name
+from .dtypes import DTYPES, MAX_RANK, NOT_A_SHAPE, TOO_BIG, elements, is_dtype_name
 from .errors import CorruptObjectError, FormatError, MlvcError, PathError
 from .util import ID_HEX_LEN, canonical_json, hash_bytes, is_utf8_text, show
 
@@ -86,7 +86,8 @@ class TensorEntry:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorEntry:
         """A tensor entry as stored; Malformed (a ValueError) when any field is not what mlvc writes. Runs once
-        per tensor of every manifest read (100,000 for some checkpoints): a message is only built on failure."""
+        per tensor of every manifest read (100,000 for some checkpoints): the shape is walked once, for every
+        check that needs it, and a message is only built on failure."""
         if not isinstance(d, dict):
             raise Malformed("a tensor entry is not an object")
         name = d["name"]
@@ -95,16 +96,19 @@ class TensorEntry:
         dtype, shape, alias = d["dtype"], d["shape"], d.get("alias")
         if not is_dtype_name(dtype):
             raise Malformed(f"tensor {show(name)}: dtype {show(dtype)}")
-        if not (type(shape) is list and len(shape) <= MAX_RANK and all(type(x) is int and x >= 0 for x in shape)):
+        count = elements(shape)
+        if count == NOT_A_SHAPE:
             raise Malformed(f"tensor {show(name)}: shape must be a list of at most {MAX_RANK} non-negative integers")
-        if not dims_fit(shape):
+        if count == TOO_BIG:
             raise Malformed(f"tensor {show(name)}: its dims multiply past 2**63")
         if alias is not None and not is_utf8_text(alias):
             raise Malformed(f"tensor {show(name)}: alias {show(alias)}")
         chunks = _ids(d["chunks"], "chunks")
+        known = DTYPES.get(dtype)
+        implied = None if known is None else known.itemsize * count
         nbytes: Any = d.get("nbytes")
         if nbytes is None and "nbytes" not in d:  # format 2: implied by a known dtype and the shape
-            nbytes = implied_nbytes(dtype, shape) if alias is None else None
+            nbytes = implied if alias is None else None
             if nbytes is None:
                 raise Malformed(f"tensor {show(name)}: no nbytes, and {show(dtype)} does not imply it")
         if not _nat(nbytes):
@@ -117,7 +121,7 @@ class TensorEntry:
                 raise Malformed(f"tensor {show(name)}: no hash, and {len(chunks)} chunks do not imply one")
         else:
             _id(tensor_hash, "tensor hash")
-        if alias is None and not holds(dtype, shape, nbytes):
+        if alias is None and implied is not None and nbytes != implied:  # the bytes hold exactly the shape
             raise Malformed(f"tensor {show(name)}: {nbytes} bytes do not hold {dtype} of {len(shape)} dims "
                             f"{show(shape)}")
         return cls(name, dtype, list(shape), nbytes, tensor_hash, chunks, alias)

@@ -48,11 +48,19 @@ class History:
     # `lineage`), so no chain is deeper than log2 of the keyframe interval; without it, chains as before.
     ancestors: list[FileEntry | None] = field(default_factory=list)
 
-    @staticmethod
-    def _tensor(entry: FileEntry | None, name: str, dtype: str, shape: list[int]) -> list[str] | None:
+    # Each entry's tensors by name, built on the first lookup: a linear search per tensor made the commit of a
+    # file of 100,000 tensors on top of a parent quadratic (20,000 tensors: 1.6 s first commit, 12.9 s second).
+    _by_name: dict[int, dict[str, TensorEntry]] = field(default_factory=dict, repr=False, compare=False)
+
+    def _tensor(self, entry: FileEntry | None, name: str, dtype: str, shape: list[int]) -> list[str] | None:
         if entry is None:
             return None
-        t = next((t for t in entry.tensors if t.name == name), None)
+        index = self._by_name.get(id(entry))
+        if index is None:
+            index = self._by_name[id(entry)] = {}
+            for each in entry.tensors:
+                index.setdefault(each.name, each)  # the first of a name, as a search in file order finds
+        t = index.get(name)
         return list(t.chunks) if t is not None and t.dtype == dtype and list(t.shape) == list(shape) else None
 
     def tensor(self, name: str, dtype: str, shape: list[int]) -> dict:

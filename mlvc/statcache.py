@@ -38,8 +38,10 @@ class StatCache:
             pass  # a missing or damaged cache only costs a re-hash
         self.dirty = False
 
-    def lookup(self, rel: str, abs_path: str) -> str | None:
-        """The file hash recorded for an unchanged file, else None."""
+    def lookup(self, rel: str, abs_path: str, racy: bool = False) -> str | None:
+        """The file hash recorded for an unchanged file, else None. With `racy`, also for a file whose stat is
+        as recorded but too close to its last write to vouch for it: a hint that a whole-file hash will most
+        likely confirm (a status right after a commit), never a proof."""
         e = self.entries.get(rel)
         if not e:
             return None
@@ -47,7 +49,7 @@ class StatCache:
             st = os.stat(abs_path)
         except OSError:
             return None
-        if e.get("stat") != _stat_key(st) or st.st_mtime_ns + RACY_NS >= e.get("at", self.written_ns):
+        if e.get("stat") != _stat_key(st) or (st.st_mtime_ns + RACY_NS >= e.get("at", self.written_ns) and not racy):
             return None
         return e.get("hash")
 

@@ -164,6 +164,11 @@ class ObjectStore:
         """Known to be a small (packed) object: cheaper to read in the caller's thread than to hand over."""
         return False
 
+    def packed_raw(self, oid: str) -> bytes | memoryview | None:
+        """The raw content, unverified, of an object a pack holds as raw bytes; None for any other object
+        (the caller then reads its object file)."""
+        return None
+
     def write_packed(self, oid: str, data: bytes) -> bool:
         """Store a small encoded object in the pack being built (a backend without packs writes it as any
         other object); True if it was not there. Readable by this store at once, by others after seal()."""
@@ -306,41 +311,51 @@ class ObjectStore:
         if hit is not None:
             return hit
         try:
-            # Only the header is read before the bases are decoded: a chain decode then holds one object
-            # file at a time instead of one per link, so a reader's peak memory does not grow with the depth.
-            head = self.read_head(oid, codec.HEADER_SIZE + 16)
-            h = codec.ObjectHeader.parse(head)
-            if below is not None and h.depth >= below:
-                raise codec.DecodeError(f"it has depth {h.depth}, but a delta of depth {below} names it as its base")
-            bases: dict[str, tuple[bytes | bytearray, int]] = {}
-            for bid in (codec.bases(head) if h.base is not None else ()):
-                try:
-                    braw, bdepth = self._load(bid, cache=True, below=h.depth)
-                except ObjectNotFoundError:
-                    raise codec.DecodeError(f"its delta base {bid} is missing") from None
-                if bdepth >= h.depth:  # depths strictly fall along a chain: no cycles, bounded recursion
-                    raise codec.DecodeError(f"base {bid} has depth {bdepth}, not below {h.depth}")
-                bases[bid] = (braw, bdepth)
-            data = self.read_file(oid)
-            if bytes(data[: len(head)]) != head:
-                raise codec.DecodeError("the object file changed while it was read")
-
-            def get_base(bid: str):
-                if bid not in bases:
-                    raise codec.DecodeError(f"names a base {bid} its header does not")
-                return bases[bid][0]
-
-            raw = codec.decode(data, get_base)
-            del data
-            base_depths = [d for _, d in bases.values()]
-            if base_depths and h.depth != 1 + max(base_depths):
-                raise codec.DecodeError(f"depth {h.depth} does not follow from its bases' depths {base_depths}")
+            packed = self.packed_raw(oid)
+            if packed is not None:  # a full object held as raw bytes: nothing to parse or decode
+                raw: bytes | bytearray = bytes(packed)
+                depth = 0
+            else:
+                raw, depth = self._decode(oid, below)
         except codec.DecodeError as e:
             raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
         if hash_bytes(raw) != oid:
             raise CorruptObjectError(oid, "content does not match its id", self.locate(oid))
         if cache:
-            self._cache.put(oid, raw, h.depth)
+            self._cache.put(oid, raw, depth)
+        return raw, depth
+
+    def _decode(self, oid: str, below: int | None) -> tuple[bytes | bytearray, int]:
+        """An object file's content, unverified, its delta bases loaded (and verified) first; DecodeError."""
+        # Only the header is read before the bases are decoded: a chain decode then holds one object file at
+        # a time instead of one per link, so a reader's peak memory does not grow with the depth.
+        head = self.read_head(oid, codec.HEADER_SIZE + 16)
+        h = codec.ObjectHeader.parse(head)
+        if below is not None and h.depth >= below:
+            raise codec.DecodeError(f"it has depth {h.depth}, but a delta of depth {below} names it as its base")
+        bases: dict[str, tuple[bytes | bytearray, int]] = {}
+        for bid in (codec.bases(head) if h.base is not None else ()):
+            try:
+                braw, bdepth = self._load(bid, cache=True, below=h.depth)
+            except ObjectNotFoundError:
+                raise codec.DecodeError(f"its delta base {bid} is missing") from None
+            if bdepth >= h.depth:  # depths strictly fall along a chain: no cycles, bounded recursion
+                raise codec.DecodeError(f"base {bid} has depth {bdepth}, not below {h.depth}")
+            bases[bid] = (braw, bdepth)
+        data = self.read_file(oid)
+        if bytes(data[: len(head)]) != head:
+            raise codec.DecodeError("the object file changed while it was read")
+
+        def get_base(bid: str):
+            if bid not in bases:
+                raise codec.DecodeError(f"names a base {bid} its header does not")
+            return bases[bid][0]
+
+        raw = codec.decode(data, get_base)
+        del data
+        base_depths = [d for _, d in bases.values()]
+        if base_depths and h.depth != 1 + max(base_depths):
+            raise codec.DecodeError(f"depth {h.depth} does not follow from its bases' depths {base_depths}")
         return raw, h.depth
 
     def header(self, oid: str) -> codec.ObjectHeader:
@@ -748,11 +763,34 @@ class PackSet:
         return hit[2] if self._widths.get(hit[0]) is None else codec.HEADER_SIZE + hit[2]
 
     def read(self, oid: str) -> bytes | None:
-        """The object file, None when no pack holds it. A pack rewritten meanwhile by another process (its
-        old file removed) is looked up again once."""
+        """The object file, None when no pack holds it."""
         pending = self._pending.get(oid)
         if pending is not None:
             return _raw_object(pending[0])
+        found = self._member(oid)
+        if found is None:
+            return None
+        data, name, pos, length = found
+        if self._widths.get(name) is None:
+            return data[pos : pos + length]
+        return _raw_object(memoryview(data)[pos : pos + length])
+
+    def raw(self, oid: str) -> bytes | memoryview | None:
+        """The raw content of an object held as raw bytes (in a version-2 pack or the pack being built): what
+        read() returns without the object header it would build, for a reader that has nothing to decode
+        (a checkout of 100,000 small tensors parsed two headers per tensor). None when no pack holds it raw."""
+        pending = self._pending.get(oid)
+        if pending is not None:
+            return pending[0]
+        found = self._member(oid)
+        if found is None or self._widths.get(found[1]) is None:
+            return None
+        data, _name, pos, length = found
+        return memoryview(data)[pos : pos + length]
+
+    def _member(self, oid: str) -> tuple[bytes, str, int, int] | None:
+        """(the pack's data, its name, the object's offset and length in it). A pack rewritten meanwhile by
+        another process (its old file removed) is looked up again once."""
         for _attempt in range(2):
             hit = self._find(oid)
             if hit is None:
@@ -760,9 +798,7 @@ class PackSet:
             name, pos, length = hit
             data = self._pack_data(name)
             if data is not None:
-                if self._widths.get(name) is None:
-                    return data[pos : pos + length]
-                return _raw_object(memoryview(data)[pos : pos + length])
+                return data, name, pos, length
             self._refresh(force=True)
         return None
 
@@ -965,6 +1001,9 @@ class LooseObjectStore(ObjectStore):
 
     def is_small(self, oid):
         return self.packs.known(oid)
+
+    def packed_raw(self, oid):
+        return self.packs.raw(oid) if self.packs.known(oid) else None
 
     def write_packed(self, oid, data):
         if not _is_id(oid):

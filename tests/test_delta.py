@@ -285,12 +285,10 @@ def test_encode_delta_picks_the_smallest_candidate_on_the_sample(width, changed,
     data = codec.encode_delta(raw, width, 1, b1, b2)
     candidates = [codec.ENC_SUB, codec.ENC_SPARSE] + ([codec.ENC_PRED] if with_base2 else [])
     candidates += [codec.ENC_XOR] if width in (1, 8) else []
-    spots = codec._samples(len(raw), width)
-    mv, p1 = memoryview(raw), memoryview(b1.raw)
-    p2 = memoryview(b2.raw) if b2 is not None else None
-    sizes = {e: sum(len(codec._delta_payload(e, mv[s], p1[s], p2[s] if p2 is not None else None, width, 1))
-                    for s in spots) for e in candidates}
-    full = sum(codec._size(codec._full_payload(mv[s], width, 1)[2]) for s in spots)
+    sample, s1 = codec._sample(memoryview(raw), width), codec._sample(memoryview(b1.raw), width)
+    s2 = codec._sample(memoryview(b2.raw), width) if b2 is not None else None
+    sizes = {e: len(codec._delta_payload(e, sample, s1, s2, width, 1)) for e in candidates}
+    full = codec._size(codec._full_payload(memoryview(sample).cast("B"), width, 1)[2])
     if data is None:
         assert min(sizes.values()) >= full
         return

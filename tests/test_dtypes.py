@@ -4,11 +4,14 @@ names, numpy (and ml_dtypes), torch. docs/format.md's copy of the table is check
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import ml_dtypes  # noqa: F401  (a test dependency: numpy_dtype gives the real bf16/fp8 types with it)
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mlvc import dtypes, numeric
 
@@ -82,13 +85,27 @@ def test_kinds_and_helpers():
         assert not dtypes.is_dtype_name(bad)
 
 
-@pytest.mark.parametrize("dtype,shape,nbytes,ok", [
-    ("F32", [2, 3], 24, True), ("F32", [2, 3], 20, False), ("F32", [], 4, True), ("F32", [0, 5], 0, True),
-    ("F32", [0, 5], 4, False), ("BF16", [7], 14, True), ("BOOL", [3], 3, True), ("F4", [3], 2, True),
-    ("U8", [2**62, 2**62], 10, False), ("F64", [10**6] * 64, 8, False),
+@pytest.mark.parametrize("shape,count", [
+    ([2, 3], 6), ([], 1), ([0, 5], 0), ([7], 7), ([2**31, 2**31], 2**62), ([0, 2**62], 0),
+    ([2**62, 2**62], dtypes.TOO_BIG), ([10**6] * 64, dtypes.TOO_BIG), ([2**62, 2**62, 0], dtypes.TOO_BIG),
+    ([1] * 65, dtypes.NOT_A_SHAPE), ([2, -1], dtypes.NOT_A_SHAPE), ([2, True], dtypes.NOT_A_SHAPE),
+    ([2.0], dtypes.NOT_A_SHAPE), ((2, 3), dtypes.NOT_A_SHAPE), ("23", dtypes.NOT_A_SHAPE), (None, dtypes.NOT_A_SHAPE),
 ])
-def test_holds(dtype, shape, nbytes, ok):
-    assert dtypes.holds(dtype, shape, nbytes) is ok
+def test_elements(shape, count):
+    assert dtypes.elements(shape) == count
+
+
+@given(st.lists(st.one_of(st.integers(0, 2**40), st.integers(-3, -1), st.booleans(), st.floats()), max_size=70))
+def test_elements_is_every_shape_check_in_one_walk(shape):
+    valid = len(shape) <= dtypes.MAX_RANK and all(type(x) is int and x >= 0 for x in shape)
+    got = dtypes.elements(shape)
+    if not valid:
+        assert got in (dtypes.NOT_A_SHAPE, dtypes.TOO_BIG)  # a walk may meet an overflow before a bad dim
+        assert got == dtypes.NOT_A_SHAPE or not dtypes.dims_fit([x for x in shape if type(x) is int and x > 0])
+    elif not dtypes.dims_fit(shape):
+        assert got == dtypes.TOO_BIG
+    else:
+        assert got == math.prod(shape)
 
 
 def test_dims_fit():

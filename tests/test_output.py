@@ -15,7 +15,7 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
@@ -557,3 +557,25 @@ def test_demo_echoed_commands_paste_into_a_shell(tmp_path, capsys):
     r = subprocess.run(["bash", "-c", line], cwd=b, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert Repo(str(a)).log("HEAD")[0].message == Repo(str(b)).log("HEAD")[0].message == message
+
+
+_PLAIN = st.text(st.sampled_from("ab1.-+%|:"), max_size=8)  # what table() formats itself
+_CELL = st.one_of(_PLAIN, _PLAIN, _PLAIN, st.text(st.sampled_from("ab1| :é\t"), max_size=6),
+                  st.sampled_from(["", " x", "x ", "a b", "1e-05"]), st.integers(-5, 5), st.none())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4).flatmap(lambda n: st.tuples(
+    st.lists(st.text(st.sampled_from("ab |"), max_size=5), min_size=n, max_size=n),
+    st.one_of(st.lists(st.lists(_PLAIN, min_size=n, max_size=n), max_size=5),
+              st.lists(st.lists(_CELL, min_size=n - (n > 1), max_size=n), max_size=5)))))
+def test_tables_are_tabulates_simple_style_whatever_the_cells(case):
+    """table() formats plain tables itself (the common case, fast) and hands anything else to tabulate: the
+    text is tabulate's either way, for every kind of cell (spaces at the ends, non-ASCII, tabs, numbers, None,
+    ragged rows, empty tables)."""
+    from tabulate import tabulate
+
+    from mlvc.render.text import table
+
+    headers, rows = case
+    assert table(rows, headers) == tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)

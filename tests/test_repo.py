@@ -576,6 +576,34 @@ def test_racy_cache_entries_are_not_trusted(repo, monkeypatch):
     assert calls == ["model.safetensors"]
 
 
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_racy_entry_with_the_recorded_stat_is_settled_by_one_whole_file_hash(repo, monkeypatch, changed):
+    """Right after a commit the file's stat is as recorded but too recent to vouch for it: status hashes the
+    whole file once, and snapshots it tensor by tensor only when that hash differs. A write that keeps the
+    stat (the same size within one tick of a coarse clock, simulated by a stat key without times) is seen."""
+    import mlvc.ops.workfiles as status_mod
+    import mlvc.statcache as statcache
+
+    monkeypatch.setattr(statcache, "_stat_key", lambda st: [st.st_size, st.st_ino])  # a clock too coarse to see
+    path = write_model(repo, random_state_dict(0))
+    repo.commit(path, message="v1")  # records the stat; the write was just now: racy
+    sd = random_state_dict(0)
+    if changed:
+        sd["encoder.0.bias"][0] += 1
+    other = write_model(repo, sd, name="other.safetensors")
+    with open(other, "rb") as src, open(path, "r+b") as f:  # in place: same inode, same size
+        f.write(src.read())
+    os.unlink(other)
+    calls = []
+    real = status_mod.snapshot_path
+    monkeypatch.setattr(status_mod, "snapshot_path", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    st = repo.status()
+    assert calls == (["model.safetensors"] if changed else [])
+    assert st.clean is (not changed)
+    if changed:
+        assert st.changed[0].tensors_changed == ["encoder.0.bias"]
+
+
 def test_status_on_an_empty_repository(repo):
     st = repo.status()
     assert st.clean and st.head is None and st.files == []

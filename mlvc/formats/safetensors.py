@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ..dtypes import MAX_RANK, dims_fit, holds, is_dtype_name
+from ..dtypes import DTYPES, MAX_RANK, NOT_A_SHAPE, TOO_BIG, elements, is_dtype_name
 from ..errors import FormatError
 from ..util import is_utf8_text, show
 
@@ -51,11 +51,6 @@ class Layout:
 # (JSON nested past Python's recursion limit is refused by the parser itself, as a RecursionError). The
 # limits on shapes and dtype names are mlvc/dtypes.py's, shared with the manifest reader.
 MAX_NAME_BYTES = 64 << 10  # bytes of one tensor name (UTF-8)
-
-
-def _is_int(x: Any) -> bool:
-    """A JSON integer: `True` is an int to Python but a boolean to JSON, and never a size or an offset."""
-    return type(x) is int
 
 
 class _DuplicateKey(ValueError):
@@ -128,18 +123,15 @@ _DTYPES_SEEN: set[str] = set()  # dtype names already found to be of the valid f
 _ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
 
 
-def _nonneg_int(d: Any) -> bool:
-    return type(d) is int and d >= 0
-
-
 def _span(path: str, name: str, info: Any, data_size: int) -> TensorSpan:
     # Checked per tensor of headers that may list 100,000 of them: each test is done once, on the cheapest path.
-    try:
-        name_ok = isinstance(name, str) and len(name.encode("utf-8")) <= MAX_NAME_BYTES
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON)
-        name_ok = False
-    if not name_ok:
-        raise FormatError(path, f"tensor name {show(name)} is not UTF-8 text of at most {MAX_NAME_BYTES} bytes")
+    if not (type(name) is str and name.isascii() and len(name) <= MAX_NAME_BYTES):
+        try:
+            name_ok = isinstance(name, str) and len(name.encode("utf-8")) <= MAX_NAME_BYTES
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON)
+            name_ok = False
+        if not name_ok:
+            raise FormatError(path, f"tensor name {show(name)} is not UTF-8 text of at most {MAX_NAME_BYTES} bytes")
     if not isinstance(info, dict) or not _ENTRY_KEYS <= info.keys():
         raise FormatError(path, f"tensor {show(name)}: entry needs dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
@@ -148,17 +140,19 @@ def _span(path: str, name: str, info: Any, data_size: int) -> TensorSpan:
             raise FormatError(path, f"tensor {show(name)}: dtype {show(str(dtype))} is not a safetensors dtype name")
         if len(_DTYPES_SEEN) < 256:
             _DTYPES_SEEN.add(dtype)
-    if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(map(_nonneg_int, shape))):
+    count = elements(shape)
+    if count == NOT_A_SHAPE:
         raise FormatError(path, f"tensor {show(name)}: shape must be a list of at most {MAX_RANK} "
                                 "non-negative integers")
-    if not dims_fit(shape):
+    if count == TOO_BIG:
         raise FormatError(path, f"tensor {show(name)}: its dims multiply past 2**63")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+    if not (type(offsets) is list and len(offsets) == 2 and type(offsets[0]) is int and type(offsets[1]) is int
             and 0 <= offsets[0] <= offsets[1] <= data_size):
         raise FormatError(path, f"tensor {show(name)}: data_offsets must be two integers [begin, end] with "
                                 f"0 <= begin <= end <= {data_size} (the data region)")
     begin, end = offsets
-    if not holds(dtype, shape, end - begin):
+    known = DTYPES.get(dtype)
+    if known is not None and end - begin != known.itemsize * count:  # the bytes hold exactly the shape
         shown = str(shape) if len(shape) <= 8 else f"[{len(shape)} dims]"
         raise FormatError(path, f"tensor {show(name)}: {end - begin} bytes do not match {dtype} {shown}")
     return TensorSpan(name, dtype, list(shape), begin, end)

@@ -56,6 +56,7 @@ def create_ref(repo: Repo, kind: str, name: str, rev: str, force: bool, message:
     Tag.from_dict(json.loads(data), "")  # what could not be read back never gets an id a ref names
     with repo.writing():  # gc keeps the tag object until the ref names it
         tag.id = repo.store.put(data).id
+        repo.store.flush()  # the object and its folder durable before a ref names it, as for a commit
         repo.refs.set_if_equals(ref, old, tag.id, who=repo.author(), message=log)
     return cid
 

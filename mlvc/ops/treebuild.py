@@ -266,10 +266,10 @@ def _assemble(pipe: Pipeline, path: str, items: list[Item], header_ids: list[str
 def ordered_items(current: FileEntry | None, chosen: dict[str, Item], order_hint: list[FileEntry]) -> list[Item]:
     """The tensors of a file after changes: in the current file's order, then new names in the order they
     have in the hint files."""
-    names = [t.name for t in current.tensors] if current else []
+    names = dict.fromkeys(t.name for t in current.tensors) if current else {}  # ordered, and O(1) to look up
     for f in order_hint:
-        names += [t.name for t in f.tensors if t.name not in names]
-    names += sorted(n for n in chosen if n not in names)
+        names.update(dict.fromkeys(t.name for t in f.tensors))
+    names.update(dict.fromkeys(sorted(n for n in chosen if n not in names)))
     return [chosen[n] for n in names if n in chosen]
 
 

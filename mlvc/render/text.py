@@ -7,9 +7,35 @@ from typing import Any
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
     """Rows under headers, columns aligned (tabulate's "simple" style; values are never re-parsed as numbers)."""
+    plain = _plain_table(rows, headers)
+    if plain is not None:
+        return plain
     from tabulate import tabulate
 
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def _plain_table(rows: list[list[Any]], headers: list[str]) -> str | None:
+    """table() for what it nearly always gets, without tabulate: rows as long as the headers, every cell a
+    printable ASCII string with no space at either end. The same text as tabulate (tests/test_output.py checks
+    it on generated tables), at a fraction of its time (a diff of 100,000 tensors spent 5 s in tabulate's
+    per-cell type and width detection) and without importing it (35-55 ms). None for anything else."""
+    n = len(headers)
+    for row in (headers, *rows):
+        if len(row) != n:
+            return None
+        try:
+            text = "|".join(row)
+        except TypeError:  # a cell that is not a string
+            return None
+        if not (text.isascii() and text.isprintable()) or text[:1] == " " or text[-1:] == " " \
+                or "| " in text or " |" in text:
+            return None
+    columns = list(zip(*rows, strict=True)) or [()] * n  # (every row is n long: checked above)
+    widths = [max([len(h) + 2, *map(len, column)]) for h, column in zip(headers, columns, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (headers, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def fmt_number(v: float | None) -> str:
