@@ -254,7 +254,8 @@ def main() -> int:
     ap.add_argument("--workdir", help="where the checkpoint, repository and copies go (default: a temp folder, "
                     "removed afterwards)")
     ap.add_argument("--keep", action="store_true", help="keep the workdir's contents")
-    ap.add_argument("--threads", type=int, default=0, help="core.threads for the repository (0: one per core)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="core.threads for the repository (0: two per core, up to 16)")
     ap.add_argument("--chunk-size", type=parse_size, help="core.chunk_size for the repository (e.g. 4M; "
                     "default: mlvc's default)")
     ap.add_argument("--config", action="append", default=[], metavar="KEY=INT",
@@ -267,6 +268,7 @@ def main() -> int:
     args = ap.parse_args()
     from tabulate import tabulate
 
+    from mlvc.chunking import default_threads
     from mlvc.repo import Repo
 
     own_tmp = args.workdir is None
@@ -285,7 +287,7 @@ def main() -> int:
             key, _, value = item.partition("=")
             set_core(os.path.join(repo.dir, "config.toml"), key.strip(), int(value))
         cfg = Repo(repo_dir).config
-        threads, chunk_size = cfg.threads or (os.cpu_count() or 1), cfg.chunk_size
+        threads, chunk_size = cfg.threads or default_threads(), cfg.chunk_size
         src = os.path.join(repo_dir, "model.safetensors")
         print(f"writing a {args.size_gb:g} GiB synthetic checkpoint to {src} ...", flush=True)
         t0 = time.perf_counter()
