@@ -133,12 +133,7 @@ EMPTY_HASH = hash_bytes(b"")
 def implied_nbytes(dtype: str, shape: list[int]) -> int | None:
     """The byte length a tensor of a known dtype and this shape has; None for a dtype of unknown element size."""
     d = DTYPES.get(dtype)
-    if d is None:
-        return None
-    n = d.itemsize
-    for x in shape:
-        n *= x
-    return n
+    return None if d is None else d.itemsize * elements(shape)  # the count from_dict checks against
 
 
 def implied_hash(chunks: list[str]) -> str | None:
