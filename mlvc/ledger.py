@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import faults, lockfile
-from .errors import EvalError, LedgerError, LedgerPartError, MetricDirectionError
+from .errors import EvalError, LedgerError, LedgerPartError, LockBusyError, MetricDirectionError
 from .util import atomic_writer, fsync_dir, hash_bytes, is_object_id
 
 LEDGER_FORMAT = 1
@@ -49,6 +49,8 @@ STATUS_TIMEOUT = "timeout"  # the evaluator ran past the task's timeout and was 
 STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_TIMEOUT)
 SOURCES = ("run", "record")
 LOCK_NAME = ".compact.lock"  # taken with mlvc.lockfile
+READ_LOCK_WAIT = 30.0  # seconds a reader that compactions kept outrunning waits for the compaction lock
+COMPACT_KIND = "compact"  # a compaction's merged part is named compact-<time>-<hash>.parquet
 DIRECTIONS_LOCK_NAME = ".directions.lock"  # taken by an append that establishes a metric's direction
 DIRECTIONS_LOCK_WAIT = 30.0  # seconds: its holder only reads the ledger and writes one part
 PART_SUFFIX = ".parquet"
@@ -186,20 +188,40 @@ class Ledger:
         rows.sort(key=lambda r: (r["time"], r["row_id"]))
         return [_to_record(r) for r in rows]
 
-    def _read_all(self, attempts: int = 5) -> list[dict[str, Any]]:
-        # A compaction may remove a part between our listing and our read; its rows are then already in the
-        # compacted part (written first), so reading the listing again finds them.
-        for attempt in range(attempts):
-            try:
-                out: list[dict[str, Any]] = []
+    def _read_all(self, attempts: int = 8) -> list[dict[str, Any]]:
+        """Every row of every part (repeats included), consistent with compactions running meanwhile.
+
+        A compaction writes its merged part before it removes the parts it merged, so a part that is gone
+        between our listing and our read has its rows in a newer part: list again at once and read only the
+        parts not read yet (a part's name carries its content, so one read per name is enough; rows of parts
+        gone since stay, `_dedupe` drops their repeats). A listing is taken as complete when every part in it
+        was read and a second listing shows no merged part we have not read: a listing made while a compaction
+        runs may miss both the parts it removes and the part it adds. A reader that loses that race `attempts`
+        times reads once more holding the compaction lock, which no compaction can then take.
+        """
+        rows: dict[str, list[dict[str, Any]]] = {}
+        listed = self.parts()
+        for _ in range(attempts):
+            gone = False
+            for path in listed:
+                if path not in rows:
+                    try:
+                        rows[path] = read_part(path)
+                    except FileNotFoundError:  # merged by a compaction, and likely the rest of the listing too
+                        gone = True
+                        break
+            listed = self.parts()
+            if not gone and all(p in rows for p in listed if os.path.basename(p).startswith(COMPACT_KIND)):
+                return [r for part in rows.values() for r in part]
+        try:
+            with lockfile.locked(os.path.join(self.folder, LOCK_NAME), "the ledger", READ_LOCK_WAIT):
                 for path in self.parts():
-                    out.extend(read_part(path))
-                return out
-            except FileNotFoundError:
-                if attempt == attempts - 1:
-                    raise LedgerError(f"the ledger in {self.folder} kept changing while being read; "
-                                      "try again") from None
-        raise AssertionError  # pragma: no cover
+                    if path not in rows:
+                        rows[path] = read_part(path)  # no part can go while we hold the lock
+        except (OSError, LockBusyError) as e:  # a folder we may not write, a compaction that runs on
+            raise LedgerError(f"the ledger in {self.folder} kept changing while being read, and its compaction "
+                              f"lock could not be taken ({_short(e)}); try again") from None
+        return [r for part in rows.values() for r in part]
 
     def verify(self, tmp_min_age_s: float = 0.0) -> list[LedgerProblem]:
         """Check every part as a reader would (hash, then parse); one LedgerProblem per finding, by path.
@@ -326,7 +348,7 @@ class Ledger:
             if len(parts) <= 1 and not dropped and not unverified:
                 return CompactResult(len(parts), 0, len(parts), len(unique), 0, None)
             unique.sort(key=lambda r: (r["time"], r["row_id"]))
-            path = _write_part(self.folder, "compact", unique)  # durable before any part goes away
+            path = _write_part(self.folder, COMPACT_KIND, unique)  # durable before any part goes away
             for p in parts:
                 if p == path:  # pragma: no cover - a new name has a new time stamp
                     continue

@@ -19,8 +19,10 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from mlvc import ledger as ledger_mod
+from mlvc import lockfile
 from mlvc.cli import cli
-from mlvc.errors import LedgerError, LedgerPartError, MlvcError, exit_code_for
+from mlvc.errors import LedgerError, LedgerPartError, LockBusyError, MlvcError, exit_code_for
 from mlvc.ledger import Ledger, Record, load_part, part_hash
 from mlvc.util import TMP_PREFIX, hash_bytes
 
@@ -359,6 +361,103 @@ def test_eight_processes_append_while_a_reader_reads(tmp_path):
 def test_processes_append_while_one_compacts_and_a_reader_reads(tmp_path):
     led, reads = _run_concurrently(tmp_path, 4, 25, with_compactor=True)
     assert len(led.parts()) < 4 * 25 and reads >= 1
+
+
+def _compacting_on_read(monkeypatch, led: Ledger, times: int) -> list[bool]:
+    """Make the reader lose the race `times` times: just before it opens a part, another writer appends a row
+    and a compaction merges every part, so the part it was about to read is gone. Returns, per read, whether
+    the reader held the compaction lock at that moment."""
+    real = ledger_mod.read_part
+    locked: list[bool] = []
+    racing_now = []
+
+    def racing(path):
+        if racing_now:  # the compaction's own reads
+            return real(path)
+        held = os.path.exists(os.path.join(led.folder, ledger_mod.LOCK_NAME))
+        locked.append(held)
+        if not held and locked.count(False) <= times:
+            racing_now.append(1)
+            led.append([rec(100 + len(locked))])
+            led.compact()
+            racing_now.clear()
+        return real(path)
+
+    monkeypatch.setattr(ledger_mod, "read_part", racing)
+    return locked
+
+
+def _notes(led: Ledger) -> list[str]:
+    notes = [r.notes for r in led.records()]
+    assert len(notes) == len(set(notes)), "a row read twice"
+    return sorted(notes)
+
+
+@pytest.mark.parametrize("races", [1, 3, 7])
+def test_a_reader_that_compactions_outrun_lists_again_and_misses_no_row(tmp_path, monkeypatch, races):
+    led = Ledger(str(tmp_path / "ledger"))
+    for i in range(4):
+        led.append([rec(i)])
+    locked = _compacting_on_read(monkeypatch, led, races)
+    got = _notes(led)
+    monkeypatch.undo()
+    assert got == _notes(led) and len(got) == 4 + races  # every row, the ones appended meanwhile too
+    assert not any(locked) and len(locked) == races + 1  # one read per race: only the new merged part
+
+
+def test_a_reader_that_compactions_keep_outrunning_reads_under_the_compaction_lock(tmp_path, monkeypatch):
+    led = Ledger(str(tmp_path / "ledger"))
+    for i in range(3):
+        led.append([rec(i)])
+    locked = _compacting_on_read(monkeypatch, led, 1000)
+    got = _notes(led)
+    monkeypatch.undo()
+    assert got == _notes(led) and {"n0", "n1", "n2"} <= set(got)
+    assert locked[-1] and not any(locked[:-1])  # the last read, and only it, held the lock
+    assert not os.path.exists(os.path.join(led.folder, ledger_mod.LOCK_NAME))  # and let it go
+
+
+@pytest.mark.parametrize("refusal", [LockBusyError("the ledger", lockfile.LockInfo(".compact.lock", 1, "h", "t", "c")),
+                                     PermissionError(13, "Permission denied")],
+                         ids=["a compaction runs on", "a folder the reader may not write"])
+def test_a_reader_outrun_that_cannot_take_the_lock_says_to_try_again_and_changes_nothing(tmp_path, monkeypatch,
+                                                                                       refusal):
+    led = Ledger(str(tmp_path / "ledger"))
+    for i in range(3):
+        led.append([rec(i)])
+    _compacting_on_read(monkeypatch, led, 1000)
+    real = lockfile.locked
+
+    def refuse_the_reader(path, what, wait=lockfile.DEFAULT_WAIT):  # the racing compactions still take it
+        if wait == ledger_mod.READ_LOCK_WAIT:
+            raise refusal
+        return real(path, what, wait)
+
+    monkeypatch.setattr(ledger_mod, "READ_LOCK_WAIT", 12.25)  # tells the reader's call apart
+    monkeypatch.setattr(lockfile, "locked", refuse_the_reader)
+    with pytest.raises(LedgerError, match="kept changing while being read.*try again"):
+        led.records()
+    assert not [n for n in os.listdir(led.folder) if n.startswith(".")]  # no lock or temp file left
+
+
+def test_a_listing_made_while_a_compaction_ran_is_completed_by_the_merged_part(tmp_path, monkeypatch):
+    # A directory listing made during a compaction may show neither the parts it removes nor the part it adds
+    # (readdir promises only the entries that stay put); a reader lists again and finds the merged part.
+    led = Ledger(str(tmp_path / "ledger"))
+    for i in range(3):
+        led.append([rec(i)])
+    led.compact()
+    led.append([rec(3)])
+    newest = led.parts()[-1]
+    assert os.path.basename(newest).startswith("part-") and len(led.parts()) == 2
+    real, calls = Ledger.parts, []
+
+    def parts(self):
+        calls.append(1)
+        return [newest] if len(calls) == 1 else real(self)  # the first listing missed the merged part
+
+    monkeypatch.setattr(Ledger, "parts", parts)
+    assert _notes(led) == ["n0", "n1", "n2", "n3"]
 
 
 # -- kills -------------------------------------------------------------------------------------------------------
