@@ -664,17 +664,19 @@ class PackSet:
                 index = _read_index(f, size)
         except FileNotFoundError:
             return
-        ids = [[oid] for oid in index.ids]
-        if index.why is not None:
-            self._bad[name] = index.why
-            ids = self._recover_ids(name, index)
         lengths = index.lengths if index.lengths is not None else [0] * len(index.ids)
         widths = index.widths if index.version == 2 and index.lengths is not None else None
-        members = []
-        for names, pos, length in zip(ids, _positions(lengths, widths), lengths, strict=True):
-            for oid in names:
-                self._index.setdefault(oid, (name, pos, length))
-                members.append((oid, pos, length))
+        positions = _positions(lengths, widths)
+        if index.why is None:  # one id per position (built in C: a pack of 100,000 tensors is read by every command)
+            members = list(zip(index.ids, positions, lengths, strict=True))
+        else:
+            self._bad[name] = index.why
+            members = [(oid, pos, length) for names, pos, length
+                       in zip(self._recover_ids(name, index), positions, lengths, strict=True) for oid in names]
+        found = dict(zip(reversed([m[0] for m in members]), reversed([(name, m[1], m[2]) for m in members]),
+                         strict=True))  # reversed: the first of an id listed twice wins, as in _index below
+        found.update((oid, self._index[oid]) for oid in found.keys() & self._index.keys())  # earlier packs win
+        self._index.update(found)
         self._members[name] = members
         self._widths[name] = widths
 

@@ -141,6 +141,78 @@ def test_statuses_integers_and_dtype_changes(small_repo):
     assert (d["keep"].l2, d["keep"].cosine) == (0.0, 1.0)
 
 
+SMALL_DTYPES = {**FLOATS, "I64": np.int64, "I32": np.int32, "I16": np.int16, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _small_pair(rng, dt, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tensor of n elements and a changed copy: a few, most or no elements moved (only -0.0 for +0.0), with
+    NaN or infinities on one side or both now and then."""
+    if dt is np.bool_:
+        a = rng.random(n) < 0.5
+        b = a.copy()
+        b[rng.random(n) < 0.3] ^= True
+        return a, (b if (b != a).any() else ~a)
+    if np.issubdtype(dt, np.integer):
+        a = rng.integers(0, 100, n).astype(dt)
+        return a, a + rng.integers(0, 3, n).astype(dt) + (np.arange(n) == 0).astype(dt)
+    a = (rng.standard_normal(n) * 3).astype(dt)
+    kind = rng.integers(0, 5)
+    b = a.astype(np.float64) + (rng.random(n) < (0.2, 1.0, 0.0, 0.5, 0.5)[kind]) * rng.standard_normal(n)
+    if kind == 2:  # only signed zeros differ: the bytes changed, no value did
+        a[0], b = 0.0, a.astype(np.float64)
+        b[0] = -0.0
+    b = b.astype(dt)
+    if kind == 3:
+        b[rng.integers(0, n)] = (np.nan, np.inf, -np.inf)[rng.integers(0, 3)]
+    if kind == 4:
+        a[rng.integers(0, n)] = np.nan
+    return a, b
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_tensors_compared_in_batches_give_what_one_by_one_gives(small_repo, monkeypatch, seed):
+    """Changed tensors of one small chunk are compared many at a time (ops/diff.py, compare_small): every
+    number must be what the tensor-by-tensor path gives (counts and maxima exactly, sums to rounding), for every
+    dtype, NaN and infinities, signed zeros, batches split anywhere, beside tensors that are not batched."""
+    from mlvc.ops import diff as diff_mod
+
+    rng = np.random.default_rng(seed)
+    sd1, sd2 = {}, {}
+    names = sorted(SMALL_DTYPES)
+    for i in range(120):
+        name = names[rng.integers(0, len(names))]
+        a, b = _small_pair(rng, SMALL_DTYPES[name], int(rng.integers(1, 40)))
+        sd1[f"t{i}.{name}"], sd2[f"t{i}.{name}"] = a, (b if i % 9 else a)  # every 9th unchanged
+    big = rng.standard_normal(3000).astype(np.float32)  # several chunks: never batched
+    sd1["big"], sd2["big"] = big, big * 1.5
+    c1 = small_repo.commit(sd1, message="a").commit.id
+    c2 = small_repo.commit(sd2, message="b").commit.id
+    batches = []
+    real = diff_mod._Differ._batch
+
+    def counting(self, dtype, batch):
+        batches.append(len(batch))
+        return real(self, dtype, batch)
+
+    monkeypatch.setattr(diff_mod._Differ, "_batch", counting)
+    monkeypatch.setattr(diff_mod, "SMALL_BATCH_ELEMS", int(rng.integers(5, 60)))
+    batched = small_repo.diff(c1, c2)
+    assert sum(batches) > 90 and len(batches) > len(SMALL_DTYPES)  # most tensors, in many batches
+    monkeypatch.setattr(diff_mod, "SMALL_TENSOR_BYTES", 0)  # nothing is small: one by one
+    single = small_repo.diff(c1, c2)
+    assert [t.name for t in batched.tensors] == [t.name for t in single.tensors]
+    exact = ("status", "path", "keys", "numel", "changed", "changed_frac", "max_abs", "name", "tensors",
+             "changed_tensors")
+    pairs = [*zip(batched.tensors, single.tensors, strict=True), *zip(batched.groups, single.groups, strict=True)]
+    assert len(batched.groups) == len(single.groups) > 1
+    for x, y in pairs:
+        assert [getattr(x, k, None) for k in exact] == [getattr(y, k, None) for k in exact], x.name
+        for k in ("l2", "rel_change", "cosine"):
+            u, v = getattr(x, k, None), getattr(y, k, None)
+            assert (u is None) == (v is None) and (u is None or u == pytest.approx(v, rel=1e-12, abs=1e-300)), \
+                (x.name, k)
+
+
 def test_different_chunking_on_the_two_sides(tmp_path):
     from conftest import make_repo
 

@@ -30,6 +30,11 @@ class Side:
     def read(self, t: TensorEntry, indices: list[int]) -> Iterator[bytes]:
         raise NotImplementedError
 
+    def read_first(self, entries: list[TensorEntry]) -> Iterator[bytes]:
+        """The first chunk of each tensor, in order (of many small tensors: their bytes)."""
+        for t in entries:
+            yield from self.read(t, [0])
+
     def stored(self) -> bool:
         return True
 
@@ -41,6 +46,9 @@ class StoredSide(Side):
 
     def read(self, t, indices):
         return self.pipe.read([t.chunks[i] for i in indices])
+
+    def read_first(self, entries):
+        return self.pipe.read([t.chunks[0] for t in entries])
 
 
 class WorkingSide(Side):
