@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 # Chunks smaller than this are hashed in the calling thread when nothing is stored (status).
 _INLINE_BYTES = 64 << 10
-READ_AHEAD = 1 << 20  # bytes read at once for small ranges read in the calling thread (_ReadAhead)
+# Small ranges read in the calling thread are read a window at a time (_ReadAhead), of these many bytes at most
+# and at least.
+READ_AHEAD, READ_AHEAD_MIN = 1 << 20, 64 << 10
 
 
 def aligned_chunk(chunk_size: int, width: int) -> int:
@@ -89,19 +91,23 @@ class FileRange:
 
 
 class _ReadAhead:
-    """Small file ranges read by one thread in file order, many per read: a read of READ_AHEAD bytes serves the
-    ranges inside it (a checkpoint of 100,000 tiny tensors otherwise costs 100,000 preads, an eighth of its
-    commit). A range the window does not hold starts a new window there."""
+    """Small file ranges read by one thread in file order, many per read (a checkpoint of 100,000 tiny tensors
+    otherwise costs 100,000 preads, an eighth of its commit). A range the window does not hold starts a new
+    window there: twice as large as the last (up to READ_AHEAD) when the range starts inside or right after
+    it (reading on through a run of small tensors), else READ_AHEAD_MIN (a few small tensors between large
+    ones, as in most models: read-ahead past them would read large tensors' bytes for nothing)."""
 
     def __init__(self) -> None:
-        self.fd, self.path, self.start, self.data = -1, "", 0, b""
+        self.fd, self.path, self.start, self.data, self.size = -1, "", 0, b"", READ_AHEAD_MIN
 
     def read(self, r: FileRange) -> bytes:
         at = r.offset - self.start
         if r.fd != self.fd or r.path != self.path or at < 0 or at + r.length > len(self.data):
+            on = r.fd == self.fd and r.path == self.path and 0 <= at <= len(self.data)
+            self.size = min(2 * self.size, READ_AHEAD) if on else READ_AHEAD_MIN
             self.fd, self.path, self.start, self.data, at = r.fd, r.path, r.offset, b"", 0
             try:
-                data = os.pread(r.fd, max(r.length, READ_AHEAD), r.offset)
+                data = os.pread(r.fd, max(r.length, self.size), r.offset)
             except OSError:
                 data = b""
             if len(data) < r.length:  # the file ends before the range, or the read failed: read_into says which

@@ -508,6 +508,7 @@ def test_read_ahead_gives_what_each_range_reads_alone(tmp_path, monkeypatch, siz
     from mlvc.errors import FileChangedError
 
     monkeypatch.setattr(chunking, "READ_AHEAD", window)
+    monkeypatch.setattr(chunking, "READ_AHEAD_MIN", max(1, window // 4))
     rng = np.random.default_rng(size)
     paths = [str(tmp_path / f"f{k}") for k in range(2)]
     for k, p in enumerate(paths):
@@ -560,6 +561,7 @@ def test_tiny_tensors_are_read_a_window_at_a_time_and_a_file_cut_short_is_refuse
         return real_read(self, r)
 
     monkeypatch.setattr(chunking, "READ_AHEAD", 4096)
+    monkeypatch.setattr(chunking, "READ_AHEAD_MIN", 1024)
     monkeypatch.setattr(chunking._ReadAhead, "read", cut_short)
     write_safetensors_np(path, _many_small(3000, seed=1))
     head = repo.head()
