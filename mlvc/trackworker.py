@@ -42,8 +42,9 @@ from .objects import Commit, Manifest
 from .ops.commit import _buffer, _code_revision
 from .refs import HEADS, TAGS
 from .repo import Repo
+from .runtime import defer_full_gc
 from .snapshot import History, NamedBuffer, snapshot_buffers
-from .util import defer_full_gc, lower_thread_priority, utc_now, windows_priority_class
+from .util import lower_thread_priority, utc_now, windows_priority_class
 
 MARK = "tracker"  # commit metadata key naming the run: what the keep-policy may drop
 ALIGN = 64  # offsets of the tensors in a shared snapshot: a cache line, more than any dtype needs

@@ -118,23 +118,6 @@ IDLE = "idle"  # Linux SCHED_IDLE
 MAX_NICE = 19
 
 
-FULL_GC_DEFERRED = 1 << 30  # generation-1 collections before a full one: never, in a process's lifetime
-
-
-def defer_full_gc() -> None:
-    """In a process mlvc runs itself (the CLI; the Tracker's worker process, which also collects between two
-    commits): no full (generation-2) collection of Python's cyclic garbage collector while it works; young
-    collections go on, so cycles that die young are still freed. A command on a checkpoint of many tensors
-    builds millions of objects that live until it ends (JSON of the header and the manifest, an entry per
-    tensor), and each full collection walks all of them: a commit of a file of 100,000 small tensors ran 16
-    full collections for 3.0 of its 7.9 s. Never set by the library in a caller's process: its collector is
-    the caller's."""
-    import gc
-
-    young, middle, _full = gc.get_threshold()
-    gc.set_threshold(young, middle, FULL_GC_DEFERRED)
-
-
 def lower_thread_priority(priority: str | int | None) -> str:
     """Lower the calling thread's CPU priority; threads it starts afterwards inherit it. "idle": SCHED_IDLE
     (the thread runs only on CPU time that no other thread wants; a thread of normal priority that wakes up

@@ -421,7 +421,7 @@ def test_history_finds_each_tensor_base_by_name_walking_the_parent_once(parent_s
 # -- no full garbage collection inside a command ---------------------------------------------------------------
 GC_PROBE = """
 import gc, sys, weakref
-from mlvc.util import defer_full_gc
+from mlvc.runtime import defer_full_gc
 if sys.argv[1] == "deferred":
     defer_full_gc()
 counts = [0, 0, 0]
@@ -458,7 +458,7 @@ def test_the_cli_defers_full_collections_and_the_library_does_not(monkeypatch, t
     import gc
 
     import mlvc.cli as cli_mod
-    from mlvc.util import FULL_GC_DEFERRED
+    from mlvc.runtime import FULL_GC_DEFERRED
 
     before = gc.get_threshold()
     seen = []

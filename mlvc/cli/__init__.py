@@ -18,7 +18,7 @@ import click
 
 from ..errors import MlvcError, OutputClosed, exit_code_for
 from ..progress import abandon_all, finish_all
-from ..util import defer_full_gc
+from ..runtime import defer_full_gc
 from ..version import __version__
 from ._common import MlvcCommand, reset_running_command, running_command, set_running_command
 
