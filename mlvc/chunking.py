@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, Protocol
@@ -300,14 +300,30 @@ class Pipeline:
     def read(self, ids: Iterable[str]) -> Iterator[bytes]:
         """Decoded chunks in order, decoding a window ahead in the pool."""
         assert self.store is not None
-        ids = iter(ids)
+        store = self.store
+        return self._ahead(((oid,) for oid in ids), store.get, store.is_small)
+
+    def read_pairs(self, pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[bytes | bytearray, bytes | bytearray]]:
+        """Decoded pairs of chunks in order, both chunks of a pair decoded by one worker, the first kept in the
+        store's cache of delta bases: the second is often a delta on the first (a diff of a commit against
+        its parent), and its decode then starts from it instead of decoding it a second time."""
+        assert self.store is not None
+        store = self.store
+
+        def both(a: str, b: str) -> tuple[bytes | bytearray, bytes | bytearray]:
+            return store.get(a, keep=a != b), store.get(b)
+
+        return self._ahead(pairs, both, lambda a, b: store.is_small(a) and store.is_small(b))
+
+    def _ahead(self, items: Iterable[tuple], fetch: Callable[..., Any], small: Callable[..., bool]) -> Iterator:
+        """fetch(*item) for each item, in order, a window ahead in the pool; a small item (a packed object: handing
+        it to a worker costs more than reading it) is read here."""
         inflight: deque[Future | tuple] = deque()  # a worker's, or read here (in a 1-tuple)
-        for oid in ids:
-            # a packed (small) object is read here: handing it to a worker costs more than reading it
-            if not self._pooled or self.store.is_small(oid):
-                inflight.append((self.store.get(oid),))
+        for item in items:
+            if not self._pooled or small(*item):
+                inflight.append((fetch(*item),))
             else:
-                inflight.append(self._workers().submit(self.store.get, oid))
+                inflight.append(self._workers().submit(fetch, *item))
             if len(inflight) > self.window:
                 yield _result(inflight.popleft())
         while inflight:

@@ -291,9 +291,10 @@ class ObjectStore:
             return None
         return codec.Base(oid, raw, depth) if depth + 1 < self.keyframe_interval else None
 
-    def get(self, oid: str) -> bytes | bytearray:
-        """The raw content of an object, verified against its id (and through its delta chain)."""
-        return self._load(oid)[0]
+    def get(self, oid: str, keep: bool = False) -> bytes | bytearray:
+        """The raw content of an object, verified against its id (and through its delta chain). `keep`: put it
+        in the cache of delta bases too (the caller is about to read an object that is likely a delta on it)."""
+        return self._load(oid, cache=keep)[0]
 
     @property
     def cache_bytes(self) -> int:

@@ -46,9 +46,9 @@ def count_decodes(repo, monkeypatch) -> list[str]:
     seen: list[str] = []
     real = repo.store.get
 
-    def get(oid):
+    def get(oid, keep=False):
         seen.append(oid)
-        return real(oid)
+        return real(oid, keep=keep)
 
     monkeypatch.setattr(repo.store, "get", get)
     return seen
@@ -265,6 +265,39 @@ def test_group_aggregates(small_repo):
 
 
 # -- cost: what is decoded -----------------------------------------------------------------------------------
+
+
+def test_a_diff_against_the_parent_decodes_each_object_once(tmp_path, monkeypatch):
+    """B's chunks are deltas on A's (a commit and its parent, three links deep): each object is decoded once,
+    A's chunk not a second time as the base of B's."""
+    from conftest import make_repo
+    from mlvc import codec
+    from mlvc.util import hash_bytes
+
+    repo = make_repo(tmp_path / "r", chunk_size=1 << 16)  # chunks above the pack limit: stored as deltas
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((4, 40_000)).astype(np.float32)  # 10 chunks of 64 KiB
+    ids = []
+    for step in range(4):
+        w = w + rng.standard_normal(w.shape).astype(np.float32) * 1e-3
+        ids.append(repo.commit({"w": w, "v": w[0, :10] * step}, message=str(step)).commit.id)
+    for lo, hi in ((0, 3), (1, 3), (2, 3), (0, 1)):
+        repo = repo.open(repo.root)  # a fresh process: nothing cached
+        decoded: list[str] = []
+        real = codec.decode
+
+        def counting(data, get_base=None, real=real, decoded=decoded):
+            h = codec.ObjectHeader.parse(data)
+            if h.width > 1:  # a tensor's chunk (commits and manifests are read more than once, and are small)
+                decoded.append(hash_bytes(bytes(data)) + f"@{h.depth}")  # the object file
+            return real(data, get_base)
+
+        monkeypatch.setattr(codec, "decode", counting)
+        d = by_name(repo.diff(ids[lo], ids[hi]))
+        monkeypatch.undo()
+        assert d["w"].status == "changed" and d["w"].changed > 0
+        depths = [int(x.split("@")[1]) for x in decoded]
+        assert max(depths) == hi and len(decoded) == len(set(decoded)), (lo, hi, sorted(decoded))
 
 
 def test_only_the_changed_tensors_chunks_are_decoded(small_repo, monkeypatch):

@@ -28,7 +28,7 @@ from ..normcache import NormCache
 from ..objects import KIND_SAFETENSORS, FileEntry, Manifest, TensorEntry
 from ..progress import NULL, Progress
 from .select import select_tensors
-from .tensorsource import ByteStream, Side, StoredSide, WorkingSide
+from .tensorsource import ByteStream, Side, StoredSide, WorkingSide, read_pairs
 from .treebuild import Key, layer_group, natural_key, pair_keys
 
 __all__ = ["FileDiff", "GroupDiff", "TensorDiff", "TreeDiff", "diff", "diff_commit", "layer_group", "natural_key"]
@@ -404,7 +404,7 @@ class _Differ:
                 same_todo.append(i)
             else:
                 acc.same(s)
-        for a_raw, b_raw in zip(self.a.read(ta, diff_idx), self.b.read(tb, diff_idx), strict=True):
+        for a_raw, b_raw in read_pairs(self.a, ta, self.b, tb, diff_idx):
             acc.pair(as_numbers(a_raw, dtype), as_numbers(b_raw, dtype))
             self.progress.advance(len(a_raw))
         if same_todo:

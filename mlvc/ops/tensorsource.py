@@ -51,6 +51,16 @@ class StoredSide(Side):
         return self.pipe.read([t.chunks[0] for t in entries])
 
 
+def read_pairs(a: Side, ta: TensorEntry, b: Side, tb: TensorEntry,
+               indices: list[int]) -> Iterator[tuple[bytes | bytearray, bytes | bytearray]]:
+    """Chunk i of `ta` on side a with chunk i of `tb` on side b, for each i of `indices`. Two stored sides read
+    each pair in one worker, A's chunk first and kept (Pipeline.read_pairs): B's is often a delta on it (a
+    commit against its parent), which would otherwise decode A's chunk a second time."""
+    if isinstance(a, StoredSide) and isinstance(b, StoredSide) and a.pipe is b.pipe:
+        return a.pipe.read_pairs([(ta.chunks[i], tb.chunks[i]) for i in indices])
+    return zip(a.read(ta, indices), b.read(tb, indices), strict=True)
+
+
 class WorkingSide(Side):
     """The working checkpoint: tensor bytes read straight from the files (safetensors with pread, never a map:
     a file truncated meanwhile is a FileChangedError, not a SIGBUS)."""
