@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 # Chunks smaller than this are hashed in the calling thread when nothing is stored (status).
 _INLINE_BYTES = 64 << 10
-# Small ranges read in the calling thread are read a window at a time (_ReadAhead), of these many bytes at most
-# and at least.
+# Small ranges read in the calling thread in file order are read a window at a time (_ReadAhead): windows
+# of at least and at most these many bytes.
 READ_AHEAD, READ_AHEAD_MIN = 1 << 20, 64 << 10
 
 
@@ -91,20 +91,20 @@ class FileRange:
 
 
 class _ReadAhead:
-    """Small file ranges read by one thread in file order, many per read (a checkpoint of 100,000 tiny tensors
-    otherwise costs 100,000 preads, an eighth of its commit). A range the window does not hold starts a new
-    window there: twice as large as the last (up to READ_AHEAD) when the range starts inside or right after
-    it (reading on through a run of small tensors), else READ_AHEAD_MIN (a few small tensors between large
-    ones, as in most models: read-ahead past them would read large tensors' bytes for nothing)."""
+    """Small file ranges read by one thread, many per read while they run on in file order (a checkpoint of
+    100,000 tiny tensors otherwise costs 100,000 preads, an eighth of its commit). A range that starts inside
+    or right after the last read is read with a window twice as large as the last one (READ_AHEAD_MIN to
+    READ_AHEAD); any other range is read alone, so ranges out of file order (a torch file's storages, in key
+    order) read nothing they do not need."""
 
     def __init__(self) -> None:
-        self.fd, self.path, self.start, self.data, self.size = -1, "", 0, b"", READ_AHEAD_MIN
+        self.fd, self.path, self.start, self.data, self.size = -1, "", 0, b"", 0
 
     def read(self, r: FileRange) -> bytes:
         at = r.offset - self.start
         if r.fd != self.fd or r.path != self.path or at < 0 or at + r.length > len(self.data):
             on = r.fd == self.fd and r.path == self.path and 0 <= at <= len(self.data)
-            self.size = min(2 * self.size, READ_AHEAD) if on else READ_AHEAD_MIN
+            self.size = min(max(2 * self.size, READ_AHEAD_MIN), READ_AHEAD) if on else 0
             self.fd, self.path, self.start, self.data, at = r.fd, r.path, r.offset, b"", 0
             try:
                 data = os.pread(r.fd, max(r.length, self.size), r.offset)

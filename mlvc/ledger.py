@@ -195,9 +195,10 @@ class Ledger:
         between our listing and our read has its rows in a newer part: list again at once and read only the
         parts not read yet (a part's name carries its content, so one read per name is enough; rows of parts
         gone since stay, `_dedupe` drops their repeats). A listing is taken as complete when every part in it
-        was read and a second listing shows no merged part we have not read: a listing made while a compaction
-        runs may miss both the parts it removes and the part it adds. A reader that loses that race `attempts`
-        times reads once more holding the compaction lock, which no compaction can then take.
+        was read and a second listing still shows all of them and no merged part we have not read: a listing
+        made while a compaction runs may miss both the parts it removes and the part it adds, and only a
+        compaction removes parts. A reader that loses that race `attempts` times reads once more holding the
+        compaction lock, which no compaction can then take.
         """
         rows: dict[str, list[dict[str, Any]]] = {}
         listed = self.parts()
@@ -210,8 +211,9 @@ class Ledger:
                     except FileNotFoundError:  # merged by a compaction, and likely the rest of the listing too
                         gone = True
                         break
-            listed = self.parts()
-            if not gone and all(p in rows for p in listed if os.path.basename(p).startswith(COMPACT_KIND)):
+            before, listed = listed, self.parts()
+            if (not gone and set(before) <= set(listed)
+                    and all(p in rows for p in listed if os.path.basename(p).startswith(COMPACT_KIND))):
                 return [r for part in rows.values() for r in part]
         try:
             with lockfile.locked(os.path.join(self.folder, LOCK_NAME), "the ledger", READ_LOCK_WAIT):

@@ -169,8 +169,8 @@ def _small_pair(rng, dt, n: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_small_tensors_compared_in_batches_give_what_one_by_one_gives(small_repo, monkeypatch, seed):
+@pytest.mark.parametrize("seed,working", [(0, False), (1, False), (2, True)])
+def test_small_tensors_compared_in_batches_give_what_one_by_one_gives(small_repo, monkeypatch, seed, working):
     """Changed tensors of one small chunk are compared many at a time (ops/diff.py, compare_small): every
     number must be what the tensor-by-tensor path gives (counts and maxima exactly, sums to rounding), for every
     dtype, NaN and infinities, signed zeros, batches split anywhere, beside tensors that are not batched."""
@@ -185,8 +185,15 @@ def test_small_tensors_compared_in_batches_give_what_one_by_one_gives(small_repo
         sd1[f"t{i}.{name}"], sd2[f"t{i}.{name}"] = a, (b if i % 9 else a)  # every 9th unchanged
     big = rng.standard_normal(3000).astype(np.float32)  # several chunks: never batched
     sd1["big"], sd2["big"] = big, big * 1.5
-    c1 = small_repo.commit(sd1, message="a").commit.id
-    c2 = small_repo.commit(sd2, message="b").commit.id
+    if working:  # B is the working checkpoint: its tensors are read from the file (Side.read_first)
+        path = os.path.join(small_repo.root, "model.safetensors")
+        write_safetensors_np(path, sd1)
+        c1 = small_repo.commit(path, message="a").commit.id
+        write_safetensors_np(path, sd2)
+        c2 = None
+    else:
+        c1 = small_repo.commit(sd1, message="a").commit.id
+        c2 = small_repo.commit(sd2, message="b").commit.id
     batches = []
     real = diff_mod._Differ._batch
 
@@ -195,11 +202,22 @@ def test_small_tensors_compared_in_batches_give_what_one_by_one_gives(small_repo
         return real(self, dtype, batch)
 
     monkeypatch.setattr(diff_mod._Differ, "_batch", counting)
+    from mlvc.progress import Progress
+
+    class Counted(Progress):
+        def __init__(self):
+            self.done = 0
+
+        def advance(self, n):
+            self.done += n
+
     monkeypatch.setattr(diff_mod, "SMALL_BATCH_ELEMS", int(rng.integers(5, 60)))
-    batched = small_repo.diff(c1, c2)
+    batched_progress, single_progress = Counted(), Counted()
+    batched = small_repo.diff(c1, c2, progress=batched_progress)
     assert sum(batches) > 90 and len(batches) > len(SMALL_DTYPES)  # most tensors, in many batches
     monkeypatch.setattr(diff_mod, "SMALL_TENSOR_BYTES", 0)  # nothing is small: one by one
-    single = small_repo.diff(c1, c2)
+    single = small_repo.diff(c1, c2, progress=single_progress)
+    assert batched_progress.done == single_progress.done > 0  # the same bytes counted once
     assert [t.name for t in batched.tensors] == [t.name for t in single.tensors]
     exact = ("status", "path", "keys", "numel", "changed", "changed_frac", "max_abs", "name", "tensors",
              "changed_tensors")

@@ -389,7 +389,7 @@ def _compacting_on_read(monkeypatch, led: Ledger, times: int) -> list[bool]:
 
 def _notes(led: Ledger) -> list[str]:
     notes = [r.notes for r in led.records()]
-    assert len(notes) == len(set(notes)), "a row read twice"
+    assert len(notes) == len(set(notes)), "records() lists a row twice"
     return sorted(notes)
 
 

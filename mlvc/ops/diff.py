@@ -376,10 +376,10 @@ class _Differ:
             bb = np.add.reduceat(b * b, starts)
             ab = np.add.reduceat(a * b, starts)
         for k, (pos, name, ta, tb) in enumerate(batch):
-            self.progress.advance(2 * tb.nbytes)
             if alone[k]:
-                yield pos, self.compare(name, ta, tb)
+                yield pos, self.compare(name, ta, tb)  # counts its own progress
                 continue
+            self.progress.advance(tb.nbytes)  # one side's bytes, as _paired counts
             acc = _Acc()
             acc.changed, acc.ssq_d, acc.max_abs = int(changed[k]), float(ssq_d[k]), float(max_abs[k])
             acc.ssq_a = acc.aa = float(aa[k])
