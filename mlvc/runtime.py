@@ -13,18 +13,16 @@ import sys
 FULL_GC_EVERY = 1000
 
 
-def defer_full_gc() -> bool:
+def defer_full_gc() -> None:
     """In a process mlvc runs itself (the CLI; the Tracker's worker process, which also collects between two
     commits): a full (generation-2) collection of Python's cyclic garbage collector only every FULL_GC_EVERY
     generation-1 collections instead of every 10; young collections go on as before. A command on a
     checkpoint of many tensors builds millions of objects that live until it ends (JSON of the header and the
     manifest, an entry per tensor), and each full collection walks all of them: a commit of a file of 100,000
     small tensors ran 16 full collections for 3.0 of its 7.9 s. Python 3.14's incremental collector has no
-    such threshold: there nothing is changed. True when the setting took."""
+    such threshold: there nothing is changed."""
     import gc
 
-    if sys.version_info >= (3, 14):
-        return False
-    young, middle, full = gc.get_threshold()
-    gc.set_threshold(young, middle, max(full, FULL_GC_EVERY))
-    return gc.get_threshold()[2] >= FULL_GC_EVERY
+    if sys.version_info < (3, 14):
+        young, middle, full = gc.get_threshold()
+        gc.set_threshold(young, middle, max(full, FULL_GC_EVERY))
