@@ -298,7 +298,13 @@ class ObjectStore:
 
     @property
     def cache_bytes(self) -> int:
+        """The bound, in bytes, of the cache of decoded delta bases (`core.cache_mb`; the Tracker's worker
+        raises it to hold three versions of the checkpoint it commits)."""
         return self._cache.max_bytes
+
+    @cache_bytes.setter
+    def cache_bytes(self, n: int) -> None:
+        self._cache.max_bytes = n  # a smaller bound takes effect as the next objects are cached
 
     def verify(self, oid: str) -> None:
         """Read the object from its file (not the cache) and check it decodes to content matching its id."""

@@ -159,9 +159,8 @@ class Writer:
         """Room for three versions of every chunk (the new one, its parent and grandparent bases)."""
         mb = self.args.delta_cache_mb
         want = (mb << 20) if mb else 3 * nbytes + 3 * self.repo.config.chunk_size
-        cache = getattr(self.repo.store, "_cache", None)  # the store has no public setter for its cache size yet
-        if mb != 0 and cache is not None and cache.max_bytes < want:
-            cache.max_bytes = want
+        if mb != 0 and self.repo.store.cache_bytes < want:
+            self.repo.store.cache_bytes = want
 
     def _write(self, job: Job) -> Result:
         repo, branch = self.repo, self.args.branch
