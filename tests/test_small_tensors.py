@@ -419,7 +419,7 @@ def test_history_finds_each_tensor_base_by_name_walking_the_parent_once(parent_s
     assert _Walks.walks <= 1
 
 
-# -- no full garbage collection inside a command ---------------------------------------------------------------
+# -- few full garbage collections in a command ------------------------------------------------------------------
 GC_PROBE = """
 import gc, sys, weakref
 from mlvc.runtime import defer_full_gc
