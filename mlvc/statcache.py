@@ -38,10 +38,8 @@ class StatCache:
             pass  # a missing or damaged cache only costs a re-hash
         self.dirty = False
 
-    def lookup(self, rel: str, abs_path: str, racy: bool = False) -> str | None:
-        """The file hash recorded for an unchanged file, else None. With `racy`, also for a file whose stat is
-        as recorded but too close to its last write to vouch for it: a hint that a whole-file hash will most
-        likely confirm (a status right after a commit), never a proof."""
+    def lookup(self, rel: str, abs_path: str) -> str | None:
+        """The file hash recorded for an unchanged file, else None."""
         e = self.entries.get(rel)
         if not e:
             return None
@@ -49,9 +47,16 @@ class StatCache:
             st = os.stat(abs_path)
         except OSError:
             return None
-        if e.get("stat") != _stat_key(st) or (st.st_mtime_ns + RACY_NS >= e.get("at", self.written_ns) and not racy):
+        if e.get("stat") != _stat_key(st) or st.st_mtime_ns + RACY_NS >= e.get("at", self.written_ns):
             return None
         return e.get("hash")
+
+    def recorded(self, rel: str, seen: tuple[list[int], int] | None) -> str | None:
+        """The hash recorded for the file if `seen` (a `stat_now()`) is the stat it was recorded with, however
+        close to its last write: a hint that a whole-file hash will most likely confirm (a status right after a
+        commit, when `lookup` cannot vouch for the file), never a proof."""
+        e = self.entries.get(rel)
+        return e.get("hash") if e and seen is not None and e.get("stat") == seen[0] else None
 
     @staticmethod
     def stat_now(abs_path: str) -> tuple[list[int], int] | None:

@@ -269,7 +269,7 @@ def ordered_items(current: FileEntry | None, chosen: dict[str, Item], order_hint
     names = dict.fromkeys(t.name for t in current.tensors) if current else {}  # ordered, and O(1) to look up
     for f in order_hint:
         names.update(dict.fromkeys(t.name for t in f.tensors))
-    names.update(dict.fromkeys(sorted(n for n in chosen if n not in names)))
+    names.update(dict.fromkeys(sorted(chosen)))  # a name already there keeps its place
     return [chosen[n] for n in names if n in chosen]
 
 

@@ -376,7 +376,7 @@ def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cac
             seen = cache.stat_now(full)  # before hashing: a write meanwhile shows as a changed stat
             # Stat as recorded, but too close to a write to trust (a status right after a commit): one pass of
             # the whole-file hash settles it, instead of a snapshot of every tensor (100,000 tensors: 4.7 s).
-            if old is not None and cache.lookup(rel, full, racy=True) == old.hash and file_hash(full) == old.hash:
+            if old is not None and cache.recorded(rel, seen) == old.hash and file_hash(full) == old.hash:
                 cache.record(rel, full, old.hash, seen)
                 out[rel] = old
                 continue
