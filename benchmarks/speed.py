@@ -331,6 +331,18 @@ def run_small(runner: Runner, work: str) -> dict:
     return out
 
 
+def median_small(rounds: list[dict]) -> dict:
+    """run_small's results over rounds: the median of each timing, the sizes of the first round (the same in
+    every round: one file, one commit)."""
+    out: dict = {}
+    for kind in rounds[0]:
+        first = rounds[0][kind]
+        out[kind] = {k: statistics.median(r[kind][k] for r in rounds) if k.endswith("_s") else v
+                     for k, v in first.items()}
+        out[kind]["rounds"] = [{k: v for k, v in r[kind].items() if k.endswith("_s")} for r in rounds]
+    return out
+
+
 def run_pt(runner: Runner, work: str, rounds: int = 3) -> dict | None:
     try:
         import torch
@@ -460,8 +472,12 @@ def main() -> int:
             result["startup_commands"] = run_startup(versions, work, args.startup_runs)
             print_startup(result["startup_commands"], args.startup_runs)
         if "small" not in skip:
-            result["small"] = {label: run_small(runner, work) for label, runner in versions.items()}
-            print("\n100,000 small tensors vs 4 large tensors, same file size")
+            runs: dict[str, list[dict]] = {label: [] for label in versions}
+            for _ in range(args.rounds):  # alternating, as the series rounds; medians of the timings
+                for label, runner in versions.items():
+                    runs[label].append(run_small(runner, work))
+            result["small"] = {label: median_small(rs) for label, rs in runs.items()}
+            print(f"\n100,000 small tensors vs 4 large tensors, same file size, medians of {args.rounds}")
             print(f"{'version':>8} {'file':>6} {'commit s':>9} {'status s':>9} {'checkout s':>10} {'2nd commit s':>12} "
                   f"{'objects':>8} {'store MiB':>9} {'du MiB':>7} {'zstd -1 MiB':>11}")
             for label, r in result["small"].items():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import CorruptObjectError, FileChangedError
 from .progress import NULL, Progress
-from .store import PACK_OBJECT_MAX, ObjectStore
+from .store import BUNDLE_TENSOR_MAX, PACK_OBJECT_MAX, ObjectStore
 from .util import hash_bytes, new_hasher
 
 if TYPE_CHECKING:
@@ -136,6 +136,7 @@ class Segment:
     bases: list[str] | None = None  # chunk ids of the same range in the parent commit (delta bases)
     bases2: list[str] | None = None  # ... and in the grandparent (for the linear-prediction delta)
     lineage: list[list[str] | None] | None = None  # ... and in the first-parent ancestors, nearest first
+    tensor: bool = False  # a tensor's bytes: if small, held for a bundle instead of stored (ObjectStore.hold)
 
 
 @dataclass
@@ -201,7 +202,7 @@ class Pipeline:
             self._pool = None
 
     def _put(self, data: memoryview | bytes | FileRange, width: int, base: str | None, base2: str | None,
-             pack: bool = False, lineage: list[str | None] | None = None):
+             pack: bool = False, lineage: list[str | None] | None = None, hold: bool = False):
         """(id, new stored bytes, the bytes that were hashed, the pool buffer holding them or None). A file
         range is read here (in a worker) into a pool buffer, which only this chunk uses until it is consumed;
         an in-memory chunk is copied first when storing, so that its id, its stored encoding and the tensor
@@ -219,8 +220,18 @@ class Pipeline:
             data = bytes(data)
         if self.store is None:
             return hash_bytes(data), 0, data, buf
+        if hold:  # a small tensor: its bundle is stored with the manifest (bundles.store_bundles)
+            data = data if isinstance(data, bytes) else bytes(data)  # never a pool buffer, which is reused
+            oid = hash_bytes(data)
+            self.store.hold(oid, data)
+            return oid, 0, data, buf
         r = self.store.put(data, width, base=base, base2=base2, remember=self.remember, pack=pack, lineage=lineage)
         return r.id, r.stored_size, data, buf
+
+    def holds(self, nbytes: int, width: int) -> bool:
+        """Whether a tensor of this size is held for a bundle (ObjectStore.hold) rather than stored as chunks:
+        it needs no delta bases then."""
+        return self.store is not None and 0 < nbytes <= min(aligned_chunk(self.chunk_size, width), BUNDLE_TENSOR_MAX)
 
     def ingest(self, segments: Iterable[Segment]) -> tuple[dict[object, SegmentResult], str]:
         """Store every segment's chunks; returns per-key results and the hash of all bytes in order.
@@ -265,6 +276,7 @@ class Pipeline:
                 if hasher is not None:
                     hashers[seg.key] = hasher
                 small = n <= PACK_OBJECT_MAX  # a small segment (tensor, header) is stored in a pack
+                hold = seg.tensor and self.holds(n, seg.width)
                 # A small chunk is hashed (and packed: no encoding, one append) here: a worker's hand-off costs
                 # more than that, and a checkpoint of 100,000 tiny tensors spent most of its commit on hand-offs.
                 inline = not self._pooled or (small if self.store is not None else n < _INLINE_BYTES)
@@ -273,7 +285,7 @@ class Pipeline:
                     if inline and isinstance(mv, FileRange) and mv.length < READ_AHEAD:
                         mv = ahead.read(mv)
                     lineage = [_at(ids, i) for ids in seg.lineage] if seg.lineage else None
-                    args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i), small, lineage)
+                    args = (mv, seg.width, _at(seg.bases, i), _at(seg.bases2, i), small, lineage, hold)
                     fut = self._put(*args) if inline else self._workers().submit(self._put, *args)
                     inflight.append((res, hasher, fut))
                     while len(inflight) > self.window:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .dtypes import DTYPES, MAX_RANK, NOT_A_SHAPE, TOO_BIG, elements, is_dtype_name
 from .errors import CorruptObjectError, FormatError, MlvcError, PathError
 from .util import ID_HEX_LEN, canonical_json, hash_bytes, is_utf8_text, show
 
 # 2: a tensor entry leaves out `hash` and `nbytes` where they are implied (docs/format.md, "Tensor entry");
-# format-1 manifests, which always hold both, read as before.
-MANIFEST_FORMAT = 2
+# format-1 manifests, which always hold both, read as before. 3: small tensors may be slices of shared "bundle"
+# objects (docs/format.md, "Bundles"); a manifest without a bundle is still written as format 2.
+MANIFEST_FORMAT = 3
+BUNDLES_FORMAT = 3
 COMMIT_FORMAT = 1
 TAG_FORMAT = 1
 
@@ -60,6 +62,15 @@ def check_root(path: str) -> str:
     return path if path == "." else check_rel_path(path)
 
 
+class Slot(NamedTuple):
+    """Where a bundled tensor's bytes are (format 3, docs/format.md "Bundles")."""
+
+    bundle: str  # the bundle object's id
+    offset: int  # where the tensor's bytes start in it
+    length: int  # the bundle's length
+    place: int  # its place in the file's `bundles` (two places may name one id: equal bundles)
+
+
 @dataclass
 class TensorEntry:
     name: str
@@ -69,12 +80,24 @@ class TensorEntry:
     hash: str  # xxh3-128 of the tensor's bytes
     chunks: list[str]  # chunk object ids, in order
     alias: str | None = None  # torch files: this tensor shares storage with the named one
+    # Format 3: the tensor's bytes are a slice of a bundle object; `chunks` then holds one id, the hash of those
+    # bytes, which no object file need hold (the store reads it from the bundle, ObjectStore.get). Not compared:
+    # the same bytes are the same tensor wherever they are kept.
+    slot: Slot | None = field(default=None, compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
+    def object_ids(self) -> list[str]:
+        """The objects that hold this tensor's bytes."""
+        return [self.slot.bundle] if self.slot is not None else self.chunks
+
+    def to_dict(self, bundle: int | None = None) -> dict[str, Any]:
         """The entry as stored: `hash` and `nbytes` only where a reader could not work them out (format 2).
-        A checkpoint of 100,000 one-chunk tensors otherwise lists every chunk id twice."""
-        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                             "chunks": list(self.chunks)}
+        A checkpoint of 100,000 one-chunk tensors otherwise lists every chunk id twice. A tensor in a bundle
+        (format 3) is its name, dtype, shape and `in`, the bundle's index in its file's `bundles`."""
+        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if bundle is not None:
+            d["in"] = bundle
+            return d
+        d["chunks"] = list(self.chunks)
         if self.alias is not None or implied_nbytes(self.dtype, self.shape) != self.nbytes:
             d["nbytes"] = self.nbytes
         if self.alias is not None or implied_hash(self.chunks) != self.hash:
@@ -84,10 +107,11 @@ class TensorEntry:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TensorEntry:
+    def from_dict(cls, d: dict[str, Any], bundles: list[str] | None = None) -> TensorEntry:
         """A tensor entry as stored; Malformed (a ValueError) when any field is not what mlvc writes. Runs once
         per tensor of every manifest read (100,000 for some checkpoints): the shape is walked once, for every
-        check that needs it, and a message is only built on failure."""
+        check that needs it, and a message is only built on failure. A tensor in a bundle comes back with no
+        slot (FileEntry.from_dict places it), and no hash or chunk until its bundle is read (bundles.resolve_file)."""
         if not isinstance(d, dict):
             raise Malformed("a tensor entry is not an object")
         name = d["name"]
@@ -103,6 +127,8 @@ class TensorEntry:
             raise Malformed(f"tensor {show(name)}: its dims multiply past 2**63")
         if alias is not None and not is_utf8_text(alias):
             raise Malformed(f"tensor {show(name)}: alias {show(alias)}")
+        if "in" in d:
+            return cls._in_bundle(d, name, dtype, shape, count, bundles or [])
         chunks = _ids(d["chunks"], "chunks")
         known = DTYPES.get(dtype)
         implied = None if known is None else known.itemsize * count
@@ -125,6 +151,20 @@ class TensorEntry:
             raise Malformed(f"tensor {show(name)}: {nbytes} bytes do not hold {dtype} of {len(shape)} dims "
                             f"{show(shape)}")
         return cls(name, dtype, list(shape), nbytes, tensor_hash, chunks, alias)
+
+    @classmethod
+    def _in_bundle(cls, d: dict[str, Any], name: str, dtype: str, shape: list[int], count: int,
+                   bundles: list[str]) -> TensorEntry:
+        k = d["in"]
+        if type(k) is not int or not 0 <= k < len(bundles):
+            raise Malformed(f"tensor {show(name)}: in {show(k)} names none of the file's {len(bundles)} bundles")
+        if "chunks" in d or "hash" in d or "nbytes" in d or "alias" in d:
+            extra = sorted(set(d) & {"chunks", "hash", "nbytes", "alias"})
+            raise Malformed(f"tensor {show(name)}: a tensor in a bundle has no {', '.join(extra)}")
+        known = DTYPES.get(dtype)
+        if known is None or count == 0:
+            raise Malformed(f"tensor {show(name)}: a bundle holds only non-empty tensors of a known dtype")
+        return cls(name, dtype, list(shape), known.itemsize * count, "", [])
 
 
 EMPTY_HASH = hash_bytes(b"")
@@ -177,7 +217,10 @@ class FileEntry:
         if self.kind == KIND_BLOB:
             d["chunks"] = list(self.chunks)
         else:
-            d["tensors"] = [t.to_dict() for t in self.tensors]
+            bundles = self.bundles()
+            d["tensors"] = [t.to_dict(None if t.slot is None else t.slot.place) for t in self.tensors]
+            if bundles:
+                d["bundles"] = bundles
         if self.header is not None:
             d["header"] = list(self.header)
         if self.skeleton is not None:
@@ -190,10 +233,35 @@ class FileEntry:
             d["archive"] = self.archive
         return d
 
+    def bundles(self) -> list[str]:
+        """The file's `bundles` list, from its tensors' slots; the slots must lie end to end in list order in
+        bundles numbered from 0 in order of first use, as a reader will place them (Malformed otherwise)."""
+        ids: list[str] = []
+        ends: list[int] = []
+        for t in self.tensors:
+            if t.slot is None:
+                continue
+            bid, offset, length, k = t.slot
+            if k == len(ids):
+                ids.append(bid)
+                ends.append(0)
+            if k >= len(ids) or ids[k] != bid or offset != ends[k] or offset + t.nbytes > length:
+                raise Malformed(f"{self.path}: tensor {show(t.name)} is not next in bundle {k} ({bid})")
+            ends[k] = offset + t.nbytes
+        for t in self.tensors:
+            if t.slot is not None and ends[t.slot.place] != t.slot.length:
+                raise Malformed(f"{self.path}: the tensors of bundle {t.slot.place} ({t.slot.bundle}) do not fill it")
+        return ids
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileEntry:
+        bundles = d.get("bundles") or []
+        stored = d.get("tensors", [])
+        tensors = [TensorEntry.from_dict(t, bundles) for t in stored]
+        if bundles:
+            _place(d["path"], bundles, stored, tensors)
         return cls(check_rel_path(d["path"]), d["kind"], int(d["size"]), d["hash"], list(d.get("chunks", [])),
-                   [TensorEntry.from_dict(t) for t in d.get("tensors", [])], d.get("header"), d.get("skeleton"),
+                   tensors, d.get("header"), d.get("skeleton"),
                    bool(d.get("exact", True)), d.get("archive"),
                    frame=list(d["frame"]) if d.get("frame") is not None else None,
                    layout=list(d["layout"]) if d.get("layout") is not None else None)
@@ -201,7 +269,7 @@ class FileEntry:
     def object_ids(self) -> list[str]:
         ids = list(self.header or []) + list(self.chunks) + list(self.frame or [])
         for t in self.tensors:
-            ids.extend(t.chunks)
+            ids.extend(t.object_ids())
         if self.skeleton:
             ids.append(self.skeleton)
         return ids
@@ -220,9 +288,11 @@ class Manifest:
             if bad is not None:
                 raise FormatError(f.path, f"tensor name {show(bad)} is not valid UTF-8 text (it holds a lone "
                                           "surrogate); rename the tensor")
-        return canonical_json({"type": "manifest", "format": MANIFEST_FORMAT, "roots": list(self.roots),
-                               "chunk_size": self.chunk_size,
-                               "files": [f.to_dict() for f in sorted(self.files, key=lambda f: f.path)]})
+        files = [f.to_dict() for f in sorted(self.files, key=lambda f: f.path)]
+        # format 2 unless a file has bundles: a tree of large tensors stays readable by an mlvc that knows 2
+        fmt = BUNDLES_FORMAT if any("bundles" in f for f in files) else 2
+        return canonical_json({"type": "manifest", "format": fmt, "roots": list(self.roots),
+                               "chunk_size": self.chunk_size, "files": files})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -236,8 +306,10 @@ class Manifest:
         _want(isinstance(roots, list) and isinstance(files, list), "roots and files must be lists")
         _want(_nat(chunk_size) and 64 <= chunk_size <= 1 << 30, f"chunk_size {show(chunk_size)}")
         entries = []
+        bundled = d.get("format", MANIFEST_FORMAT) >= BUNDLES_FORMAT
         for f in files:
             _check_file(f)
+            _want(bundled or "bundles" not in f, f"{f['path']}: bundles in a manifest of format {d.get('format')}")
             entries.append(FileEntry.from_dict(f))
         _check_unique_paths([f.path for f in entries])
         return cls([check_root(r) for r in roots], entries, chunk_size)
@@ -413,9 +485,11 @@ def _check_file(d: Any) -> None:
     _want(d["kind"] in _KINDS, f"{path}: kind {show(d['kind'])}")
     _want(_nat(d["size"]), f"{path}: size must be a non-negative integer")
     _id(d["hash"], f"{path}: hash")
-    for key in ("chunks", "header", "frame"):
+    for key in ("chunks", "header", "frame", "bundles"):
         if d.get(key) is not None:
             _ids(d[key], f"{path}: {key}")
+    if d.get("bundles") is not None:
+        _want(d["kind"] != KIND_BLOB, f"{path}: a blob has chunks, not bundles")
     if d.get("skeleton") is not None:
         _id(d["skeleton"], f"{path}: skeleton")
     tensors = d.get("tensors", [])
@@ -431,6 +505,28 @@ def _check_file(d: Any) -> None:
     names = [t.get("name") if isinstance(t, dict) else None for t in tensors]
     if len(set(names if all(type(n) is str for n in names) else map(repr, names))) != len(names):
         raise Malformed(f"{path}: lists a tensor name twice")
+
+
+def _place(path: str, bundles: list[str], stored: list[dict[str, Any]], tensors: list[TensorEntry]) -> None:
+    """The slots of a file's bundled tensors (stored with `in`, already checked): each bundle holds its tensors
+    end to end in list order, so a tensor's offset is the sum of the sizes before it in the same bundle.
+    Bundles are numbered in order of first use, and every one listed is used."""
+    ends = [0] * len(bundles)
+    used = 0  # bundles 0 .. used - 1 hold a tensor so far
+    placed = []
+    for d, t in zip(stored, tensors, strict=True):
+        k = d.get("in")
+        if k is None:
+            continue
+        if k > used:
+            raise Malformed(f"{show(path)}: tensor {show(t.name)} is in bundle {k} before bundle {used} is used")
+        used += k == used
+        placed.append((t, k, ends[k]))
+        ends[k] += t.nbytes
+    if used < len(bundles):
+        raise Malformed(f"{show(path)}: bundle {used} is listed but holds no tensor")
+    for t, k, offset in placed:
+        t.slot = Slot(bundles[k], offset, ends[k], k)
 
 
 def _check_unique_paths(paths: list[str]) -> None:

@@ -700,7 +700,7 @@ def commit_objects(raw_manifest: bytes | bytearray, manifest_id: str, keep: Call
         out.update(f.header or [])
         for t in f.tensors:
             if keep(t.name):
-                out.update(t.chunks)
+                out.update(t.object_ids())
     return out
 
 

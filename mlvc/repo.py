@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import config as _config
-from .chunking import Pipeline
+from .bundles import resolve_bundles, store_bundles
+from .chunking import IngestStats, Pipeline
 from .errors import CorruptObjectError, MlvcError, NotARepositoryError, PathError, RepositoryExistsError
 from .objects import Commit, Manifest, parse_object
 from .progress import NULL, Progress
@@ -149,13 +150,17 @@ class Repo:
     def read_commit(self, oid: str) -> Commit:
         return Commit.from_dict(parse_object(self.store.get(oid), oid, "commit"), oid)
 
-    def read_manifest(self, oid: str) -> Manifest:
+    def read_manifest(self, oid: str, resolve: bool = True) -> Manifest:
+        """A manifest, its small tensors' hashes read from their bundles (bundles.resolve_bundles). `resolve=False`
+        skips that: for a caller that needs only the file entries and the ids of the objects they name
+        (`FileEntry.object_ids`), whose bundled tensors then have no hash and no chunk."""
         try:
-            return Manifest.from_dict(parse_object(self.store.get(oid), oid, "manifest"))
+            m = Manifest.from_dict(parse_object(self.store.get(oid), oid, "manifest"))
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, CorruptObjectError):
                 raise
             raise CorruptObjectError(oid, f"malformed manifest ({e})") from None
+        return resolve_bundles(self.store, m) if resolve else m
 
     def is_commit(self, oid: str) -> bool:
         try:
@@ -166,9 +171,12 @@ class Repo:
         except Exception:
             return False
 
-    def write_manifest(self, manifest: Manifest) -> str:
+    def write_manifest(self, manifest: Manifest, base: Manifest | None = None, stats: IngestStats | None = None) -> str:
         """Store a manifest, after checking it reads back: a tree no command could read never gets an id
-        that a commit (and so a ref) could point at."""
+        that a commit (and so a ref) could point at. Its small tensors go into bundles first (bundles.py; a
+        changed bundle is delta-coded against `base`'s, the tree it derives from): `manifest.files` is
+        replaced by the entries as stored, and what was stored is added to `stats`."""
+        manifest.files = store_bundles(self.store, manifest, base, stats).files
         data = manifest.to_bytes()
         Manifest.from_dict(json.loads(data))
         return self.store.put(data).id

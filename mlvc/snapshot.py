@@ -17,7 +17,7 @@ from .chunking import FileRange, Pipeline, Segment, VerifyingWriter
 from .dtypes import plane_width
 from .errors import CorruptObjectError, FileChangedError, FormatError, ObjectNotFoundError, PathError
 from .formats import safetensors as st
-from .objects import KIND_BLOB, KIND_SAFETENSORS, KIND_TORCH, FileEntry, TensorEntry, check_rel_path
+from .objects import KIND_BLOB, KIND_SAFETENSORS, KIND_TORCH, FileEntry, TensorEntry, check_rel_path, implied_nbytes
 from .progress import NULL
 from .util import new_hasher
 
@@ -63,7 +63,10 @@ class History:
         t = index.get(name)
         return list(t.chunks) if t is not None and t.dtype == dtype and list(t.shape) == list(shape) else None
 
-    def tensor(self, name: str, dtype: str, shape: list[int]) -> dict:
+    def tensor(self, pipe: Pipeline, name: str, dtype: str, shape: list[int], nbytes: int) -> dict:
+        """The delta bases of a tensor's chunks; none for a tensor held for a bundle (Pipeline.holds)."""
+        if pipe.holds(nbytes, plane_width(dtype)):
+            return {}
         return {"bases": self._tensor(self.parent, name, dtype, shape),
                 "bases2": self._tensor(self.grandparent, name, dtype, shape),
                 "lineage": [self._tensor(e, name, dtype, shape) for e in self.ancestors] or None}
@@ -128,7 +131,7 @@ def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str, history: Hist
         ds = layout.data_start
         segs = [Segment(HEADER_KEY, memoryview(layout.header_bytes), 1, **history.header())]
         segs += [Segment(i, FileRange(f.fileno(), ds + t.begin, t.nbytes, rel), plane_width(t.dtype),
-                         **history.tensor(t.name, t.dtype, t.shape))
+                         **history.tensor(pipe, t.name, t.dtype, t.shape, _nbytes(t)), tensor=True)
                  for i, t in enumerate(layout.tensors)]
         results, fhash = pipe.ingest(segs)
     tensors = [TensorEntry(t.name, t.dtype, t.shape, t.nbytes, results[i].hash, results[i].chunks)
@@ -142,7 +145,8 @@ def snapshot_buffers(pipe: Pipeline, rel: str, buffers: list[NamedBuffer],
     buffers = sorted(buffers, key=lambda b: b.name)
     layout = st.build_layout([(b.name, b.dtype, b.shape, len(b.data)) for b in buffers], metadata)
     segs = [Segment(HEADER_KEY, memoryview(layout.header_bytes), 1, **history.header())]
-    segs += [Segment(i, b.data, plane_width(b.dtype), **history.tensor(b.name, b.dtype, b.shape))
+    segs += [Segment(i, b.data, plane_width(b.dtype), **history.tensor(pipe, b.name, b.dtype, b.shape, len(b.data)),
+                     tensor=True)
              for i, b in enumerate(buffers)]
     results, fhash = pipe.ingest(segs)
     tensors = [TensorEntry(b.name, b.dtype, list(b.shape), len(b.data), results[i].hash, results[i].chunks)
@@ -188,7 +192,7 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -
         # tensor whose bytes are a range of the file is read from it chunk by chunk
         results, _ = pipe.ingest(Segment(t.name, FileRange(fd, t.span[0], t.span[1] - t.span[0], rel) if t.span
                                          else t.read(fd, rel), plane_width(t.dtype),
-                                         **history.tensor(t.name, t.dtype, t.shape))
+                                         **history.tensor(pipe, t.name, t.dtype, t.shape, _nbytes(t)), tensor=True)
                                  for t in found if t.name not in aliases)
         tensors = []
         for t in found:
@@ -218,6 +222,12 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -
             if not _rebuilds(pipe, entry):
                 raise CorruptObjectError(fhash, "the store does not give back the objects just written", rel)
     return entry
+
+
+def _nbytes(t) -> int:
+    """A torch tensor's byte count, from its dtype and shape (-1 for a dtype of unknown size: not held)."""
+    n = implied_nbytes(t.dtype, t.shape)
+    return -1 if n is None else n
 
 
 def _range_hash(r: FileRange) -> str:

@@ -114,6 +114,10 @@ class ObjectStore:
         self.skip_deltas = skip_deltas  # core.skip_deltas: take skip-delta bases when given a lineage
         self.freshen_after = FRESHEN_AFTER
         self._cache = _LRU(cache_bytes)
+        # Small tensors' bytes by id, kept in bundles rather than object files of their own (docs/format.md,
+        # "Bundles"): held in memory from ingest until a manifest stores their bundle, then read as slices of it.
+        self._held: dict[str, bytes] = {}
+        self._slices: dict[str, tuple[str, int, int]] = {}  # id -> (bundle id, offset, length)
 
     # -- what a backend provides -------------------------------------------------------------------
     def has(self, oid: str) -> bool:
@@ -161,7 +165,11 @@ class ObjectStore:
         """Make every write so far durable (called before a ref is moved to point at them)."""
 
     def is_small(self, oid: str) -> bool:
-        """Known to be a small (packed) object: cheaper to read in the caller's thread than to hand over."""
+        """Known to be small (a packed object, a slice of a bundle): cheaper to read in the caller's thread than
+        to hand over."""
+        return oid in self._slices or oid in self._held or self._packed(oid)
+
+    def _packed(self, oid: str) -> bool:
         return False
 
     def packed_raw(self, oid: str) -> bytes | memoryview | None:
@@ -293,8 +301,39 @@ class ObjectStore:
 
     def get(self, oid: str, keep: bool = False) -> bytes | bytearray:
         """The raw content of an object, verified against its id (and through its delta chain). `keep`: put it
-        in the cache of delta bases too (the caller is about to read an object that is likely a delta on it)."""
+        in the cache of delta bases too (the caller is about to read an object that is likely a delta on it).
+        A small tensor's id gives its bytes, held or as a slice of its (verified) bundle."""
+        held = self._held.get(oid)
+        if held is not None:
+            return held
+        where = self._slices.get(oid)
+        if where is not None:
+            bid, offset, n = where
+            return bytes(memoryview(self._load(bid, cache=True)[0])[offset : offset + n])
         return self._load(oid, cache=keep)[0]
+
+    def hold(self, oid: str, raw: bytes) -> None:
+        """Keep a small tensor's bytes (`oid` is their hash) until a manifest stores them in a bundle; `get`
+        reads them meanwhile. Not an object: `has` does not see it, and nothing may name it as a delta base."""
+        if oid not in self._slices:
+            self._held[oid] = raw
+
+    def add_slices(self, bid: str, slices: list[tuple[str, int, int]]) -> None:
+        """(id, offset, length) of tensors that bundle `bid` (an object of this store) holds: `get` reads them
+        from it from now on, and their held bytes are dropped."""
+        for oid, offset, n in slices:
+            self._slices[oid] = (bid, offset, n)
+            self._held.pop(oid, None)
+
+    def is_slice(self, oid: str) -> bool:
+        """Whether `get(oid)` reads held bytes or a bundle's slice rather than an object of that id."""
+        return oid in self._held or oid in self._slices
+
+    def retain_slices(self, keep: set[str]) -> None:
+        """Forget the slices and held bytes of every id not in `keep`: a long-lived process (the Tracker's
+        worker) reads many manifests, and each one's small tensors would otherwise stay known for good."""
+        self._slices = {k: v for k, v in self._slices.items() if k in keep}
+        self._held = {k: v for k, v in self._held.items() if k in keep}
 
     @property
     def cache_bytes(self) -> int:
@@ -446,6 +485,10 @@ PACK_MAGIC = b"MLVP"
 PACK_VERSION = 2  # the version written; version-1 packs (object files, 20-byte index entries) are still read
 PACK_VERSIONS = (1, 2)
 PACK_OBJECT_MAX = 16 << 10  # raw bytes: a chunk this small goes into a pack (see ObjectStore.put)
+# A non-empty tensor of at most BUNDLE_TENSOR_MAX bytes is stored as a slice of a bundle, an object of up to
+# BUNDLE_MAX bytes holding many such tensors of a file end to end (mlvc/bundles.py, docs/format.md "Bundles").
+BUNDLE_TENSOR_MAX = 4 << 10
+BUNDLE_MAX = 1 << 20
 PACK_TARGET = 8 << 20  # object bytes a pack collects before it is written
 _PACK_HEAD = struct.Struct("<4sB3sI")  # magic, version, 3 zero bytes, object count
 _PACK_ENTRY = struct.Struct("<16sI")  # version 1: object id, length of its object file
@@ -1008,7 +1051,7 @@ class LooseObjectStore(ObjectStore):
                 raise ObjectNotFoundError(oid) from None
             return data[:n]
 
-    def is_small(self, oid):
+    def _packed(self, oid):
         return self.packs.known(oid)
 
     def packed_raw(self, oid):

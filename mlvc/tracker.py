@@ -586,7 +586,7 @@ def _restore(repo: Repo, rev: str, model: Any, optimizer: Any, scheduler: Any, *
         else:
             model.load_state_dict(weights)
     if optimizer is not None or scheduler is not None or restore_rng:
-        if repo.read_manifest(commit.manifest).file(STATE_PATH) is None:
+        if repo.read_manifest(commit.manifest, resolve=False).file(STATE_PATH) is None:
             if optimizer is not None or scheduler is not None:
                 raise MlvcError(f"commit {cid[:12]} holds no training state ({STATE_PATH}): it was committed "
                                 "without save_state; resume the model alone (optimizer=None, scheduler=None)")

@@ -188,8 +188,11 @@ class Writer:
             roots = list(pm.roots) if pm else []
             roots += [rel for rel, _, _ in job.files if not any(_under(rel, r) for r in roots)]
             manifest = Manifest(sorted(roots), list(files.values()), chunk_size)
-            mid = repo.write_manifest(manifest)
+            mid = repo.write_manifest(manifest, pm)
             self._manifests[mid] = manifest
+            # the store knows the small tensors of the trees this worker keeps, not of every tree it wrote
+            repo.store.retain_slices({t.chunks[0] for m in self._manifests.values() for f in m.files
+                                      for t in f.tensors if t.slot is not None})
             meta = {**job.metadata, **{k: v for k, v in self._code.items() if k not in job.metadata}}
             c = Commit(mid, [parent] if parent else [], repo.author(), utc_now(), job.message, meta)
             repo.write_commit(c)

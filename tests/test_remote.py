@@ -17,7 +17,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from conftest import flip_byte, random_state_dict, tree_hashes, write_safetensors_np
-from mlvc.errors import CorruptObjectError, PushRejectedError, RemoteError, RevisionError
+from mlvc.errors import CorruptObjectError, ObjectNotFoundError, PushRejectedError, RemoteError, RevisionError
 from mlvc.remote import (
     PACKS,
     REFS,
@@ -436,8 +436,11 @@ def test_partial_fetch_of_one_commit_and_some_tensors(tmp_path, where):
     assert set(got) == set(want) == {"encoder.0.weight", "encoder.0.bias"}
     for k in want:
         assert np.array_equal(np.asarray(got[k]), np.asarray(want[k]))
-    with pytest.raises(Exception):  # noqa: B017 - the other tensors' chunks were not fetched
-        b.load(r.partial, tensors=["head.*"])
+    with pytest.raises(ObjectNotFoundError):  # a large tensor not chosen: its chunks were not fetched
+        b.load(r.partial, tensors=["encoder.1.weight"])
+    # head.weight is small: it came in the bundle that holds encoder.0.bias (docs/format.md "Bundles")
+    assert np.array_equal(np.asarray(b.load(r.partial, tensors=["head.*"])["head.weight"]),
+                          np.asarray(a.load("v1", tensors=["head.*"])["head.weight"]))
     full = b.fetch("origin", rev="v1")  # the whole commit: only what is missing
     assert 0 < full.objects_received
     assert checkout_hashes(b, r.partial, tmp_path / "p") == checkout_hashes(a, "v1", tmp_path / "q")

@@ -21,7 +21,7 @@ from mlvc import codec, dtypes, errors
 from mlvc.chunking import aligned_chunk, default_threads
 from mlvc.config import CORE_RANGES, Config, write_default
 from mlvc.errors import ConfigError
-from mlvc.objects import COMMIT_FORMAT, MANIFEST_FORMAT, Commit, FileEntry, Manifest, TensorEntry
+from mlvc.objects import COMMIT_FORMAT, MANIFEST_FORMAT, Commit, FileEntry, Manifest, Slot, TensorEntry
 from mlvc.util import canonical_json
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -340,7 +340,9 @@ def test_manifest_example_and_table_are_what_is_written():
     example = _example(MANIFEST.split("**File entry**")[0])
     assert set(example) == set(written) == _keys_of(table(MANIFEST, "key", "meaning"))
     assert example["type"] == written["type"] == "manifest"
-    assert example["format"] == written["format"] == MANIFEST_FORMAT
+    assert example["format"] == written["format"] == 2  # 3 only when a file has bundles
+    (row,) = [r for r in table(MANIFEST, "key", "meaning") if ticked(r["key"])[0] == "format"]
+    assert row["meaning"].startswith(f"2, or {MANIFEST_FORMAT} when a file has `bundles`")
 
 
 def test_commit_example_and_table_are_what_is_written():
@@ -362,12 +364,14 @@ def test_entry_tables_are_the_keys_written():
         if r["kind"] in ("safetensors", "torch", "blob"):  # not the rows of entries from before frames
             by_kind.setdefault(r["kind"], set()).update(ticked(r["key"]))
     t = TensorEntry("w", "F32", [2], 8, ID, [ID])
-    entries = {"safetensors": FileEntry("a", "safetensors", 1, ID, tensors=[t], header=[ID]),
-               "torch": FileEntry("b", "torch", 1, ID, tensors=[t], frame=[ID], layout=[4, "w"]),
+    small = TensorEntry("s", "F32", [1], 4, ID, [ID], slot=Slot(ID, 0, 4, 0))  # in a bundle
+    entries = {"safetensors": FileEntry("a", "safetensors", 1, ID, tensors=[t, small], header=[ID]),
+               "torch": FileEntry("b", "torch", 1, ID, tensors=[t, small], frame=[ID], layout=[4, "w", "s"]),
                "blob": FileEntry("c", "blob", 1, ID, chunks=[ID])}
     for kind, entry in entries.items():
         assert set(entry.to_dict()) == common | by_kind[kind], kind
-    assert _keys_of(tensor_rows) == set(TensorEntry("w", "F32", [2], 8, ID, [ID], alias="v").to_dict())
+    assert _keys_of(tensor_rows) == set(TensorEntry("w", "F32", [2], 8, ID, [ID], alias="v").to_dict()) | \
+        set(small.to_dict(bundle=0))
 
 
 # -- refs, locks, stat cache, ledger ------------------------------------------------------------------------

@@ -195,7 +195,8 @@ def test_history_ancestors_give_skip_deltas_through_snapshot(tmp_path):
         with Pipeline(store, 1 << 18, threads=2) as pipe:
             entries.append(snapshot_path(pipe, path, "model.safetensors", history=history))
         files.append(path)
-    depths = [store.header(c).depth for e in entries for t in e.tensors for c in t.chunks]
+    # ("tiny" is held for a bundle, which a manifest would store: not a chunk object)
+    depths = [store.header(c).depth for e in entries for t in e.tensors for c in t.chunks if not store.is_slice(c)]
     assert max(depths) == 3 and min(depths) == 0
     for entry, path in zip(entries, files, strict=True):
         out = io.BytesIO()

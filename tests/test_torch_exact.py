@@ -323,7 +323,7 @@ def test_commit_rebuilds_from_the_store_and_falls_back_to_the_whole_file(tmp_pat
     """A store that gives back a wrong tensor chunk: the commit-time rebuild (checkout's own code) notices,
     and the file is stored whole in the frame, which then checks out byte for byte."""
     path = str(tmp_path / "m.pt")
-    _save({"w": torch.randn(256), "b": torch.ones(4)}, path)
+    _save({"w": torch.randn(1536), "b": torch.ones(4)}, path)  # "w" is stored as a chunk, "b" held for a bundle
     store = MemoryObjectStore()
     real_get = store.get
     poisoned: set[str] = set()
@@ -337,12 +337,12 @@ def test_commit_rebuilds_from_the_store_and_falls_back_to_the_whole_file(tmp_pat
 
     def put(raw, *a, **k):
         r = real_put(raw, *a, **k)
-        if len(raw) == 1024:  # the chunks of "w" (256 float32), and nothing else
+        if len(raw) == 6144:  # the chunk of "w" (1536 float32), and nothing else
             poisoned.add(r.id)
         return r
 
     monkeypatch.setattr(store, "put", put)
-    with Pipeline(store, 4096, threads=1) as pipe:
+    with Pipeline(store, 8192, threads=1) as pipe:
         entry = snapshot_path(pipe, path, "m.pt")
         assert entry.layout == [os.path.getsize(path)]  # every byte in the frame
         out = io.BytesIO()

@@ -180,8 +180,9 @@ def bisect(repo: Repo, good: str, bad: str, task: str | None = None, metric: str
         result.first_bad = chain[hi]
         result.commit = repo.read_commit(chain[hi])
         parent = result.commit.parents[0] if result.commit.parents else None
-        result.files = sorted(changed_paths(repo.read_manifest(repo.read_commit(parent).manifest) if parent
-                                            else None, repo.read_manifest(result.commit.manifest)))
+        result.files = sorted(changed_paths(repo.read_manifest(repo.read_commit(parent).manifest, resolve=False)
+                                            if parent else None,
+                                            repo.read_manifest(result.commit.manifest, resolve=False)))
         if with_diff:
             result.diff = repo.diff_commit(chain[hi], progress=progress)
     return result

@@ -155,7 +155,7 @@ def _commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths:
         if not files and parent is None:
             raise PathError("nothing to commit: no files")
         manifest = Manifest(plan.roots, files, chunk_size)
-        manifest_id = repo.write_manifest(manifest)
+        manifest_id = repo.write_manifest(manifest, parent_manifest, stats)
     # the same tree, by id, or by content when the parent's manifest has an older format (format 1 spells out
     # what format 2 implies: the first unchanged commit after an upgrade is still "nothing to commit")
     if parent is not None and not allow_empty and (manifest_id == repo.read_commit(parent).manifest

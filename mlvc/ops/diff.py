@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..bundles import resolve_file
 from ..dtypes import ITEMSIZE, is_numeric
 from ..errors import MlvcError
 from ..normcache import NormCache
@@ -458,6 +459,7 @@ def diff(repo: Repo, a: str | None = "HEAD", b: str | None = None, tensors: Iter
         else:
             ma, side_a = None, Side(None, {}, side_b.chunk_size)
         where = f"{'the empty checkpoint' if a is None else a} or {'the working checkpoint' if b is None else b}"
+        _resolve_differing(repo, ma, mb)
         ta, tb = _tensors(ma), _tensors(mb)
         pairs = pair_keys(ta, tb)
         shown = _display_names(pairs)
@@ -535,9 +537,27 @@ def _same_file(x: FileEntry, y: FileEntry) -> bool:
     return x.hash == y.hash and x.kind == y.kind
 
 
+def _resolve_differing(repo: Repo, ma: Manifest | None, mb: Manifest | None) -> None:
+    """The sides are read without their small tensors' hashes (Repo.read_manifest, resolve=False): read them
+    (bundles.resolve_file) where a tensor's hash is used. A file the same at the same path on both sides holds
+    the same tensors, paired by name, whose entries compare equal unread (no hash on either side); a file that
+    changed is compared tensor by tensor; a file on one side only needs hashes only if the other side has
+    tensors left to pair with by content (pair_keys: a tensor moved between files). So a diff of commits
+    whose checkpoints did not change, or of a first commit, reads no tensor bytes."""
+    fa = {f.path: f for f in ma.files} if ma else {}
+    fb = {f.path: f for f in mb.files} if mb else {}
+    changed = {p for p in fa.keys() & fb.keys() if not _same_file(fa[p], fb[p])}
+    only_a, only_b = fa.keys() - fb.keys(), fb.keys() - fa.keys()
+    need = changed | (only_a | only_b if (only_a or changed) and (only_b or changed) else set())
+    for p in need:
+        for f in (fa.get(p), fb.get(p)):
+            if f is not None:
+                resolve_file(repo.store, f)
+
+
 def _commit(repo: Repo, rev: str, pipe) -> tuple[Manifest, Side]:
     cid = repo.resolve(rev)
-    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
+    manifest = repo.read_manifest(repo.read_commit(cid).manifest, resolve=False)
     return manifest, StoredSide(cid, {}, manifest.chunk_size, pipe)
 
 
@@ -552,7 +572,7 @@ def _working(repo: Repo, stack: contextlib.ExitStack, progress: Progress) -> tup
     if head is None:
         raise MlvcError("nothing is committed yet, so there is no working checkpoint to diff against; "
                         "`mlvc commit PATH -m MSG` makes the first commit")
-    manifest = repo.read_manifest(repo.read_commit(head).manifest)
+    manifest = repo.read_manifest(repo.read_commit(head).manifest, resolve=False)
     plan = tracked_set(repo, manifest, None, WorkState.load(repo))
     cache = StatCache(repo.dir)
     read = working_entries(repo, manifest, plan.roots, cache, progress, files=plan.read)

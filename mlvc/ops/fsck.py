@@ -143,7 +143,7 @@ def _leftovers(repo: Repo, report: FsckReport) -> None:
                                                 os.path.join(folder, name)))
     try:
         head = repo.head()
-        roots = repo.read_manifest(repo.read_commit(head).manifest).roots if head else []
+        roots = repo.read_manifest(repo.read_commit(head).manifest, resolve=False).roots if head else []
     except MlvcError:
         roots = []
     for root in roots:
@@ -190,7 +190,7 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: 
             continue
         seen.add(c.manifest)
         try:
-            m = repo.read_manifest(c.manifest)
+            m = repo.read_manifest(c.manifest, resolve=False)
         except ObjectNotFoundError:
             report.problems.append(Problem(c.manifest, "missing", f"manifest of commit {cid[:12]}"))
             continue

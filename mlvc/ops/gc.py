@@ -303,7 +303,7 @@ class _Marker:
                 continue
             self.manifests.add(c.manifest)
             try:
-                m = self.repo.read_manifest(c.manifest)
+                m = self.repo.read_manifest(c.manifest, resolve=False)
             except ObjectNotFoundError:
                 raise GcRefusedError(c.manifest, f"the manifest {c.manifest} of commit {cid} is missing") from None
             except CorruptObjectError as e:

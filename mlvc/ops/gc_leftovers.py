@@ -171,7 +171,7 @@ def _journaled_temps(journals: list[str]) -> set[str]:
 
 def _head_manifest(repo: Repo) -> Manifest | None:
     head = repo.head()
-    return repo.read_manifest(repo.read_commit(head).manifest) if head else None
+    return repo.read_manifest(repo.read_commit(head).manifest, resolve=False) if head else None
 
 
 # -- locks --------------------------------------------------------------------------------------------

@@ -102,5 +102,6 @@ class ShowResult:
 
 def show(repo: Repo, rev: str = "HEAD") -> ShowResult:
     c = repo.read_commit(repo.resolve(rev))
-    return ShowResult(c, repo.read_manifest(c.manifest), [b for b, v in repo.branches().items() if v == c.id],
+    manifest = repo.read_manifest(c.manifest, resolve=False)  # files only: no tensor's hash is shown
+    return ShowResult(c, manifest, [b for b, v in repo.branches().items() if v == c.id],
                       [t for t, v in repo.tags().items() if v == c.id], repo.tag_of(rev))

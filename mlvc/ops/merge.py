@@ -176,7 +176,7 @@ def _merge(repo: Repo, rev: str, strategy: str | None = None, scale: float | Non
             assert strategy is not None  # values are combined by average and task-arithmetic only
             want[key] = _combine(pipe, key[1], eb, eo, et, strategy, s)
         new_manifest = build_manifest(pipe, o_manifest, want, [t_manifest, b_manifest])
-        manifest_id = repo.write_manifest(new_manifest)
+        manifest_id = repo.write_manifest(new_manifest, o_manifest, pipe.stats)
     meta = {"merge": result.summary()}
     msg = message or f"Merge {rev} into {branch or 'detached HEAD'}"
     c = Commit(manifest_id, [ours, theirs], repo.author(), utc_now(), msg, meta)

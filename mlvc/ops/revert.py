@@ -114,7 +114,7 @@ def _revert(repo: Repo, rev: str, mainline: int | None = None, message: str | No
     progress.start("revert")  # the bytes its pipeline reads and writes
     with repo.pipeline(progress=progress) as pipe:
         new_manifest = build_manifest(pipe, h_manifest, want, [p_manifest, c_manifest])
-        manifest_id = repo.write_manifest(new_manifest)
+        manifest_id = repo.write_manifest(new_manifest, h_manifest, pipe.stats)
     title = c.message.splitlines()[0] if c.message else cid[:12]
     msg = message or f'Revert "{title}"\n\nThis reverts commit {cid}.'
     meta = {"revert": {"commit": cid, "parent": parent}}

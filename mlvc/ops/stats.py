@@ -69,7 +69,7 @@ def stats(repo: Repo, rev: str | None = None) -> RepoStats:
     encodings: Counter[str] = Counter()
     per_commit = []
     for c in reversed(commits):  # oldest first: an object is new in the first commit that needs it
-        manifest = repo.read_manifest(c.manifest)
+        manifest = repo.read_manifest(c.manifest, resolve=False)
         ids = {c.id, c.manifest}
         for f in manifest.files:
             ids.update(f.object_ids())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..bundles import resolve_file
 from ..objects import FileEntry
 from ..progress import NULL, Progress
 from ..statcache import StatCache
@@ -14,6 +15,7 @@ from .worktree import recover
 
 if TYPE_CHECKING:
     from ..repo import Repo
+    from ..store import ObjectStore
 
 UNCHANGED, MODIFIED, ADDED, DELETED = "unchanged", "modified", "added", "deleted"
 # Tracked paths whose working file is not HEAD's version, with nothing to commit: committed from memory and not
@@ -60,9 +62,12 @@ class Status:
                 "files": [asdict(f) for f in self.files]}
 
 
-def compare_entries(old: FileEntry, new: FileEntry) -> FileStatus:
+def compare_entries(store: ObjectStore, old: FileEntry, new: FileEntry) -> FileStatus:
+    """`old` as read without its small tensors' hashes (Repo.read_manifest, resolve=False): they are read here
+    only for a file that changed, the one case that compares tensors."""
     if old.hash == new.hash:
         return FileStatus(old.path, UNCHANGED)
+    resolve_file(store, old)
     a = {t.name: t for t in old.tensors}
     b = {t.name: t for t in new.tensors}
     changed = [n for n in a if n in b and (a[n].hash, a[n].dtype, a[n].shape) != (b[n].hash, b[n].dtype, b[n].shape)]
@@ -75,7 +80,7 @@ def status(repo: Repo, progress: Progress = NULL) -> Status:
     NOT_CHECKED_OUT / STALE (committed from memory; nothing to commit), REMOVED / UNTRACKED (`mlvc rm`)."""
     recover(repo)
     head = repo.head()
-    manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
+    manifest = repo.read_manifest(repo.read_commit(head).manifest, resolve=False) if head else None
     if manifest is None:
         return Status(repo.head_branch(), head, [], [])
     plan = tracked_set(repo, manifest, None, WorkState.load(repo))
@@ -85,7 +90,7 @@ def status(repo: Repo, progress: Progress = NULL) -> Status:
     committed = {f.path: f for f in manifest.files}
     files: list[FileStatus] = []
     for p, e in current.items():
-        files.append(compare_entries(committed[p], e) if p in committed
+        files.append(compare_entries(repo.store, committed[p], e) if p in committed
                      else FileStatus(p, ADDED, tensors_added=[t.name for t in e.tensors]))
     untracked = set(plan.untracked)
     for state, paths in ((NOT_CHECKED_OUT, plan.not_checked_out), (STALE, plan.stale), (DELETED, plan.missing),

@@ -48,7 +48,7 @@ def rm(repo: Repo, paths: Iterable[str] | str, cached: bool = False, recursive: 
     head = repo.head()
     if head is None:
         raise PathError("nothing is tracked yet: there is no commit")
-    manifest = repo.read_manifest(repo.read_commit(head).manifest)
+    manifest = repo.read_manifest(repo.read_commit(head).manifest, resolve=False)
     state = WorkState.load(repo)
     spec = ignore_spec(repo)
     result = RmResult()

@@ -255,7 +255,7 @@ def _assemble(pipe: Pipeline, path: str, items: list[Item], header_ids: list[str
                                        list(item.chunks)))
             size += item.nbytes
         else:
-            results, _ = pipe.ingest([Segment(0, item.data, plane_width(item.dtype))])
+            results, _ = pipe.ingest([Segment(0, item.data, plane_width(item.dtype), tensor=True)])
             r = results[0]
             fh.update(item.data)
             tensors.append(TensorEntry(item.name, item.dtype, list(item.shape), r.nbytes, r.hash, r.chunks))

@@ -1,0 +1,166 @@
+"""Small tensors kept as slices of shared objects ("bundles"), docs/format.md "Bundles".
+
+A checkpoint of 100,000 tensors of a few elements each stored one object per tensor: a 128-bit id per tensor
+in the manifest and again in a pack's index, more than the tensors' bytes. Instead, the non-empty tensors of a
+file of at most BUNDLE_TENSOR_MAX bytes are stored end to end in bundles (one sequence per element width, so
+that byte planes line up, each up to BUNDLE_MAX bytes), and the manifest names each such tensor's bundle by its
+index in the file's list; the tensor's offset is implied by the order. A reader gets every tensor's hash from
+its bytes (`resolve_bundles`), so in memory a bundled tensor is an ordinary one-chunk tensor whose chunk id the store
+reads from the bundle (ObjectStore.get): every command that reads tensors works on bundles unchanged.
+
+The grouping is decided when a manifest is written (`store_bundles`), from the tensors alone, so a tree made
+by commit, merge, revert or the Tracker is bundled the same way; a bundle whose tensors are unchanged keeps its
+id without being read, and a changed bundle is delta-coded against the bundle that held its first tensor in the
+tree it came from, as a chunk against its parent's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .chunking import IngestStats
+from .dtypes import plane_width
+from .errors import CorruptObjectError, ObjectNotFoundError
+from .objects import FileEntry, Manifest, Slot, TensorEntry, implied_nbytes
+from .store import BUNDLE_MAX, BUNDLE_TENSOR_MAX, ObjectStore
+from .util import hash_bytes
+
+
+def _groups(f: FileEntry) -> list[list[int]]:
+    """The bundles of a file, as lists of tensor indices: in list order, a non-empty tensor of one chunk and a
+    known dtype, at most BUNDLE_TENSOR_MAX bytes, that no other tensor aliases and that aliases none, goes into
+    the open bundle of its element width, which is closed when the tensor would take it past BUNDLE_MAX."""
+    aliased = {t.alias for t in f.tensors if t.alias is not None}
+    groups: list[list[int]] = []
+    open_: dict[int, tuple[list[int], int]] = {}
+    for i, t in enumerate(f.tensors):
+        if (t.alias is not None or t.name in aliased or not 0 < t.nbytes <= BUNDLE_TENSOR_MAX
+                or len(t.chunks) != 1 or implied_nbytes(t.dtype, t.shape) != t.nbytes):
+            continue
+        width = plane_width(t.dtype)
+        group, size = open_.get(width, (None, 0))
+        if group is None or size + t.nbytes > BUNDLE_MAX:
+            group, size = [], 0
+            groups.append(group)
+        group.append(i)
+        open_[width] = (group, size + t.nbytes)
+    return groups
+
+
+def _unchanged(members: list[TensorEntry]) -> str | None:
+    """The bundle that already holds exactly these tensors, end to end from its start; None if none does."""
+    slot = members[0].slot
+    if slot is None:
+        return None
+    offset = 0
+    for t in members:
+        if t.slot is None or t.slot.bundle != slot.bundle or t.slot.offset != offset:
+            return None
+        offset += t.nbytes
+    return slot.bundle if offset == slot.length else None
+
+
+def _base(base: FileEntry | None, first: TensorEntry, length: int) -> str | None:
+    """The delta base of a new bundle: the bundle of the same length that held its first tensor in `base`."""
+    t = next((t for t in base.tensors if t.name == first.name), None) if base is not None else None
+    return t.slot.bundle if t is not None and t.slot is not None and t.slot.length == length else None
+
+
+def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None = None,
+                  stats: IngestStats | None = None) -> Manifest:
+    """The manifest with its small tensors in bundles, every new bundle stored (its tensors' bytes read with
+    `store.get`: held since ingest, or slices of the bundles they came from). A tensor left out of bundles
+    whose bytes no object holds yet (an alias's target, a tensor taken from another tree's bundle) is stored
+    as an object of its own. New file and tensor entries: the ones given, shared with other trees, stay as
+    they are."""
+    files = []
+    for f in manifest.files:
+        if not f.tensors:
+            files.append(f)
+            continue
+        assert all(t.chunks for t in f.tensors if t.slot is not None), f"{f.path}: a manifest read unresolved"
+        tensors = list(f.tensors)
+        groups = _groups(f)
+        for k, group in enumerate(groups):
+            members = [f.tensors[i] for i in group]
+            length = sum(t.nbytes for t in members)
+            bid = _unchanged(members)
+            if bid is None:
+                raw = b"".join(store.get(t.chunks[0]) for t in members)
+                if len(raw) != length:
+                    raise CorruptObjectError(members[0].chunks[0], "tensor bytes of the wrong length")
+                # A small bundle goes in a pack (which the store's flush writes before a ref names the commit),
+                # unless it has a delta base: a pack holds full objects, and most of a bundle is often unchanged.
+                # Kept in the base cache (`remember`): a process committing again (the Tracker's worker) finds
+                # the next version's delta base there instead of decoding it; bundles are at most 1 MiB.
+                bundle_base = _base(base.file(f.path) if base else None, members[0], length)
+                r = store.put(raw, plane_width(members[0].dtype), pack=bundle_base is None, base=bundle_base,
+                              remember=True)
+                bid = r.id
+                if stats is not None and r.stored_size:
+                    stats.new_chunks += 1
+                    stats.stored_bytes += r.stored_size
+            offset = 0
+            slices = []
+            for i, t in zip(group, members, strict=True):
+                slot = Slot(bid, offset, length, k)
+                if t.slot != slot:  # a new entry (not replace(): 100,000 of them took a second)
+                    tensors[i] = TensorEntry(t.name, t.dtype, t.shape, t.nbytes, t.hash, t.chunks, t.alias, slot)
+                slices.append((t.chunks[0], offset, t.nbytes))
+                offset += t.nbytes
+            store.add_slices(bid, slices)
+        grouped = {i for group in groups for i in group}
+        for i, t in enumerate(tensors):
+            if i not in grouped and t.slot is not None:  # a bundled tensor of another tree, not bundled here
+                t = tensors[i] = TensorEntry(t.name, t.dtype, t.shape, t.nbytes, t.hash, t.chunks, t.alias)
+            if t.slot is None:
+                for c in t.chunks:
+                    if store.is_slice(c) and not store.has(c):
+                        store.put(store.get(c), plane_width(t.dtype), pack=True)
+        same = all(a is b for a, b in zip(tensors, f.tensors, strict=True))
+        files.append(f if same else replace(f, tensors=tensors))
+    return replace(manifest, files=files)
+
+
+def resolve_bundles(store: ObjectStore, manifest: Manifest) -> Manifest:
+    """`resolve_file` for every file of the manifest."""
+    for f in manifest.files:
+        resolve_file(store, f)
+    return manifest
+
+
+def resolve_file(store: ObjectStore, f: FileEntry) -> FileEntry:
+    """Fill in the hash and chunk id of every bundled tensor of a file entry from its bundle's bytes (each bundle
+    read once, verified against its id), and tell the store where each such id's bytes are. CorruptObjectError
+    when a bundle's length is not the sum of its tensors' sizes."""
+    by_bundle: dict[int, list[tuple[TensorEntry, Slot]]] = {}
+    for t in f.tensors:
+        if t.slot is not None and not t.chunks:
+            by_bundle.setdefault(t.slot.place, []).append((t, t.slot))
+    for members in by_bundle.values():
+        bid, length = members[0][1].bundle, members[0][1].length
+        try:
+            raw = memoryview(store.get(bid, keep=True))
+        except ObjectNotFoundError:  # a partial fetch brings only the bundles of the tensors it chose
+            _absent(store, bid, members)
+            continue
+        if len(raw) != length:
+            raise CorruptObjectError(bid, f"a bundle of {len(raw)} bytes, but {f.path}'s tensors in it take {length}")
+        slices = []
+        for t, slot in members:
+            t.hash = hash_bytes(raw[slot.offset : slot.offset + t.nbytes])
+            t.chunks = [t.hash]
+            slices.append((t.hash, slot.offset, t.nbytes))
+        store.add_slices(bid, slices)
+    return f
+
+
+def _absent(store: ObjectStore, bid: str, members: list[tuple[TensorEntry, Slot]]) -> None:
+    """Tensors of a bundle this store lacks: each gets an id of its place (bundle, offset) instead of its hash,
+    equal for equal places only, whose read fails naming the missing bundle."""
+    slices = []
+    for t, slot in members:
+        t.hash = hash_bytes(f"absent {bid} {slot.offset}".encode())
+        t.chunks = [t.hash]
+        slices.append((t.hash, slot.offset, t.nbytes))
+    store.add_slices(bid, slices)

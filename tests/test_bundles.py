@@ -1,0 +1,303 @@
+"""Small tensors stored as slices of shared bundle objects (mlvc/bundles.py, docs/format.md "Bundles"): which
+tensors go in, how the bytes lie, that every reader sees ordinary tensors, that unchanged bundles keep their
+ids and changed ones are deltas, that malformed bundle entries are refused, and that repositories written
+before bundles keep working."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import make_repo, sha256_file, write_safetensors_np
+from mlvc import bundles, chunking
+from mlvc.bundles import resolve_bundles
+from mlvc.errors import CorruptObjectError, ObjectNotFoundError
+from mlvc.objects import Manifest
+from mlvc.store import BUNDLE_TENSOR_MAX
+from mlvc.util import canonical_json
+
+KINDS = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _tensors(seed: int, spec: list[tuple[str, int]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, (dt, n) in enumerate(spec):
+        a = rng.integers(0, 2, n).astype(bool) if dt == "BOOL" else (rng.standard_normal(n) * 100).astype(KINDS[dt])
+        out[f"t.{i:03d}"] = a
+    return out
+
+
+def _commit(repo, tensors, message="m"):
+    path = os.path.join(repo.root, "model.safetensors")
+    write_safetensors_np(path, tensors)
+    return repo.commit(path, message=message).commit, path
+
+
+def _raw_manifest(repo, cid) -> dict:
+    return json.loads(repo.store.get(repo.read_commit(cid).manifest))
+
+
+def _check_layout(repo, cid, bundle_max: int) -> dict[str, list[str]]:
+    """The invariants of docs/format.md "Bundles", on the stored form and on what a reader makes of it; returns
+    each bundle id -> the tensor names it holds."""
+    raw = _raw_manifest(repo, cid)
+    (f,) = raw["files"]
+    entry = repo.read_manifest(repo.read_commit(cid).manifest).files[0]
+    held: dict[str, list[str]] = {}
+    ends: dict[int, int] = {}
+    widths: dict[int, int] = {}
+    for stored, t in zip(f["tensors"], entry.tensors, strict=True):
+        small = 0 < t.nbytes <= BUNDLE_TENSOR_MAX
+        assert ("in" in stored) == small == (t.slot is not None), stored
+        assert t.hash == t.chunks[0] if t.chunks else t.nbytes == 0
+        if small:
+            assert set(stored) == {"name", "dtype", "shape", "in"}
+            k = stored["in"]
+            bid = f["bundles"][k]
+            assert t.slot.bundle == bid and t.slot.offset == ends.get(k, 0)
+            assert bytes(repo.store.get(bid))[t.slot.offset : t.slot.offset + t.nbytes] == bytes(repo.store.get(t.hash))
+            assert widths.setdefault(k, np.dtype(KINDS[t.dtype]).itemsize) == np.dtype(KINDS[t.dtype]).itemsize
+            ends[k] = ends.get(k, 0) + t.nbytes
+            held.setdefault(bid, []).append(t.name)
+            assert not repo.store.has(t.hash) or t.hash in f["bundles"]  # no object of its own
+    for k, bid in enumerate(f.get("bundles", [])):
+        assert len(repo.store.get(bid)) == ends[k]
+        assert ends[k] <= bundle_max or len(held[bid]) == 1 or f["bundles"].count(bid) > 1
+    return held
+
+
+_spec = st.lists(st.tuples(st.sampled_from(sorted(KINDS)), st.integers(0, 1100)), min_size=1, max_size=25)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=_spec, changed=st.sets(st.integers(0, 24)), bundle_max=st.sampled_from([16, 64, 1 << 20]))
+def test_any_mix_commits_checks_out_and_loads_exactly_with_bundles_as_specified(tmp_path_factory, spec, changed,
+                                                                                bundle_max):
+    """Tensors of every width, empty ones, and sizes on both sides of BUNDLE_TENSOR_MAX (up to 8,800 bytes),
+    with bundles closed early (16 and 64 bytes) or not: the file checks out byte for byte, loads exactly, reads
+    back as written, fsck passes; a second version changing some tensors keeps the id of every bundle whose
+    tensors did not change, and both versions still check out."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundles, "BUNDLE_MAX", bundle_max)
+        repo = make_repo(tmp_path_factory.mktemp("b") / "repo")
+        first = _tensors(len(spec), spec)
+        c1, path = _commit(repo, first)
+        held1 = _check_layout(repo, c1.id, bundle_max)
+        out = tmp_path_factory.mktemp("out")
+        repo.checkout("HEAD", output=str(out))
+        assert sha256_file(out / "model.safetensors") == sha256_file(path)
+        loaded = repo.load(c1.id, framework="numpy")
+        assert all(np.array_equal(loaded[k], v) for k, v in first.items())
+        m = repo.read_manifest(c1.manifest)
+        assert resolve_bundles(repo.store, Manifest.from_dict(json.loads(m.to_bytes()))) == m
+
+        second = dict(first)
+        for i in changed:
+            name = f"t.{i:03d}"
+            if name in second and second[name].size:
+                second[name] = ~second[name] if second[name].dtype == bool else second[name] + 1
+        moved = {f"t.{i:03d}" for i in changed} & {k for k, v in first.items() if v.size}
+        if moved:
+            c2, _ = _commit(repo, second, "some changed")
+            held2 = _check_layout(repo, c2.id, bundle_max)
+            for bid, names in held1.items():
+                if not set(names) & moved:
+                    assert held2.get(bid) == names  # same tensors, same bytes: the same bundle
+            assert {n for bid, ns in held2.items() if bid not in held1 for n in ns} >= \
+                {n for ns in held1.values() for n in ns} & moved
+            out2 = tmp_path_factory.mktemp("out")
+            repo.checkout(c2.id, output=str(out2))
+            assert sha256_file(out2 / "model.safetensors") == sha256_file(path)
+            repo.checkout(c1.id, output=str(out), force=True)
+            loaded = repo.load(c1.id, framework="numpy")
+            assert all(np.array_equal(loaded[k], v) for k, v in first.items())
+        assert repo.fsck().ok
+
+
+def test_a_changed_bundle_is_a_delta_on_the_parents(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    first = {f"b.{i:04d}": np.full(64, i, np.float32) for i in range(400)}  # 100 KiB: one loose bundle
+    c1, _ = _commit(repo, first)
+    second = {k: v + np.float32(1e-3) for k, v in first.items()}
+    c2, _ = _commit(repo, second)
+    (b1,) = _raw_manifest(repo, c1.id)["files"][0]["bundles"]
+    (b2,) = _raw_manifest(repo, c2.id)["files"][0]["bundles"]
+    assert b1 != b2 and repo.store.bases(b2) == [b1]
+    loaded = repo.load(c2.id, framework="numpy")
+    assert all(np.array_equal(loaded[k], v) for k, v in second.items())
+
+
+def test_equal_bundles_in_one_file_are_listed_twice_and_read_back(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    tensors = {f"z.{i}": np.zeros(4, np.float32) for i in range(4)}  # 16 bytes each, 32 a bundle: two equal ones
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundles, "BUNDLE_MAX", 32)
+        c, path = _commit(repo, tensors)
+    ids = _raw_manifest(repo, c.id)["files"][0]["bundles"]
+    assert len(ids) == 2 and ids[0] == ids[1]
+    assert [t["in"] for t in _raw_manifest(repo, c.id)["files"][0]["tensors"]] == [0, 0, 1, 1]
+    repo.checkout("HEAD", output=str(tmp_path / "out"))
+    assert sha256_file(tmp_path / "out" / "model.safetensors") == sha256_file(path)
+    assert repo.fsck().ok
+
+
+def _stored(repo, d: dict) -> str:
+    return repo.store.put(canonical_json(d)).id
+
+
+@pytest.mark.parametrize("damage", ["in past the list", "in not an int", "chunks too", "hash too", "alias too",
+                                    "nbytes too", "unused bundle", "bundle 1 first", "format 2", "short bundle",
+                                    "empty tensor", "unknown dtype", "bundles in a blob"])
+def test_malformed_bundle_entries_are_refused(tmp_path, damage):
+    repo = make_repo(tmp_path / "repo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundles, "BUNDLE_MAX", 8)
+        c, _ = _commit(repo, {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32) * 2,
+                              "c": np.ones(2, np.float32) * 3})
+    d = _raw_manifest(repo, c.id)
+    f = d["files"][0]
+    t = f["tensors"][0]
+    assert [x["in"] for x in f["tensors"]] == [0, 1, 2]
+    if damage == "in past the list":
+        t["in"] = 3
+    elif damage == "in not an int":
+        t["in"] = True
+    elif damage == "chunks too":
+        t["chunks"] = [f["bundles"][0]]
+    elif damage == "hash too":
+        t["hash"] = f["bundles"][0]
+    elif damage == "alias too":
+        t["alias"] = "b"
+    elif damage == "nbytes too":
+        t["nbytes"] = 8
+    elif damage == "unused bundle":
+        f["bundles"].append(f["header"][0])
+    elif damage == "bundle 1 first":
+        f["tensors"][0]["in"], f["tensors"][1]["in"] = 1, 0
+    elif damage == "format 2":
+        d["format"] = 2
+    elif damage == "short bundle":
+        t["shape"] = [1]  # 4 bytes of an 8-byte bundle
+    elif damage == "empty tensor":
+        t["shape"] = [0]
+    elif damage == "unknown dtype":
+        t["dtype"] = "F4"
+    elif damage == "bundles in a blob":
+        d["files"].append({"path": "x.bin", "kind": "blob", "size": 0, "hash": f["hash"], "chunks": [],
+                           "bundles": [f["bundles"][0]]})
+    with pytest.raises(CorruptObjectError):
+        repo.read_manifest(_stored(repo, d))
+
+
+def test_a_repository_from_before_bundles_reads_and_commits_on(tmp_path):
+    """Format-2 manifests (each small tensor an object of its own) read as before; the next commit writes
+    bundles, and diff, checkout, gc and fsck work across the two."""
+    repo = make_repo(tmp_path / "repo")
+    first = _tensors(1, [("F32", 3)] * 30 + [("F32", 5000)])
+    with pytest.MonkeyPatch.context() as mp:  # as an mlvc before bundles wrote it
+        mp.setattr(chunking, "BUNDLE_TENSOR_MAX", 0)
+        mp.setattr(bundles, "BUNDLE_TENSOR_MAX", 0)
+        c1, path = _commit(repo, first)
+    old = _raw_manifest(repo, c1.id)
+    assert old["format"] == 2 and "bundles" not in old["files"][0]
+    assert all(repo.store.has(t["chunks"][0]) for t in old["files"][0]["tensors"])
+    second = dict(first, **{"t.000": first["t.000"] + 1, "t.007": first["t.007"] * 2})
+    c2, _ = _commit(repo, second)
+    new = _raw_manifest(repo, c2.id)
+    assert new["format"] == 3 and len(new["files"][0]["bundles"]) == 1
+    d = repo.diff(c1.id, c2.id)
+    assert sorted(t.name for t in d.changed) == ["t.000", "t.007"]
+    for cid, tensors in ((c1.id, first), (c2.id, second)):
+        loaded = repo.load(cid, framework="numpy")
+        assert all(np.array_equal(loaded[k], v) for k, v in tensors.items())
+    r = repo.gc(prune="now")
+    assert r.objects_missing == 0
+    assert repo.fsck().ok
+    repo.checkout(c1.id, output=str(tmp_path / "old"))
+    write_safetensors_np(str(tmp_path / "want.safetensors"), first)
+    assert sha256_file(tmp_path / "old" / "model.safetensors") == sha256_file(tmp_path / "want.safetensors")
+
+
+def test_gc_keeps_the_bundles_of_reachable_commits_and_sweeps_the_others(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    first = {f"s.{i}": np.full(3, i, np.float32) for i in range(50)}
+    c1, _ = _commit(repo, first)
+    repo.create_branch("side")
+    repo.switch("side")
+    c2, _ = _commit(repo, {k: v + 1 for k, v in first.items()}, "side")
+    (gone,) = _raw_manifest(repo, c2.id)["files"][0]["bundles"]
+    repo.switch("main", force=True)
+    repo.delete_branch("side")
+    for log in ("logs/HEAD", "logs/refs/heads/main"):
+        os.remove(os.path.join(repo.dir, log))
+    repo.gc(prune="now")
+    assert not repo.store.has(gone)
+    (kept,) = _raw_manifest(repo, c1.id)["files"][0]["bundles"]
+    assert repo.store.has(kept) and repo.fsck().ok
+    loaded = repo.load(c1.id, framework="numpy")
+    assert all(np.array_equal(loaded[k], v) for k, v in first.items())
+
+
+def test_a_missing_bundle_fails_the_read_of_its_tensors_by_name(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    c, _ = _commit(repo, {"a": np.ones(3, np.float32), "big": np.ones(5000, np.float32)})
+    (bid,) = _raw_manifest(repo, c.id)["files"][0]["bundles"]
+    repo.store.delete(bid)
+    fresh = type(repo)(repo.root)
+    m = fresh.read_manifest(c.manifest)  # a partial fetch leaves such bundles out: the manifest still reads
+    assert m.files[0].tensors[1].hash != m.files[0].tensors[0].hash
+    assert np.array_equal(fresh.load(c.id, tensors=["big"], framework="numpy")["big"], np.ones(5000, np.float32))
+    with pytest.raises(ObjectNotFoundError) as e:
+        fresh.load(c.id, tensors=["a"], framework="numpy")
+    assert bid in str(e.value)
+    assert not fresh.fsck().ok
+
+
+def test_a_small_tensor_an_alias_names_is_an_object_of_its_own(tmp_path, torch):
+    """torch files: tied small tensors are not bundled (an alias repeats its target's chunks), the others are."""
+    repo = make_repo(tmp_path / "repo")
+    shared = torch.arange(6, dtype=torch.float32)
+    sd = {"emb": shared, "tied": shared.view(6), "bias": torch.ones(4), "scale": torch.full((3,), 2.0)}
+    path = tmp_path / "repo" / "model.pt"
+    torch.save(sd, path)
+    c = repo.commit(str(path), message="pt").commit
+    entry = repo.read_manifest(c.manifest).files[0]
+    by_name = {t.name: t for t in entry.tensors}
+    assert by_name["emb"].slot is None and by_name["tied"].alias == "emb"
+    assert repo.store.has(by_name["emb"].chunks[0])
+    assert by_name["bias"].slot is not None and by_name["scale"].slot is not None
+    repo.checkout("HEAD", output=str(tmp_path / "out"))
+    assert sha256_file(tmp_path / "out" / "model.pt") == sha256_file(path)
+    assert repo.fsck().ok
+
+
+def test_diff_reads_the_bundles_it_needs_and_pairs_moved_small_tensors(tmp_path):
+    """diff reads small tensors' hashes only for files that differ (mlvc/ops/diff.py _resolve_differing): an
+    unchanged file's tensors are unchanged, a changed one's compared, and a file renamed with its small
+    tensors is paired by content (moved), which needs their hashes."""
+    from mlvc.ops.diff import CHANGED, MOVED, UNCHANGED
+
+    repo = make_repo(tmp_path / "repo")
+    model = tmp_path / "repo" / "model"
+    model.mkdir()
+    a = {f"a{i}": np.full(3, i, np.float32) for i in range(5)}
+    b = {f"b{i}": np.full(2, -i, np.float32) for i in range(5)}
+    same = {f"s{i}": np.full(4, 7 * i, np.float32) for i in range(5)}
+    for name, tensors in (("a", a), ("b", b), ("same", same)):
+        write_safetensors_np(str(model / f"{name}.safetensors"), tensors)
+    repo.commit(str(model), message="one")
+    write_safetensors_np(str(model / "a.safetensors"), dict(a, a2=a["a2"] * 3))
+    os.rename(model / "b.safetensors", model / "c.safetensors")
+    repo.commit(str(model), message="two")
+    d = repo.diff("HEAD~1", "HEAD")
+    status = {t.name: t.status for t in d.tensors}
+    assert status == {**{f"a{i}": UNCHANGED for i in range(5)}, "a2": CHANGED,
+                      **{f"b{i}": MOVED for i in range(5)}, **{f"s{i}": UNCHANGED for i in range(5)}}
+    (a2,) = [t for t in d.tensors if t.name == "a2"]
+    assert a2.changed == 3 and a2.max_abs == pytest.approx(4.0)
