@@ -60,10 +60,11 @@ def _unchanged(members: list[TensorEntry]) -> str | None:
     return slot.bundle if offset == slot.length else None
 
 
-def _base(base: FileEntry | None, first: TensorEntry, length: int) -> str | None:
-    """The delta base of a new bundle: the bundle of the same length that held its first tensor in `base`."""
-    t = next((t for t in base.tensors if t.name == first.name), None) if base is not None else None
-    return t.slot.bundle if t is not None and t.slot is not None and t.slot.length == length else None
+def _base(slots: dict[str, Slot], first: TensorEntry, length: int) -> str | None:
+    """The delta base of a new bundle: the bundle of the same length that held its first tensor in the base
+    tree (`slots`: that file's bundled tensors by name)."""
+    slot = slots.get(first.name)
+    return slot.bundle if slot is not None and slot.length == length else None
 
 
 def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None = None,
@@ -81,6 +82,8 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
         assert all(t.chunks for t in f.tensors if t.slot is not None), f"{f.path}: a manifest read unresolved"
         tensors = list(f.tensors)
         groups = _groups(f)
+        old = base.file(f.path) if base is not None else None
+        slots = {t.name: t.slot for t in old.tensors if t.slot is not None} if old is not None and groups else {}
         for k, group in enumerate(groups):
             members = [f.tensors[i] for i in group]
             length = sum(t.nbytes for t in members)
@@ -93,7 +96,7 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
                 # unless it has a delta base: a pack holds full objects, and most of a bundle is often unchanged.
                 # Kept in the base cache (`remember`): a process committing again (the Tracker's worker) finds
                 # the next version's delta base there instead of decoding it; bundles are at most 1 MiB.
-                bundle_base = _base(base.file(f.path) if base else None, members[0], length)
+                bundle_base = _base(slots, members[0], length)
                 r = store.put(raw, plane_width(members[0].dtype), pack=bundle_base is None, base=bundle_base,
                               remember=True)
                 bid = r.id
@@ -145,7 +148,8 @@ def resolve_file(store: ObjectStore, f: FileEntry) -> FileEntry:
             _absent(store, bid, members)
             continue
         if len(raw) != length:
-            raise CorruptObjectError(bid, f"a bundle of {len(raw)} bytes, but {f.path}'s tensors in it take {length}")
+            raise CorruptObjectError(bid, f"a bundle of {len(raw)} bytes, but {f.path}'s tensors in it take {length}: "
+                                          "the manifest naming it is malformed")
         slices = []
         for t, slot in members:
             t.hash = hash_bytes(raw[slot.offset : slot.offset + t.nbytes])
@@ -153,6 +157,24 @@ def resolve_file(store: ObjectStore, f: FileEntry) -> FileEntry:
             slices.append((t.hash, slot.offset, t.nbytes))
         store.add_slices(bid, slices)
     return f
+
+
+def bundle_misfit(store: ObjectStore, manifest: Manifest, skip: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """What a reader would refuse in a manifest read without its bundles (resolve=False): a bundle whose length
+    is not the sum of its tensors' sizes. None if every bundle fits; bundles missing, damaged or in `skip` are
+    not judged (fsck reports those objects themselves). For fsck, which reads every manifest so."""
+    for f in manifest.files:
+        lengths = {(t.slot.place, t.slot.bundle, t.slot.length) for t in f.tensors if t.slot is not None}
+        for k, bid, length in sorted(lengths):
+            if bid in skip:
+                continue
+            try:
+                n = len(store.get(bid))
+            except (ObjectNotFoundError, CorruptObjectError):  # fsck reports the object itself
+                continue
+            if n != length:
+                return f"{f.path}: bundle {k} ({bid}) holds {n} bytes, its tensors take {length}"
+    return None
 
 
 def _absent(store: ObjectStore, bid: str, members: list[tuple[TensorEntry, Slot]]) -> None:

@@ -314,9 +314,9 @@ class ObjectStore:
 
     def hold(self, oid: str, raw: bytes) -> None:
         """Keep a small tensor's bytes (`oid` is their hash) until a manifest stores them in a bundle; `get`
-        reads them meanwhile. Not an object: `has` does not see it, and nothing may name it as a delta base."""
-        if oid not in self._slices:
-            self._held[oid] = raw
+        reads them meanwhile (before a slice of the same id, whose bundle gc may have removed since). Not an
+        object: `has` does not see it, and nothing may name it as a delta base."""
+        self._held[oid] = raw
 
     def add_slices(self, bid: str, slices: list[tuple[str, int, int]]) -> None:
         """(id, offset, length) of tensors that bundle `bid` (an object of this store) holds: `get` reads them

@@ -150,10 +150,16 @@ class Writer:
             return None
         mid = self.repo.read_commit(cid).manifest
         if mid not in self._manifests:
-            if len(self._manifests) > 4:
-                self._manifests.pop(next(iter(self._manifests)))
-            self._manifests[mid] = self.repo.read_manifest(mid)
+            self._keep_manifest(mid, self.repo.read_manifest(mid))
         return self._manifests[mid]
+
+    def _keep_manifest(self, mid: str, manifest: Manifest) -> None:
+        """Keep the last five trees read or written; the store then knows the small tensors of those only."""
+        self._manifests[mid] = manifest
+        while len(self._manifests) > 5:
+            self._manifests.pop(next(iter(self._manifests)))
+        self.repo.store.retain_slices({t.chunks[0] for m in self._manifests.values() for f in m.files
+                                       for t in f.tensors if t.slot is not None and t.chunks})
 
     def _size_cache(self, nbytes: int) -> None:
         """Room for three versions of every chunk (the new one, its parent and grandparent bases)."""
@@ -189,10 +195,7 @@ class Writer:
             roots += [rel for rel, _, _ in job.files if not any(_under(rel, r) for r in roots)]
             manifest = Manifest(sorted(roots), list(files.values()), chunk_size)
             mid = repo.write_manifest(manifest, pm)
-            self._manifests[mid] = manifest
-            # the store knows the small tensors of the trees this worker keeps, not of every tree it wrote
-            repo.store.retain_slices({t.chunks[0] for m in self._manifests.values() for f in m.files
-                                      for t in f.tensors if t.slot is not None})
+            self._keep_manifest(mid, manifest)
             meta = {**job.metadata, **{k: v for k, v in self._code.items() if k not in job.metadata}}
             c = Commit(mid, [parent] if parent else [], repo.author(), utc_now(), job.message, meta)
             repo.write_commit(c)

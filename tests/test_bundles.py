@@ -19,7 +19,7 @@ from mlvc.bundles import resolve_bundles
 from mlvc.errors import CorruptObjectError, ObjectNotFoundError
 from mlvc.objects import Manifest
 from mlvc.store import BUNDLE_TENSOR_MAX
-from mlvc.util import canonical_json
+from mlvc.util import canonical_json, hash_bytes
 
 KINDS = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "U8": np.uint8, "BOOL": np.bool_}
 
@@ -43,9 +43,9 @@ def _raw_manifest(repo, cid) -> dict:
     return json.loads(repo.store.get(repo.read_commit(cid).manifest))
 
 
-def _check_layout(repo, cid, bundle_max: int) -> dict[str, list[str]]:
-    """The invariants of docs/format.md "Bundles", on the stored form and on what a reader makes of it; returns
-    each bundle id -> the tensor names it holds."""
+def _check_layout(repo, cid, bundle_max: int, tensors: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """The invariants of docs/format.md "Bundles", on the stored form and on what a reader makes of it (each
+    bundled tensor's bytes are its slice of the bundle); returns each bundle id -> the tensor names it holds."""
     raw = _raw_manifest(repo, cid)
     (f,) = raw["files"]
     entry = repo.read_manifest(repo.read_commit(cid).manifest).files[0]
@@ -61,14 +61,15 @@ def _check_layout(repo, cid, bundle_max: int) -> dict[str, list[str]]:
             k = stored["in"]
             bid = f["bundles"][k]
             assert t.slot.bundle == bid and t.slot.offset == ends.get(k, 0)
-            assert bytes(repo.store.get(bid))[t.slot.offset : t.slot.offset + t.nbytes] == bytes(repo.store.get(t.hash))
+            assert bytes(repo.store.get(bid))[t.slot.offset : t.slot.offset + t.nbytes] == tensors[t.name].tobytes()
             assert widths.setdefault(k, np.dtype(KINDS[t.dtype]).itemsize) == np.dtype(KINDS[t.dtype]).itemsize
             ends[k] = ends.get(k, 0) + t.nbytes
             held.setdefault(bid, []).append(t.name)
             assert not repo.store.has(t.hash) or t.hash in f["bundles"]  # no object of its own
     for k, bid in enumerate(f.get("bundles", [])):
         assert len(repo.store.get(bid)) == ends[k]
-        assert ends[k] <= bundle_max or len(held[bid]) == 1 or f["bundles"].count(bid) > 1
+        in_k = [t for t in f["tensors"] if t.get("in") == k]
+        assert ends[k] <= bundle_max or len(in_k) == 1  # a tensor larger than the bound is a bundle alone
     return held
 
 
@@ -88,7 +89,7 @@ def test_any_mix_commits_checks_out_and_loads_exactly_with_bundles_as_specified(
         repo = make_repo(tmp_path_factory.mktemp("b") / "repo")
         first = _tensors(len(spec), spec)
         c1, path = _commit(repo, first)
-        held1 = _check_layout(repo, c1.id, bundle_max)
+        held1 = _check_layout(repo, c1.id, bundle_max, first)
         out = tmp_path_factory.mktemp("out")
         repo.checkout("HEAD", output=str(out))
         assert sha256_file(out / "model.safetensors") == sha256_file(path)
@@ -105,7 +106,7 @@ def test_any_mix_commits_checks_out_and_loads_exactly_with_bundles_as_specified(
         moved = {f"t.{i:03d}" for i in changed} & {k for k, v in first.items() if v.size}
         if moved:
             c2, _ = _commit(repo, second, "some changed")
-            held2 = _check_layout(repo, c2.id, bundle_max)
+            held2 = _check_layout(repo, c2.id, bundle_max, second)
             for bid, names in held1.items():
                 if not set(names) & moved:
                     assert held2.get(bid) == names  # same tensors, same bytes: the same bundle
@@ -191,8 +192,17 @@ def test_malformed_bundle_entries_are_refused(tmp_path, damage):
     elif damage == "bundles in a blob":
         d["files"].append({"path": "x.bin", "kind": "blob", "size": 0, "hash": f["hash"], "chunks": [],
                            "bundles": [f["bundles"][0]]})
-    with pytest.raises(CorruptObjectError):
-        repo.read_manifest(_stored(repo, d))
+    mid = _stored(repo, d)
+    with pytest.raises(CorruptObjectError, match="malformed manifest|the manifest naming it is malformed"):
+        repo.read_manifest(mid)
+    # fsck, which reads manifests without their bundles, finds it too
+    from mlvc.objects import Commit
+
+    bad = Commit(mid, [c.id], "tester", c.time, "damaged", {})
+    repo.write_commit(bad)
+    repo.refs.set_if_equals("refs/heads/main", c.id, bad.id)
+    problems = repo.fsck().problems
+    assert [p.object_id for p in problems if p.problem == "corrupt"] == [mid]
 
 
 def test_a_repository_from_before_bundles_reads_and_commits_on(tmp_path):
@@ -251,7 +261,7 @@ def test_a_missing_bundle_fails_the_read_of_its_tensors_by_name(tmp_path):
     repo.store.delete(bid)
     fresh = type(repo)(repo.root)
     m = fresh.read_manifest(c.manifest)  # a partial fetch leaves such bundles out: the manifest still reads
-    assert m.files[0].tensors[1].hash != m.files[0].tensors[0].hash
+    assert m.files[0].tensors[0].hash == hash_bytes(f"absent {bid} 0".encode())
     assert np.array_equal(fresh.load(c.id, tensors=["big"], framework="numpy")["big"], np.ones(5000, np.float32))
     with pytest.raises(ObjectNotFoundError) as e:
         fresh.load(c.id, tensors=["a"], framework="numpy")
@@ -301,3 +311,47 @@ def test_diff_reads_the_bundles_it_needs_and_pairs_moved_small_tensors(tmp_path)
                       **{f"b{i}": MOVED for i in range(5)}, **{f"s{i}": UNCHANGED for i in range(5)}}
     (a2,) = [t for t in d.tensors if t.name == "a2"]
     assert a2.changed == 3 and a2.max_abs == pytest.approx(4.0)
+
+
+def test_diff_of_the_same_file_read_with_and_without_hashes(tmp_path):
+    """A working file snapshot again after a touch (its tensors hashed) against HEAD read without its bundles,
+    and a tree from before bundles against the same file bundled: every tensor unchanged, no error."""
+    from mlvc.ops.diff import UNCHANGED
+
+    repo = make_repo(tmp_path / "repo")
+    tensors = {"n": np.array(7, np.int64), "s": np.ones(1, np.float32), "v": np.arange(4, dtype=np.float32),
+               "big": np.ones(2000, np.float32)}
+    with pytest.MonkeyPatch.context() as mp:  # the first commit as an mlvc before bundles wrote it
+        mp.setattr(chunking, "BUNDLE_TENSOR_MAX", 0)
+        mp.setattr(bundles, "BUNDLE_TENSOR_MAX", 0)
+        c1, path = _commit(repo, tensors)
+    c2 = repo.commit(path, message="same bytes, bundled", allow_empty=True).commit
+    assert _raw_manifest(repo, c2.id)["format"] == 3 and _raw_manifest(repo, c1.id)["format"] == 2
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # the same bytes, another stat
+    for a, b in ((c1.id, c2.id), (c2.id, c1.id), ("HEAD", None), (c1.id, None)):
+        d = repo.diff(a, b)
+        assert {t.name: (t.status, t.changed) for t in d.tensors} == {n: (UNCHANGED, 0) for n in tensors}, (a, b)
+
+
+def test_a_tensor_committed_again_after_gc_removed_its_old_bundle(tmp_path):
+    """The store forgets nothing it needs: bytes seen as a slice of a bundle that gc has since removed are held
+    anew when committed again (ObjectStore.hold), so the commit stores them instead of failing."""
+    repo = make_repo(tmp_path / "repo")
+    x = {"a": np.ones(3, np.float32), "b": np.arange(4, dtype=np.float32)}
+    y = {k: v * 5 for k, v in x.items()}
+    c1, path = _commit(repo, x)
+    repo.create_branch("side")
+    repo.switch("side")
+    c2, _ = _commit(repo, y, "side")
+    (gone,) = _raw_manifest(repo, c2.id)["files"][0]["bundles"]
+    repo.switch("main", force=True)
+    repo.delete_branch("side")
+    for log in ("logs/HEAD", "logs/refs/heads/main"):
+        os.remove(os.path.join(repo.dir, log))
+    repo.gc(prune="now")
+    assert not repo.store.has(gone)
+    c3, _ = _commit(repo, y, "y again")  # the same Repo: its store saw y's bytes as slices of `gone`
+    assert repo.fsck().ok
+    loaded = repo.load(c3.id, framework="numpy")
+    assert all(np.array_equal(loaded[k], v) for k, v in y.items())

@@ -239,12 +239,14 @@ def _fits_three(size: int, repo: Repo) -> bool:
 
 def _lineage(repo: Repo, parent: str | None, depth: int) -> list[Manifest]:
     """The manifests of the first-parent ancestors from `parent` back, nearest first, `depth` of them (at least
-    two): where a new commit's delta bases come from (the store picks skip-delta bases among them)."""
+    two): where a new commit's delta bases come from (the store picks skip-delta bases among them). Only the
+    parent's small tensors are read from their bundles (its entries may be carried into the new tree): small
+    tensors take no delta bases (Pipeline.holds), and a new bundle's base is named by the parent's slots."""
     out: list[Manifest] = []
     cid = parent
     while cid is not None and len(out) < max(depth, 2):
         c = repo.read_commit(cid)
-        out.append(repo.read_manifest(c.manifest))
+        out.append(repo.read_manifest(c.manifest, resolve=not out))
         cid = c.parents[0] if c.parents else None
     return out
 

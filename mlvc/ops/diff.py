@@ -540,19 +540,27 @@ def _same_file(x: FileEntry, y: FileEntry) -> bool:
 def _resolve_differing(repo: Repo, ma: Manifest | None, mb: Manifest | None) -> None:
     """The sides are read without their small tensors' hashes (Repo.read_manifest, resolve=False): read them
     (bundles.resolve_file) where a tensor's hash is used. A file the same at the same path on both sides holds
-    the same tensors, paired by name, whose entries compare equal unread (no hash on either side); a file that
-    changed is compared tensor by tensor; a file on one side only needs hashes only if the other side has
-    tensors left to pair with by content (pair_keys: a tensor moved between files). So a diff of commits
-    whose checkpoints did not change, or of a first commit, reads no tensor bytes."""
+    the same tensors, paired by name, whose entries compare equal unread when the same tensors have no hash on
+    either side; a file that changed, or that one side has hashes for where the other has none (a working
+    file snapshot again after a touch, a tree from before bundles), is compared tensor by tensor; a file on one
+    side only needs hashes only if the other side has tensors left to pair with by content (pair_keys: a
+    tensor moved between files). So a diff of commits whose checkpoints did not change, or of a first commit,
+    reads no tensor bytes."""
     fa = {f.path: f for f in ma.files} if ma else {}
     fb = {f.path: f for f in mb.files} if mb else {}
-    changed = {p for p in fa.keys() & fb.keys() if not _same_file(fa[p], fb[p])}
+    changed = {p for p in fa.keys() & fb.keys()
+               if not _same_file(fa[p], fb[p]) or _unresolved(fa[p]) != _unresolved(fb[p])}
     only_a, only_b = fa.keys() - fb.keys(), fb.keys() - fa.keys()
     need = changed | (only_a | only_b if (only_a or changed) and (only_b or changed) else set())
     for p in need:
         for f in (fa.get(p), fb.get(p)):
             if f is not None:
                 resolve_file(repo.store, f)
+
+
+def _unresolved(f: FileEntry) -> set[str]:
+    """The tensors of a file entry read without their hash (bundled, not resolved)."""
+    return {t.name for t in f.tensors if t.slot is not None and not t.chunks}
 
 
 def _commit(repo: Repo, rev: str, pipe) -> tuple[Manifest, Side]:

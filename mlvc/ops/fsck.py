@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import lockfile
+from ..bundles import bundle_misfit
 from ..errors import CorruptObjectError, MlvcError, ObjectNotFoundError
 from ..progress import NULL, Progress
 from ..refs import HEAD, HEADS, TAGS
@@ -191,6 +192,7 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: 
         seen.add(c.manifest)
         try:
             m = repo.read_manifest(c.manifest, resolve=False)
+            misfit = bundle_misfit(repo.store, m, bad)
         except ObjectNotFoundError:
             report.problems.append(Problem(c.manifest, "missing", f"manifest of commit {cid[:12]}"))
             continue
@@ -198,6 +200,9 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: 
             if c.manifest not in bad:
                 report.problems.append(Problem(c.manifest, "corrupt", f"manifest of commit {cid[:12]}: {e.reason}"))
             continue
+        if misfit:
+            report.problems.append(Problem(c.manifest, "corrupt", f"manifest of commit {cid[:12]}: malformed "
+                                           f"manifest ({misfit})"))
         for f in m.files:
             for oid in f.object_ids():
                 if oid in seen:
