@@ -159,6 +159,11 @@ def resolve_file(store: ObjectStore, f: FileEntry) -> FileEntry:
     return f
 
 
+def small_tensor_ids(manifest: Manifest) -> set[str]:
+    """The ids of a tree's bundled tensors, as read (none for a tensor read without its hash)."""
+    return {t.chunks[0] for f in manifest.files for t in f.tensors if t.slot is not None and t.chunks}
+
+
 def bundle_misfit(store: ObjectStore, manifest: Manifest, skip: set[str] | frozenset[str] = frozenset()) -> str | None:
     """What a reader would refuse in a manifest read without its bundles (resolve=False): a bundle whose length
     is not the sum of its tensors' sizes. None if every bundle fits; bundles missing, damaged or in `skip` are

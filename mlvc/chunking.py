@@ -315,6 +315,20 @@ class Pipeline:
         store = self.store
         return self._ahead(((oid,) for oid in ids), store.get, store.is_small)
 
+    def read_pieces(self, pieces: Iterable[str | tuple[str, int, int]]) -> Iterator[bytes | bytearray | memoryview]:
+        """`read` of a sequence that also holds slices of objects, (id, start, end), each read in this thread
+        (a run of small tensors in their bundle) while the chunks around it are decoded a window ahead."""
+        assert self.store is not None
+        store = self.store
+
+        def fetch(piece: str | tuple[str, int, int]) -> bytes | bytearray | memoryview:
+            if isinstance(piece, str):
+                return store.get(piece)
+            oid, start, end = piece
+            return memoryview(store.get(oid, keep=True))[start:end]
+
+        return self._ahead(((p,) for p in pieces), fetch, lambda p: not isinstance(p, str) or store.is_small(p))
+
     def read_pairs(self, pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[bytes | bytearray, bytes | bytearray]]:
         """Decoded pairs of chunks in order, both chunks of a pair decoded by one worker, the first kept in the
         store's cache of delta bases: the second is often a delta on the first (a diff of a commit against

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import config as _config
-from .bundles import resolve_bundles, store_bundles
+from .bundles import resolve_bundles, small_tensor_ids, store_bundles
 from .chunking import IngestStats, Pipeline
 from .errors import CorruptObjectError, MlvcError, NotARepositoryError, PathError, RepositoryExistsError
 from .objects import Commit, Manifest, parse_object
@@ -179,7 +179,12 @@ class Repo:
         manifest.files = store_bundles(self.store, manifest, base, stats).files
         data = manifest.to_bytes()
         Manifest.from_dict(json.loads(data))
-        return self.store.put(data).id
+        oid = self.store.put(data).id
+        # From now on the store knows the small tensors of this tree and its base only: a script committing in
+        # a loop would otherwise keep every tree's (100,000 ids a commit for some checkpoints). A tree read
+        # later is read again (Repo.read_manifest), which tells the store anew.
+        self.store.retain_slices(small_tensor_ids(manifest) | (small_tensor_ids(base) if base else set()))
+        return oid
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:

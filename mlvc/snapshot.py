@@ -331,27 +331,23 @@ def write_entry(pipe: Pipeline, entry: FileEntry, f) -> None:
 
 
 def _tensor_pieces(pipe: Pipeline, tensors: list[TensorEntry]) -> Iterator[bytes | bytearray | memoryview]:
-    """The tensors' bytes in order: chunks decoded a window ahead, and each run of tensors that lie end to end in
-    one bundle as one slice of it (a file of 100,000 tiny tensors: two reads instead of 100,000). The caller
-    checks what it wrote against the file's hash."""
-    assert pipe.store is not None
-    ids: list[str] = []
+    """The tensors' bytes in order, in one stream decoded a window ahead: their chunks, and each run of tensors
+    that lie end to end in one bundle as one slice of it (a file of 100,000 tiny tensors: two reads instead of
+    100,000). The caller checks what it wrote against the file's hash."""
+    pieces: list[str | tuple[str, int, int]] = []
     i = 0
     while i < len(tensors):
         slot = tensors[i].slot
         if slot is None:
-            ids.extend(tensors[i].chunks)
+            pieces.extend(tensors[i].chunks)
             i += 1
             continue
-        if ids:
-            yield from pipe.read(ids)
-            ids = []
         end = slot.offset
         while i < len(tensors) and (s := tensors[i].slot) is not None and s.bundle == slot.bundle and s.offset == end:
             end += tensors[i].nbytes
             i += 1
-        yield memoryview(pipe.store.get(slot.bundle, keep=True))[slot.offset : end]
-    yield from pipe.read(ids)
+        pieces.append((slot.bundle, slot.offset, end))
+    return pipe.read_pieces(pieces)
 
 
 def _write_torch(pipe: Pipeline, entry: FileEntry, w: VerifyingWriter) -> None:

@@ -331,7 +331,8 @@ class ObjectStore:
 
     def retain_slices(self, keep: set[str]) -> None:
         """Forget the slices and held bytes of every id not in `keep`: a long-lived process (the Tracker's
-        worker) reads many manifests, and each one's small tensors would otherwise stay known for good."""
+        worker, a script committing in a loop) reads and writes many trees, and each one's small tensors would
+        otherwise stay known for good (Repo.write_manifest calls it)."""
         self._slices = {k: v for k, v in self._slices.items() if k in keep}
         self._held = {k: v for k, v in self._held.items() if k in keep}
 

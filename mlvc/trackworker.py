@@ -154,12 +154,11 @@ class Writer:
         return self._manifests[mid]
 
     def _keep_manifest(self, mid: str, manifest: Manifest) -> None:
-        """Keep the last five trees read or written; the store then knows the small tensors of those only."""
+        """Keep the last five trees read or written (their small tensors' bytes the store forgets, except the
+        last tree's and its parent's: Repo.write_manifest; none is read from these)."""
         self._manifests[mid] = manifest
         while len(self._manifests) > 5:
             self._manifests.pop(next(iter(self._manifests)))
-        self.repo.store.retain_slices({t.chunks[0] for m in self._manifests.values() for f in m.files
-                                       for t in f.tensors if t.slot is not None and t.chunks})
 
     def _size_cache(self, nbytes: int) -> None:
         """Room for three versions of every chunk (the new one, its parent and grandparent bases)."""

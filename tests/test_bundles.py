@@ -355,3 +355,19 @@ def test_a_tensor_committed_again_after_gc_removed_its_old_bundle(tmp_path):
     assert repo.fsck().ok
     loaded = repo.load(c3.id, framework="numpy")
     assert all(np.array_equal(loaded[k], v) for k, v in y.items())
+
+
+def test_committing_in_a_loop_keeps_the_stores_map_of_small_tensors_bounded(tmp_path):
+    """Repo.write_manifest leaves the store knowing the small tensors of the tree it wrote and of its base only
+    (ObjectStore.retain_slices), so a script committing every N steps does not grow with every tree; older trees
+    read back as before."""
+    repo = make_repo(tmp_path / "repo")
+    versions = []
+    for step in range(6):
+        tensors = {f"w{i}": np.full(3, step * 100 + i, np.float32) for i in range(40)}
+        c, _ = _commit(repo, tensors, f"step {step}")
+        versions.append((c.id, tensors))
+        assert len(repo.store._slices) + len(repo.store._held) <= 2 * 40
+    for cid, tensors in versions:
+        loaded = repo.load(cid, framework="numpy")
+        assert all(np.array_equal(loaded[k], v) for k, v in tensors.items())
