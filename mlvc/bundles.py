@@ -100,9 +100,7 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
                 r = store.put(raw, plane_width(members[0].dtype), pack=bundle_base is None, base=bundle_base,
                               remember=True)
                 bid = r.id
-                if stats is not None and r.stored_size:
-                    stats.new_chunks += 1
-                    stats.stored_bytes += r.stored_size
+                _count(stats, r.stored_size)
             offset = 0
             slices = []
             for i, t in zip(group, members, strict=True):
@@ -119,10 +117,16 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
             if t.slot is None:
                 for c in t.chunks:
                     if store.is_slice(c) and not store.has(c):
-                        store.put(store.get(c), plane_width(t.dtype), pack=True)
+                        _count(stats, store.put(store.get(c), plane_width(t.dtype), pack=True).stored_size)
         same = all(a is b for a, b in zip(tensors, f.tensors, strict=True))
         files.append(f if same else replace(f, tensors=tensors))
     return replace(manifest, files=files)
+
+
+def _count(stats: IngestStats | None, stored: int) -> None:
+    if stats is not None and stored:
+        stats.new_chunks += 1
+        stats.stored_bytes += stored
 
 
 def resolve_bundles(store: ObjectStore, manifest: Manifest) -> Manifest:

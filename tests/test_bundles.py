@@ -234,20 +234,26 @@ def test_a_repository_from_before_bundles_reads_and_commits_on(tmp_path):
     assert sha256_file(tmp_path / "old" / "model.safetensors") == sha256_file(tmp_path / "want.safetensors")
 
 
-def test_gc_keeps_the_bundles_of_reachable_commits_and_sweeps_the_others(tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    first = {f"s.{i}": np.full(3, i, np.float32) for i in range(50)}
-    c1, _ = _commit(repo, first)
+def _swept_side_commit(repo, tensors) -> str:
+    """Commit `tensors` on a branch, delete the branch and its reflogs, gc now: the id of its (swept) bundle."""
     repo.create_branch("side")
     repo.switch("side")
-    c2, _ = _commit(repo, {k: v + 1 for k, v in first.items()}, "side")
-    (gone,) = _raw_manifest(repo, c2.id)["files"][0]["bundles"]
+    c, _ = _commit(repo, tensors, "side")
+    (gone,) = _raw_manifest(repo, c.id)["files"][0]["bundles"]
     repo.switch("main", force=True)
     repo.delete_branch("side")
     for log in ("logs/HEAD", "logs/refs/heads/main"):
         os.remove(os.path.join(repo.dir, log))
     repo.gc(prune="now")
     assert not repo.store.has(gone)
+    return gone
+
+
+def test_gc_keeps_the_bundles_of_reachable_commits_and_sweeps_the_others(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    first = {f"s.{i}": np.full(3, i, np.float32) for i in range(50)}
+    c1, _ = _commit(repo, first)
+    _swept_side_commit(repo, {k: v + 1 for k, v in first.items()})
     (kept,) = _raw_manifest(repo, c1.id)["files"][0]["bundles"]
     assert repo.store.has(kept) and repo.fsck().ok
     loaded = repo.load(c1.id, framework="numpy")
@@ -340,17 +346,9 @@ def test_a_tensor_committed_again_after_gc_removed_its_old_bundle(tmp_path):
     repo = make_repo(tmp_path / "repo")
     x = {"a": np.ones(3, np.float32), "b": np.arange(4, dtype=np.float32)}
     y = {k: v * 5 for k, v in x.items()}
-    c1, path = _commit(repo, x)
-    repo.create_branch("side")
-    repo.switch("side")
-    c2, _ = _commit(repo, y, "side")
-    (gone,) = _raw_manifest(repo, c2.id)["files"][0]["bundles"]
-    repo.switch("main", force=True)
-    repo.delete_branch("side")
-    for log in ("logs/HEAD", "logs/refs/heads/main"):
-        os.remove(os.path.join(repo.dir, log))
-    repo.gc(prune="now")
-    assert not repo.store.has(gone)
+    _commit(repo, x)
+    gone = _swept_side_commit(repo, y)
+    assert gone in {w[0] for w in repo.store._slices.values()}  # y's bytes are still known as slices of it
     c3, _ = _commit(repo, y, "y again")  # the same Repo: its store saw y's bytes as slices of `gone`
     assert repo.fsck().ok
     loaded = repo.load(c3.id, framework="numpy")
