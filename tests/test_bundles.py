@@ -369,3 +369,25 @@ def test_committing_in_a_loop_keeps_the_stores_map_of_small_tensors_bounded(tmp_
     for cid, tensors in versions:
         loaded = repo.load(cid, framework="numpy")
         assert all(np.array_equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_a_small_tensor_of_an_unknown_dtype_is_an_object_of_its_own(tmp_path):
+    """A dtype outside the table (its size unknown, so no offset could be implied) is held at ingest like any
+    small tensor, left out of bundles, and stored as an object of its own when the manifest is written."""
+    import struct
+
+    repo = make_repo(tmp_path / "repo")
+    header = {"x": {"dtype": "F4", "shape": [6], "data_offsets": [0, 3]},
+              "y": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]}}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path = tmp_path / "repo" / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(range(11)))
+    c = repo.commit(str(path), message="unknown dtype").commit
+    stored = _raw_manifest(repo, c.id)["files"][0]["tensors"]
+    assert ["in" in t for t in stored] == [False, True]
+    x = repo.read_manifest(c.manifest).files[0].tensors[0]
+    assert repo.store.has(x.chunks[0]) and bytes(repo.store.get(x.chunks[0])) == bytes(range(3))
+    repo.checkout("HEAD", output=str(tmp_path / "out"))
+    assert sha256_file(tmp_path / "out" / "m.safetensors") == sha256_file(path)
+    assert repo.fsck().ok
