@@ -154,8 +154,9 @@ class Writer:
         return self._manifests[mid]
 
     def _keep_manifest(self, mid: str, manifest: Manifest) -> None:
-        """Keep the last five trees read or written (their small tensors' bytes the store forgets, except the
-        last tree's and its parent's: Repo.write_manifest; none is read from these)."""
+        """Keep the last five trees read or written, for their entries and delta bases. The store forgets their
+        small tensors' bytes, except the last tree's and its parent's (Repo.write_manifest): no small tensor's
+        bytes are read through them (a job's files are ingested again, and their small tensors held)."""
         self._manifests[mid] = manifest
         while len(self._manifests) > 5:
             self._manifests.pop(next(iter(self._manifests)))
