@@ -146,17 +146,20 @@ def resolve_file(store: ObjectStore, f: FileEntry) -> FileEntry:
             by_bundle.setdefault(t.slot.place, []).append((t, t.slot))
     for members in by_bundle.values():
         bid, length = members[0][1].bundle, members[0][1].length
+        raw: memoryview | None = None
         try:
             raw = memoryview(store.get(bid, keep=True))
         except ObjectNotFoundError:  # a partial fetch brings only the bundles of the tensors it chose
-            _absent(store, bid, members)
-            continue
-        if len(raw) != length:
+            pass
+        if raw is not None and len(raw) != length:
             raise CorruptObjectError(bid, f"a bundle of {len(raw)} bytes, but {f.path}'s tensors in it take {length}: "
                                           "the manifest naming it is malformed")
         slices = []
         for t, slot in members:
-            t.hash = hash_bytes(raw[slot.offset : slot.offset + t.nbytes])
+            # a tensor of an absent bundle gets an id of its place, equal for equal places only, whose read
+            # fails naming the bundle
+            t.hash = hash_bytes(raw[slot.offset : slot.offset + t.nbytes] if raw is not None
+                                else f"absent {bid} {slot.offset}".encode())
             t.chunks = [t.hash]
             slices.append((t.hash, slot.offset, t.nbytes))
         store.add_slices(bid, slices)
@@ -171,27 +174,17 @@ def small_tensor_ids(manifest: Manifest) -> set[str]:
 def bundle_misfit(store: ObjectStore, manifest: Manifest, skip: set[str] | frozenset[str] = frozenset()) -> str | None:
     """What a reader would refuse in a manifest read without its bundles (resolve=False): a bundle whose length
     is not the sum of its tensors' sizes. None if every bundle fits; bundles missing, damaged or in `skip` are
-    not judged (fsck reports those objects themselves). For fsck, which reads every manifest so."""
+    not judged (fsck reports those objects themselves). For fsck, which reads every manifest so after verifying
+    every object: a bundle's length is then its header's."""
     for f in manifest.files:
         lengths = {(t.slot.place, t.slot.bundle, t.slot.length) for t in f.tensors if t.slot is not None}
         for k, bid, length in sorted(lengths):
             if bid in skip:
                 continue
             try:
-                n = len(store.get(bid))
+                n = store.header(bid).raw_length  # fsck has verified the object already: its header is its length
             except (ObjectNotFoundError, CorruptObjectError):  # fsck reports the object itself
                 continue
             if n != length:
                 return f"{f.path}: bundle {k} ({bid}) holds {n} bytes, its tensors take {length}"
     return None
-
-
-def _absent(store: ObjectStore, bid: str, members: list[tuple[TensorEntry, Slot]]) -> None:
-    """Tensors of a bundle this store lacks: each gets an id of its place (bundle, offset) instead of its hash,
-    equal for equal places only, whose read fails naming the missing bundle."""
-    slices = []
-    for t, slot in members:
-        t.hash = hash_bytes(f"absent {bid} {slot.offset}".encode())
-        t.chunks = [t.hash]
-        slices.append((t.hash, slot.offset, t.nbytes))
-    store.add_slices(bid, slices)

@@ -167,7 +167,7 @@ class ObjectStore:
     def is_small(self, oid: str) -> bool:
         """Known to be small (a packed object, a slice of a bundle): cheaper to read in the caller's thread than
         to hand over."""
-        return oid in self._slices or oid in self._held or self._packed(oid)
+        return self.is_slice(oid) or self._packed(oid)
 
     def _packed(self, oid: str) -> bool:
         return False
