@@ -177,8 +177,7 @@ def bundle_misfit(store: ObjectStore, manifest: Manifest, skip: set[str] | froze
     not judged (fsck reports those objects themselves). For fsck, which reads every manifest so after verifying
     every object: a bundle's length is then its header's."""
     for f in manifest.files:
-        lengths = {(t.slot.place, t.slot.bundle, t.slot.length) for t in f.tensors if t.slot is not None}
-        for k, bid, length in sorted(lengths):
+        for k, bid, length in f.bundle_lengths():
             if bid in skip:
                 continue
             try:

@@ -6,6 +6,8 @@ their id is the hash of those bytes. docs/format.md is the schema.
 
 from __future__ import annotations
 
+import math
+import operator
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -17,9 +19,12 @@ from .util import ID_HEX_LEN, canonical_json, hash_bytes, is_utf8_text, show
 
 # 2: a tensor entry leaves out `hash` and `nbytes` where they are implied (docs/format.md, "Tensor entry");
 # format-1 manifests, which always hold both, read as before. 3: small tensors may be slices of shared "bundle"
-# objects (docs/format.md, "Bundles"); a manifest without a bundle is still written as format 2.
-MANIFEST_FORMAT = 3
+# objects (docs/format.md, "Bundles"), each such tensor an entry with `in`. 4: a file's bundled tensors are the
+# columns of its `small` table instead (read, checked and written without a dict per tensor). A manifest
+# without a bundle is still written as format 2; format 3 is read, no longer written.
+MANIFEST_FORMAT = 4
 BUNDLES_FORMAT = 3
+SMALL_FORMAT = 4
 COMMIT_FORMAT = 1
 TAG_FORMAT = 1
 
@@ -89,14 +94,11 @@ class TensorEntry:
         """The objects that hold this tensor's bytes."""
         return [self.slot.bundle] if self.slot is not None else self.chunks
 
-    def to_dict(self, bundle: int | None = None) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The entry as stored: `hash` and `nbytes` only where a reader could not work them out (format 2).
-        A checkpoint of 100,000 one-chunk tensors otherwise lists every chunk id twice. A tensor in a bundle
-        (format 3) is its name, dtype, shape and `in`, the bundle's index in its file's `bundles`."""
+        A checkpoint of 100,000 one-chunk tensors otherwise lists every chunk id twice. (A tensor in a bundle
+        is a row of its file's `small` table instead: FileEntry.to_dict.)"""
         d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-        if bundle is not None:
-            d["in"] = bundle
-            return d
         d["chunks"] = list(self.chunks)
         if self.alias is not None or implied_nbytes(self.dtype, self.shape) != self.nbytes:
             d["nbytes"] = self.nbytes
@@ -111,7 +113,8 @@ class TensorEntry:
         """A tensor entry as stored; Malformed (a ValueError) when any field is not what mlvc writes. Runs once
         per tensor of every manifest read (100,000 for some checkpoints): the shape is walked once, for every
         check that needs it, and a message is only built on failure. A tensor in a bundle comes back with no
-        slot (FileEntry.from_dict places it), and no hash or chunk until its bundle is read (bundles.resolve_file)."""
+        slot (FileEntry.from_dict places it), and no hash or chunk until its bundle is read (bundles.resolve_file).
+        `in` (a bundled tensor written as an entry) is format 3's form: `bundles` is None in any other format."""
         if not isinstance(d, dict):
             raise Malformed("a tensor entry is not an object")
         name = d["name"]
@@ -128,7 +131,10 @@ class TensorEntry:
         if alias is not None and not is_utf8_text(alias):
             raise Malformed(f"tensor {show(name)}: alias {show(alias)}")
         if "in" in d:
-            return cls._in_bundle(d, name, dtype, shape, count, bundles or [])
+            if bundles is None:
+                raise Malformed(f"tensor {show(name)}: `in` belongs to format 3 (format 4 lists bundled tensors in "
+                                "`small`)")
+            return cls._in_bundle(d, name, dtype, shape, count, bundles)
         chunks = _ids(d["chunks"], "chunks")
         known = DTYPES.get(dtype)
         implied = None if known is None else known.itemsize * count
@@ -211,6 +217,19 @@ class FileEntry:
     archive: str | None = None  # torch files: the zip's record folder (None: legacy, non-zip format)
     frame: list[str] | None = None  # torch files: chunks of the bytes around the tensors
     layout: list[int | str] | None = None  # torch files: frame byte counts and tensor names, in file order
+    # Read from a `small` table (format 4): the checked table, until `tensors` is first used (__getattr__)
+    _small: _SmallTable | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getattr__(self, name: str) -> list[TensorEntry]:
+        """`tensors` of an entry read with a `small` table, built on first use: a command that compares only
+        files (`status` of an unchanged file, `show`, `gc`) never builds 100,000 tensor entries. Called only
+        for an attribute the entry lacks."""
+        table = self.__dict__.get("_small")
+        if name != "tensors" or table is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        tensors = self.__dict__["tensors"] = table.tensors()
+        self._small = None
+        return tensors
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "kind": self.kind, "size": self.size, "hash": self.hash}
@@ -218,9 +237,10 @@ class FileEntry:
             d["chunks"] = list(self.chunks)
         else:
             bundles = self.bundles()
-            d["tensors"] = [t.to_dict(None if t.slot is None else t.slot.place) for t in self.tensors]
+            d["tensors"] = [t.to_dict() for t in self.tensors if t.slot is None]
             if bundles:
                 d["bundles"] = bundles
+                d["small"] = _small_table(self.tensors)
         if self.header is not None:
             d["header"] = list(self.header)
         if self.skeleton is not None:
@@ -254,22 +274,42 @@ class FileEntry:
         return ids
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FileEntry:
+    def from_dict(cls, d: dict[str, Any], fmt: int = MANIFEST_FORMAT) -> FileEntry:
+        """A file entry as stored in a manifest of format `fmt` (its bundled tensors: format 3's `in` entries, or
+        the rows of format 4's `small` table); Malformed when anything is not what mlvc writes."""
         bundles = d.get("bundles") or []
         stored = d.get("tensors", [])
-        tensors = [TensorEntry.from_dict(t, bundles) for t in stored]
-        if bundles:
+        tensors = [TensorEntry.from_dict(t, bundles if fmt == BUNDLES_FORMAT else None) for t in stored]
+        if fmt == BUNDLES_FORMAT and bundles:
             _place(d["path"], bundles, stored, tensors)
-        return cls(check_rel_path(d["path"]), d["kind"], int(d["size"]), d["hash"], list(d.get("chunks", [])),
+        elif "small" in d:
+            table = _SmallTable.read(d["path"], d["small"], bundles, tensors)
+        elif bundles:
+            raise Malformed(f"{show(d['path'])}: bundle 0 is listed but holds no tensor")
+        entry = cls(check_rel_path(d["path"]), d["kind"], int(d["size"]), d["hash"], list(d.get("chunks", [])),
                    tensors, d.get("header"), d.get("skeleton"),
                    bool(d.get("exact", True)), d.get("archive"),
                    frame=list(d["frame"]) if d.get("frame") is not None else None,
                    layout=list(d["layout"]) if d.get("layout") is not None else None)
+        if "small" in d:
+            del entry.tensors  # built from the table on first use
+            entry._small = table
+        return entry
+
+    def bundle_lengths(self) -> list[tuple[int, str, int]]:
+        """(place, id, length) of each of the file's bundles, in order (its tensors are not built for it)."""
+        if self._small is not None:
+            table = self._small
+            return list(zip(range(len(table.bundles)), table.bundles, table.lengths, strict=True))
+        return sorted({(t.slot.place, t.slot.bundle, t.slot.length) for t in self.tensors if t.slot is not None})
 
     def object_ids(self) -> list[str]:
         ids = list(self.header or []) + list(self.chunks) + list(self.frame or [])
-        for t in self.tensors:
+        table = self._small  # the tensors not built yet: the table names its bundles
+        for t in self.tensors if table is None else table.listed:
             ids.extend(t.object_ids())
+        if table is not None:
+            ids.extend(table.bundles)
         if self.skeleton:
             ids.append(self.skeleton)
         return ids
@@ -284,13 +324,14 @@ class Manifest:
     def to_bytes(self) -> bytes:
         for f in self.files:  # what no reader could read back is refused here, naming the file
             check_rel_path(f.path)
-            bad = next((t.name for t in f.tensors if not is_utf8_text(t.name)), None)
+            names = [t.name for t in f.tensors]
+            bad = None if "".join(names).isascii() else next((n for n in names if not is_utf8_text(n)), None)
             if bad is not None:
                 raise FormatError(f.path, f"tensor name {show(bad)} is not valid UTF-8 text (it holds a lone "
                                           "surrogate); rename the tensor")
         files = [f.to_dict() for f in sorted(self.files, key=lambda f: f.path)]
         # format 2 unless a file has bundles: a tree of large tensors stays readable by an mlvc that knows 2
-        fmt = BUNDLES_FORMAT if any("bundles" in f for f in files) else 2
+        fmt = SMALL_FORMAT if any("bundles" in f for f in files) else 2
         return canonical_json({"type": "manifest", "format": fmt, "roots": list(self.roots),
                                "chunk_size": self.chunk_size, "files": files})
 
@@ -306,11 +347,12 @@ class Manifest:
         _want(isinstance(roots, list) and isinstance(files, list), "roots and files must be lists")
         _want(_nat(chunk_size) and 64 <= chunk_size <= 1 << 30, f"chunk_size {show(chunk_size)}")
         entries = []
-        bundled = d.get("format", MANIFEST_FORMAT) >= BUNDLES_FORMAT
+        fmt = d.get("format", MANIFEST_FORMAT)
         for f in files:
             _check_file(f)
-            _want(bundled or "bundles" not in f, f"{f['path']}: bundles in a manifest of format {d.get('format')}")
-            entries.append(FileEntry.from_dict(f))
+            _want(fmt >= BUNDLES_FORMAT or "bundles" not in f, f"{f['path']}: bundles in a manifest of format {fmt}")
+            _want(fmt >= SMALL_FORMAT or "small" not in f, f"{f['path']}: small in a manifest of format {fmt}")
+            entries.append(FileEntry.from_dict(f, fmt))
         _check_unique_paths([f.path for f in entries])
         return cls([check_root(r) for r in roots], entries, chunk_size)
 
@@ -488,7 +530,7 @@ def _check_file(d: Any) -> None:
     for key in ("chunks", "header", "frame", "bundles"):
         if d.get(key) is not None:
             _ids(d[key], f"{path}: {key}")
-    if d.get("bundles") is not None:
+    if d.get("bundles") is not None or "small" in d:
         _want(d["kind"] != KIND_BLOB, f"{path}: a blob has chunks, not bundles")
     if d.get("skeleton") is not None:
         _id(d["skeleton"], f"{path}: skeleton")
@@ -527,6 +569,155 @@ def _place(path: str, bundles: list[str], stored: list[dict[str, Any]], tensors:
         raise Malformed(f"{show(path)}: bundle {used} is listed but holds no tensor")
     for t, k, offset in placed:
         t.slot = Slot(bundles[k], offset, ends[k], k)
+
+
+# -- format 4: a file's bundled tensors as the columns of its `small` table -------------------------------
+
+_PREFIX_SCAN = 64  # a name shares at most this many leading characters with the one before it in `small`
+_PREFIX_BLOCK = 8192  # names compared at once (a block of _PREFIX_SCAN-wide rows: 2 MiB)
+
+
+def _small_table(tensors: list[TensorEntry]) -> dict[str, Any]:
+    """The `small` table of a file's bundled tensors (those with a slot, already checked by
+    FileEntry.bundles): where they sit in the file's tensor order (`runs` of [position, count]), and per
+    tensor, in that order, its name (front-coded: `prefix` characters of the name before, then `suffix`),
+    `dtype`, `shape` and `in` (its bundle's index). Columns of plain values, built without a dict per tensor:
+    names of consecutive tensors share their start, which the front coding leaves out of the stored bytes."""
+    at = [i for i, t in enumerate(tensors) if t.slot is not None]
+    small = [tensors[i] for i in at]
+    runs: list[list[int]] = []
+    for i in at:
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, 1])
+    names = [t.name for t in small]
+    prefix = _prefixes(names)
+    return {"runs": runs, "prefix": prefix, "suffix": [n[k:] for n, k in zip(names, prefix, strict=True)],
+            "dtype": [t.dtype for t in small], "shape": [list(t.shape) for t in small],
+            "in": [t.slot.place for t in small if t.slot is not None]}
+
+
+def _prefixes(names: list[str]) -> list[int]:
+    """For each name, the number of leading characters it shares with the name before it (0 for the first),
+    counting at most _PREFIX_SCAN. Compared as rows of code points, a block of names at a time; a row's
+    padding (and numpy's dropping of trailing NULs) only matches past the end of a name, which the
+    minimum of the two lengths cuts off."""
+    import numpy as np
+
+    out = [0]
+    for start in range(1, len(names), _PREFIX_BLOCK):
+        block = [n[:_PREFIX_SCAN] for n in names[start - 1 : start + _PREFIX_BLOCK]]
+        rows = np.array(block, dtype=f"<U{_PREFIX_SCAN}").view(np.uint32).reshape(len(block), _PREFIX_SCAN)
+        same = np.ones((len(block) - 1, _PREFIX_SCAN + 1), dtype=bool)
+        np.equal(rows[1:], rows[:-1], out=same[:, :_PREFIX_SCAN])
+        same[:, _PREFIX_SCAN] = False
+        lengths = np.fromiter(map(len, block), dtype=np.int64, count=len(block))
+        common = np.minimum(same.argmin(axis=1), np.minimum(lengths[1:], lengths[:-1]))
+        out.extend(common.tolist())
+    return out
+
+
+_SMALL_KEYS = ("runs", "prefix", "suffix", "dtype", "shape", "in")
+
+
+class _SmallTable:
+    """A file's `small` table as read and checked (FileEntry.from_dict); `tensors()` builds the file's tensor
+    list from it. Checked column by column with C-level maps (a manifest can hold 100,000 rows, and a command
+    reading it may need none of them), so that nothing malformed waits for the build."""
+
+    def __init__(self, runs: list[list[int]], names: list[str], dtypes: list[str], shapes: list[list[int]],
+                 ins: list[int], nbytes: list[int], bundles: list[str], lengths: list[int],
+                 listed: list[TensorEntry]):
+        self.runs, self.names, self.dtypes, self.shapes, self.ins = runs, names, dtypes, shapes, ins
+        self.nbytes, self.bundles, self.lengths, self.listed = nbytes, bundles, lengths, listed
+
+    @classmethod
+    def read(cls, path: str, table: Any, bundles: list[str], listed: list[TensorEntry]) -> _SmallTable:
+        """The table of the file at `path` whose `tensors` are `listed`; Malformed when it is not what
+        _small_table writes (the runs' layout, each column's types, names, dtypes, shapes, bundle numbers)."""
+        where = show(path)
+        _want(isinstance(table, dict) and set(table) == set(_SMALL_KEYS),
+              f"{where}: small must be an object of {', '.join(_SMALL_KEYS)}")
+        runs, prefix, suffix, dtypes, shapes, ins = (table[k] for k in _SMALL_KEYS)
+        _want(all(type(c) is list for c in (runs, prefix, suffix, dtypes, shapes, ins)),
+              f"{where}: small's columns are lists")
+        n = len(prefix)
+        _want(n > 0 and len(suffix) == len(dtypes) == len(shapes) == len(ins) == n,
+              f"{where}: small's columns must have one value per tensor (and at least one)")
+        _check_runs(where, runs, n, len(listed))
+        _want(set(map(type, prefix)) | set(map(type, ins)) == {int}, f"{where}: small's prefix and in are integers")
+        _want(set(map(type, suffix)) == {str}, f"{where}: small's suffixes are strings")
+        names: list[str] = []
+        name = ""
+        for k, rest in zip(prefix, suffix, strict=True):
+            if not 0 <= k <= len(name):
+                raise Malformed(f"{where}: small's tensor {len(names)}: prefix {k} is not within the name before it")
+            name = name[:k] + rest
+            names.append(name)
+        if not "".join(suffix).isascii():
+            bad = next((x for x in names if not is_utf8_text(x)), None)
+            _want(bad is None, f"{where}: tensor name {show(bad)} is not UTF-8 text")
+        _want(len(set(names).union(t.name for t in listed)) == n + len(listed), f"{where}: lists a tensor name twice")
+        sizes = {name: d.itemsize for name, d in DTYPES.items()}
+        unknown = set(dtypes) - set(sizes)
+        _want(not unknown, f"{where}: a bundle holds only tensors of a known dtype, not "
+                           f"{show(sorted(map(str, unknown)))}")
+        _want(set(map(type, shapes)) == {list}, f"{where}: small's shapes are lists")
+        dims = [x for s in shapes for x in s]
+        _want(not dims or (set(map(type, dims)) == {int} and min(dims) > 0),
+              f"{where}: a bundled tensor's dims are positive integers (a bundle holds no empty tensor)")
+        _want(max(map(len, shapes)) <= MAX_RANK, f"{where}: a shape has more than {MAX_RANK} dims")
+        counts = list(map(math.prod, shapes))
+        _want(max(counts) < 1 << 63, f"{where}: a bundled tensor's dims multiply past 2**63")
+        _want(min(ins) >= 0 and ins[0] == 0, f"{where}: small's first tensor is in bundle 0")
+        lengths = [0] * len(bundles)
+        nbytes = list(map(operator.mul, map(sizes.__getitem__, dtypes), counts))
+        used = 0  # bundles 0 .. used - 1 hold a tensor so far
+        for k, size in zip(ins, nbytes, strict=True):
+            if k >= used:
+                if k > used or k >= len(bundles):
+                    raise Malformed(f"{where}: a tensor is in bundle {k}: bundles are numbered in order of first use "
+                                    f"(next: {used}) among the file's {len(bundles)}")
+                used += 1
+            lengths[k] += size
+        _want(used == len(bundles), f"{where}: bundle {used} is listed but holds no tensor")
+        return cls(runs, names, dtypes, shapes, ins, nbytes, bundles, lengths, listed)
+
+    def tensors(self) -> list[TensorEntry]:
+        """The file's tensors in order: the listed ones, and each row placed by `runs`, with its slot (its offset
+        is the sum of the sizes before it in the same bundle); no hash or chunk until bundles.resolve_file."""
+        ends = [0] * len(self.bundles)
+        small = []
+        for name, dtype, shape, k, size in zip(self.names, self.dtypes, self.shapes, self.ins, self.nbytes,
+                                               strict=True):
+            small.append(TensorEntry(name, dtype, shape, size, "", [], None,
+                                     Slot(self.bundles[k], ends[k], self.lengths[k], k)))
+            ends[k] += size
+        out: list[TensorEntry] = []
+        taken = 0  # of listed
+        for position, count in self.runs:
+            gap = position - len(out)
+            out.extend(self.listed[taken : taken + gap])
+            taken += gap
+            out.extend(small[len(out) - taken : len(out) - taken + count])
+        out.extend(self.listed[taken:])
+        return out
+
+
+def _check_runs(where: str, runs: list[Any], rows: int, listed: int) -> None:
+    """`runs`: ascending [position, count] pairs that place `rows` tensors among `listed` others, neither
+    touching nor overlapping (one way to write one layout)."""
+    end = -1  # where the run before ended (-1: none yet)
+    placed = 0
+    for run in runs:
+        ok = type(run) is list and len(run) == 2 and all(type(x) is int for x in run)
+        if not ok or run[1] < 1 or run[0] <= end or run[0] - placed > listed:
+            raise Malformed(f"{where}: small's run {show(run)} is not a [position, count] after the run before, "
+                            "within the file's tensors")
+        end = run[0] + run[1]
+        placed += run[1]
+    _want(placed == rows, f"{where}: small's runs place {placed} tensors, it has {rows}")
 
 
 def _check_unique_paths(paths: list[str]) -> None:

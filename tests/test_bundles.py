@@ -43,6 +43,30 @@ def _raw_manifest(repo, cid) -> dict:
     return json.loads(repo.store.get(repo.read_commit(cid).manifest))
 
 
+def _rows(f: dict) -> list[dict]:
+    """A stored file entry's tensors in file order, as docs/format.md lays them out (written here from the spec,
+    not with mlvc's reader): `tensors`, with the rows of `small` (front-coded names) where its runs put them,
+    each such row a format-3 style entry with `in`."""
+    listed = list(f["tensors"])
+    table = f.get("small")
+    if table is None:
+        return listed
+    names, name = [], ""
+    for k, rest in zip(table["prefix"], table["suffix"], strict=True):
+        assert 0 <= k <= len(name)
+        name = name[:k] + rest
+        names.append(name)
+    small = iter([{"name": n, "dtype": d, "shape": s, "in": k}
+                  for n, d, s, k in zip(names, table["dtype"], table["shape"], table["in"], strict=True)])
+    out: list[dict] = []
+    for position, count in table["runs"]:
+        while len(out) < position:
+            out.append(listed.pop(0))
+        out.extend(next(small) for _ in range(count))
+    assert next(small, None) is None
+    return out + listed
+
+
 def _check_layout(repo, cid, bundle_max: int, tensors: dict[str, np.ndarray]) -> dict[str, list[str]]:
     """The invariants of docs/format.md "Bundles", on the stored form and on what a reader makes of it (each
     bundled tensor's bytes are its slice of the bundle); returns each bundle id -> the tensor names it holds."""
@@ -52,7 +76,10 @@ def _check_layout(repo, cid, bundle_max: int, tensors: dict[str, np.ndarray]) ->
     held: dict[str, list[str]] = {}
     ends: dict[int, int] = {}
     widths: dict[int, int] = {}
-    for stored, t in zip(f["tensors"], entry.tensors, strict=True):
+    assert raw["format"] == (4 if "small" in f else 2) and ("small" in f) == ("bundles" in f)
+    rows = _rows(f)
+    assert not any("in" in stored for stored in f["tensors"])  # format 3's form is never written
+    for stored, t in zip(rows, entry.tensors, strict=True):
         small = 0 < t.nbytes <= BUNDLE_TENSOR_MAX
         assert ("in" in stored) == small == (t.slot is not None), stored
         assert t.hash == t.chunks[0] if t.chunks else t.nbytes == 0
@@ -68,7 +95,7 @@ def _check_layout(repo, cid, bundle_max: int, tensors: dict[str, np.ndarray]) ->
             assert not repo.store.has(t.hash) or t.hash in f["bundles"]  # no object of its own
     for k, bid in enumerate(f.get("bundles", [])):
         assert len(repo.store.get(bid)) == ends[k]
-        in_k = [t for t in f["tensors"] if t.get("in") == k]
+        in_k = [t for t in rows if t.get("in") == k]
         assert ends[k] <= bundle_max or len(in_k) == 1  # a tensor larger than the bound is a bundle alone
     return held
 
@@ -142,7 +169,7 @@ def test_equal_bundles_in_one_file_are_listed_twice_and_read_back(tmp_path):
         c, path = _commit(repo, tensors)
     ids = _raw_manifest(repo, c.id)["files"][0]["bundles"]
     assert len(ids) == 2 and ids[0] == ids[1]
-    assert [t["in"] for t in _raw_manifest(repo, c.id)["files"][0]["tensors"]] == [0, 0, 1, 1]
+    assert [t["in"] for t in _rows(_raw_manifest(repo, c.id)["files"][0])] == [0, 0, 1, 1]
     repo.checkout("HEAD", output=str(tmp_path / "out"))
     assert sha256_file(tmp_path / "out" / "model.safetensors") == sha256_file(path)
     assert repo.fsck().ok
@@ -152,16 +179,82 @@ def _stored(repo, d: dict) -> str:
     return repo.store.put(canonical_json(d)).id
 
 
-@pytest.mark.parametrize("damage", ["in past the list", "in not an int", "chunks too", "hash too", "alias too",
-                                    "nbytes too", "unused bundle", "bundle 1 first", "format 2", "short bundle",
-                                    "empty tensor", "unknown dtype", "bundles in a blob"])
-def test_malformed_bundle_entries_are_refused(tmp_path, damage):
-    repo = make_repo(tmp_path / "repo")
+_names = st.text(st.characters(codec="utf-8"), max_size=90)  # NULs, non-BMP, past the 64 compared characters
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(_names, st.booleans(), st.lists(st.integers(1, 3), max_size=3)), min_size=1,
+                     max_size=40, unique_by=lambda r: r[0]))
+def test_small_table_round_trips_any_names_and_layout(rows):
+    """The `small` table written for any tensor names (front-coded against each other, with NULs, characters
+    past the BMP, names longer than the 64 characters compared, names that are prefixes of each other) and any
+    interleaving with listed tensors reads back to the same tensors, in the same order, in the same slots."""
+    from mlvc.objects import FileEntry, Slot, TensorEntry
+
+    oid = "1" * 32
+    tensors, ends = [], [0, 0]
+    for name, bundled, shape in rows:
+        nbytes = 4 * int(np.prod(shape))
+        if bundled:
+            k = len(tensors) % 2 if ends[0] else 0  # two bundles, used in order
+            tensors.append(TensorEntry(name, "F32", shape, nbytes, oid, [oid], slot=Slot(f"{k}" * 32, ends[k], 0, k)))
+            ends[k] += nbytes
+        else:
+            tensors.append(TensorEntry(name, "F32", shape, nbytes, oid, [oid]))
+    tensors = [t if t.slot is None else TensorEntry(t.name, t.dtype, t.shape, t.nbytes, t.hash, t.chunks,
+                                                    slot=t.slot._replace(length=ends[t.slot.place]))
+               for t in tensors]
+    entry = FileEntry("m", "safetensors", 1, oid, tensors=tensors, header=[oid])
+    stored = json.loads(canonical_json(entry.to_dict()))
+    back = FileEntry.from_dict(stored)
+    assert [(t.name, t.shape, t.slot) for t in back.tensors] == [(t.name, t.shape, t.slot) for t in tensors]
+    assert [r["name"] for r in _rows(stored)] == [t.name for t in tensors]  # the spec's reading agrees
+
+
+def _three_tensors(repo):
+    """A commit of three 8-byte tensors in three bundles (closed at 8 bytes), and its stored manifest."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bundles, "BUNDLE_MAX", 8)
         c, _ = _commit(repo, {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32) * 2,
                               "c": np.ones(2, np.float32) * 3})
-    d = _raw_manifest(repo, c.id)
+    return c, _raw_manifest(repo, c.id)
+
+
+def _as_format_3(d: dict) -> dict:
+    """The manifest as format 3 wrote it: each bundled tensor an entry of `tensors` with `in`."""
+    files = [{**{k: v for k, v in f.items() if k != "small"}, "tensors": _rows(f)} for f in d["files"]]
+    return {**d, "format": 3, "files": files}
+
+
+def _refused_by_read_and_fsck(repo, c, d: dict) -> None:
+    mid = _stored(repo, d)
+    with pytest.raises(CorruptObjectError, match="malformed manifest|the manifest naming it is malformed"):
+        repo.read_manifest(mid)
+    # fsck, which reads manifests without their bundles, finds it too
+    from mlvc.objects import Commit
+
+    bad = Commit(mid, [c.id], "tester", c.time, "damaged", {})
+    repo.write_commit(bad)
+    repo.refs.set_if_equals("refs/heads/main", c.id, bad.id)
+    problems = repo.fsck().problems
+    assert [p.object_id for p in problems if p.problem == "corrupt"] == [mid]
+
+
+def test_a_format_3_manifest_reads_as_its_format_4_form(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    c, d = _three_tensors(repo)
+    three = repo.read_manifest(_stored(repo, _as_format_3(d)))
+    assert three == repo.read_manifest(c.manifest)
+    assert [t.slot for t in three.files[0].tensors] == [t.slot for t in repo.read_manifest(c.manifest).files[0].tensors]
+
+
+@pytest.mark.parametrize("damage", ["in past the list", "in not an int", "chunks too", "hash too", "alias too",
+                                    "nbytes too", "unused bundle", "bundle 1 first", "format 2", "short bundle",
+                                    "empty tensor", "unknown dtype", "bundles in a blob", "in in format 4"])
+def test_malformed_format_3_bundle_entries_are_refused(tmp_path, damage):
+    repo = make_repo(tmp_path / "repo")
+    c, d = _three_tensors(repo)
+    d = _as_format_3(d)
     f = d["files"][0]
     t = f["tensors"][0]
     assert [x["in"] for x in f["tensors"]] == [0, 1, 2]
@@ -192,17 +285,70 @@ def test_malformed_bundle_entries_are_refused(tmp_path, damage):
     elif damage == "bundles in a blob":
         d["files"].append({"path": "x.bin", "kind": "blob", "size": 0, "hash": f["hash"], "chunks": [],
                            "bundles": [f["bundles"][0]]})
-    mid = _stored(repo, d)
-    with pytest.raises(CorruptObjectError, match="malformed manifest|the manifest naming it is malformed"):
-        repo.read_manifest(mid)
-    # fsck, which reads manifests without their bundles, finds it too
-    from mlvc.objects import Commit
+    elif damage == "in in format 4":
+        d["format"] = 4
+    _refused_by_read_and_fsck(repo, c, d)
 
-    bad = Commit(mid, [c.id], "tester", c.time, "damaged", {})
-    repo.write_commit(bad)
-    repo.refs.set_if_equals("refs/heads/main", c.id, bad.id)
-    problems = repo.fsck().problems
-    assert [p.object_id for p in problems if p.problem == "corrupt"] == [mid]
+
+def _damage_small(d: dict, damage: str) -> None:
+    f = d["files"][0]
+    table = f["small"]
+    assert table == {"runs": [[0, 3]], "prefix": [0, 0, 0], "suffix": ["a", "b", "c"], "dtype": ["F32"] * 3,
+                     "shape": [[2]] * 3, "in": [0, 1, 2]} and f["tensors"] == []
+    edits = {
+        "in past the list": ("in", [0, 1, 3]), "in not an int": ("in", [0, True, 2]), "in negative": ("in", [0, -1, 2]),
+        "bundle 1 first": ("in", [1, 0, 2]), "unused bundle": ("in", [0, 1, 1]),
+        "short bundle": ("shape", [[1], [2], [2]]), "empty tensor": ("shape", [[0], [2], [2]]),
+        "dim a bool": ("shape", [[True, 2], [2], [2]]), "shape not a list": ("shape", [2, [2], [2]]),
+        "too many dims": ("shape", [[1] * 65, [2], [2]]), "past 2**63": ("shape", [[1 << 32, 1 << 32], [2], [2]]),
+        "unknown dtype": ("dtype", ["F4", "F32", "F32"]), "dtype not a string": ("dtype", [["F32"], "F32", "F32"]),
+        "prefix past the name before": ("prefix", [0, 2, 0]), "prefix of the first": ("prefix", [1, 0, 0]),
+        "prefix not an int": ("prefix", [0, 0.0, 0]), "suffix not a string": ("suffix", ["a", 2, "c"]),
+        "a name twice": ("suffix", ["a", "a", "c"]), "a column short": ("in", [0, 1]), "no rows": None,
+        "run past the tensors": ("runs", [[1, 3]]), "runs touching": ("runs", [[0, 1], [1, 2]]),
+        "runs too few": ("runs", [[0, 2]]), "run of none": ("runs", [[0, 3], [4, 0]]),
+        "run not a pair": ("runs", [[0, 3, 0]]), "runs not a list": ("runs", {"0": 3}),
+    }
+    if damage in edits and edits[damage] is not None:
+        key, value = edits[damage]
+        table[key] = value
+    elif damage == "no rows":
+        f["small"] = {k: [] for k in table}
+    elif damage == "an extra key":
+        table["names"] = ["a", "b", "c"]
+    elif damage == "a key missing":
+        del table["prefix"]
+    elif damage == "small in format 3":
+        d["format"] = 3
+    elif damage == "small without bundles":
+        del f["bundles"]
+    elif damage == "small in a blob":
+        d["files"].append({"path": "x.bin", "kind": "blob", "size": 0, "hash": f["hash"], "chunks": [],
+                           "small": table})
+    elif damage == "a listed name in small":
+        f["tensors"] = [{"name": "b", "dtype": "F32", "shape": [0], "chunks": []}]
+        table["runs"] = [[0, 3]]
+    else:
+        raise AssertionError(damage)
+
+
+_SMALL_DAMAGES = ["in past the list", "in not an int", "in negative", "bundle 1 first", "unused bundle",
+                  "short bundle", "empty tensor", "dim a bool", "shape not a list", "too many dims", "past 2**63",
+                  "unknown dtype", "dtype not a string", "prefix past the name before", "prefix of the first",
+                  "prefix not an int", "suffix not a string", "a name twice", "a column short", "no rows",
+                  "run past the tensors", "runs touching", "runs too few", "run of none", "run not a pair",
+                  "runs not a list", "an extra key", "a key missing", "small in format 3", "small without bundles",
+                  "small in a blob", "a listed name in small"]
+
+
+@pytest.mark.parametrize("damage", _SMALL_DAMAGES)
+def test_malformed_small_tables_are_refused(tmp_path, damage):
+    """Every way a format-4 `small` table can differ from what mlvc writes is refused on read (not when its
+    tensors are first used) and reported by fsck."""
+    repo = make_repo(tmp_path / "repo")
+    c, d = _three_tensors(repo)
+    _damage_small(d, damage)
+    _refused_by_read_and_fsck(repo, c, d)
 
 
 def test_a_repository_from_before_bundles_reads_and_commits_on(tmp_path):
@@ -220,7 +366,7 @@ def test_a_repository_from_before_bundles_reads_and_commits_on(tmp_path):
     second = dict(first, **{"t.000": first["t.000"] + 1, "t.007": first["t.007"] * 2})
     c2, _ = _commit(repo, second)
     new = _raw_manifest(repo, c2.id)
-    assert new["format"] == 3 and len(new["files"][0]["bundles"]) == 1
+    assert new["format"] == 4 and len(new["files"][0]["bundles"]) == 1
     d = repo.diff(c1.id, c2.id)
     assert sorted(t.name for t in d.changed) == ["t.000", "t.007"]
     for cid, tensors in ((c1.id, first), (c2.id, second)):
@@ -332,7 +478,7 @@ def test_diff_of_the_same_file_read_with_and_without_hashes(tmp_path):
         mp.setattr(bundles, "BUNDLE_TENSOR_MAX", 0)
         c1, path = _commit(repo, tensors)
     c2 = repo.commit(path, message="same bytes, bundled", allow_empty=True).commit
-    assert _raw_manifest(repo, c2.id)["format"] == 3 and _raw_manifest(repo, c1.id)["format"] == 2
+    assert _raw_manifest(repo, c2.id)["format"] == 4 and _raw_manifest(repo, c1.id)["format"] == 2
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # the same bytes, another stat
     for a, b in ((c1.id, c2.id), (c2.id, c1.id), ("HEAD", None), (c1.id, None)):
@@ -384,7 +530,7 @@ def test_a_small_tensor_of_an_unknown_dtype_is_an_object_of_its_own(tmp_path):
     path = tmp_path / "repo" / "m.safetensors"
     path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(range(11)))
     c = repo.commit(str(path), message="unknown dtype").commit
-    stored = _raw_manifest(repo, c.id)["files"][0]["tensors"]
+    stored = _rows(_raw_manifest(repo, c.id)["files"][0])
     assert ["in" in t for t in stored] == [False, True]
     x = repo.read_manifest(c.manifest).files[0].tensors[0]
     assert repo.store.has(x.chunks[0]) and bytes(repo.store.get(x.chunks[0])) == bytes(range(3))

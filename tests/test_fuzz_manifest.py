@@ -34,7 +34,7 @@ COMMIT_RANDOM_INPUTS = 2_000
 
 MANIFEST_KEYS = ("type", "format", "roots", "files", "chunk_size", "path", "kind", "size", "hash", "chunks",
                  "tensors", "header", "skeleton", "exact", "archive", "frame", "layout", "name", "dtype", "shape",
-                 "nbytes", "alias")
+                 "nbytes", "alias", "bundles", "small", "runs", "prefix", "suffix", "in")
 COMMIT_KEYS = ("type", "format", "manifest", "parents", "author", "time", "message", "metadata")
 
 
@@ -65,6 +65,7 @@ def fuzz_repo(tmp_path_factory):
                                                                "nbytes": 8, "hash": "3" * 32, "chunks": ["4" * 32]}]}
     framed = dict(torch_entry, path="u.pt", frame=["5" * 32], layout=[4, "t", 2], skeleton=None)
     manifests.append(dict(manifests[0], files=manifests[0]["files"] + [torch_entry, framed]))
+    assert any("small" in f for m in manifests for f in m["files"])  # the format-4 table is among what is mutated
     return repo, manifests, commits
 
 

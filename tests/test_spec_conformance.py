@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mlvc import codec, dtypes, errors
+from mlvc import codec, dtypes, errors, objects
 from mlvc.chunking import aligned_chunk, default_threads
 from mlvc.config import CORE_RANGES, Config, write_default
 from mlvc.errors import ConfigError
@@ -68,7 +68,7 @@ def _cells(line: str) -> list[str]:
 
 def tables(text: str) -> list[list[dict[str, str]]]:
     """Every markdown table in `text`, as rows keyed by the header's cells."""
-    out, lines, i = [], text.splitlines(), 0
+    out, lines, i = [], [line.lstrip() for line in text.splitlines()], 0  # a table may be indented in a list item
     while i < len(lines):
         if lines[i].startswith("|") and i + 1 < len(lines) and re.fullmatch(r"\|[\s|:-]+\|?", lines[i + 1].strip()):
             head = _cells(lines[i])
@@ -340,9 +340,13 @@ def test_manifest_example_and_table_are_what_is_written():
     example = _example(MANIFEST.split("**File entry**")[0])
     assert set(example) == set(written) == _keys_of(table(MANIFEST, "key", "meaning"))
     assert example["type"] == written["type"] == "manifest"
-    assert example["format"] == written["format"] == 2  # 3 only when a file has bundles
+    assert example["format"] == written["format"] == 2  # 4 only when a file has bundles
     (row,) = [r for r in table(MANIFEST, "key", "meaning") if ticked(r["key"])[0] == "format"]
     assert row["meaning"].startswith(f"2, or {MANIFEST_FORMAT} when a file has `bundles`")
+    t = TensorEntry("s", "F32", [1], 4, ID, [ID], slot=Slot(ID, 0, 4, 0))
+    entry = FileEntry("m", "safetensors", 1, ID, tensors=[t], header=[ID])
+    bundled = json.loads(Manifest(["m"], [entry], 64).to_bytes())
+    assert bundled["format"] == MANIFEST_FORMAT
 
 
 def test_commit_example_and_table_are_what_is_written():
@@ -370,8 +374,34 @@ def test_entry_tables_are_the_keys_written():
                "blob": FileEntry("c", "blob", 1, ID, chunks=[ID])}
     for kind, entry in entries.items():
         assert set(entry.to_dict()) == common | by_kind[kind], kind
-    assert _keys_of(tensor_rows) == set(TensorEntry("w", "F32", [2], 8, ID, [ID], alias="v").to_dict()) | \
-        set(small.to_dict(bundle=0))
+    # `in` is format 3's (read, not written): the table says so
+    (in_row,) = [r for r in tensor_rows if ticked(r["key"]) == ["in"]]
+    assert in_row["type"].endswith("format 3 only")
+    assert _keys_of(tensor_rows) == set(TensorEntry("w", "F32", [2], 8, ID, [ID], alias="v").to_dict()) | {"in"}
+    assert "in" not in json.dumps(entries["safetensors"].to_dict()["tensors"])
+
+
+BUNDLES = section(FORMAT, "Bundles")
+
+
+def test_small_table_columns_and_example_are_what_is_written():
+    """The `small` columns the spec lists are the keys written, and its example is what mlvc writes for the
+    tensors it names (and reads back to them)."""
+    columns = table(BUNDLES, "column", "type", "meaning")
+    assert [ticked(r["column"])[0] for r in columns] == list(objects._SMALL_KEYS)
+    text = flat(BUNDLES)
+    example = json.loads(re.search(r"and `small` is `(\{.*?\})`", text).group(1))
+    bid = "0" * 32
+    large = [TensorEntry(n, "F32", [2000], 8000, ID, [ID]) for n in ("a.w", "b.w")]
+    small = [TensorEntry("a.b", "F32", [4], 16, ID, [ID], slot=Slot(bid, 0, 20, 0)),
+             TensorEntry("a.g", "F32", [1], 4, ID, [ID], slot=Slot(bid, 16, 20, 0))]
+    entry = FileEntry("m", "safetensors", 1, ID, tensors=[large[0], *small, large[1]], header=[ID])
+    written = entry.to_dict()
+    assert written["small"] == example and [t["name"] for t in written["tensors"]] == ["a.w", "b.w"]
+    assert "(one bundle of 20 bytes: `a.b`'s at 0, `a.g`'s at 16)" in text
+    back = FileEntry.from_dict(json.loads(json.dumps(written)))
+    assert [(t.name, t.slot) for t in back.tensors] == [("a.w", None), ("a.b", small[0].slot), ("a.g", small[1].slot),
+                                                        ("b.w", None)]
 
 
 # -- refs, locks, stat cache, ledger ------------------------------------------------------------------------
