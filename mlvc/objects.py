@@ -296,11 +296,46 @@ class FileEntry:
             entry._small = table
         return entry
 
+    def pieces(self) -> list[str | tuple[str, int, int]]:
+        """The tensors' bytes in file order, as chunk ids and (bundle, start, end) slices: each run of tensors that
+        lie end to end in one bundle is one slice (a file of 100,000 tiny tensors: a slice per bundle). From the
+        `small` table when the tensors are not built, without building them."""
+        out: list[str | tuple[str, int, int]] = []
+
+        def add(bid: str, start: int, size: int) -> None:
+            last = out[-1] if out else None
+            if type(last) is tuple and last[0] == bid and last[2] == start:
+                out[-1] = (bid, last[1], start + size)
+            else:
+                out.append((bid, start, start + size))
+
+        table = self._small
+        if table is None:
+            for t in self.tensors:
+                if t.slot is None:
+                    out.extend(t.chunks)
+                else:
+                    add(t.slot.bundle, t.slot.offset, t.nbytes)
+            return out
+        ends = [0] * len(table.bundles)
+        taken = row = 0  # of the listed tensors, of the rows
+        for position, count in table.runs:
+            for t in table.listed[taken : position - row]:
+                out.extend(t.chunks)
+            taken = position - row
+            for k, size in zip(table.ins[row : row + count], table.nbytes[row : row + count], strict=True):
+                add(table.bundles[k], ends[k], size)
+                ends[k] += size
+            row += count
+        for t in table.listed[taken:]:
+            out.extend(t.chunks)
+        return out
+
     def bundle_lengths(self) -> list[tuple[int, str, int]]:
         """(place, id, length) of each of the file's bundles, in order (its tensors are not built for it)."""
         if self._small is not None:
             table = self._small
-            return list(zip(range(len(table.bundles)), table.bundles, table.lengths, strict=True))
+            return list(zip(range(len(table.bundles)), table.bundles, table.lengths(), strict=True))
         return sorted({(t.slot.place, t.slot.bundle, t.slot.length) for t in self.tensors if t.slot is not None})
 
     def object_ids(self) -> list[str]:
@@ -627,10 +662,9 @@ class _SmallTable:
     reading it may need none of them), so that nothing malformed waits for the build."""
 
     def __init__(self, runs: list[list[int]], names: list[str], dtypes: list[str], shapes: list[list[int]],
-                 ins: list[int], nbytes: list[int], bundles: list[str], lengths: list[int],
-                 listed: list[TensorEntry]):
+                 ins: list[int], nbytes: list[int], bundles: list[str], listed: list[TensorEntry]):
         self.runs, self.names, self.dtypes, self.shapes, self.ins = runs, names, dtypes, shapes, ins
-        self.nbytes, self.bundles, self.lengths, self.listed = nbytes, bundles, lengths, listed
+        self.nbytes, self.bundles, self.listed = nbytes, bundles, listed
 
     @classmethod
     def read(cls, path: str, table: Any, bundles: list[str], listed: list[TensorEntry]) -> _SmallTable:
@@ -648,13 +682,17 @@ class _SmallTable:
         _check_runs(where, runs, n, len(listed))
         _want(set(map(type, prefix)) | set(map(type, ins)) == {int}, f"{where}: small's prefix and in are integers")
         _want(set(map(type, suffix)) == {str}, f"{where}: small's suffixes are strings")
+        # each prefix within the name before it (whose length is its own prefix plus its suffix), checked first so
+        # that the loop decoding 100,000 names does nothing else
+        _want(prefix[0] == 0 and min(prefix) >= 0
+              and all(map(operator.le, prefix[1:], map(operator.add, prefix, map(len, suffix)))),
+              f"{where}: small's prefix must be 0 for the first name and within the name before it for the others")
         names: list[str] = []
+        append = names.append
         name = ""
         for k, rest in zip(prefix, suffix, strict=True):
-            if not 0 <= k <= len(name):
-                raise Malformed(f"{where}: small's tensor {len(names)}: prefix {k} is not within the name before it")
             name = name[:k] + rest
-            names.append(name)
+            append(name)
         if not "".join(suffix).isascii():
             bad = next((x for x in names if not is_utf8_text(x)), None)
             _want(bad is None, f"{where}: tensor name {show(bad)} is not UTF-8 text")
@@ -670,29 +708,28 @@ class _SmallTable:
         _want(max(map(len, shapes)) <= MAX_RANK, f"{where}: a shape has more than {MAX_RANK} dims")
         counts = list(map(math.prod, shapes))
         _want(max(counts) < 1 << 63, f"{where}: a bundled tensor's dims multiply past 2**63")
-        _want(min(ins) >= 0 and ins[0] == 0, f"{where}: small's first tensor is in bundle 0")
-        lengths = [0] * len(bundles)
+        _want(list(dict.fromkeys(ins)) == list(range(len(bundles))),  # the bundles in order of first use, all used
+              f"{where}: small's bundles must be numbered 0 .. {len(bundles) - 1} in order of first use")
         nbytes = list(map(operator.mul, map(sizes.__getitem__, dtypes), counts))
-        used = 0  # bundles 0 .. used - 1 hold a tensor so far
-        for k, size in zip(ins, nbytes, strict=True):
-            if k >= used:
-                if k > used or k >= len(bundles):
-                    raise Malformed(f"{where}: a tensor is in bundle {k}: bundles are numbered in order of first use "
-                                    f"(next: {used}) among the file's {len(bundles)}")
-                used += 1
-            lengths[k] += size
-        _want(used == len(bundles), f"{where}: bundle {used} is listed but holds no tensor")
-        return cls(runs, names, dtypes, shapes, ins, nbytes, bundles, lengths, listed)
+        return cls(runs, names, dtypes, shapes, ins, nbytes, bundles, listed)
+
+    def lengths(self) -> list[int]:
+        """Each bundle's length: the sum of its tensors' sizes."""
+        out = [0] * len(self.bundles)
+        for k, size in zip(self.ins, self.nbytes, strict=True):
+            out[k] += size
+        return out
 
     def tensors(self) -> list[TensorEntry]:
         """The file's tensors in order: the listed ones, and each row placed by `runs`, with its slot (its offset
         is the sum of the sizes before it in the same bundle); no hash or chunk until bundles.resolve_file."""
         ends = [0] * len(self.bundles)
+        lengths = self.lengths()
         small = []
         for name, dtype, shape, k, size in zip(self.names, self.dtypes, self.shapes, self.ins, self.nbytes,
                                                strict=True):
             small.append(TensorEntry(name, dtype, shape, size, "", [], None,
-                                     Slot(self.bundles[k], ends[k], self.lengths[k], k)))
+                                     Slot(self.bundles[k], ends[k], lengths[k], k)))
             ends[k] += size
         out: list[TensorEntry] = []
         taken = 0  # of listed

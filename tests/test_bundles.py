@@ -18,6 +18,7 @@ from mlvc import bundles, chunking
 from mlvc.bundles import resolve_bundles
 from mlvc.errors import CorruptObjectError, ObjectNotFoundError
 from mlvc.objects import Manifest
+from mlvc.repo import Repo
 from mlvc.store import BUNDLE_TENSOR_MAX
 from mlvc.util import canonical_json, hash_bytes
 
@@ -207,7 +208,10 @@ def test_small_table_round_trips_any_names_and_layout(rows):
     entry = FileEntry("m", "safetensors", 1, oid, tensors=tensors, header=[oid])
     stored = json.loads(canonical_json(entry.to_dict()))
     back = FileEntry.from_dict(stored)
+    assert back.pieces() == entry.pieces()  # from the table, before the tensors are built: the same slices
+    assert back.bundle_lengths() == entry.bundle_lengths()
     assert [(t.name, t.shape, t.slot) for t in back.tensors] == [(t.name, t.shape, t.slot) for t in tensors]
+    assert back.pieces() == entry.pieces()  # and from the built tensors
     assert [r["name"] for r in _rows(stored)] == [t.name for t in tensors]  # the spec's reading agrees
 
 
@@ -537,3 +541,41 @@ def test_a_small_tensor_of_an_unknown_dtype_is_an_object_of_its_own(tmp_path):
     repo.checkout("HEAD", output=str(tmp_path / "out"))
     assert sha256_file(tmp_path / "out" / "m.safetensors") == sha256_file(path)
     assert repo.fsck().ok
+
+
+def test_checkout_reads_no_tensor_hash_and_writes_safetensors_and_torch_files_exactly(tmp_path, monkeypatch):
+    """Checkout (to a folder, in place, a switch) compares files by their hashes and writes bundled tensors as
+    slices of their bundles: it never reads a bundled tensor's hash (bundles.resolve_file), for a safetensors
+    file and for a torch file whose layout names bundled tensors; a bundle shorter than its tensors fails."""
+    torch = pytest.importorskip("torch")
+    repo = make_repo(tmp_path / "repo")
+    st_tensors = _tensors(3, [("F32", 3), ("F32", 5000), ("I64", 2), ("F16", 7)])
+    write_safetensors_np(os.path.join(repo.root, "m.safetensors"), st_tensors)
+    pt = os.path.join(repo.root, "m.pt")
+    torch.save({"w": torch.ones(3000), "b": torch.arange(5.0), "s": torch.tensor(7), "h": torch.ones(3).half()}, pt)
+    c1 = repo.commit(repo.root, message="one").commit
+    want = {n: sha256_file(os.path.join(repo.root, n)) for n in ("m.safetensors", "m.pt")}
+    repo.create_branch("two")
+    repo.switch("two")
+    torch.save({"w": torch.zeros(3000), "b": torch.arange(5.0) + 1, "s": torch.tensor(8), "h": torch.ones(3).half()},
+               pt)
+    repo.commit(repo.root, message="two")
+
+    def unresolved(oid: str, resolve: bool = True):
+        assert not resolve, "checkout read the bundled tensors' hashes"
+        return Repo.read_manifest(repo, oid, resolve=False)
+
+    monkeypatch.setattr(repo, "read_manifest", unresolved)
+    repo.checkout(c1.id, output=str(tmp_path / "out"))
+    assert {n: sha256_file(tmp_path / "out" / n) for n in want} == want
+    repo.switch("main")
+    assert {n: sha256_file(os.path.join(repo.root, n)) for n in want} == want
+    monkeypatch.undo()
+    # a bundle that does not hold its tensors' bytes: the torch file's rebuild stops, naming it
+    entry = repo.read_manifest(c1.manifest, resolve=False).file("m.pt")
+    (bid,) = {t.slot.bundle for t in entry.tensors if t.name == "b"}
+    short = bytes(repo.store.get(bid))[:-1]
+    monkeypatch.setattr(repo.store, "get", lambda oid, keep=False, _get=repo.store.get: short if oid == bid
+                        else _get(oid, keep=keep))
+    with pytest.raises(CorruptObjectError, match=bid):
+        repo.checkout(c1.id, output=str(tmp_path / "out2"))

@@ -58,7 +58,8 @@ def checkout(repo: Repo, rev: str, output: str | None = None, force: bool = Fals
         # ops/restore.py, through the Repo: verbs never import verbs
         return repo.restore(rev, tensors, progress=progress)
     cid = repo.resolve(rev)
-    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
+    # no tensor's hash is needed: files are compared by their hashes, and written from chunks and bundle slices
+    manifest = repo.read_manifest(repo.read_commit(cid).manifest, resolve=False)
     if output is not None:
         return _checkout_to(repo, cid, manifest, os.path.abspath(output), force, progress)
     branch = rev if repo.refs.resolve(HEADS + rev) == cid and not rev.startswith("refs/") else None
@@ -84,7 +85,7 @@ def switch(repo: Repo, branch: str, create: bool = False, start: str = "HEAD", f
         recover(repo)
         return CheckoutResult(existing, repo.root, branch, already=True)
     cid = repo.resolve(start) if existing is None else existing  # `create` or an existing branch, as checked above
-    manifest = repo.read_manifest(repo.read_commit(cid).manifest)
+    manifest = repo.read_manifest(repo.read_commit(cid).manifest, resolve=False)
     return _checkout_in_place(repo, cid, manifest, branch, force, progress, create=create)
 
 
@@ -165,7 +166,7 @@ def _earlier_checkout(repo: Repo, present: set[str], hashes: Callable[[str], str
     stored: set[str] = set()
     for commit in _reachable_commits(repo):
         try:
-            manifest = repo.read_manifest(commit.manifest)
+            manifest = repo.read_manifest(commit.manifest, resolve=False)  # files only
         except MlvcError:
             continue  # fsck's business; a damaged manifest just is not a match
         files = {f.path: f.hash for f in manifest.files}
@@ -233,7 +234,7 @@ def _checkout_in_place(repo: Repo, cid: str, manifest: Manifest, branch: str | N
         new_ref = HEADS + branch
     recover(repo)
     head = repo.head()
-    head_manifest = repo.read_manifest(repo.read_commit(head).manifest) if head else None
+    head_manifest = repo.read_manifest(repo.read_commit(head).manifest, resolve=False) if head else None
     cache = StatCache(repo.dir)
     writes, removes, unchanged = _plan(repo, head_manifest, manifest, force, progress, cache)
     result = CheckoutResult(cid, repo.root, branch or "(detached)")
