@@ -217,7 +217,7 @@ class FileEntry:
     archive: str | None = None  # torch files: the zip's record folder (None: legacy, non-zip format)
     frame: list[str] | None = None  # torch files: chunks of the bytes around the tensors
     layout: list[int | str] | None = None  # torch files: frame byte counts and tensor names, in file order
-    # Read from a `small` table (format 4): the checked table, until `tensors` is first used (__getattr__)
+    # Read from a `small` table (format 4): the checked table, from which `tensors` is built on first use
     _small: _SmallTable | None = field(default=None, init=False, repr=False, compare=False)
 
     def __getattr__(self, name: str) -> list[TensorEntry]:
@@ -227,9 +227,12 @@ class FileEntry:
         table = self.__dict__.get("_small")
         if name != "tensors" or table is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        tensors = self.__dict__["tensors"] = table.tensors()
-        self._small = None
+        tensors: list[TensorEntry] = self.__dict__.setdefault("tensors", table.tensors())  # one list if two race
         return tensors
+
+    def _unbuilt(self) -> _SmallTable | None:
+        """The `small` table while `tensors` is neither built nor assigned; then None."""
+        return None if "tensors" in self.__dict__ else self._small
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "kind": self.kind, "size": self.size, "hash": self.hash}
@@ -309,7 +312,7 @@ class FileEntry:
             else:
                 out.append((bid, start, start + size))
 
-        table = self._small
+        table = self._unbuilt()
         if table is None:
             for t in self.tensors:
                 if t.slot is None:
@@ -333,14 +336,14 @@ class FileEntry:
 
     def bundle_lengths(self) -> list[tuple[int, str, int]]:
         """(place, id, length) of each of the file's bundles, in order (its tensors are not built for it)."""
-        if self._small is not None:
-            table = self._small
+        table = self._unbuilt()
+        if table is not None:
             return list(zip(range(len(table.bundles)), table.bundles, table.lengths(), strict=True))
         return sorted({(t.slot.place, t.slot.bundle, t.slot.length) for t in self.tensors if t.slot is not None})
 
     def object_ids(self) -> list[str]:
         ids = list(self.header or []) + list(self.chunks) + list(self.frame or [])
-        table = self._small  # the tensors not built yet: the table names its bundles
+        table = self._unbuilt()  # the tensors not built yet: the table names its bundles
         for t in self.tensors if table is None else table.listed:
             ids.extend(t.object_ids())
         if table is not None:

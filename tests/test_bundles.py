@@ -579,3 +579,36 @@ def test_checkout_reads_no_tensor_hash_and_writes_safetensors_and_torch_files_ex
                         else _get(oid, keep=keep))
     with pytest.raises(CorruptObjectError, match=bid):
         repo.checkout(c1.id, output=str(tmp_path / "out2"))
+
+
+def test_a_file_entry_read_from_its_table_builds_its_tensors_once_and_follows_assignment():
+    """The entry read from a `small` table builds its tensors on first use: threads that race to it get one
+    list; a pickled copy (the Tracker's worker) builds the same; once `tensors` is assigned, what the entry
+    reports (pieces, object ids, bundle lengths) comes from the assigned list, not from the table."""
+    import pickle
+    import threading
+
+    from mlvc.objects import FileEntry, Slot, TensorEntry
+
+    oid, bid = "1" * 32, "2" * 32
+    big = TensorEntry("w", "F32", [2000], 8000, oid, [oid])
+    small = [TensorEntry(f"s{i}", "F32", [2], 8, oid, [oid], slot=Slot(bid, 8 * i, 80, 0)) for i in range(10)]
+    stored = json.loads(canonical_json(FileEntry("m", "safetensors", 1, oid, tensors=[big, *small],
+                                                 header=[oid]).to_dict()))
+    entry = FileEntry.from_dict(stored)
+    assert "tensors" not in vars(entry) and entry.object_ids() == [oid, oid, bid]
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(entry.tensors)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(g is got[0] for g in got) and [t.name for t in got[0]] == ["w"] + [f"s{i}" for i in
+                                                                                                     range(10)]
+    again = pickle.loads(pickle.dumps(FileEntry.from_dict(stored)))
+    assert again == entry and again.pieces() == entry.pieces() == [oid, (bid, 0, 80)]
+    other = FileEntry.from_dict(stored)
+    other.tensors = [big]
+    assert other.pieces() == [oid] and other.object_ids() == [oid, oid] and other.bundle_lengths() == []
+    with pytest.raises(AttributeError):
+        _ = other.missing
