@@ -16,12 +16,15 @@ tree it came from, as a chunk against its parent's.
 
 from __future__ import annotations
 
+import itertools
+import math
+import operator
 from dataclasses import replace
 
 from .chunking import IngestStats
-from .dtypes import plane_width
+from .dtypes import DTYPES, plane_width
 from .errors import CorruptObjectError, ObjectNotFoundError
-from .objects import FileEntry, Manifest, Slot, TensorEntry, implied_nbytes
+from .objects import FileEntry, Manifest, Slot, TensorEntry
 from .store import BUNDLE_MAX, BUNDLE_TENSOR_MAX, ObjectStore
 from .util import hash_bytes
 
@@ -31,19 +34,26 @@ def _groups(f: FileEntry) -> list[list[int]]:
     known dtype, at most BUNDLE_TENSOR_MAX bytes, that no other tensor aliases and that aliases none, goes into
     the open bundle of its element width, which is closed when the tensor would take it past BUNDLE_MAX."""
     aliased = {t.alias for t in f.tensors if t.alias is not None}
+    kinds: dict[str, tuple[int, int]] = {}  # dtype -> (element size, plane width); (0, 0) for an unknown dtype
     groups: list[list[int]] = []
     open_: dict[int, tuple[list[int], int]] = {}
     for i, t in enumerate(f.tensors):
-        if (t.alias is not None or t.name in aliased or not 0 < t.nbytes <= BUNDLE_TENSOR_MAX
-                or len(t.chunks) != 1 or implied_nbytes(t.dtype, t.shape) != t.nbytes):
+        n = t.nbytes
+        if not 0 < n <= BUNDLE_TENSOR_MAX or t.alias is not None or len(t.chunks) != 1:
             continue
-        width = plane_width(t.dtype)
-        group, size = open_.get(width, (None, 0))
-        if group is None or size + t.nbytes > BUNDLE_MAX:
-            group, size = [], 0
+        kind = kinds.get(t.dtype)
+        if kind is None:
+            known = DTYPES.get(t.dtype)
+            kind = kinds[t.dtype] = (known.itemsize, plane_width(t.dtype)) if known is not None else (0, 0)
+        size, width = kind
+        if n != size * math.prod(t.shape) or (aliased and t.name in aliased):
+            continue
+        group, total = open_.get(width, (None, 0))
+        if group is None or total + n > BUNDLE_MAX:
+            group, total = [], 0
             groups.append(group)
         group.append(i)
-        open_[width] = (group, size + t.nbytes)
+        open_[width] = (group, total + n)
     return groups
 
 
@@ -81,17 +91,22 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
             continue
         assert all(t.chunks for t in f.tensors if t.slot is not None), f"{f.path}: a manifest read unresolved"
         tensors = list(f.tensors)
+        changed = False
         groups = _groups(f)
         old = base.file(f.path) if base is not None else None
         slots = {t.name: t.slot for t in old.tensors if t.slot is not None} if old is not None and groups else {}
+        grouped = [False] * len(tensors)
         for k, group in enumerate(groups):
-            members = [f.tensors[i] for i in group]
-            length = sum(t.nbytes for t in members)
+            members = [tensors[i] for i in group]
+            ids = [t.chunks[0] for t in members]
+            sizes = [t.nbytes for t in members]
+            offsets = list(itertools.accumulate(sizes, initial=0))
+            length = offsets.pop()
             bid = _unchanged(members)
             if bid is None:
-                raw = b"".join(store.get(t.chunks[0]) for t in members)
+                raw = b"".join(map(store.get, ids))
                 if len(raw) != length:
-                    raise CorruptObjectError(members[0].chunks[0], "tensor bytes of the wrong length")
+                    raise CorruptObjectError(ids[0], "tensor bytes of the wrong length")
                 # A small bundle goes in a pack (which the store's flush writes before a ref names the commit),
                 # unless it has a delta base: a pack holds full objects, and most of a bundle is often unchanged.
                 # Kept in the base cache (`remember`): a process committing again (the Tracker's worker) finds
@@ -101,25 +116,22 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
                               remember=True)
                 bid = r.id
                 _count(stats, r.stored_size)
-            offset = 0
-            slices = []
-            for i, t in zip(group, members, strict=True):
+            for i, t, offset in zip(group, members, offsets, strict=True):
+                grouped[i] = True
                 slot = Slot(bid, offset, length, k)
                 if t.slot != slot:  # a new entry (not replace(): 100,000 of them took a second)
                     tensors[i] = TensorEntry(t.name, t.dtype, t.shape, t.nbytes, t.hash, t.chunks, t.alias, slot)
-                slices.append((t.chunks[0], offset, t.nbytes))
-                offset += t.nbytes
-            store.add_slices(bid, slices)
-        grouped = {i for group in groups for i in group}
-        for i, t in enumerate(tensors):
-            if i not in grouped and t.slot is not None:  # a bundled tensor of another tree, not bundled here
+                    changed = True
+            store.add_slices(bid, list(zip(ids, offsets, sizes, strict=True)))
+        for i in itertools.compress(range(len(tensors)), map(operator.not_, grouped)):
+            t = tensors[i]
+            if t.slot is not None:  # a bundled tensor of another tree, not bundled here
                 t = tensors[i] = TensorEntry(t.name, t.dtype, t.shape, t.nbytes, t.hash, t.chunks, t.alias)
-            if t.slot is None:
-                for c in t.chunks:
-                    if store.is_slice(c) and not store.has(c):
-                        _count(stats, store.put(store.get(c), plane_width(t.dtype), pack=True).stored_size)
-        same = all(a is b for a, b in zip(tensors, f.tensors, strict=True))
-        files.append(f if same else replace(f, tensors=tensors))
+                changed = True
+            for c in t.chunks:
+                if store.is_slice(c) and not store.has(c):
+                    _count(stats, store.put(store.get(c), plane_width(t.dtype), pack=True).stored_size)
+        files.append(replace(f, tensors=tensors) if changed else f)
     return replace(manifest, files=files)
 
 

@@ -6,12 +6,13 @@ zstd, xxhash and numpy release the GIL, so threads scale on the byte work.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .errors import CorruptObjectError, FileChangedError
 from .progress import NULL, Progress
@@ -137,6 +138,9 @@ class Segment:
     bases2: list[str] | None = None  # ... and in the grandparent (for the linear-prediction delta)
     lineage: list[list[str] | None] | None = None  # ... and in the first-parent ancestors, nearest first
     tensor: bool = False  # a tensor's bytes: if small, held for a bundle instead of stored (ObjectStore.hold)
+    # A run of small tensors that lie end to end (their byte counts, in order), each held for a bundle: read and
+    # hashed in one go instead of as a segment each (Pipeline.ingest; SegmentResult.parts gets their ids)
+    cuts: list[int] | None = None
 
 
 @dataclass
@@ -144,6 +148,14 @@ class SegmentResult:
     chunks: list[str] = field(default_factory=list)
     hash: str = ""
     nbytes: int = 0
+    parts: list[str] = field(default_factory=list)  # a run's (Segment.cuts) tensors' ids, in order
+
+
+class _Run(NamedTuple):
+    """A run of held tensors as ingest's in-flight item: their ids, and their bytes for the file's hash."""
+
+    ids: list[str]
+    data: bytes
 
 
 @dataclass
@@ -228,10 +240,27 @@ class Pipeline:
         r = self.store.put(data, width, base=base, base2=base2, remember=self.remember, pack=pack, lineage=lineage)
         return r.id, r.stored_size, data, buf
 
+    def _hold_run(self, seg: Segment, ahead: _ReadAhead) -> _Run:
+        """A run of small tensors (Segment.cuts) read at once, each tensor's bytes hashed and held for its bundle
+        (as `_put` holds one): 100,000 tiny tensors cost a slice and a hash each, not a segment each."""
+        assert self.store is not None and seg.cuts is not None
+        assert isinstance(seg.data, FileRange), "a run is a range of a file"
+        raw = ahead.read(seg.data)
+        ends = list(itertools.accumulate(seg.cuts))
+        pieces = [raw[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        ids = list(map(hash_bytes, pieces))
+        self.store.hold_many(ids, pieces)
+        return _Run(ids, raw)
+
     def holds(self, nbytes: int, width: int) -> bool:
         """Whether a tensor of this size is held for a bundle (ObjectStore.hold) rather than stored as chunks:
         it needs no delta bases then."""
-        return self.store is not None and 0 < nbytes <= min(aligned_chunk(self.chunk_size, width), BUNDLE_TENSOR_MAX)
+        return 0 < nbytes <= self.hold_limit(width)
+
+    def hold_limit(self, width: int) -> int:
+        """The largest tensor of this element width that is held for a bundle (one chunk, at most
+        BUNDLE_TENSOR_MAX bytes); 0 without a store (nothing is held)."""
+        return 0 if self.store is None else min(aligned_chunk(self.chunk_size, width), BUNDLE_TENSOR_MAX)
 
     def ingest(self, segments: Iterable[Segment]) -> tuple[dict[object, SegmentResult], str]:
         """Store every segment's chunks; returns per-key results and the hash of all bytes in order.
@@ -248,6 +277,13 @@ class Pipeline:
 
         def consume() -> None:
             res, hasher, fut = inflight.popleft()
+            if isinstance(fut, _Run):
+                res.parts = fut.ids
+                file_hasher.update(fut.data)
+                self.stats.chunks += len(fut.ids)
+                self.stats.raw_bytes += len(fut.data)
+                self.progress.advance(len(fut.data))
+                return
             oid, stored, mv, buf = fut if isinstance(fut, tuple) else fut.result()
             n = len(mv)
             res.chunks.append(oid)
@@ -270,6 +306,11 @@ class Pipeline:
         try:
             for seg in segments:
                 res = results[seg.key] = SegmentResult(nbytes=len(seg.data))
+                if seg.cuts is not None:
+                    inflight.append((res, None, self._hold_run(seg, ahead)))
+                    while len(inflight) > self.window:
+                        consume()
+                    continue
                 step = aligned_chunk(self.chunk_size, seg.width)
                 n = len(seg.data)
                 hasher = None if 0 < n <= step else new_hasher()

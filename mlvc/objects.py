@@ -239,11 +239,9 @@ class FileEntry:
         if self.kind == KIND_BLOB:
             d["chunks"] = list(self.chunks)
         else:
-            bundles = self.bundles()
             d["tensors"] = [t.to_dict() for t in self.tensors if t.slot is None]
-            if bundles:
-                d["bundles"] = bundles
-                d["small"] = _small_table(self.tensors)
+            if len(d["tensors"]) < len(self.tensors):
+                d["bundles"], d["small"] = _small_table(self.path, self.tensors)
         if self.header is not None:
             d["header"] = list(self.header)
         if self.skeleton is not None:
@@ -255,26 +253,6 @@ class FileEntry:
             d["exact"] = self.exact
             d["archive"] = self.archive
         return d
-
-    def bundles(self) -> list[str]:
-        """The file's `bundles` list, from its tensors' slots; the slots must lie end to end in list order in
-        bundles numbered from 0 in order of first use, as a reader will place them (Malformed otherwise)."""
-        ids: list[str] = []
-        ends: list[int] = []
-        for t in self.tensors:
-            if t.slot is None:
-                continue
-            bid, offset, length, k = t.slot
-            if k == len(ids):
-                ids.append(bid)
-                ends.append(0)
-            if k >= len(ids) or ids[k] != bid or offset != ends[k] or offset + t.nbytes > length:
-                raise Malformed(f"{self.path}: tensor {show(t.name)} is not next in bundle {k} ({bid})")
-            ends[k] = offset + t.nbytes
-        for t in self.tensors:
-            if t.slot is not None and ends[t.slot.place] != t.slot.length:
-                raise Malformed(f"{self.path}: the tensors of bundle {t.slot.place} ({t.slot.bundle}) do not fill it")
-        return ids
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], fmt: int = MANIFEST_FORMAT) -> FileEntry:
@@ -615,14 +593,30 @@ _PREFIX_SCAN = 64  # a name shares at most this many leading characters with the
 _PREFIX_BLOCK = 8192  # names compared at once (a block of _PREFIX_SCAN-wide rows: 2 MiB)
 
 
-def _small_table(tensors: list[TensorEntry]) -> dict[str, Any]:
-    """The `small` table of a file's bundled tensors (those with a slot, already checked by
-    FileEntry.bundles): where they sit in the file's tensor order (`runs` of [position, count]), and per
-    tensor, in that order, its name (front-coded: `prefix` characters of the name before, then `suffix`),
-    `dtype`, `shape` and `in` (its bundle's index). Columns of plain values, built without a dict per tensor:
-    names of consecutive tensors share their start, which the front coding leaves out of the stored bytes."""
+def _small_table(path: str, tensors: list[TensorEntry]) -> tuple[list[str], dict[str, Any]]:
+    """The file's `bundles` and its `small` table, from its bundled tensors (those with a slot): where they sit
+    in the file's tensor order (`runs` of [position, count]), and per tensor, in that order, its name
+    (front-coded: `prefix` characters of the name before, then `suffix`), `dtype`, `shape` and `in` (its
+    bundle's index). Columns of plain values, built without a dict per tensor. The slots must lie end to end
+    in list order in bundles numbered from 0 in order of first use, and fill them, as a reader will place them
+    (Malformed otherwise): the stored form has no offsets, so the readback could not catch a wrong one."""
     at = [i for i, t in enumerate(tensors) if t.slot is not None]
     small = [tensors[i] for i in at]
+    slots = [t.slot for t in small if t.slot is not None]
+    ids: list[str] = []
+    ends: list[int] = []
+    lengths: list[int] = []
+    for t, (bid, offset, length, k) in zip(small, slots, strict=True):
+        if k == len(ids):
+            ids.append(bid)
+            ends.append(0)
+            lengths.append(length)
+        if k >= len(ids) or ids[k] != bid or offset != ends[k] or length != lengths[k]:
+            raise Malformed(f"{path}: tensor {show(t.name)} is not next in bundle {k} ({bid})")
+        ends[k] = offset + t.nbytes
+    if ends != lengths:
+        k = next(k for k, (end, n) in enumerate(zip(ends, lengths, strict=True)) if end != n)
+        raise Malformed(f"{path}: the tensors of bundle {k} ({ids[k]}) do not fill it")
     runs: list[list[int]] = []
     for i in at:
         if runs and runs[-1][0] + runs[-1][1] == i:
@@ -631,9 +625,9 @@ def _small_table(tensors: list[TensorEntry]) -> dict[str, Any]:
             runs.append([i, 1])
     names = [t.name for t in small]
     prefix = _prefixes(names)
-    return {"runs": runs, "prefix": prefix, "suffix": [n[k:] for n, k in zip(names, prefix, strict=True)],
-            "dtype": [t.dtype for t in small], "shape": [list(t.shape) for t in small],
-            "in": [t.slot.place for t in small if t.slot is not None]}
+    return ids, {"runs": runs, "prefix": prefix, "suffix": [n[k:] for n, k in zip(names, prefix, strict=True)],
+                 "dtype": [t.dtype for t in small], "shape": [list(t.shape) for t in small],
+                 "in": [slot.place for slot in slots]}
 
 
 def _prefixes(names: list[str]) -> list[int]:

@@ -130,13 +130,57 @@ def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str, history: Hist
         layout = st.read_layout(f, rel)
         ds = layout.data_start
         segs = [Segment(HEADER_KEY, memoryview(layout.header_bytes), 1, **history.header())]
-        segs += [Segment(i, FileRange(f.fileno(), ds + t.begin, t.nbytes, rel), plane_width(t.dtype),
-                         **history.tensor(pipe, t.name, t.dtype, t.shape, _nbytes(t)), tensor=True)
-                 for i, t in enumerate(layout.tensors)]
+        runs = _held_runs(pipe, layout.tensors)
+        i = 0
+        while i < len(layout.tensors):
+            t = layout.tensors[i]
+            if i in runs:  # small tensors end to end: one segment, each held for its bundle
+                cuts = runs[i]
+                segs.append(Segment(("run", i), FileRange(f.fileno(), ds + t.begin, sum(cuts), rel), cuts=cuts))
+                i += len(cuts)
+                continue
+            segs.append(Segment(i, FileRange(f.fileno(), ds + t.begin, t.nbytes, rel), plane_width(t.dtype),
+                                **history.tensor(pipe, t.name, t.dtype, t.shape, _nbytes(t)), tensor=True))
+            i += 1
         results, fhash = pipe.ingest(segs)
-    tensors = [TensorEntry(t.name, t.dtype, t.shape, t.nbytes, results[i].hash, results[i].chunks)
+    ids: dict[int, str] = {}
+    for start, cuts in runs.items():
+        ids.update(zip(range(start, start + len(cuts)), results[("run", start)].parts, strict=True))
+    tensors = [TensorEntry(t.name, t.dtype, t.shape, t.nbytes, results[i].hash, results[i].chunks) if i not in ids
+               else TensorEntry(t.name, t.dtype, t.shape, t.nbytes, ids[i], [ids[i]])
                for i, t in enumerate(layout.tensors)]
     return FileEntry(rel, KIND_SAFETENSORS, size, fhash, tensors=tensors, header=results[HEADER_KEY].chunks)
+
+
+RUN_MAX = 1 << 20  # bytes of small tensors read as one run (_held_runs)
+
+
+def _held_runs(pipe: Pipeline, spans: list[st.TensorSpan]) -> dict[int, list[int]]:
+    """Where the tensors that the pipeline holds for bundles (Pipeline.holds) lie end to end, two or more at
+    a time: {index of the first: the byte counts of the run}, each run at most RUN_MAX bytes. A file of 100,000
+    tiny tensors is then ten segments, not 100,000 (and the size rule is looked up per dtype, not per tensor)."""
+    limits: dict[str, int] = {}
+    runs: dict[int, list[int]] = {}
+    cuts: list[int] = []
+    start = total = 0
+    for i, t in enumerate(spans):
+        n = t.end - t.begin
+        limit = limits.get(t.dtype)
+        if limit is None:
+            limit = limits[t.dtype] = pipe.hold_limit(plane_width(t.dtype))
+        held = 0 < n <= limit
+        if cuts and (not held or total + n > RUN_MAX):  # the run ends before this tensor
+            if len(cuts) > 1:
+                runs[start] = cuts
+            cuts, total = [], 0
+        if held:
+            if not cuts:
+                start = i
+            cuts.append(n)
+            total += n
+    if len(cuts) > 1:
+        runs[start] = cuts
+    return runs
 
 
 def snapshot_buffers(pipe: Pipeline, rel: str, buffers: list[NamedBuffer],

@@ -318,6 +318,10 @@ class ObjectStore:
         object: `has` does not see it, and nothing may name it as a delta base."""
         self._held[oid] = raw
 
+    def hold_many(self, oids: list[str], raws: list[bytes]) -> None:
+        """`hold` of each (id, bytes) pair."""
+        self._held.update(zip(oids, raws, strict=True))
+
     def add_slices(self, bid: str, slices: list[tuple[str, int, int]]) -> None:
         """(id, offset, length) of tensors that bundle `bid` (an object of this store) holds: `get` reads them
         from it from now on, and their held bytes are dropped."""

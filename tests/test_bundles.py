@@ -612,3 +612,73 @@ def test_a_file_entry_read_from_its_table_builds_its_tensors_once_and_follows_as
     assert other.pieces() == [oid] and other.object_ids() == [oid, oid] and other.bundle_lengths() == []
     with pytest.raises(AttributeError):
         _ = other.missing
+
+
+@pytest.mark.parametrize("bad", ["a gap", "an overlap", "bundle 1 first", "two ids at one place", "short of the length",
+                                 "past the length", "two lengths"])
+def test_slots_a_reader_could_not_place_are_refused_when_written(bad):
+    """The stored form has no offsets: slots that do not lie end to end, in bundles numbered in order of first
+    use, filling each, would read back as other bytes, so writing them is refused."""
+    from mlvc.objects import FileEntry, Malformed, Slot, TensorEntry
+
+    oid, b0, b1 = "1" * 32, "2" * 32, "3" * 32
+    slots = {"ok": [Slot(b0, 0, 8, 0), Slot(b0, 4, 8, 0), Slot(b1, 0, 4, 1)],
+             "a gap": [Slot(b0, 0, 8, 0), Slot(b0, 5, 8, 0), Slot(b1, 0, 4, 1)],
+             "an overlap": [Slot(b0, 0, 8, 0), Slot(b0, 3, 8, 0), Slot(b1, 0, 4, 1)],
+             "bundle 1 first": [Slot(b0, 0, 8, 1), Slot(b0, 4, 8, 1), Slot(b1, 0, 4, 0)],
+             "two ids at one place": [Slot(b0, 0, 8, 0), Slot(b1, 4, 8, 0), Slot(b1, 0, 4, 1)],
+             "short of the length": [Slot(b0, 0, 12, 0), Slot(b0, 4, 12, 0), Slot(b1, 0, 4, 1)],
+             "past the length": [Slot(b0, 0, 6, 0), Slot(b0, 4, 6, 0), Slot(b1, 0, 4, 1)],
+             "two lengths": [Slot(b0, 0, 8, 0), Slot(b0, 4, 9, 0), Slot(b1, 0, 4, 1)]}
+
+    def entry(which):
+        return FileEntry("m", "safetensors", 1, oid, header=[oid], tensors=[
+            TensorEntry(f"t{i}", "F32", [1], 4, oid, [oid], slot=slot) for i, slot in enumerate(slots[which])])
+
+    assert entry("ok").to_dict()["bundles"] == [b0, b1]
+    with pytest.raises(Malformed):
+        entry(bad).to_dict()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=_spec, run_max=st.sampled_from([8, 64, 1 << 20]))
+def test_runs_of_small_tensors_give_the_tree_tensor_by_tensor_ingest_gives(tmp_path_factory, spec, run_max):
+    """A safetensors file's small tensors read as runs (snapshot._held_runs, Pipeline.ingest with cuts) and
+    read one segment each make the same tree (the same manifest id), the same counts, and the same file hash,
+    whatever the mix of widths, empty tensors, large tensors and run bounds."""
+    from mlvc import snapshot
+
+    tensors = _tensors(len(spec), spec)
+    results = []
+    for runs in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(snapshot, "RUN_MAX", run_max)
+            if not runs:
+                mp.setattr(snapshot, "_held_runs", lambda pipe, spans: {})
+            repo = make_repo(tmp_path_factory.mktemp("runs") / "repo")
+            c, _ = _commit(repo, tensors)
+            r = repo.read_manifest(c.manifest)
+            results.append((c.manifest, [(t.name, t.hash) for t in r.files[0].tensors], r.files[0].hash))
+    assert results[0] == results[1]
+
+
+def test_held_runs_split_where_the_rule_says(tmp_path):
+    """Runs are two or more held tensors end to end, at most RUN_MAX bytes; a tensor too large, an empty one or
+    one of 4 KiB + 1 ends a run, and a tensor of an unknown dtype is held (width 1) like any other."""
+    from mlvc import snapshot
+    from mlvc.chunking import Pipeline
+    from mlvc.formats.safetensors import TensorSpan
+    from mlvc.store import MemoryObjectStore
+
+    pipe = Pipeline(MemoryObjectStore(), 2 << 20)
+    sizes = [("F32", 4), ("F32", 8), ("F4", 3), ("F32", 4097), ("F32", 4), ("U8", 0), ("I64", 16), ("I64", 8),
+             ("F16", 2), ("F32", 4096), ("F32", 4)]
+    spans, pos = [], 0
+    for i, (dtype, n) in enumerate(sizes):
+        spans.append(TensorSpan(f"t{i}", dtype, [n], pos, pos + n))
+        pos += n
+    assert snapshot._held_runs(pipe, spans) == {0: [4, 8, 3], 6: [16, 8, 2, 4096, 4]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(snapshot, "RUN_MAX", 16)
+        assert snapshot._held_runs(pipe, spans) == {0: [4, 8, 3], 7: [8, 2]}
+    assert snapshot._held_runs(Pipeline(None, 2 << 20), spans) == {}  # nothing is held without a store

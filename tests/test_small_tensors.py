@@ -596,8 +596,11 @@ def test_tiny_tensors_are_read_a_window_at_a_time_and_a_file_cut_short_is_refuse
             os.truncate(path, r.offset)
         return real_read(self, r)
 
+    from mlvc import snapshot
+
     monkeypatch.setattr(chunking, "READ_AHEAD", 4096)
     monkeypatch.setattr(chunking, "READ_AHEAD_MIN", 1024)
+    monkeypatch.setattr(snapshot, "RUN_MAX", 2048)  # runs of tensors read in several windows
     monkeypatch.setattr(chunking._ReadAhead, "read", cut_short)
     write_safetensors_np(path, _many_small(3000, seed=1))
     head = repo.head()

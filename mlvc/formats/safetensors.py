@@ -8,9 +8,11 @@ mlvc keeps the first 8 + N bytes exactly as read, so checkout rebuilds the file 
 from __future__ import annotations
 
 import json
+import math
+import operator
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..dtypes import DTYPES, MAX_RANK, NOT_A_SHAPE, TOO_BIG, elements, is_dtype_name
 from ..errors import FormatError
@@ -19,8 +21,7 @@ from ..util import is_utf8_text, show
 MAX_HEADER = 100 * 1024 * 1024  # what the safetensors library accepts
 
 
-@dataclass(frozen=True)
-class TensorSpan:
+class TensorSpan(NamedTuple):  # a tuple: 100,000 of them are made per header of 100,000 tensors
     name: str
     dtype: str
     shape: list[int]
@@ -103,9 +104,10 @@ def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
                                              for k, v in metadata.items())):
         raise FormatError(path, "__metadata__ must map strings to strings")
     data_size = file_size - 8 - n
-    spans = []
-    for name, info in header.items():
-        spans.append(_span(path, name, info, data_size))
+    items = list(header.items())
+    spans = _spans(items, data_size)
+    if spans is None:  # something is wrong: the checks tensor by tensor say what
+        spans = [_span(path, name, info, data_size) for name, info in items]
     spans.sort(key=lambda s: (s.begin, s.end, s.name))
     pos = 0
     for s in spans:
@@ -117,6 +119,51 @@ def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
     if 8 + n + pos != file_size:
         raise FormatError(path, f"file is {file_size} bytes but the header accounts for {8 + n + pos}")
     return Layout(bytes(head[: 8 + n]), spans, metadata)
+
+
+def _spans(items: list[tuple[str, Any]], data_size: int) -> list[TensorSpan] | None:
+    """The spans of a header's entries when every check of _span passes, made column by column (C-level maps
+    over 100,000 entries instead of a call per entry); None as soon as one check fails (or names are not
+    ASCII), for _span to find and name the problem."""
+    try:
+        names = [k for k, _ in items]
+        infos = [v for _, v in items]
+        if not items or set(map(type, infos)) != {dict} or not "".join(names).isascii():
+            return None
+        if max(map(len, names)) > MAX_NAME_BYTES or min(map(len, infos)) < len(_ENTRY_KEYS):
+            return None
+        dtypes = list(map(operator.itemgetter("dtype"), infos))
+        shapes = list(map(operator.itemgetter("shape"), infos))
+        offsets = list(map(operator.itemgetter("data_offsets"), infos))
+        if not all(map(_valid_dtype, set(dtypes))):  # an unhashable dtype: TypeError
+            return None
+        if set(map(type, shapes)) != {list} or max(map(len, shapes)) > MAX_RANK:
+            return None
+        dims = [x for shape in shapes for x in shape]
+        if dims and (set(map(type, dims)) != {int} or min(dims) < 0):
+            return None
+        counts = list(map(math.prod, shapes))
+        if max(counts) >= 1 << 63 or (min(counts) == 0 and any(elements(s) == TOO_BIG for s in shapes if 0 in s)):
+            return None
+        if set(map(type, offsets)) != {list} or set(map(len, offsets)) != {2}:
+            return None
+        begins = list(map(operator.itemgetter(0), offsets))
+        ends = list(map(operator.itemgetter(1), offsets))
+        if set(map(type, begins)) | set(map(type, ends)) != {int} or min(begins) < 0 or max(ends) > data_size:
+            return None
+        if not all(map(operator.le, begins, ends)):
+            return None
+        sizes = list(map(operator.sub, ends, begins))
+        width = {d: DTYPES[d].itemsize for d in set(dtypes) if d in DTYPES}  # unknown dtypes: any length
+        if any(size != width[d] * c for d, c, size in zip(dtypes, counts, sizes, strict=True) if d in width):
+            return None
+        return list(map(TensorSpan._make, zip(names, dtypes, shapes, begins, ends, strict=True)))
+    except (KeyError, TypeError):  # an entry without a key, a dtype that is a list
+        return None
+
+
+def _valid_dtype(dtype: Any) -> bool:
+    return isinstance(dtype, str) and (dtype in _DTYPES_SEEN or is_dtype_name(dtype))
 
 
 _DTYPES_SEEN: set[str] = set()  # dtype names already found to be of the valid form
