@@ -70,11 +70,11 @@ def _unchanged(members: list[TensorEntry]) -> str | None:
     return slot.bundle if offset == slot.length else None
 
 
-def _base(slots: dict[str, Slot], first: TensorEntry, length: int) -> str | None:
+def _base(bundled: dict[str, tuple[str, int]], first: TensorEntry, length: int) -> str | None:
     """The delta base of a new bundle: the bundle of the same length that held its first tensor in the base
-    tree (`slots`: that file's bundled tensors by name)."""
-    slot = slots.get(first.name)
-    return slot.bundle if slot is not None and slot.length == length else None
+    tree (`bundled`: that file's FileEntry.bundled_by_name)."""
+    bid, n = bundled.get(first.name, ("", -1))
+    return bid if n == length else None
 
 
 def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None = None,
@@ -94,7 +94,7 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
         changed = False
         groups = _groups(f)
         old = base.file(f.path) if base is not None else None
-        slots = {t.name: t.slot for t in old.tensors if t.slot is not None} if old is not None and groups else {}
+        bundled = old.bundled_by_name() if old is not None and groups else {}
         grouped = [False] * len(tensors)
         for k, group in enumerate(groups):
             members = [tensors[i] for i in group]
@@ -111,7 +111,7 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
                 # unless it has a delta base: a pack holds full objects, and most of a bundle is often unchanged.
                 # Kept in the base cache (`remember`): a process committing again (the Tracker's worker) finds
                 # the next version's delta base there instead of decoding it; bundles are at most 1 MiB.
-                bundle_base = _base(slots, members[0], length)
+                bundle_base = _base(bundled, members[0], length)
                 r = store.put(raw, plane_width(members[0].dtype), pack=bundle_base is None, base=bundle_base,
                               remember=True)
                 bid = r.id

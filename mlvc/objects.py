@@ -312,6 +312,15 @@ class FileEntry:
             out.extend(t.chunks)
         return out
 
+    def bundled_by_name(self) -> dict[str, tuple[str, int]]:
+        """Each bundled tensor's bundle, as (id, length), by tensor name; from the `small` table when the tensors
+        are not built, without building them."""
+        table = self._unbuilt()
+        if table is None:
+            return {t.name: (t.slot.bundle, t.slot.length) for t in self.tensors if t.slot is not None}
+        bundles = list(zip(table.bundles, table.lengths(), strict=True))
+        return dict(zip(table.names, map(bundles.__getitem__, table.ins), strict=True))
+
     def bundle_lengths(self) -> list[tuple[int, str, int]]:
         """(place, id, length) of each of the file's bundles, in order (its tensors are not built for it)."""
         table = self._unbuilt()

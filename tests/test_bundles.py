@@ -682,3 +682,34 @@ def test_held_runs_split_where_the_rule_says(tmp_path):
         mp.setattr(snapshot, "RUN_MAX", 16)
         assert snapshot._held_runs(pipe, spans) == {0: [4, 8, 3], 7: [8, 2]}
     assert snapshot._held_runs(Pipeline(None, 2 << 20), spans) == {}  # nothing is held without a store
+
+
+def test_commit_reads_its_parent_without_hashes_and_still_sees_an_unchanged_tree_and_carries_files(tmp_path):
+    """A commit reads its parent's tree without its small tensors' hashes: the same checkpoint over a parent of
+    format 3 (the same tree, another id) is still "nothing to commit"; a changed file's bundles are deltas on
+    the format-3 parent's; a file carried over unchanged (another path named) keeps its bundles and reads back."""
+    from mlvc.errors import NothingToCommitError
+    from mlvc.objects import Commit
+
+    repo = make_repo(tmp_path / "repo")
+    first = {f"b.{i:04d}": np.full(64, i, np.float32) for i in range(400)}  # one loose bundle
+    c, path = _commit(repo, first)
+    other = os.path.join(repo.root, "other.safetensors")
+    write_safetensors_np(other, _tensors(9, [("F32", 3)] * 5 + [("I64", 2)] * 3))
+    c = repo.commit(other, message="other").commit
+    three = Commit(_stored(repo, _as_format_3(_raw_manifest(repo, c.id))), [c.id], "tester", c.time, "format 3", {})
+    repo.write_commit(three)
+    repo.refs.set_if_equals("refs/heads/main", c.id, three.id)
+    with pytest.raises(NothingToCommitError):
+        repo.commit(paths=[path, other], message="same")
+    second = {k: v + np.float32(1e-3) for k, v in first.items()}
+    c2, _ = _commit(repo, second)  # names model.safetensors only: other.safetensors is carried
+    (b1,) = _raw_manifest(repo, c.id)["files"][0]["bundles"]
+    (b2,) = _raw_manifest(repo, c2.id)["files"][0]["bundles"]
+    assert repo.store.bases(b2) == [b1]
+    assert _raw_manifest(repo, c2.id)["files"][1] == _raw_manifest(repo, c.id)["files"][1]  # carried as it was
+    out = tmp_path / "out"
+    repo.checkout(c2.id, output=str(out))
+    assert sha256_file(out / "other.safetensors") == sha256_file(other)
+    assert sha256_file(out / "model.safetensors") == sha256_file(path)
+    assert repo.fsck().ok

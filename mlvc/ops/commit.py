@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import lockfile
+from ..bundles import resolve_bundles, resolve_file
 from ..errors import FormatError, MissingTrackedFilesError, MlvcError, NothingToCommitError, PathError
 from ..objects import Commit, FileEntry, Manifest
 from ..progress import NULL, Progress
@@ -125,6 +126,8 @@ def _commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths:
         if plan.missing:
             raise MissingTrackedFilesError(plan.missing)
         _check_named_have_files(plan, named, parent_manifest)
+    for f in plan.carried.values():  # into the new tree as they are: their small tensors' hashes are needed
+        resolve_file(repo.store, f)
     # Carried entries were chunked at the parent's chunk size; a manifest has one, so the new files use it too.
     chunk_size = parent_manifest.chunk_size if parent_manifest and plan.carried else repo.config.chunk_size
 
@@ -156,10 +159,8 @@ def _commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths:
             raise PathError("nothing to commit: no files")
         manifest = Manifest(plan.roots, files, chunk_size)
         manifest_id = repo.write_manifest(manifest, parent_manifest, stats)
-    # the same tree, by id, or by content when the parent's manifest has an older format (format 1 spells out
-    # what format 2 implies: the first unchanged commit after an upgrade is still "nothing to commit")
     if parent is not None and not allow_empty and (manifest_id == repo.read_commit(parent).manifest
-                                                   or manifest == parent_manifest):
+                                                   or _same_tree(repo, manifest, parent_manifest)):
         cache.save()
         raise NothingToCommitError("nothing to commit: the checkpoint is identical to "
                                    f"{'HEAD' if tip is None else branch} (pass --allow-empty to commit anyway)")
@@ -239,16 +240,29 @@ def _fits_three(size: int, repo: Repo) -> bool:
 
 def _lineage(repo: Repo, parent: str | None, depth: int) -> list[Manifest]:
     """The manifests of the first-parent ancestors from `parent` back, nearest first, `depth` of them (at least
-    two): where a new commit's delta bases come from (the store picks skip-delta bases among them). Only the
-    parent's small tensors are read from their bundles (its entries may be carried into the new tree): small
-    tensors take no delta bases (Pipeline.holds), and a new bundle's base is named by the parent's slots."""
+    two): where a new commit's delta bases come from (the store picks skip-delta bases among them). Read
+    without their small tensors' hashes: small tensors take no delta bases (Pipeline.holds), a new bundle's base
+    is named by the parent's slots, and the parent's files carried into the new tree are read from their
+    bundles when carried (`_commit`)."""
     out: list[Manifest] = []
     cid = parent
     while cid is not None and len(out) < max(depth, 2):
         c = repo.read_commit(cid)
-        out.append(repo.read_manifest(c.manifest, resolve=not out))
+        out.append(repo.read_manifest(c.manifest, resolve=False))
         cid = c.parents[0] if c.parents else None
     return out
+
+
+def _same_tree(repo: Repo, manifest: Manifest, parent: Manifest | None) -> bool:
+    """Whether a tree with another id than the parent's is still the parent's tree, written in another format
+    (format 1 spells out what format 2 implies, format 3 lists bundled tensors as entries: the first unchanged
+    commit after an upgrade is still "nothing to commit"). Only a tree whose every file has the parent's bytes
+    (its whole-file hash) can be, and only such a tree is compared tensor by tensor, with the parent's small
+    tensors read from their bundles."""
+    if parent is None or sorted((f.path, f.hash) for f in manifest.files) != sorted((f.path, f.hash)
+                                                                                       for f in parent.files):
+        return False
+    return manifest == resolve_bundles(repo.store, parent)
 
 
 def _history(rel: str, lineage: list[Manifest]) -> History:
