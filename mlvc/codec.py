@@ -69,15 +69,31 @@ _PROBE_WINDOW = 4 << 10
 _local = threading.local()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+# The hash table of zstd's match finder for the byte planes of multi-byte elements at level 1: 2**10 entries
+# instead of level 1's 2**14. A plane of float bytes is mostly noise, and a large table finds chance matches far
+# back that cost more than the literals they replace; the small one still finds runs, repeats within a few KB and
+# rows repeated every 16 KB. Measured per plane on the real MiniLM series (docs/design.md, "Byte planes"):
+# full fp32 0.8293 -> 0.8237 of raw, full bf16 0.6846 -> 0.6734, bf16 deltas 0.0910 -> 0.0875, in 60% of the
+# time; data with long-range order loses (a sorted fp32 array: 0.408 -> 0.467). Other levels are zstd's own.
+PLANE_HASH_LOG = 10
+
+
+def _compressor(level: int, planes: bool = False) -> zstandard.ZstdCompressor:
+    """zstd at `level`; with `planes`, for the byte planes of elements of two or more bytes (PLANE_HASH_LOG)."""
     cache = getattr(_local, "c", None)
     if cache is None:
         cache = _local.c = {}
-    c = cache.get(level)
+    key = (level, planes and level == 1)
+    c = cache.get(key)
     if c is None:
         import zstandard
 
-        c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        if key[1]:
+            params = zstandard.ZstdCompressionParameters.from_level(level, hash_log=PLANE_HASH_LOG,
+                                                                     write_content_size=1)
+            c = cache[key] = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            c = cache[key] = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return c
 
 
@@ -148,7 +164,7 @@ def bases(data) -> list[str]:
 # -- planes ------------------------------------------------------------------------------------------
 
 
-def _incompressible(plane: np.ndarray, level: int) -> bool:
+def _incompressible(plane: np.ndarray, level: int, planes: bool) -> bool:
     """Whether a large plane is noise (the low mantissa bytes of floats): a sample of it saves less than half of
     MIN_SAVING, so the whole plane would be stored raw anyway. Compressing such a plane only to throw the
     result away was half the time of encoding an fp32 chunk; skipping it changes no stored size by more than
@@ -158,7 +174,7 @@ def _incompressible(plane: np.ndarray, level: int) -> bool:
         return False
     w = _PROBE_WINDOW
     probe = b"".join(bytes(plane[s : s + w].data) for s in (0, (n // 2) - (n // 2) % 8, n - w))
-    return len(_compressor(level).compress(probe)) >= len(probe) * (1 - MIN_SAVING / 2)
+    return len(_compressor(level, planes).compress(probe)) >= len(probe) * (1 - MIN_SAVING / 2)
 
 
 def _pack_planes(arr: np.ndarray, width: int, level: int) -> list:
@@ -169,7 +185,8 @@ def _pack_planes(arr: np.ndarray, width: int, level: int) -> list:
     blobs: list = []
     for plane in planes:
         big = len(plane) >= _MIN_PLANE_BYTES
-        z = _compressor(level).compress(plane.data) if big and not _incompressible(plane, level) else b""
+        multi = width > 1
+        z = _compressor(level, multi).compress(plane.data) if big and not _incompressible(plane, level, multi) else b""
         if z and len(z) < len(plane) * (1 - MIN_SAVING):
             table.append(_PLANE_ENTRY.pack(1, len(z)))
             blobs.append(z)
