@@ -179,8 +179,9 @@ def resolve_file(store: ObjectStore, f: FileEntry) -> FileEntry:
 
 
 def small_tensor_ids(manifest: Manifest) -> set[str]:
-    """The ids of a tree's bundled tensors, as read (none for a tensor read without its hash)."""
-    return {t.chunks[0] for f in manifest.files for t in f.tensors if t.slot is not None and t.chunks}
+    """The ids of a tree's bundled tensors, as read (none for a tensor read without its hash, and none looked for
+    in a file whose tensors were never built: they were never resolved either)."""
+    return {t.chunks[0] for f in manifest.files if f.built() for t in f.tensors if t.slot is not None and t.chunks}
 
 
 def bundle_misfit(store: ObjectStore, manifest: Manifest, skip: set[str] | frozenset[str] = frozenset()) -> str | None:

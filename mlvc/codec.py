@@ -71,10 +71,10 @@ _local = threading.local()
 
 # The hash table of zstd's match finder for the byte planes of multi-byte elements at level 1: 2**10 entries
 # instead of level 1's 2**14. A plane of float bytes is mostly noise, and a large table finds chance matches far
-# back that cost more than the literals they replace; the small one still finds runs, repeats within a few KB and
-# rows repeated every 16 KB. Measured per plane on the real MiniLM series (docs/design.md, "Byte planes"):
-# full fp32 0.8293 -> 0.8237 of raw, full bf16 0.6846 -> 0.6734, bf16 deltas 0.0910 -> 0.0875, in 60% of the
-# time; data with long-range order loses (a sorted fp32 array: 0.408 -> 0.467). Other levels are zstd's own.
+# back that cost more than the literals they replace; the small one still finds runs and repeats up to 16 KB.
+# Measured per plane on the real MiniLM series (docs/design.md, "Byte planes + zstd level 1"): full fp32 0.8293
+# -> 0.8237 of raw, full bf16 0.6846 -> 0.6734, bf16 deltas 0.0910 -> 0.0875, in 50-90% of the time; data with
+# long-range order loses (a sorted fp32 array: 0.408 -> 0.467). Other levels are zstd's own.
 PLANE_HASH_LOG = 10
 
 

@@ -234,6 +234,16 @@ class FileEntry:
         """The `small` table while `tensors` is neither built nor assigned; then None."""
         return None if "tensors" in self.__dict__ else self._small
 
+    def built(self) -> bool:
+        """Whether `tensors` exists (built, assigned, or never from a table): a file read without its tensors
+        built has had none of them resolved either."""
+        return self._unbuilt() is None
+
+    def tensor_count(self) -> int:
+        """len(tensors), without building them."""
+        table = self._unbuilt()
+        return len(self.tensors) if table is None else len(table.listed) + len(table.names)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "kind": self.kind, "size": self.size, "hash": self.hash}
         if self.kind == KIND_BLOB:

@@ -565,7 +565,14 @@ def test_checkout_reads_no_tensor_hash_and_writes_safetensors_and_torch_files_ex
         assert not resolve, "checkout read the bundled tensors' hashes"
         return Repo.read_manifest(repo, oid, resolve=False)
 
+    def never(*args):
+        raise AssertionError("checkout read a bundle to hash its tensors")
+
+    from mlvc.ops import status
+
     monkeypatch.setattr(repo, "read_manifest", unresolved)
+    monkeypatch.setattr(bundles, "resolve_file", never)
+    monkeypatch.setattr(status, "resolve_file", never)
     repo.checkout(c1.id, output=str(tmp_path / "out"))
     assert {n: sha256_file(tmp_path / "out" / n) for n in want} == want
     repo.switch("main")
@@ -656,9 +663,12 @@ def test_runs_of_small_tensors_give_the_tree_tensor_by_tensor_ingest_gives(tmp_p
             if not runs:
                 mp.setattr(snapshot, "_held_runs", lambda pipe, spans: {})
             repo = make_repo(tmp_path_factory.mktemp("runs") / "repo")
-            c, _ = _commit(repo, tensors)
-            r = repo.read_manifest(c.manifest)
-            results.append((c.manifest, [(t.name, t.hash) for t in r.files[0].tensors], r.files[0].hash))
+            path = os.path.join(repo.root, "model.safetensors")
+            write_safetensors_np(path, tensors)
+            done = repo.commit(path, message="m")
+            r = repo.read_manifest(done.commit.manifest)
+            results.append((done.commit.manifest, [(t.name, t.hash) for t in r.files[0].tensors], r.files[0].hash,
+                            done.chunks, done.new_chunks, done.raw_bytes, done.new_bytes))
     assert results[0] == results[1]
 
 
@@ -713,3 +723,21 @@ def test_commit_reads_its_parent_without_hashes_and_still_sees_an_unchanged_tree
     assert sha256_file(out / "other.safetensors") == sha256_file(other)
     assert sha256_file(out / "model.safetensors") == sha256_file(path)
     assert repo.fsck().ok
+
+
+def test_show_counts_a_files_tensors_without_building_them(tmp_path, monkeypatch):
+    """`show` lists each file's tensor count from its small table; a tree read without its tensors built gives
+    the store no small tensor ids to keep (none was resolved)."""
+    from mlvc import objects
+    from mlvc.bundles import small_tensor_ids
+
+    repo = make_repo(tmp_path / "repo")
+    c, _ = _commit(repo, _tensors(5, [("F32", 3)] * 40 + [("F32", 5000)] + [("I64", 1)] * 3))
+    built = []
+    real = objects._SmallTable.tensors
+    monkeypatch.setattr(objects._SmallTable, "tensors", lambda self: built.append(1) or real(self))
+    shown = repo.show("HEAD").to_json()
+    assert [f["tensors"] for f in shown["files"]] == [44] and not built
+    m = repo.read_manifest(c.manifest, resolve=False)
+    assert m.files[0].tensor_count() == 44 and small_tensor_ids(m) == set() and not built
+    assert len(m.files[0].tensors) == 44 and built == [1]

@@ -254,7 +254,7 @@ def show(repo: Repo, rev, stat, name_status, no_diff, as_json, quiet) -> None:
     for line in c.message.splitlines():
         click.echo(f"    {line}")
     click.echo("")
-    rows = [[f.path, f.kind + ("" if f.exact else " (tensor-exact)"), len(f.tensors) or "", human_bytes(f.size)]
+    rows = [[f.path, f.kind + ("" if f.exact else " (tensor-exact)"), f.tensor_count() or "", human_bytes(f.size)]
             for f in s.manifest.files]
     click.echo(table(rows, ["file", "kind", "tensors", "size"]))
     if d is not None:

@@ -259,8 +259,7 @@ def _same_tree(repo: Repo, manifest: Manifest, parent: Manifest | None) -> bool:
     commit after an upgrade is still "nothing to commit"). Only a tree whose every file has the parent's bytes
     (its whole-file hash) can be, and only such a tree is compared tensor by tensor, with the parent's small
     tensors read from their bundles."""
-    if parent is None or sorted((f.path, f.hash) for f in manifest.files) != sorted((f.path, f.hash)
-                                                                                       for f in parent.files):
+    if parent is None or {f.path: f.hash for f in manifest.files} != {f.path: f.hash for f in parent.files}:
         return False
     return manifest == resolve_bundles(repo.store, parent)
 

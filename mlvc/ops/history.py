@@ -96,7 +96,7 @@ class ShowResult:
         return {"commit": self.commit.to_json(), "branches": self.branches, "tags": self.tags,
                 **({"tag": self.tag.to_json()} if self.tag else {}),
                 "roots": self.manifest.roots,
-                "files": [{"path": f.path, "kind": f.kind, "size": f.size, "hash": f.hash, "tensors": len(f.tensors),
+                "files": [{"path": f.path, "kind": f.kind, "size": f.size, "hash": f.hash, "tensors": f.tensor_count(),
                            **({"exact": f.exact} if f.kind == "torch" else {})} for f in self.manifest.files]}
 
 
