@@ -183,9 +183,9 @@ def _pack_planes(arr: np.ndarray, width: int, level: int) -> list:
     planes = arr.reshape(-1, width).T.copy() if width > 1 else arr.reshape(1, -1)
     table = []
     blobs: list = []
+    multi = width > 1  # numeric planes: the smaller match table (PLANE_HASH_LOG)
     for plane in planes:
         big = len(plane) >= _MIN_PLANE_BYTES
-        multi = width > 1
         z = _compressor(level, multi).compress(plane.data) if big and not _incompressible(plane, level, multi) else b""
         if z and len(z) < len(plane) * (1 - MIN_SAVING):
             table.append(_PLANE_ENTRY.pack(1, len(z)))

@@ -93,6 +93,42 @@ def test_redundant_bytes_use_zstd_at_width_one():
     assert codec.decode(data) == raw
 
 
+def test_numeric_planes_at_level_1_use_the_small_match_table_and_everything_else_plain_zstd():
+    """At level 1 the planes of elements of two or more bytes are zstd frames made with a 2**PLANE_HASH_LOG
+    match table (full and delta encodings alike); width-1 data and other levels are zstd's own settings. The
+    frames decode with any zstd reader."""
+    import zstandard
+
+    rng = np.random.default_rng(3)
+    weights = (rng.standard_normal(1 << 18) * 0.02).astype(np.float32)
+    raw = np.frombuffer(weights.tobytes(), np.uint16)[1::2].tobytes()  # 512 KiB of weight-like bf16
+    small = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+        1, hash_log=codec.PLANE_HASH_LOG, write_content_size=1))
+    planes = np.frombuffer(raw, np.uint8).reshape(-1, 2).T.copy()
+
+    def frames(data: bytes, width: int) -> list[bytes]:
+        out, pos = [], codec.HEADER_SIZE + 5 * width
+        h = codec.ObjectHeader.parse(data)
+        pos += 16 * (h.encoding == codec.ENC_PRED)
+        for i in range(width):
+            mode, size = codec._PLANE_ENTRY.unpack_from(data, codec.HEADER_SIZE + 16 * (h.encoding == codec.ENC_PRED)
+                                                        + i * 5)
+            out.append(bytes(data[pos : pos + size]) if mode == 1 else b"")
+            pos += size
+        return out
+
+    full = codec.encode(raw, 2, 1)
+    assert codec.ObjectHeader.parse(full).encoding == codec.ENC_PLANES
+    got = frames(full, 2)
+    assert got[1] == small.compress(planes[1].tobytes())  # the exponent plane: compressed, with the small table
+    assert len(got[1]) < 0.95 * len(zstandard.ZstdCompressor(level=1).compress(planes[1].tobytes()))
+    assert codec.decode(full) == raw
+    text = b"".join(b'{"name": "layer.%d.weight", "dtype": "F32"}' % i for i in range(2000))
+    assert codec.encode(text, 1, 1)[codec.HEADER_SIZE:] == zstandard.ZstdCompressor(
+        level=1, write_content_size=True).compress(text)
+    assert codec.encode(raw, 2, 3) != full and codec.decode(codec.encode(raw, 2, 3)) == raw
+
+
 def test_tiny_inputs_are_raw():
     for raw in (b"", b"x", b"\x00" * 63):
         assert header_of(codec.encode(raw, 1)).encoding == codec.ENC_RAW
