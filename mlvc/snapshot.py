@@ -140,7 +140,7 @@ def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str, history: Hist
                 i += len(cuts)
                 continue
             segs.append(Segment(i, FileRange(f.fileno(), ds + t.begin, t.nbytes, rel), plane_width(t.dtype),
-                                **history.tensor(pipe, t.name, t.dtype, t.shape, _nbytes(t)), tensor=True))
+                                **history.tensor(pipe, t.name, t.dtype, t.shape, t.nbytes), tensor=True))
             i += 1
         results, fhash = pipe.ingest(segs)
     ids: dict[int, str] = {}
@@ -269,7 +269,8 @@ def _snapshot_torch(pipe: Pipeline, abs_path: str, rel: str, history: History) -
 
 
 def _nbytes(t) -> int:
-    """A torch tensor's byte count, from its dtype and shape (-1 for a dtype of unknown size: not held)."""
+    """A torch tensor's byte count, from its dtype and shape, before its bytes are read (-1 for a dtype of
+    unknown size: its delta bases are looked up, and ingest, which holds by the bytes' length, ignores them)."""
     n = implied_nbytes(t.dtype, t.shape)
     return -1 if n is None else n
 
