@@ -24,20 +24,19 @@ from dataclasses import replace
 from .chunking import IngestStats
 from .dtypes import DTYPES, plane_width
 from .errors import CorruptObjectError, ObjectNotFoundError
-from .objects import FileEntry, Manifest, Slot, TensorEntry
+from .objects import FileEntry, HeldTable, Manifest, Slot, SmallTable, TensorEntry
 from .store import BUNDLE_MAX, BUNDLE_TENSOR_MAX, ObjectStore
 from .util import hash_bytes
 
 
-def _groups(f: FileEntry) -> list[list[int]]:
-    """The bundles of a file, as lists of tensor indices: in list order, a non-empty tensor of one chunk and a
-    known dtype, at most BUNDLE_TENSOR_MAX bytes, that no other tensor aliases and that aliases none, goes into
-    the open bundle of its element width, which is closed when the tensor would take it past BUNDLE_MAX."""
-    aliased = {t.alias for t in f.tensors if t.alias is not None}
+def _widths(tensors: list[TensorEntry]) -> list[int]:
+    """Each tensor's element width (its bundles' sequence) if it goes into a bundle, else 0: a non-empty tensor of
+    one chunk and a known dtype, at most BUNDLE_TENSOR_MAX bytes, that no other tensor aliases and that aliases
+    none."""
+    aliased = {t.alias for t in tensors if t.alias is not None}
     kinds: dict[str, tuple[int, int]] = {}  # dtype -> (element size, plane width); (0, 0) for an unknown dtype
-    groups: list[list[int]] = []
-    open_: dict[int, tuple[list[int], int]] = {}
-    for i, t in enumerate(f.tensors):
+    out = [0] * len(tensors)
+    for i, t in enumerate(tensors):
         n = t.nbytes
         if not 0 < n <= BUNDLE_TENSOR_MAX or t.alias is not None or len(t.chunks) != 1:
             continue
@@ -46,14 +45,30 @@ def _groups(f: FileEntry) -> list[list[int]]:
             known = DTYPES.get(t.dtype)
             kind = kinds[t.dtype] = (known.itemsize, plane_width(t.dtype)) if known is not None else (0, 0)
         size, width = kind
-        if n != size * math.prod(t.shape) or (aliased and t.name in aliased):
-            continue
-        group, total = open_.get(width, (None, 0))
-        if group is None or total + n > BUNDLE_MAX:
-            group, total = [], 0
-            groups.append(group)
-        group.append(i)
-        open_[width] = (group, total + n)
+        if n == size * math.prod(t.shape) and not (aliased and t.name in aliased):
+            out[i] = width
+    return out
+
+
+def _groups(sizes: list[int], widths: list[int]) -> list[list[int]]:
+    """The bundles of a file, as lists of tensor indices, numbered in order of their first tensor: in order, a
+    tensor of width w (0: not bundled, _widths) goes into the open bundle of width w, which is closed when the
+    tensor would take it past BUNDLE_MAX. Applied with numpy, a width at a time (each width's sequence is cut
+    where its running total passes BUNDLE_MAX), not tensor by tensor."""
+    import numpy as np
+
+    w = np.asarray(widths, dtype=np.int64)
+    n = np.asarray(sizes, dtype=np.int64)
+    groups: list[list[int]] = []
+    for width in np.unique(w[w > 0]).tolist():
+        at = np.flatnonzero(w == width)
+        before = np.concatenate(([0], np.cumsum(n[at])))  # bytes of this width before each of its tensors
+        a = 0
+        while a < len(at):
+            e = max(int(np.searchsorted(before, before[a] + BUNDLE_MAX, side="right")) - 1, a + 1)
+            groups.append(at[a:e].tolist())
+            a = e
+    groups.sort(key=operator.itemgetter(0))
     return groups
 
 
@@ -70,30 +85,47 @@ def _unchanged(members: list[TensorEntry]) -> str | None:
     return slot.bundle if offset == slot.length else None
 
 
-def _base(bundled: dict[str, tuple[str, int]], first: TensorEntry, length: int) -> str | None:
-    """The delta base of a new bundle: the bundle of the same length that held its first tensor in the base
-    tree (`bundled`: that file's FileEntry.bundled_by_name)."""
-    bid, n = bundled.get(first.name, ("", -1))
-    return bid if n == length else None
+def _store_bundle(store: ObjectStore, ids: list[str], length: int, width: int, first: str,
+                  bundled: dict[str, tuple[str, int]], stats: IngestStats | None) -> str:
+    """Store the bundle of these tensors' bytes (read with `store.get`: held since ingest, or slices of the
+    bundles they came from), `length` bytes of elements `width` bytes wide; its id. Delta-coded against the
+    bundle of the same length that held its first tensor (named `first`) in the base tree (`bundled`: that
+    file's FileEntry.bundled_by_name)."""
+    raw = b"".join(map(store.get, ids))
+    if len(raw) != length:
+        raise CorruptObjectError(ids[0], "tensor bytes of the wrong length")
+    bid, n = bundled.get(first, ("", -1))
+    base = bid if n == length else None
+    # A small bundle goes in a pack (which the store's flush writes before a ref names the commit), unless it has
+    # a delta base: a pack holds full objects, and most of a bundle is often unchanged. Kept in the base cache
+    # (`remember`): a process committing again (the Tracker's worker) finds the next version's delta base there
+    # instead of decoding it; bundles are at most 1 MiB.
+    r = store.put(raw, width, pack=base is None, base=base, remember=True)
+    _count(stats, r.stored_size)
+    return r.id
 
 
 def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None = None,
                   stats: IngestStats | None = None) -> Manifest:
-    """The manifest with its small tensors in bundles, every new bundle stored (its tensors' bytes read with
-    `store.get`: held since ingest, or slices of the bundles they came from). A tensor left out of bundles
+    """The manifest with its small tensors in bundles, every new bundle stored. A tensor left out of bundles
     whose bytes no object holds yet (an alias's target, a tensor taken from another tree's bundle) is stored
     as an object of its own. New file and tensor entries: the ones given, shared with other trees, stay as
-    they are."""
+    they are. A snapshot's held tensors (FileEntry.held) are bundled as columns (`_bundle_held`)."""
     files = []
     for f in manifest.files:
+        old = base.file(f.path) if base is not None else None
+        held = f.held()
+        bundled_held = _bundle_held(store, f, held, old, stats) if held is not None else None
+        if bundled_held is not None:
+            files.append(bundled_held)
+            continue
         if not f.tensors:
             files.append(f)
             continue
         assert all(t.chunks for t in f.tensors if t.slot is not None), f"{f.path}: a manifest read unresolved"
         tensors = list(f.tensors)
         changed = False
-        groups = _groups(f)
-        old = base.file(f.path) if base is not None else None
+        groups = _groups([t.nbytes for t in tensors], _widths(tensors))
         bundled = old.bundled_by_name() if old is not None and groups else {}
         grouped = [False] * len(tensors)
         for k, group in enumerate(groups):
@@ -104,18 +136,8 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
             length = offsets.pop()
             bid = _unchanged(members)
             if bid is None:
-                raw = b"".join(map(store.get, ids))
-                if len(raw) != length:
-                    raise CorruptObjectError(ids[0], "tensor bytes of the wrong length")
-                # A small bundle goes in a pack (which the store's flush writes before a ref names the commit),
-                # unless it has a delta base: a pack holds full objects, and most of a bundle is often unchanged.
-                # Kept in the base cache (`remember`): a process committing again (the Tracker's worker) finds
-                # the next version's delta base there instead of decoding it; bundles are at most 1 MiB.
-                bundle_base = _base(bundled, members[0], length)
-                r = store.put(raw, plane_width(members[0].dtype), pack=bundle_base is None, base=bundle_base,
-                              remember=True)
-                bid = r.id
-                _count(stats, r.stored_size)
+                bid = _store_bundle(store, ids, length, plane_width(members[0].dtype), members[0].name, bundled,
+                                    stats)
             for i, t, offset in zip(group, members, offsets, strict=True):
                 grouped[i] = True
                 slot = Slot(bid, offset, length, k)
@@ -128,11 +150,47 @@ def store_bundles(store: ObjectStore, manifest: Manifest, base: Manifest | None 
             if t.slot is not None:  # a bundled tensor of another tree, not bundled here
                 t = tensors[i] = TensorEntry(t.name, t.dtype, t.shape, t.nbytes, t.hash, t.chunks, t.alias)
                 changed = True
-            for c in t.chunks:
-                if store.is_slice(c) and not store.has(c):
-                    _count(stats, store.put(store.get(c), plane_width(t.dtype), pack=True).stored_size)
+            _store_unbundled(store, t, stats)
         files.append(replace(f, tensors=tensors) if changed else f)
     return replace(manifest, files=files)
+
+
+def _bundle_held(store: ObjectStore, f: FileEntry, held: HeldTable, old: FileEntry | None,
+                 stats: IngestStats | None) -> FileEntry | None:
+    """`store_bundles` of a snapshot's file whose held tensors are columns: the same bundles, made from the
+    columns, and an entry whose tensors are a SmallTable (as a manifest read without resolving gives; their hashes
+    are not kept: the store forgets held bytes once the tree is written, Repo.write_manifest). None when a listed
+    tensor could go into a bundle too, or a row could not (the snapshot makes neither): the caller then bundles
+    the file's tensors as entries."""
+    # every row is bundled: held (so at most BUNDLE_TENSOR_MAX bytes, Pipeline.hold_limit), of a known dtype whose
+    # size its shape gives (safetensors.parse_layout checks it)
+    if not 0 < min(held.nbytes) <= max(held.nbytes) <= BUNDLE_TENSOR_MAX or any(_widths(held.listed)):
+        return None
+    widths = {d: plane_width(d) for d in set(held.dtypes)}
+    row_widths = list(map(widths.__getitem__, held.dtypes))
+    groups = _groups(held.nbytes, row_widths)
+    bundled = old.bundled_by_name() if old is not None else {}
+    ins = [0] * len(held.names)
+    bundles = []
+    for k, group in enumerate(groups):
+        length = sum(map(held.nbytes.__getitem__, group))
+        bundles.append(_store_bundle(store, list(map(held.ids.__getitem__, group)), length, row_widths[group[0]],
+                                     held.names[group[0]], bundled, stats))
+        for i in group:
+            ins[i] = k
+    assert sum(map(len, groups)) == len(ins), "a held row is left out of bundles"
+    for t in held.listed:
+        _store_unbundled(store, t, stats)
+    return replace(f, tensors=[]).adopt(SmallTable(held.runs, held.names, held.dtypes, held.shapes, ins, held.nbytes,
+                                                   bundles, held.listed))
+
+
+def _store_unbundled(store: ObjectStore, t: TensorEntry, stats: IngestStats | None) -> None:
+    """A tensor left out of bundles whose bytes no object holds yet (held, or a slice of another tree's bundle)
+    is stored as an object of its own."""
+    for c in t.chunks:
+        if store.is_slice(c) and not store.has(c):
+            _count(stats, store.put(store.get(c), plane_width(t.dtype), pack=True).stored_size)
 
 
 def _count(stats: IngestStats | None, stored: int) -> None:

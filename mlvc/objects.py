@@ -11,7 +11,7 @@ import operator
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .dtypes import DTYPES, MAX_RANK, NOT_A_SHAPE, TOO_BIG, elements, is_dtype_name
 from .errors import CorruptObjectError, FormatError, MlvcError, PathError
@@ -27,6 +27,7 @@ BUNDLES_FORMAT = 3
 SMALL_FORMAT = 4
 COMMIT_FORMAT = 1
 TAG_FORMAT = 1
+T = TypeVar("T")
 
 KIND_SAFETENSORS = "safetensors"
 KIND_TORCH = "torch"
@@ -217,8 +218,9 @@ class FileEntry:
     archive: str | None = None  # torch files: the zip's record folder (None: legacy, non-zip format)
     frame: list[str] | None = None  # torch files: chunks of the bytes around the tensors
     layout: list[int | str] | None = None  # torch files: frame byte counts and tensor names, in file order
-    # Read from a `small` table (format 4): the checked table, from which `tensors` is built on first use
-    _small: _SmallTable | None = field(default=None, init=False, repr=False, compare=False)
+    # Read from a `small` table (format 4), the checked table; from a snapshot, the tensors held for bundles
+    # (HeldTable). `tensors` is built from it on first use.
+    _small: SmallTable | HeldTable | None = field(default=None, init=False, repr=False, compare=False)
 
     def __getattr__(self, name: str) -> list[TensorEntry]:
         """`tensors` of an entry read with a `small` table, built on first use: a command that compares only
@@ -230,9 +232,27 @@ class FileEntry:
         tensors: list[TensorEntry] = self.__dict__.setdefault("tensors", table.tensors())  # one list if two race
         return tensors
 
-    def _unbuilt(self) -> _SmallTable | None:
-        """The `small` table while `tensors` is neither built nor assigned; then None."""
+    def adopt(self, table: SmallTable | HeldTable) -> FileEntry:
+        """The entry with its bundled tensors (and, before bundles.store_bundles, its held ones) in `table`:
+        `tensors` is built from it on first use."""
+        self.__dict__.pop("tensors", None)
+        self._small = table
+        return self
+
+    def _table(self) -> SmallTable | HeldTable | None:
+        """The table while `tensors` is neither built nor assigned; then None."""
         return None if "tensors" in self.__dict__ else self._small
+
+    def _unbuilt(self) -> SmallTable | None:
+        """The `small` table of bundled tensors while `tensors` is neither built nor assigned; then None (also for
+        a snapshot's table of tensors not yet in bundles, which `tensors` answers for)."""
+        table = self._table()
+        return table if isinstance(table, SmallTable) else None
+
+    def held(self) -> HeldTable | None:
+        """A snapshot's table of tensors held for bundles while `tensors` is not built; else None."""
+        table = self._table()
+        return table if isinstance(table, HeldTable) else None
 
     def built(self) -> bool:
         """Whether `tensors` exists (built, assigned, or never from a table): a file read without its tensors
@@ -241,13 +261,38 @@ class FileEntry:
 
     def tensor_count(self) -> int:
         """len(tensors), without building them."""
-        table = self._unbuilt()
+        table = self._table()
         return len(self.tensors) if table is None else len(table.listed) + len(table.names)
+
+    def listed_tensors(self) -> list[TensorEntry]:
+        """The tensors that are not in bundles (those a manifest lists as entries), without building a table's."""
+        table = self._unbuilt()
+        return [t for t in self.tensors if t.slot is None] if table is None else table.listed
+
+    def tensor_names(self) -> list[str]:
+        """The tensors' names (those listed, then those of the table), without building them."""
+        table = self._table()
+        return [t.name for t in self.tensors] if table is None else [t.name for t in table.listed] + table.names
+
+    def columns(self) -> tuple[list[str], list[str], list[list[int]], list[int]]:
+        """The tensors' names, dtypes, shapes and byte sizes in file order, without building a table's entries."""
+        table = self._table()
+        listed = self.tensors if table is None else table.listed
+        cols = ([t.name for t in listed], [t.dtype for t in listed], [t.shape for t in listed],
+                [t.nbytes for t in listed])
+        if table is None:
+            return cols
+        return (table.merged(cols[0], table.names), table.merged(cols[1], table.dtypes),
+                table.merged(cols[2], table.shapes), table.merged(cols[3], table.nbytes))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "kind": self.kind, "size": self.size, "hash": self.hash}
         if self.kind == KIND_BLOB:
             d["chunks"] = list(self.chunks)
+        elif (table := self._unbuilt()) is not None:  # as read, or as bundles.store_bundles made it
+            d["tensors"] = [t.to_dict() for t in table.listed]
+            d["bundles"] = list(table.bundles)
+            d["small"] = _small_columns(table.runs, table.names, table.dtypes, table.shapes, table.ins)
         else:
             d["tensors"] = [t.to_dict() for t in self.tensors if t.slot is None]
             if len(d["tensors"]) < len(self.tensors):
@@ -274,7 +319,7 @@ class FileEntry:
         if fmt == BUNDLES_FORMAT and bundles:
             _place(d["path"], bundles, stored, tensors)
         elif "small" in d:
-            table = _SmallTable.read(d["path"], d["small"], bundles, tensors)
+            table = SmallTable.read(d["path"], d["small"], bundles, tensors)
         elif bundles:
             raise Malformed(f"{show(d['path'])}: bundle 0 is listed but holds no tensor")
         entry = cls(check_rel_path(d["path"]), d["kind"], int(d["size"]), d["hash"], list(d.get("chunks", [])),
@@ -282,10 +327,7 @@ class FileEntry:
                    bool(d.get("exact", True)), d.get("archive"),
                    frame=list(d["frame"]) if d.get("frame") is not None else None,
                    layout=list(d["layout"]) if d.get("layout") is not None else None)
-        if "small" in d:
-            del entry.tensors  # built from the table on first use
-            entry._small = table
-        return entry
+        return entry.adopt(table) if "small" in d else entry  # tensors built from the table on first use
 
     def pieces(self) -> list[str | tuple[str, int, int]]:
         """The tensors' bytes in file order, as chunk ids and (bundle, start, end) slices: each run of tensors that
@@ -359,7 +401,7 @@ class Manifest:
     def to_bytes(self) -> bytes:
         for f in self.files:  # what no reader could read back is refused here, naming the file
             check_rel_path(f.path)
-            names = [t.name for t in f.tensors]
+            names = f.tensor_names()
             bad = None if "".join(names).isascii() else next((n for n in names if not is_utf8_text(n)), None)
             if bad is not None:
                 raise FormatError(f.path, f"tensor name {show(bad)} is not valid UTF-8 text (it holds a lone "
@@ -636,17 +678,30 @@ def _small_table(path: str, tensors: list[TensorEntry]) -> tuple[list[str], dict
     if ends != lengths:
         k = next(k for k, (end, n) in enumerate(zip(ends, lengths, strict=True)) if end != n)
         raise Malformed(f"{path}: the tensors of bundle {k} ({ids[k]}) do not fill it")
-    runs: list[list[int]] = []
-    for i in at:
-        if runs and runs[-1][0] + runs[-1][1] == i:
-            runs[-1][1] += 1
-        else:
-            runs.append([i, 1])
-    names = [t.name for t in small]
+    return ids, _small_columns(runs_of(at), [t.name for t in small], [t.dtype for t in small],
+                               [t.shape for t in small], [slot.place for slot in slots])
+
+
+def runs_of(positions: list[int]) -> list[list[int]]:
+    """Ascending positions as `small`'s runs: [first position, count] of each stretch of consecutive ones."""
+    if not positions:
+        return []
+    import numpy as np
+
+    p = np.asarray(positions, dtype=np.int64)
+    starts = np.flatnonzero(np.diff(p, prepend=-2) != 1)
+    counts = np.diff(starts, append=len(p))
+    runs: list[list[int]] = np.stack([p[starts], counts], axis=1).tolist()
+    return runs
+
+
+def _small_columns(runs: list[list[int]], names: list[str], dtypes: list[str], shapes: list[list[int]],
+                   ins: list[int]) -> dict[str, Any]:
+    """A `small` table as stored (names front-coded)."""
     prefix = _prefixes(names)
-    return ids, {"runs": runs, "prefix": prefix, "suffix": [n[k:] for n, k in zip(names, prefix, strict=True)],
-                 "dtype": [t.dtype for t in small], "shape": [list(t.shape) for t in small],
-                 "in": [slot.place for slot in slots]}
+    return {"runs": [list(r) for r in runs], "prefix": prefix,
+            "suffix": [n[k:] for n, k in zip(names, prefix, strict=True)], "dtype": list(dtypes),
+            "shape": [list(s) for s in shapes], "in": list(ins)}
 
 
 def _prefixes(names: list[str]) -> list[int]:
@@ -672,18 +727,63 @@ def _prefixes(names: list[str]) -> list[int]:
 _SMALL_KEYS = ("runs", "prefix", "suffix", "dtype", "shape", "in")
 
 
-class _SmallTable:
-    """A file's `small` table as read and checked (FileEntry.from_dict); `tensors()` builds the file's tensor
-    list from it. Checked column by column with C-level maps (a manifest can hold 100,000 rows, and a command
-    reading it may need none of them), so that nothing malformed waits for the build."""
+class _Rows:
+    """Small tensors of a file as columns, placed among its other (`listed`) tensors by `runs` ([position, count]
+    in the file's tensor order); `tensors()` builds the file's tensor list."""
+
+    def __init__(self, runs: list[list[int]], names: list[str], dtypes: list[str], shapes: list[list[int]],
+                 nbytes: list[int], listed: list[TensorEntry]):
+        self.runs, self.names, self.dtypes, self.shapes, self.nbytes, self.listed = \
+            runs, names, dtypes, shapes, nbytes, listed
+
+    def _entries(self) -> list[TensorEntry]:
+        raise NotImplementedError
+
+    def merged(self, listed: list[T], rows: list[T]) -> list[T]:
+        """A value per tensor of the file, in file order: `listed` (one per listed tensor) and `rows` (one per
+        row) interleaved as `runs` places them."""
+        out: list[T] = []
+        taken = 0  # of listed
+        for position, count in self.runs:
+            gap = position - len(out)
+            out.extend(listed[taken : taken + gap])
+            taken += gap
+            out.extend(rows[len(out) - taken : len(out) - taken + count])
+        out.extend(listed[taken:])
+        return out
+
+    def tensors(self) -> list[TensorEntry]:
+        """The file's tensors in order: the listed ones, and each row (`_entries`) placed by `runs`."""
+        return self.merged(self.listed, self._entries())
+
+
+class HeldTable(_Rows):
+    """The small tensors a snapshot held for bundles (Pipeline.holds), each with its id (its hash and only chunk):
+    bundles.store_bundles puts them in bundles, as a SmallTable, without an entry object per tensor."""
+
+    def __init__(self, runs: list[list[int]], names: list[str], dtypes: list[str], shapes: list[list[int]],
+                 nbytes: list[int], listed: list[TensorEntry], ids: list[str]):
+        super().__init__(runs, names, dtypes, shapes, nbytes, listed)
+        self.ids = ids
+
+    def _entries(self) -> list[TensorEntry]:
+        return [TensorEntry(name, dtype, shape, size, oid, [oid]) for name, dtype, shape, size, oid
+                in zip(self.names, self.dtypes, self.shapes, self.nbytes, self.ids, strict=True)]
+
+
+class SmallTable(_Rows):
+    """A file's bundled tensors: its `small` table as read and checked (FileEntry.from_dict), or as
+    bundles.store_bundles made it; `ins` gives each row's bundle (an index into `bundles`). Its rows have no hash
+    until bundles.resolve_file. Checked column by column with C-level maps (a manifest can hold 100,000 rows,
+    and a command reading it may need none of them), so that nothing malformed waits for the build."""
 
     def __init__(self, runs: list[list[int]], names: list[str], dtypes: list[str], shapes: list[list[int]],
                  ins: list[int], nbytes: list[int], bundles: list[str], listed: list[TensorEntry]):
-        self.runs, self.names, self.dtypes, self.shapes, self.ins = runs, names, dtypes, shapes, ins
-        self.nbytes, self.bundles, self.listed = nbytes, bundles, listed
+        super().__init__(runs, names, dtypes, shapes, nbytes, listed)
+        self.ins, self.bundles = ins, bundles
 
     @classmethod
-    def read(cls, path: str, table: Any, bundles: list[str], listed: list[TensorEntry]) -> _SmallTable:
+    def read(cls, path: str, table: Any, bundles: list[str], listed: list[TensorEntry]) -> SmallTable:
         """The table of the file at `path` whose `tensors` are `listed`; Malformed when it is not what
         _small_table writes (the runs' layout, each column's types, names, dtypes, shapes, bundle numbers)."""
         where = show(path)
@@ -736,9 +836,8 @@ class _SmallTable:
             out[k] += size
         return out
 
-    def tensors(self) -> list[TensorEntry]:
-        """The file's tensors in order: the listed ones, and each row placed by `runs`, with its slot (its offset
-        is the sum of the sizes before it in the same bundle); no hash or chunk until bundles.resolve_file."""
+    def _entries(self) -> list[TensorEntry]:
+        """Each row with its slot (its offset is the sum of the sizes before it in the same bundle), no hash."""
         ends = [0] * len(self.bundles)
         lengths = self.lengths()
         small = []
@@ -747,15 +846,7 @@ class _SmallTable:
             small.append(TensorEntry(name, dtype, shape, size, "", [], None,
                                      Slot(self.bundles[k], ends[k], lengths[k], k)))
             ends[k] += size
-        out: list[TensorEntry] = []
-        taken = 0  # of listed
-        for position, count in self.runs:
-            gap = position - len(out)
-            out.extend(self.listed[taken : taken + gap])
-            taken += gap
-            out.extend(small[len(out) - taken : len(out) - taken + count])
-        out.extend(self.listed[taken:])
-        return out
+        return small
 
 
 def _check_runs(where: str, runs: list[Any], rows: int, listed: int) -> None:

@@ -7,19 +7,32 @@ With a store, a snapshot writes chunks; with `Pipeline(store=None)` it only comp
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import os
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import formats
-from .chunking import FileRange, Pipeline, Segment, VerifyingWriter
-from .dtypes import plane_width
+from .chunking import FileRange, Pipeline, Segment, VerifyingWriter, aligned_chunk
+from .dtypes import DTYPES, plane_width
 from .errors import CorruptObjectError, FileChangedError, FormatError, ObjectNotFoundError, PathError
 from .formats import safetensors as st
-from .objects import KIND_BLOB, KIND_SAFETENSORS, KIND_TORCH, FileEntry, TensorEntry, check_rel_path, implied_nbytes
+from .objects import (
+    KIND_BLOB,
+    KIND_SAFETENSORS,
+    KIND_TORCH,
+    FileEntry,
+    HeldTable,
+    TensorEntry,
+    check_rel_path,
+    implied_nbytes,
+    runs_of,
+)
 from .progress import NULL
-from .util import new_hasher
+from .util import hash_bytes, new_hasher
 
 HEADER_KEY = "\x00header"
 
@@ -58,7 +71,7 @@ class History:
         index = self._by_name.get(id(entry))
         if index is None:
             index = self._by_name[id(entry)] = {}
-            for each in entry.tensors:
+            for each in entry.listed_tensors():  # a bundled tensor has no chunks to be a base
                 index.setdefault(each.name, each)  # the first of a name, as a search in file order finds
         t = index.get(name)
         return list(t.chunks) if t is not None and t.dtype == dtype and list(t.shape) == list(shape) else None
@@ -127,59 +140,101 @@ def _snapshot_blob(pipe: Pipeline, abs_path: str, rel: str, history: History) ->
 def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str, history: History) -> FileEntry:
     with open(abs_path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        layout = st.read_layout(f, rel)
-        ds = layout.data_start
-        segs = [Segment(HEADER_KEY, memoryview(layout.header_bytes), 1, **history.header())]
-        runs = _held_runs(pipe, layout.tensors)
+        parent = _as_parent(pipe, f, size, history.parent)
+        if parent is not None:
+            head, (names, dtypes, shapes, sizes) = parent
+        else:
+            layout = st.read_layout(f, rel)
+            head, names, dtypes, shapes = layout.header_bytes, layout.names, layout.dtypes, layout.shapes
+            sizes = list(map(operator.sub, layout.ends, layout.begins))
+        ds = len(head)
+        begins = list(itertools.accumulate(sizes, initial=0))
+        segs = [Segment(HEADER_KEY, memoryview(head), 1, **history.header())]
+        runs = _held_runs(pipe, sizes, dtypes)
+        held: list[int] = []  # tensors held one at a time
         i = 0
-        while i < len(layout.tensors):
-            t = layout.tensors[i]
+        while i < len(names):
             if i in runs:  # small tensors end to end: one segment, each held for its bundle
                 cuts = runs[i]
-                segs.append(Segment(("run", i), FileRange(f.fileno(), ds + t.begin, sum(cuts), rel), cuts=cuts))
+                segs.append(Segment(("run", i), FileRange(f.fileno(), ds + begins[i], sum(cuts), rel), cuts=cuts))
                 i += len(cuts)
                 continue
-            segs.append(Segment(i, FileRange(f.fileno(), ds + t.begin, t.nbytes, rel), plane_width(t.dtype),
-                                **history.tensor(pipe, t.name, t.dtype, t.shape, t.nbytes), tensor=True))
+            width = plane_width(dtypes[i])
+            if pipe.holds(sizes[i], width):
+                held.append(i)
+            segs.append(Segment(i, FileRange(f.fileno(), ds + begins[i], sizes[i], rel), width,
+                                **history.tensor(pipe, names[i], dtypes[i], shapes[i], sizes[i]), tensor=True))
             i += 1
         results, fhash = pipe.ingest(segs)
-    ids: dict[int, str] = {}
+    ids = {i: results[i].hash for i in held}
     for start, cuts in runs.items():
         ids.update(zip(range(start, start + len(cuts)), results[("run", start)].parts, strict=True))
-    tensors = [TensorEntry(t.name, t.dtype, t.shape, t.nbytes, results[i].hash, results[i].chunks) if i not in ids
-               else TensorEntry(t.name, t.dtype, t.shape, t.nbytes, ids[i], [ids[i]])
-               for i, t in enumerate(layout.tensors)]
-    return FileEntry(rel, KIND_SAFETENSORS, size, fhash, tensors=tensors, header=results[HEADER_KEY].chunks)
+    # The held tensors of a known dtype go to store_bundles as columns (a bundle holds no other); the others are
+    # entries. A file of 100,000 small tensors then builds no entry object per tensor.
+    unknown = {d for d in set(dtypes) if d not in DTYPES}
+    rows = sorted(i for i in ids if dtypes[i] not in unknown) if unknown else sorted(ids)
+    table = set(rows)
+    listed = [TensorEntry(names[i], dtypes[i], shapes[i], sizes[i], ids[i], [ids[i]]) if i in ids
+              else TensorEntry(names[i], dtypes[i], shapes[i], sizes[i], results[i].hash, results[i].chunks)
+              for i in range(len(names)) if i not in table]
+    entry = FileEntry(rel, KIND_SAFETENSORS, size, fhash, tensors=listed, header=results[HEADER_KEY].chunks)
+    if not rows:
+        return entry
+    pick = operator.itemgetter(*rows) if len(rows) > 1 else lambda c: (c[rows[0]],)
+    return entry.adopt(HeldTable(runs_of(rows), list(pick(names)), list(pick(dtypes)), list(pick(shapes)),
+                                 list(pick(sizes)), listed, [ids[i] for i in rows]))
+
+
+def _as_parent(pipe: Pipeline, f: BinaryIO, size: int, parent: FileEntry | None
+               ) -> tuple[bytes, tuple[list[str], list[str], list[list[int]], list[int]]] | None:
+    """The header bytes and the tensors' columns (FileEntry.columns) of a safetensors file whose header is the
+    parent's, byte for byte (its chunks have the parent's header's ids) and whose size is the one that header
+    gives; else None (the header is then parsed). The next checkpoint of a run has the same tensors with other
+    values: its header (8.6 MB of JSON for 100,000 tensors, 0.4 s to parse and check) was checked when the
+    parent was committed, and the parent's entry lists its tensors in file order."""
+    if parent is None or parent.kind != KIND_SAFETENSORS or not parent.header:
+        return None
+    f.seek(0)
+    first = f.read(8)
+    if len(first) < 8:
+        return None
+    (n,) = struct.unpack("<Q", first)
+    if n > st.MAX_HEADER or 8 + n > size:
+        return None
+    head = first + f.read(n)
+    step = aligned_chunk(pipe.chunk_size, 1)  # as Pipeline.ingest cuts the header segment
+    if [hash_bytes(head[i : i + step]) for i in range(0, len(head), step)] != parent.header:
+        return None
+    columns = parent.columns()
+    return (head, columns) if len(head) + sum(columns[3]) == size else None
 
 
 RUN_MAX = 1 << 20  # bytes of small tensors read as one run (_held_runs)
 
 
-def _held_runs(pipe: Pipeline, spans: list[st.TensorSpan]) -> dict[int, list[int]]:
-    """Where the tensors that the pipeline holds for bundles (Pipeline.holds) lie end to end, two or more at
-    a time: {index of the first: the byte counts of the run}, each run at most RUN_MAX bytes. A file of 100,000
-    tiny tensors is then ten segments, not 100,000 (and the size rule is looked up per dtype, not per tensor)."""
-    limits: dict[str, int] = {}
+def _held_runs(pipe: Pipeline, sizes: list[int], dtypes: list[str]) -> dict[int, list[int]]:
+    """Where the tensors (of these byte sizes and dtypes, in file order) that the pipeline holds for bundles
+    (Pipeline.holds) lie end to end, two or more at a time: {index of the first: the byte counts of the run}.
+    A run ends before a tensor that is not held or that would take it past RUN_MAX bytes. A file of 100,000
+    tiny tensors is then ten segments, not 100,000; the rule is applied with numpy (a stretch of held tensors
+    is cut where the running total passes RUN_MAX), not tensor by tensor."""
+    limits = {d: pipe.hold_limit(plane_width(d)) for d in set(dtypes)}
+    if not any(limits.values()):  # nothing is held (no store: `status`, which needs no numpy for it)
+        return {}
+    import numpy as np
+
+    n = np.asarray(sizes, dtype=np.int64)
+    held = (n > 0) & (n <= np.fromiter(map(limits.__getitem__, dtypes), np.int64, len(dtypes)))
+    edges = np.flatnonzero(np.diff(held, prepend=False, append=False)).tolist()  # stretches of held tensors
+    before = np.concatenate(([0], np.cumsum(n)))  # bytes before each tensor
     runs: dict[int, list[int]] = {}
-    cuts: list[int] = []
-    start = total = 0
-    for i, t in enumerate(spans):
-        n = t.end - t.begin
-        limit = limits.get(t.dtype)
-        if limit is None:
-            limit = limits[t.dtype] = pipe.hold_limit(plane_width(t.dtype))
-        held = 0 < n <= limit
-        if cuts and (not held or total + n > RUN_MAX):  # the run ends before this tensor
-            if len(cuts) > 1:
-                runs[start] = cuts
-            cuts, total = [], 0
-        if held:
-            if not cuts:
-                start = i
-            cuts.append(n)
-            total += n
-    if len(cuts) > 1:
-        runs[start] = cuts
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        while b - a > 1:
+            e = int(np.searchsorted(before, before[a] + RUN_MAX, side="right")) - 1  # a .. e - 1 fit
+            e = min(max(e, a + 1), b)
+            if e - a > 1:
+                runs[a] = sizes[a:e]
+            a = e
     return runs
 
 

@@ -5,6 +5,7 @@ before bundles keep working."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_repo, sha256_file, write_safetensors_np
-from mlvc import bundles, chunking
+from mlvc import bundles, chunking, objects
 from mlvc.bundles import resolve_bundles
 from mlvc.errors import CorruptObjectError, ObjectNotFoundError
 from mlvc.objects import Manifest
@@ -389,6 +390,7 @@ def _swept_side_commit(repo, tensors) -> str:
     repo.create_branch("side")
     repo.switch("side")
     c, _ = _commit(repo, tensors, "side")
+    repo.read_manifest(c.manifest)  # the store learns the tree's small tensors as slices (as a diff or load would)
     (gone,) = _raw_manifest(repo, c.id)["files"][0]["bundles"]
     repo.switch("main", force=True)
     repo.delete_branch("side")
@@ -648,28 +650,153 @@ def test_slots_a_reader_could_not_place_are_refused_when_written(bad):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(spec=_spec, run_max=st.sampled_from([8, 64, 1 << 20]))
-def test_runs_of_small_tensors_give_the_tree_tensor_by_tensor_ingest_gives(tmp_path_factory, spec, run_max):
-    """A safetensors file's small tensors read as runs (snapshot._held_runs, Pipeline.ingest with cuts) and
-    read one segment each make the same tree (the same manifest id), the same counts, and the same file hash,
-    whatever the mix of widths, empty tensors, large tensors and run bounds."""
+@given(spec=_spec, run_max=st.sampled_from([8, 64, 1 << 20]), bundle_max=st.sampled_from([16, 1 << 20]),
+       changed=st.sets(st.integers(0, 24)))
+def test_runs_and_columns_give_the_tree_tensor_by_tensor_ingest_and_entries_give(tmp_path_factory, spec, run_max,
+                                                                                 bundle_max, changed):
+    """A safetensors file's small tensors read as runs (snapshot._held_runs, Pipeline.ingest with cuts) or read
+    one segment each, bundled from the snapshot's columns (bundles._bundle_held) or as entries, and a header the
+    parent's taken as the parent's columns (snapshot._as_parent) or parsed, make the same trees (the same
+    manifest ids, a first commit and one that changes some tensors over it), the same counts, and the same file
+    hash, whatever the mix of widths, empty tensors, large tensors, run and bundle bounds."""
     from mlvc import snapshot
 
-    tensors = _tensors(len(spec), spec)
+    first = _tensors(len(spec), spec)
+    second = {k: (~v if v.dtype == np.bool_ else v + 1) if i in changed else v
+              for i, (k, v) in enumerate(first.items())}
     results = []
-    for runs in (True, False):
+    for runs, columns, reuse in ((True, True, True), (False, True, True), (True, False, True), (True, True, False)):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(snapshot, "RUN_MAX", run_max)
+            mp.setattr(bundles, "BUNDLE_MAX", bundle_max)
             if not runs:
-                mp.setattr(snapshot, "_held_runs", lambda pipe, spans: {})
+                mp.setattr(snapshot, "_held_runs", lambda pipe, sizes, dtypes: {})
+            if not columns:
+                mp.setattr(bundles, "_bundle_held", lambda *args: None)
+            if not reuse:  # the second commit parses its header instead of taking its parent's columns
+                mp.setattr(snapshot, "_as_parent", lambda *args: None)
             repo = make_repo(tmp_path_factory.mktemp("runs") / "repo")
             path = os.path.join(repo.root, "model.safetensors")
-            write_safetensors_np(path, tensors)
-            done = repo.commit(path, message="m")
-            r = repo.read_manifest(done.commit.manifest)
-            results.append((done.commit.manifest, [(t.name, t.hash) for t in r.files[0].tensors], r.files[0].hash,
-                            done.chunks, done.new_chunks, done.raw_bytes, done.new_bytes))
-    assert results[0] == results[1]
+            got = []
+            for tensors in (first, second):
+                write_safetensors_np(path, tensors)
+                done = repo.commit(path, message="m", allow_empty=True)
+                r = repo.read_manifest(done.commit.manifest)
+                got.append((done.commit.manifest, [(t.name, t.hash) for t in r.files[0].tensors], r.files[0].hash,
+                            done.tensors, done.chunks, done.new_chunks, done.raw_bytes, done.new_bytes))
+            results.append(got)
+    assert results[0] == results[1] == results[2] == results[3]
+    assert results[0][0][3] == len(first)
+
+
+def test_a_header_the_parents_is_not_parsed_again_and_any_other_is(tmp_path):
+    """The next checkpoint with the parent's header, byte for byte, takes the parent's columns (the header is not
+    parsed); a header that differs (a renamed tensor, another chunk size) is parsed; a file with the parent's
+    header but more or fewer data bytes is refused as the parse refuses it, nothing committed."""
+    from mlvc import snapshot
+    from mlvc.errors import FormatError
+    from mlvc.formats import safetensors as st_format
+
+    repo = make_repo(tmp_path / "repo")
+    tensors = {f"n.{i:03d}": np.full(i % 4 + 1, i, np.float32) for i in range(200)}
+    tensors.update(big=np.ones(3000, np.float32), odd=np.arange(3, dtype=np.int64))
+    c1, path = _commit(repo, tensors)
+    parsed = []
+    real = st_format.read_layout
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(snapshot.st, "read_layout", lambda f, rel: parsed.append(rel) or real(f, rel))
+        second = {k: v * 2 for k, v in tensors.items()}
+        write_safetensors_np(path, second)
+        c2 = repo.commit(path, message="same header").commit
+        assert parsed == []
+        renamed = {("m" + k[1:] if k == "n.007" else k): v for k, v in second.items()}
+        write_safetensors_np(path, renamed)
+        c3 = repo.commit(path, message="a name changed").commit
+        assert parsed == ["model.safetensors"]
+        repo.config.chunk_size = 1024  # the same header cut into other chunks than the parent's: parsed
+        write_safetensors_np(path, {k: v + 1 for k, v in renamed.items()})
+        repo.commit(path, message="other chunks")
+        assert parsed == ["model.safetensors"] * 2
+        with open(path, "rb") as f:
+            whole = f.read()
+        for cut in (whole[:-4], whole + b"\0" * 4):
+            with open(path, "wb") as f:
+                f.write(cut)
+            with open(path, "rb") as f, pytest.raises(FormatError) as want:
+                real(f, "model.safetensors")
+            with pytest.raises(FormatError) as got:
+                repo.commit(path, message="truncated or grown")
+            assert str(got.value) == str(want.value)
+        assert repo.read_commit(repo.head()).parents == [c3.id]
+    for cid, want in ((c1.id, tensors), (c2.id, second), (c3.id, renamed),
+                      ("HEAD", {k: v + 1 for k, v in renamed.items()})):
+        loaded = repo.load(cid, framework="numpy")
+        assert sorted(loaded) == sorted(want) and all(np.array_equal(loaded[k], v) for k, v in want.items())
+    assert repo.fsck().ok
+
+
+def test_held_columns_bundle_as_the_entries_do_or_hand_over(tmp_path):
+    """store_bundles of a file whose held tensors are columns (objects.HeldTable) writes the manifest that the
+    same tensors as entries give; with a listed tensor that could be bundled too (the snapshot lists none such),
+    or a row that could not, it bundles the file's tensors as entries instead, with the same result."""
+    from mlvc.objects import FileEntry, HeldTable, TensorEntry
+    from mlvc.store import MemoryObjectStore
+
+    store = MemoryObjectStore()
+    rng = np.random.default_rng(0)
+    spec = [("F32", 3), ("F32", 2000), ("I64", 1), ("F32", 5), ("F16", 3), ("U8", 0), ("F32", 1)]
+    tensors = []
+    for i, (dtype, n) in enumerate(spec):  # as a snapshot leaves them: small ones held, others stored
+        raw = rng.integers(0, 255, n * {"F32": 4, "I64": 8, "F16": 2, "U8": 1}[dtype], dtype=np.uint8).tobytes()
+        oid = hash_bytes(raw)
+        if 0 < len(raw) <= BUNDLE_TENSOR_MAX:
+            store.hold(oid, raw)
+        elif raw:
+            store.put(raw)
+        tensors.append(TensorEntry(f"t{i}", dtype, [n], len(raw), oid, [oid] if raw else []))
+
+    def as_held(rows: list[int]) -> FileEntry:
+        listed = [t for i, t in enumerate(tensors) if i not in rows]
+        small = [tensors[i] for i in rows]
+        table = HeldTable(objects.runs_of(rows), [t.name for t in small], [t.dtype for t in small],
+                          [t.shape for t in small], [t.nbytes for t in small], listed, [t.hash for t in small])
+        return FileEntry("m.safetensors", "safetensors", 1, "0" * 32, header=["1" * 32]).adopt(table)
+
+    def written(entry: FileEntry) -> bytes:
+        return bundles.store_bundles(store, Manifest(["m.safetensors"], [entry], 2 << 20)).to_bytes()
+
+    want = written(FileEntry("m.safetensors", "safetensors", 1, "0" * 32, tensors=list(tensors), header=["1" * 32]))
+    calls = []
+    real = bundles._bundle_held
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundles, "_bundle_held", lambda *args: calls.append(real(*args)) or calls[-1])
+        assert written(as_held([0, 2, 3, 4, 6])) == want  # every bundled tensor a row: bundled as columns
+        assert written(as_held([0, 2, 4])) == want  # t3 and t6 listed, yet bundled: handed over
+        assert written(as_held([0, 1, 2, 3, 4, 6])) == want  # t1 (8000 bytes) a row it cannot bundle: handed over
+    assert [c is not None for c in calls] == [True, False, False]
+
+
+def test_a_commit_of_small_tensors_builds_no_entry_for_them(tmp_path, monkeypatch):
+    """A safetensors file's small tensors go from the snapshot's columns to the manifest's `small` table: the commit
+    (first, and over a parent) builds no tensor entry of either table, and counts its tensors from them."""
+    repo = make_repo(tmp_path / "repo")
+    tensors = {f"n.{i:03d}": np.full(i % 5 + 1, i, np.float32) for i in range(300)}
+    tensors["big"] = np.ones(3000, np.float32)
+
+    def never(self):
+        raise AssertionError("a commit built an entry per small tensor")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(objects.HeldTable, "_entries", never)
+        mp.setattr(objects.SmallTable, "_entries", never)
+        c1, path = _commit(repo, tensors)
+        write_safetensors_np(path, {k: v + 1 for k, v in tensors.items()})
+        done = repo.commit(path, message="two")
+    assert done.tensors == 301 and len(_raw_manifest(repo, done.commit.id)["files"][0]["small"]["in"]) == 300
+    for cid, want in ((c1.id, tensors), (done.commit.id, {k: v + 1 for k, v in tensors.items()})):
+        loaded = repo.load(cid, framework="numpy")
+        assert all(np.array_equal(loaded[k], v) for k, v in want.items())
+    assert repo.fsck().ok
 
 
 def test_held_runs_split_where_the_rule_says(tmp_path):
@@ -677,21 +804,82 @@ def test_held_runs_split_where_the_rule_says(tmp_path):
     one of 4 KiB + 1 ends a run, and a tensor of an unknown dtype is held (width 1) like any other."""
     from mlvc import snapshot
     from mlvc.chunking import Pipeline
-    from mlvc.formats.safetensors import TensorSpan
     from mlvc.store import MemoryObjectStore
 
     pipe = Pipeline(MemoryObjectStore(), 2 << 20)
-    sizes = [("F32", 4), ("F32", 8), ("F4", 3), ("F32", 4097), ("F32", 4), ("U8", 0), ("I64", 16), ("I64", 8),
-             ("F16", 2), ("F32", 4096), ("F32", 4)]
-    spans, pos = [], 0
-    for i, (dtype, n) in enumerate(sizes):
-        spans.append(TensorSpan(f"t{i}", dtype, [n], pos, pos + n))
-        pos += n
-    assert snapshot._held_runs(pipe, spans) == {0: [4, 8, 3], 6: [16, 8, 2, 4096, 4]}
+    dtypes, sizes = map(list, zip(("F32", 4), ("F32", 8), ("F4", 3), ("F32", 4097), ("F32", 4), ("U8", 0),
+                                  ("I64", 16), ("I64", 8), ("F16", 2), ("F32", 4096), ("F32", 4), strict=True))
+    assert snapshot._held_runs(pipe, sizes, dtypes) == {0: [4, 8, 3], 6: [16, 8, 2, 4096, 4]}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(snapshot, "RUN_MAX", 16)
-        assert snapshot._held_runs(pipe, spans) == {0: [4, 8, 3], 7: [8, 2]}
-    assert snapshot._held_runs(Pipeline(None, 2 << 20), spans) == {}  # nothing is held without a store
+        assert snapshot._held_runs(pipe, sizes, dtypes) == {0: [4, 8, 3], 7: [8, 2]}
+    assert snapshot._held_runs(Pipeline(None, 2 << 20), sizes, dtypes) == {}  # nothing is held without a store
+
+
+def _held_runs_one_by_one(limits: dict[str, int], sizes: list[int], dtypes: list[str], run_max: int) -> dict:
+    """snapshot._held_runs' rule, tensor by tensor: a run ends before a tensor not held or past run_max."""
+    runs: dict[int, list[int]] = {}
+    cuts: list[int] = []
+    start = total = 0
+    for i, (n, dtype) in enumerate(zip(sizes, dtypes, strict=True)):
+        held = 0 < n <= limits[dtype]
+        if cuts and (not held or total + n > run_max):
+            if len(cuts) > 1:
+                runs[start] = cuts
+            cuts, total = [], 0
+        if held:
+            start = i if not cuts else start
+            cuts.append(n)
+            total += n
+    if len(cuts) > 1:
+        runs[start] = cuts
+    return runs
+
+
+def _groups_one_by_one(sizes: list[int], widths: list[int], bundle_max: int) -> list[list[int]]:
+    """bundles._groups' rule, tensor by tensor: the open bundle of a tensor's width takes it unless it would pass
+    bundle_max; bundles in order of their first tensor."""
+    groups: list[list[int]] = []
+    open_: dict[int, tuple[list[int], int]] = {}
+    for i, (n, width) in enumerate(zip(sizes, widths, strict=True)):
+        if width:
+            group, total = open_.get(width, (None, 0))
+            if group is None or total + n > bundle_max:
+                group, total = [], 0
+                groups.append(group)
+            group.append(i)
+            open_[width] = (group, total + n)
+    return groups
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["F32", "I64", "F16", "U8", "X9"]),
+                               st.one_of(st.sampled_from([0, 1, 2, 4, 8]), st.integers(0, 5000)),
+                               st.sampled_from([0, 1, 2, 4, 8])), max_size=60),
+       run_max=st.sampled_from([1, 8, 16, 64, 4096, 1 << 20]))
+def test_held_runs_and_bundle_groups_follow_their_rule_tensor_by_tensor(rows, run_max):
+    """The numpy forms of the run rule (snapshot._held_runs) and the bundle rule (bundles._groups) give what the
+    rules give applied one tensor at a time, for any sizes (empty, filling a bound exactly, past every bound),
+    dtypes and bounds."""
+    from mlvc import snapshot
+    from mlvc.chunking import Pipeline
+    from mlvc.dtypes import plane_width
+    from mlvc.store import MemoryObjectStore
+
+    dtypes = [d for d, _, _ in rows]
+    sizes = [n for _, n, _ in rows]
+    widths = [w for _, _, w in rows]
+    pipe = Pipeline(MemoryObjectStore(), 2 << 20)
+    limits = {d: pipe.hold_limit(plane_width(d)) for d in dtypes}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(snapshot, "RUN_MAX", run_max)
+        mp.setattr(bundles, "BUNDLE_MAX", run_max)
+        assert snapshot._held_runs(pipe, sizes, dtypes) == _held_runs_one_by_one(limits, sizes, dtypes, run_max)
+        assert bundles._groups(sizes, widths) == _groups_one_by_one(sizes, widths, run_max)
+    positions = sorted({i * 3 // 2 for i in range(len(rows))} | {n for n in sizes if n < 100})
+    runs = objects.runs_of(positions)
+    assert [i for p, c in runs for i in range(p, p + c)] == positions  # every position, in order, once
+    assert all(a[0] + a[1] < b[0] for a, b in itertools.pairwise(runs))  # stretches neither touch nor overlap
 
 
 def test_commit_reads_its_parent_without_hashes_and_still_sees_an_unchanged_tree_and_carries_files(tmp_path):
@@ -728,14 +916,13 @@ def test_commit_reads_its_parent_without_hashes_and_still_sees_an_unchanged_tree
 def test_show_counts_a_files_tensors_without_building_them(tmp_path, monkeypatch):
     """`show` lists each file's tensor count from its small table; a tree read without its tensors built gives
     the store no small tensor ids to keep (none was resolved)."""
-    from mlvc import objects
     from mlvc.bundles import small_tensor_ids
 
     repo = make_repo(tmp_path / "repo")
     c, _ = _commit(repo, _tensors(5, [("F32", 3)] * 40 + [("F32", 5000)] + [("I64", 1)] * 3))
     built = []
-    real = objects._SmallTable.tensors
-    monkeypatch.setattr(objects._SmallTable, "tensors", lambda self: built.append(1) or real(self))
+    real = objects.SmallTable.tensors
+    monkeypatch.setattr(objects.SmallTable, "tensors", lambda self: built.append(1) or real(self))
     shown = repo.show("HEAD").to_json()
     assert [f["tensors"] for f in shown["files"]] == [44] and not built
     m = repo.read_manifest(c.manifest, resolve=False)

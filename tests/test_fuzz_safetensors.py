@@ -126,7 +126,7 @@ SPAN_INPUTS = 3_000  # mutated headers through both span checks
 
 def _both_span_checks(rng: random.Random) -> None:
     """The column-wise check (_spans) agrees with the check entry by entry (_span) on a mutated header: the
-    same spans when every entry passes (ASCII names: the fast path's case), else it hands over (None)."""
+    same columns when every entry passes (ASCII names: the fast path's case), else it hands over (None)."""
     header = mutate_json(rng, rng.choice(SEED_HEADERS), keys=HEADER_KEYS)
     if not isinstance(header, dict):
         return
@@ -134,7 +134,7 @@ def _both_span_checks(rng: random.Random) -> None:
     items = list(header.items())
     size = rng.choice([0, 3, 8, 64, 1 << 70])
     try:
-        slow = [st_format._span("f", name, info, size) for name, info in items]
+        slow = st_format._columns([st_format._span("f", name, info, size) for name, info in items])
     except MlvcError:
         slow = None
     fast = st_format._spans(items, size)
@@ -214,3 +214,57 @@ def test_commit_of_mutated_files(memory_repo, seeds):
             assert b"".join(pipe.read(entry.header + [c for t in entry.tensors for c in t.chunks])) == data
 
     check_all(seeds, _commit_input, check)
+
+
+def _reference_order_and_tiling(header: dict, data_size: int) -> tuple[list[tuple], str | None]:
+    """What parse_layout must give for a header whose entries all pass their own checks: the spans sorted by
+    (begin, end, name), and the first gap or overlap (or short region) as the tensor-by-tensor walk finds it."""
+    spans = sorted(((v["data_offsets"][0], v["data_offsets"][1], k) for k, v in header.items()))
+    if any(end > data_size for _, end, _ in spans):  # an entry's own check fails first
+        return spans, "data_offsets must be two integers"
+    pos = 0
+    for begin, end, name in spans:
+        if begin != pos:
+            return spans, f"tensor {name!r}: data offsets leave a {'overlap' if begin < pos else 'gap'} at byte {pos}"
+        pos = end
+    return spans, None if pos == data_size else "accounts for"
+
+
+@fuzz_settings(2_000)
+@given(seed_batches())
+def test_layout_order_and_tiling_match_the_walk_tensor_by_tensor(seeds):
+    """parse_layout's column-wise sort and tiling check (ties among empty tensors, keys in any order, gaps,
+    overlaps, a region too long) give the order and the first problem that sorting spans by (begin, end, name)
+    and walking them one by one give."""
+    def one(rng: random.Random) -> None:
+        n = rng.randrange(0, 12)
+        sizes = [rng.choice([0, 0, 4, 8, 12]) for _ in range(n)]
+        begins = list(np.cumsum([0, *sizes[:-1]])) if n else []
+        offsets = [[int(b), int(b) + s] for b, s in zip(begins, sizes, strict=True)]
+        for _ in range(rng.choice([0, 0, 1, 2])):  # damage: move an offset, making a gap or an overlap
+            if offsets:
+                o = rng.choice(offsets)
+                o[rng.randrange(2)] = max(0, o[0] + rng.choice([-4, 4]))
+                o.sort()
+        names = [f"t{rng.randrange(6)}{i}" for i in range(n)]
+        header = {name: {"dtype": "U8", "shape": [o[1] - o[0]], "data_offsets": o}
+                  for name, o in zip(names, offsets, strict=True)}
+        items = list(header.items())
+        rng.shuffle(items)
+        header = dict(items)
+        data_size = sum(sizes) + rng.choice([0, 0, 4])
+        text = json.dumps(header, separators=(",", ":")).encode()
+        blob = struct.pack("<Q", len(text)) + text + bytes(data_size)
+        spans, problem = _reference_order_and_tiling(header, data_size)
+        try:
+            layout = st_format.parse_layout(blob, len(blob), "f")
+        except MlvcError as e:
+            assert problem is not None and problem in str(e), (str(e), problem)
+            return
+        assert problem is None, problem
+        assert [(t.begin, t.end, t.name) for t in layout.tensors] == spans
+        assert (layout.names, layout.begins, layout.ends) == ([s[2] for s in spans], [s[0] for s in spans],
+                                                              [s[1] for s in spans])
+
+    for seed in seeds:
+        one(random.Random(seed))

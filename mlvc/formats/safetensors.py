@@ -7,12 +7,13 @@ mlvc keeps the first 8 + N bytes exactly as read, so checkout rebuilds the file 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
 import struct
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ..dtypes import DTYPES, MAX_RANK, NOT_A_SHAPE, TOO_BIG, elements, is_dtype_name
 from ..errors import FormatError
@@ -35,9 +36,25 @@ class TensorSpan(NamedTuple):  # a tuple: 100,000 of them are made per header of
 
 @dataclass(frozen=True)
 class Layout:
+    """A file's header: its tensors as columns, in data-region order (a header of 100,000 tensors is checked
+    and committed without an object per tensor); `tensors` gives them as TensorSpans."""
+
     header_bytes: bytes  # the 8-byte length and the JSON header, verbatim
-    tensors: list[TensorSpan]  # in data-region order
+    names: list[str]
+    dtypes: list[str]
+    shapes: list[list[int]]
+    begins: list[int]  # offsets in the data region
+    ends: list[int]
     metadata: dict[str, str] | None
+
+    @classmethod
+    def of_spans(cls, header_bytes: bytes, spans: list[TensorSpan], metadata: dict[str, str] | None) -> Layout:
+        return cls(header_bytes, *_columns(spans), metadata)
+
+    @functools.cached_property
+    def tensors(self) -> list[TensorSpan]:
+        return list(map(TensorSpan._make, zip(self.names, self.dtypes, self.shapes, self.begins, self.ends,
+                                              strict=True)))
 
     @property
     def data_start(self) -> int:
@@ -45,7 +62,7 @@ class Layout:
 
     @property
     def data_length(self) -> int:
-        return self.tensors[-1].end if self.tensors else 0
+        return self.ends[-1] if self.ends else 0
 
 
 # Limits far beyond what a real checkpoint uses, that keep a crafted header from costing more than reading it
@@ -105,24 +122,49 @@ def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
         raise FormatError(path, "__metadata__ must map strings to strings")
     data_size = file_size - 8 - n
     items = list(header.items())
-    spans = _spans(items, data_size)
-    if spans is None:  # something is wrong: the checks tensor by tensor say what
-        spans = [_span(path, name, info, data_size) for name, info in items]
-    spans.sort(key=lambda s: (s.begin, s.end, s.name))
-    pos = 0
-    for s in spans:
-        if s.begin != pos:
-            what = "overlap" if s.begin < pos else "gap"
-            raise FormatError(path, f"tensor {show(s.name)}: data offsets leave a {what} at byte {pos} of the "
-                                    "data region")
-        pos = s.end
+    columns = _spans(items, data_size)
+    if columns is None:  # something is wrong: the checks tensor by tensor say what
+        columns = _columns([_span(path, name, info, data_size) for name, info in items])
+    names, dtypes, shapes, begins, ends = columns
+    # in data order: by offset, where no two tensors share one (only empty tensors do), else by (begin, end, name)
+    if len(set(begins)) == len(begins):
+        order = sorted(range(len(begins)), key=begins.__getitem__)
+    else:
+        order = sorted(range(len(begins)), key=lambda i: (begins[i], ends[i], names[i]))
+    if order != list(range(len(order))):
+        names, dtypes, shapes = _take(names, order), _take(dtypes, order), _take(shapes, order)
+        begins, ends = _take(begins, order), _take(ends, order)
+    if (begins and begins[0] != 0) or begins[1:] != ends[:-1]:  # the offsets do not tile the region
+        pos = 0
+        for name, begin, end in zip(names, begins, ends, strict=True):
+            if begin != pos:
+                what = "overlap" if begin < pos else "gap"
+                raise FormatError(path, f"tensor {show(name)}: data offsets leave a {what} at byte {pos} of the "
+                                        "data region")
+            pos = end
+    pos = ends[-1] if ends else 0
     if 8 + n + pos != file_size:
         raise FormatError(path, f"file is {file_size} bytes but the header accounts for {8 + n + pos}")
-    return Layout(bytes(head[: 8 + n]), spans, metadata)
+    return Layout(bytes(head[: 8 + n]), names, dtypes, shapes, begins, ends, metadata)
 
 
-def _spans(items: list[tuple[str, Any]], data_size: int) -> list[TensorSpan] | None:
-    """The spans of a header's entries when every check of _span passes, made column by column (C-level maps
+Columns = tuple[list[str], list[str], list[list[int]], list[int], list[int]]  # names, dtypes, shapes, begins, ends
+
+
+T = TypeVar("T")
+
+
+def _take(column: list[T], order: list[int]) -> list[T]:
+    return list(map(column.__getitem__, order))
+
+
+def _columns(spans: list[TensorSpan]) -> Columns:
+    names, dtypes, shapes, begins, ends = (list(c) for c in zip(*spans, strict=True)) if spans else ([], [], [], [], [])
+    return names, dtypes, shapes, begins, ends
+
+
+def _spans(items: list[tuple[str, Any]], data_size: int) -> Columns | None:
+    """The columns of a header's entries when every check of _span passes, made column by column (C-level maps
     over 100,000 entries instead of a call per entry); None as soon as one check fails (or names are not
     ASCII), for _span to find and name the problem."""
     try:
@@ -157,7 +199,7 @@ def _spans(items: list[tuple[str, Any]], data_size: int) -> list[TensorSpan] | N
         width = {d: DTYPES[d].itemsize for d in set(dtypes) if d in DTYPES}  # unknown dtypes: any length
         if any(size != width[d] * c for d, c, size in zip(dtypes, counts, sizes, strict=True) if d in width):
             return None
-        return list(map(TensorSpan._make, zip(names, dtypes, shapes, begins, ends, strict=True)))
+        return names, dtypes, shapes, begins, ends
     except (KeyError, TypeError):  # an entry without a key, a dtype that is a list
         return None
 
@@ -235,4 +277,4 @@ def build_layout(tensors: list[tuple[str, str, list[int], int]], metadata: dict[
         pos += nbytes
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
-    return Layout(struct.pack("<Q", len(text)) + text, spans, metadata)
+    return Layout.of_spans(struct.pack("<Q", len(text)) + text, spans, metadata)

@@ -180,7 +180,7 @@ def _commit(repo: Repo, obj: Any, message: str, metadata: dict | None, *, paths:
         older = parent_manifest.file(rel) if parent_manifest and rel is not None else None
         moved = _move_and_mark(repo, parent, c.id, summary, manifest, plan, state, rel, older, cache)
     cache.save()
-    return CommitResult(c, moved, len(files), sum(len(f.tensors) for f in files), stats.raw_bytes,
+    return CommitResult(c, moved, len(files), sum(f.tensor_count() for f in files), stats.raw_bytes,
                         stats.stored_bytes, stats.chunks, stats.new_chunks,
                         [f.path for f in new if f.kind == "torch" and not f.exact], sorted(plan.removed),
                         len(plan.carried))
@@ -257,11 +257,11 @@ def _same_tree(repo: Repo, manifest: Manifest, parent: Manifest | None) -> bool:
     """Whether a tree with another id than the parent's is still the parent's tree, written in another format
     (format 1 spells out what format 2 implies, format 3 lists bundled tensors as entries: the first unchanged
     commit after an upgrade is still "nothing to commit"). Only a tree whose every file has the parent's bytes
-    (its whole-file hash) can be, and only such a tree is compared tensor by tensor, with the parent's small
-    tensors read from their bundles."""
+    (its whole-file hash) can be, and only such a tree is compared tensor by tensor, with both trees' small
+    tensors read from their bundles (the new tree's as written: bundles.store_bundles)."""
     if parent is None or {f.path: f.hash for f in manifest.files} != {f.path: f.hash for f in parent.files}:
         return False
-    return manifest == resolve_bundles(repo.store, parent)
+    return resolve_bundles(repo.store, manifest) == resolve_bundles(repo.store, parent)
 
 
 def _history(rel: str, lineage: list[Manifest]) -> History:
