@@ -9,8 +9,8 @@ side with zstd on the same file in the same run, so the ratios hold on a loaded 
               of 5e-4 of their mean magnitude, a cheap stand-in for AdamW); --series DIR takes
               benchmarks/make_series.py's real series (DIR/ckpt-N/model.safetensors).
   small       a safetensors file of 100,000 small tensors against a file of the same size holding 4 large
-              ones: commit, status, checkout, objects written and store size against `zstd -1` of the file,
-              then a second commit on top (every value moved, same layout).
+              ones: commit, status, checkout, objects written and store size against `zstd -1` of the file;
+              then, every value moved (same layout), status and a second commit on top.
   pt          the same MiniLM weights as a torch `.pt` state_dict and as safetensors: commit time (needs torch).
   startup     light commands, each in a fresh process: `mlvc --version`, `mlvc status` in an empty repository
               and in one whose 87 MiB MiniLM file is committed and unchanged, `mlvc log` there; the median of
@@ -324,6 +324,7 @@ def run_small(runner: Runner, work: str) -> dict:
             sys.exit(f"checkout of the {label}-tensor file is not byte-identical")
         r.update(store_stats(repo))  # the store holding the one commit, against zstd -1 of the file
         nudged_copy(path, os.path.join(repo, "model.safetensors"))  # every value moves, the layout stays
+        r["status2_s"] = runner.mlvc(repo, "status")  # every tensor changed
         r["commit2_s"] = runner.mlvc(repo, "commit", "model.safetensors", "-m", "y")
         out[label] = r
         shutil.rmtree(repo)
@@ -478,14 +479,15 @@ def main() -> int:
                     runs[label].append(run_small(runner, work))
             result["small"] = {label: median_small(rs) for label, rs in runs.items()}
             print(f"\n100,000 small tensors vs 4 large tensors, same file size, medians of {args.rounds}")
-            print(f"{'version':>8} {'file':>6} {'commit s':>9} {'status s':>9} {'checkout s':>10} {'2nd commit s':>12} "
-                  f"{'objects':>8} {'store MiB':>9} {'du MiB':>7} {'zstd -1 MiB':>11}")
+            print(f"{'version':>8} {'file':>6} {'commit s':>9} {'status s':>9} {'checkout s':>10} "
+                  f"{'status, changed s':>17} {'2nd commit s':>12} {'objects':>8} {'store MiB':>9} {'du MiB':>7} "
+                  f"{'zstd -1 MiB':>11}")
             for label, r in result["small"].items():
                 for kind in ("small", "large"):
                     x = r[kind]
                     print(f"{label:>8} {kind:>6} {x['commit_s']:>9.2f} {x['status_s']:>9.2f} "
-                          f"{x['checkout_s']:>10.2f} {x['commit2_s']:>12.2f} {x['files']:>8} {x['bytes'] / MiB:>9.2f} "
-                          f"{x['disk'] / MiB:>7.1f} {x['zstd_bytes'] / MiB:>11.2f}")
+                          f"{x['checkout_s']:>10.2f} {x['status2_s']:>17.2f} {x['commit2_s']:>12.2f} {x['files']:>8} "
+                          f"{x['bytes'] / MiB:>9.2f} {x['disk'] / MiB:>7.1f} {x['zstd_bytes'] / MiB:>11.2f}")
         if "pt" not in skip:
             result["pt"] = {label: run_pt(runner, work, max(3, args.rounds)) for label, runner in versions.items()}
             print(f"\n.pt against safetensors (same weights), commit, median of {max(3, args.rounds)}")

@@ -216,24 +216,52 @@ def resolve_file(store: ObjectStore, f: FileEntry) -> FileEntry:
             by_bundle.setdefault(t.slot.place, []).append((t, t.slot))
     for members in by_bundle.values():
         bid, length = members[0][1].bundle, members[0][1].length
-        raw: memoryview | None = None
-        try:
-            raw = memoryview(store.get(bid, keep=True))
-        except ObjectNotFoundError:  # a partial fetch brings only the bundles of the tensors it chose
-            pass
-        if raw is not None and len(raw) != length:
-            raise CorruptObjectError(bid, f"a bundle of {len(raw)} bytes, but {f.path}'s tensors in it take {length}: "
-                                          "the manifest naming it is malformed")
-        slices = []
-        for t, slot in members:
-            # a tensor of an absent bundle gets an id of its place, equal for equal places only, whose read
-            # fails naming the bundle
-            t.hash = hash_bytes(raw[slot.offset : slot.offset + t.nbytes] if raw is not None
-                                else f"absent {bid} {slot.offset}".encode())
-            t.chunks = [t.hash]
-            slices.append((t.hash, slot.offset, t.nbytes))
-        store.add_slices(bid, slices)
+        hashes = _slice_hashes(store, f.path, bid, length, [(slot.offset, t.nbytes) for t, slot in members])
+        for (t, _slot), h in zip(members, hashes, strict=True):
+            t.hash = h
+            t.chunks = [h]
+        store.add_slices(bid, [(h, slot.offset, t.nbytes) for (t, slot), h in zip(members, hashes, strict=True)])
     return f
+
+
+def _slice_hashes(store: ObjectStore, path: str, bid: str, length: int, places: list[tuple[int, int]]) -> list[str]:
+    """The hashes of slices (offset, size) of bundle `bid`, of `length` bytes by the file's tensors, read once and
+    verified against its id; CorruptObjectError when its length is another. A slice of a bundle the store lacks
+    (a partial fetch brings only the bundles of the tensors it chose) gets an id of its place, equal for equal
+    places only, whose read fails naming the bundle."""
+    try:
+        raw = memoryview(store.get(bid, keep=True))
+    except ObjectNotFoundError:
+        return [hash_bytes(f"absent {bid} {offset}".encode()) for offset, _n in places]
+    if len(raw) != length:
+        raise CorruptObjectError(bid, f"a bundle of {len(raw)} bytes, but {path}'s tensors in it take {length}: "
+                                      "the manifest naming it is malformed")
+    return [hash_bytes(raw[offset : offset + n]) for offset, n in places]
+
+
+def tensor_hashes(store: ObjectStore, f: FileEntry) -> list[str]:
+    """The hashes of a file's tensors in file order; for tensors kept as columns (a table read without resolving,
+    a snapshot's held tensors) without building an entry per tensor, each bundle read once."""
+    listed = [t.hash for t in f.listed_tensors()]
+    table, held = f.small_table(), f.held()
+    if held is not None:
+        return held.merged(listed, held.ids)
+    if table is None:
+        return [t.hash for t in resolve_file(store, f).tensors]
+    offsets = []  # of each row in its bundle
+    ends = [0] * len(table.bundles)
+    for k, n in zip(table.ins, table.nbytes, strict=True):
+        offsets.append(ends[k])
+        ends[k] += n
+    rows: dict[int, list[int]] = {}
+    for i, k in enumerate(table.ins):
+        rows.setdefault(k, []).append(i)
+    hashes = [""] * len(table.ins)
+    for k, members in rows.items():
+        places = [(offsets[i], table.nbytes[i]) for i in members]
+        for i, h in zip(members, _slice_hashes(store, f.path, table.bundles[k], ends[k], places), strict=True):
+            hashes[i] = h
+    return table.merged(listed, hashes)
 
 
 def small_tensor_ids(manifest: Manifest) -> set[str]:

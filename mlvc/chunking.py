@@ -241,15 +241,16 @@ class Pipeline:
         return r.id, r.stored_size, data, buf
 
     def _hold_run(self, seg: Segment, ahead: _ReadAhead) -> _Run:
-        """A run of small tensors (Segment.cuts) read at once, each tensor's bytes hashed and held for its bundle
-        (as `_put` holds one): 100,000 tiny tensors cost a slice and a hash each, not a segment each."""
-        assert self.store is not None and seg.cuts is not None
-        assert isinstance(seg.data, FileRange), "a run is a range of a file"
+        """A run of small tensors (Segment.cuts) read at once, each tensor's bytes hashed and, with a store, held
+        for its bundle (as `_put` holds one): 100,000 tiny tensors cost a slice and a hash each, not a segment
+        each."""
+        assert seg.cuts is not None and isinstance(seg.data, FileRange), "a run is a range of a file"
         raw = ahead.read(seg.data)
         ends = list(itertools.accumulate(seg.cuts))
         pieces = [raw[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         ids = list(map(hash_bytes, pieces))
-        self.store.hold_many(ids, pieces)
+        if self.store is not None:
+            self.store.hold_many(ids, pieces)
         return _Run(ids, raw)
 
     def holds(self, nbytes: int, width: int) -> bool:
@@ -257,10 +258,15 @@ class Pipeline:
         it needs no delta bases then."""
         return 0 < nbytes <= self.hold_limit(width)
 
+    def small_limit(self, width: int) -> int:
+        """The largest tensor of this element width that is one chunk of at most BUNDLE_TENSOR_MAX bytes: such
+        tensors lying end to end are read as runs (snapshot._held_runs), and with a store held for bundles."""
+        return min(aligned_chunk(self.chunk_size, width), BUNDLE_TENSOR_MAX)
+
     def hold_limit(self, width: int) -> int:
-        """The largest tensor of this element width that is held for a bundle (one chunk, at most
-        BUNDLE_TENSOR_MAX bytes); 0 without a store (nothing is held)."""
-        return 0 if self.store is None else min(aligned_chunk(self.chunk_size, width), BUNDLE_TENSOR_MAX)
+        """The largest tensor of this element width that is held for a bundle (small_limit); 0 without a store
+        (nothing is held)."""
+        return 0 if self.store is None else self.small_limit(width)
 
     def ingest(self, segments: Iterable[Segment]) -> tuple[dict[object, SegmentResult], str]:
         """Store every segment's chunks; returns per-key results and the hash of all bytes in order.

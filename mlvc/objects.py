@@ -243,7 +243,7 @@ class FileEntry:
         """The table while `tensors` is neither built nor assigned; then None."""
         return None if "tensors" in self.__dict__ else self._small
 
-    def _unbuilt(self) -> SmallTable | None:
+    def small_table(self) -> SmallTable | None:
         """The `small` table of bundled tensors while `tensors` is neither built nor assigned; then None (also for
         a snapshot's table of tensors not yet in bundles, which `tensors` answers for)."""
         table = self._table()
@@ -257,7 +257,7 @@ class FileEntry:
     def built(self) -> bool:
         """Whether `tensors` exists (built, assigned, or never from a table): a file read without its tensors
         built has had none of them resolved either."""
-        return self._unbuilt() is None
+        return self.small_table() is None
 
     def tensor_count(self) -> int:
         """len(tensors), without building them."""
@@ -265,8 +265,9 @@ class FileEntry:
         return len(self.tensors) if table is None else len(table.listed) + len(table.names)
 
     def listed_tensors(self) -> list[TensorEntry]:
-        """The tensors that are not in bundles (those a manifest lists as entries), without building a table's."""
-        table = self._unbuilt()
+        """The tensors that are not in bundles (those a manifest lists as entries), without building a table's (nor
+        a snapshot's held tensors: they are small tensors too, which take no delta base)."""
+        table = self._table()
         return [t for t in self.tensors if t.slot is None] if table is None else table.listed
 
     def tensor_names(self) -> list[str]:
@@ -289,7 +290,7 @@ class FileEntry:
         d: dict[str, Any] = {"path": self.path, "kind": self.kind, "size": self.size, "hash": self.hash}
         if self.kind == KIND_BLOB:
             d["chunks"] = list(self.chunks)
-        elif (table := self._unbuilt()) is not None:  # as read, or as bundles.store_bundles made it
+        elif (table := self.small_table()) is not None:  # as read, or as bundles.store_bundles made it
             d["tensors"] = [t.to_dict() for t in table.listed]
             d["bundles"] = list(table.bundles)
             d["small"] = _small_columns(table.runs, table.names, table.dtypes, table.shapes, table.ins)
@@ -342,7 +343,7 @@ class FileEntry:
             else:
                 out.append((bid, start, start + size))
 
-        table = self._unbuilt()
+        table = self.small_table()
         if table is None:
             for t in self.tensors:
                 if t.slot is None:
@@ -367,7 +368,7 @@ class FileEntry:
     def bundled_by_name(self) -> dict[str, tuple[str, int]]:
         """Each bundled tensor's bundle, as (id, length), by tensor name; from the `small` table when the tensors
         are not built, without building them."""
-        table = self._unbuilt()
+        table = self.small_table()
         if table is None:
             return {t.name: (t.slot.bundle, t.slot.length) for t in self.tensors if t.slot is not None}
         bundles = list(zip(table.bundles, table.lengths(), strict=True))
@@ -375,14 +376,14 @@ class FileEntry:
 
     def bundle_lengths(self) -> list[tuple[int, str, int]]:
         """(place, id, length) of each of the file's bundles, in order (its tensors are not built for it)."""
-        table = self._unbuilt()
+        table = self.small_table()
         if table is not None:
             return list(zip(range(len(table.bundles)), table.bundles, table.lengths(), strict=True))
         return sorted({(t.slot.place, t.slot.bundle, t.slot.length) for t in self.tensors if t.slot is not None})
 
     def object_ids(self) -> list[str]:
         ids = list(self.header or []) + list(self.chunks) + list(self.frame or [])
-        table = self._unbuilt()  # the tensors not built yet: the table names its bundles
+        table = self.small_table()  # the tensors not built yet: the table names its bundles
         for t in self.tensors if table is None else table.listed:
             ids.extend(t.object_ids())
         if table is not None:
@@ -684,14 +685,12 @@ def _small_table(path: str, tensors: list[TensorEntry]) -> tuple[list[str], dict
 
 def runs_of(positions: list[int]) -> list[list[int]]:
     """Ascending positions as `small`'s runs: [first position, count] of each stretch of consecutive ones."""
-    if not positions:
-        return []
-    import numpy as np
-
-    p = np.asarray(positions, dtype=np.int64)
-    starts = np.flatnonzero(np.diff(p, prepend=-2) != 1)
-    counts = np.diff(starts, append=len(p))
-    runs: list[list[int]] = np.stack([p[starts], counts], axis=1).tolist()
+    runs: list[list[int]] = []
+    for i in positions:
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, 1])
     return runs
 
 

@@ -213,28 +213,28 @@ RUN_MAX = 1 << 20  # bytes of small tensors read as one run (_held_runs)
 
 
 def _held_runs(pipe: Pipeline, sizes: list[int], dtypes: list[str]) -> dict[int, list[int]]:
-    """Where the tensors (of these byte sizes and dtypes, in file order) that the pipeline holds for bundles
-    (Pipeline.holds) lie end to end, two or more at a time: {index of the first: the byte counts of the run}.
-    A run ends before a tensor that is not held or that would take it past RUN_MAX bytes. A file of 100,000
-    tiny tensors is then ten segments, not 100,000; the rule is applied with numpy (a stretch of held tensors
-    is cut where the running total passes RUN_MAX), not tensor by tensor."""
-    limits = {d: pipe.hold_limit(plane_width(d)) for d in set(dtypes)}
-    if not any(limits.values()):  # nothing is held (no store: `status`, which needs no numpy for it)
-        return {}
-    import numpy as np
-
-    n = np.asarray(sizes, dtype=np.int64)
-    held = (n > 0) & (n <= np.fromiter(map(limits.__getitem__, dtypes), np.int64, len(dtypes)))
-    edges = np.flatnonzero(np.diff(held, prepend=False, append=False)).tolist()  # stretches of held tensors
-    before = np.concatenate(([0], np.cumsum(n)))  # bytes before each tensor
+    """Where the small tensors (Pipeline.small_limit; of these byte sizes and dtypes, in file order) lie end to
+    end, two or more at a time: {index of the first: the byte counts of the run}, each run at most RUN_MAX
+    bytes; with a store, those are the tensors it holds for bundles (Pipeline.holds). A file of 100,000 tiny
+    tensors is then ten segments, not 100,000 (and the size rule is looked up per dtype, not per tensor).
+    Plain Python: `status` of a changed file runs it too, and needs numpy for nothing else."""
+    limits = {d: pipe.small_limit(plane_width(d)) for d in set(dtypes)}
     runs: dict[int, list[int]] = {}
-    for a, b in zip(edges[::2], edges[1::2], strict=True):
-        while b - a > 1:
-            e = int(np.searchsorted(before, before[a] + RUN_MAX, side="right")) - 1  # a .. e - 1 fit
-            e = min(max(e, a + 1), b)
-            if e - a > 1:
-                runs[a] = sizes[a:e]
-            a = e
+    cuts: list[int] = []
+    start = total = 0
+    for i, (n, dtype) in enumerate(zip(sizes, dtypes, strict=True)):
+        small = 0 < n <= limits[dtype]
+        if cuts and (not small or total + n > RUN_MAX):  # the run ends before this tensor
+            if len(cuts) > 1:
+                runs[start] = cuts
+            cuts, total = [], 0
+        if small:
+            if not cuts:
+                start = i
+            cuts.append(n)
+            total += n
+    if len(cuts) > 1:
+        runs[start] = cuts
     return runs
 
 

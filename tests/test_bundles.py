@@ -574,7 +574,8 @@ def test_checkout_reads_no_tensor_hash_and_writes_safetensors_and_torch_files_ex
 
     monkeypatch.setattr(repo, "read_manifest", unresolved)
     monkeypatch.setattr(bundles, "resolve_file", never)
-    monkeypatch.setattr(status, "resolve_file", never)
+    monkeypatch.setattr(bundles, "_slice_hashes", never)
+    monkeypatch.setattr(status, "tensor_hashes", never)
     repo.checkout(c1.id, output=str(tmp_path / "out"))
     assert {n: sha256_file(tmp_path / "out" / n) for n in want} == want
     repo.switch("main")
@@ -800,8 +801,9 @@ def test_a_commit_of_small_tensors_builds_no_entry_for_them(tmp_path, monkeypatc
 
 
 def test_held_runs_split_where_the_rule_says(tmp_path):
-    """Runs are two or more held tensors end to end, at most RUN_MAX bytes; a tensor too large, an empty one or
-    one of 4 KiB + 1 ends a run, and a tensor of an unknown dtype is held (width 1) like any other."""
+    """Runs are two or more small tensors end to end, at most RUN_MAX bytes; a tensor too large, an empty one or
+    one of 4 KiB + 1 ends a run, and a tensor of an unknown dtype is small (width 1) like any other; without a
+    store (`status`) the runs are the same."""
     from mlvc import snapshot
     from mlvc.chunking import Pipeline
     from mlvc.store import MemoryObjectStore
@@ -813,7 +815,8 @@ def test_held_runs_split_where_the_rule_says(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(snapshot, "RUN_MAX", 16)
         assert snapshot._held_runs(pipe, sizes, dtypes) == {0: [4, 8, 3], 7: [8, 2]}
-    assert snapshot._held_runs(Pipeline(None, 2 << 20), sizes, dtypes) == {}  # nothing is held without a store
+    no_store = Pipeline(None, 2 << 20)  # `status`: the same runs, hashed, not held
+    assert snapshot._held_runs(no_store, sizes, dtypes) == {0: [4, 8, 3], 6: [16, 8, 2, 4096, 4]}
 
 
 def _held_runs_one_by_one(limits: dict[str, int], sizes: list[int], dtypes: list[str], run_max: int) -> dict:
@@ -858,7 +861,7 @@ def _groups_one_by_one(sizes: list[int], widths: list[int], bundle_max: int) -> 
                                st.sampled_from([0, 1, 2, 4, 8])), max_size=60),
        run_max=st.sampled_from([1, 8, 16, 64, 4096, 1 << 20]))
 def test_held_runs_and_bundle_groups_follow_their_rule_tensor_by_tensor(rows, run_max):
-    """The numpy forms of the run rule (snapshot._held_runs) and the bundle rule (bundles._groups) give what the
+    """The run rule (snapshot._held_runs) and the numpy form of the bundle rule (bundles._groups) give what the
     rules give applied one tensor at a time, for any sizes (empty, filling a bound exactly, past every bound),
     dtypes and bounds."""
     from mlvc import snapshot
@@ -928,3 +931,42 @@ def test_show_counts_a_files_tensors_without_building_them(tmp_path, monkeypatch
     m = repo.read_manifest(c.manifest, resolve=False)
     assert m.files[0].tensor_count() == 44 and small_tensor_ids(m) == set() and not built
     assert len(m.files[0].tensors) == 44 and built == [1]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=_spec, changed=st.sets(st.integers(0, 24)), dropped=st.sets(st.integers(0, 24)),
+       added=st.integers(0, 3))
+def test_status_of_a_changed_file_of_small_tensors_names_what_changed_without_entries(tmp_path_factory, spec,
+                                                                                    changed, dropped, added):
+    """`status` of a changed file compares its tensors as columns on both sides (the commit's table read without
+    hashes, the working file's small tensors read in runs, its header taken from the commit when unchanged):
+    it names exactly the tensors changed, added and removed, builds no entry per small tensor, and parses the
+    working file's header only when it is not the commit's."""
+    first = _tensors(len(spec), spec)
+    names = list(first)
+    second = {k: (~v if v.dtype == np.bool_ else v + 1) if i in changed and v.size else v
+              for i, (k, v) in enumerate(first.items()) if i not in dropped}
+    second.update({f"new.{i}": np.full(i + 1, i, np.float32) for i in range(added)})
+    repo = make_repo(tmp_path_factory.mktemp("status") / "repo")
+    _, path = _commit(repo, first)
+    write_safetensors_np(path, second)
+
+    def never(self):
+        raise AssertionError("status built an entry per small tensor")
+
+    from mlvc import snapshot
+
+    parsed = []
+    real = snapshot.st.read_layout
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(objects.HeldTable, "_entries", never)
+        mp.setattr(objects.SmallTable, "_entries", never)
+        mp.setattr(snapshot.st, "read_layout", lambda f, rel: parsed.append(rel) or real(f, rel))
+        st_ = repo.status()
+    assert bool(parsed) == bool(dropped & set(range(len(names))) or added)  # the commit's header, when unchanged
+    (f,) = [f for f in st_.files if f.path == "model.safetensors"]
+    want_changed = sorted(n for n in names if n in second and second[n].tobytes() != first[n].tobytes())
+    want_added, want_removed = sorted(f"new.{i}" for i in range(added)), sorted(n for n in names if n not in second)
+    assert f.state == ("modified" if want_changed or want_added or want_removed else "unchanged")
+    assert (sorted(f.tensors_changed), sorted(f.tensors_added), sorted(f.tensors_removed)) == \
+        (want_changed, want_added, want_removed)

@@ -21,7 +21,7 @@ from .. import lockfile
 from ..errors import ConfigError, PathError
 from ..objects import FileEntry, Manifest, check_rel_path
 from ..progress import NULL, Progress
-from ..snapshot import file_hash, snapshot_path
+from ..snapshot import History, file_hash, snapshot_path
 from ..statcache import StatCache
 from ..util import TMP_PREFIX, atomic_write_bytes, is_object_id
 
@@ -380,7 +380,9 @@ def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cac
                 cache.record(rel, full, old.hash, seen)
                 out[rel] = old
                 continue
-            entry = snapshot_path(pipe, full, rel, as_blob=old is not None and old.kind == "blob")
+            # the committed entry as the parent: a header unchanged is not parsed again (snapshot._as_parent)
+            entry = snapshot_path(pipe, full, rel, as_blob=old is not None and old.kind == "blob",
+                                  history=History(old))
             cache.record(rel, full, entry.hash, seen)
             out[rel] = entry
     return out
