@@ -163,8 +163,9 @@ def _bundle_held(store: ObjectStore, f: FileEntry, held: HeldTable, old: FileEnt
     tensor could go into a bundle too, or a row could not (the snapshot makes neither): the caller then bundles
     the file's tensors as entries."""
     # every row is bundled: held (so at most BUNDLE_TENSOR_MAX bytes, Pipeline.hold_limit), of a known dtype whose
-    # size its shape gives (safetensors.parse_layout checks it)
-    if not 0 < min(held.nbytes) <= max(held.nbytes) <= BUNDLE_TENSOR_MAX or any(_widths(held.listed)):
+    # size its shape gives (safetensors.parse_layout checked it)
+    if not 0 < min(held.nbytes) <= max(held.nbytes) <= BUNDLE_TENSOR_MAX or not set(held.dtypes) <= DTYPES.keys() \
+            or any(_widths(held.listed)):
         return None
     widths = {d: plane_width(d) for d in set(held.dtypes)}
     row_widths = list(map(widths.__getitem__, held.dtypes))
@@ -242,10 +243,9 @@ def _slice_hashes(store: ObjectStore, path: str, bid: str, length: int, places: 
 def tensor_hashes(store: ObjectStore, f: FileEntry) -> list[str]:
     """The hashes of a file's tensors in file order; for tensors kept as columns (a table read without resolving,
     a snapshot's held tensors) without building an entry per tensor, each bundle read once."""
-    listed = [t.hash for t in f.listed_tensors()]
     table, held = f.small_table(), f.held()
     if held is not None:
-        return held.merged(listed, held.ids)
+        return held.merged([t.hash for t in held.listed], held.ids)
     if table is None:
         return [t.hash for t in resolve_file(store, f).tensors]
     offsets = []  # of each row in its bundle
@@ -261,7 +261,7 @@ def tensor_hashes(store: ObjectStore, f: FileEntry) -> list[str]:
         places = [(offsets[i], table.nbytes[i]) for i in members]
         for i, h in zip(members, _slice_hashes(store, f.path, table.bundles[k], ends[k], places), strict=True):
             hashes[i] = h
-    return table.merged(listed, hashes)
+    return table.merged([t.hash for t in table.listed], hashes)
 
 
 def small_tensor_ids(manifest: Manifest) -> set[str]:

@@ -255,8 +255,8 @@ class FileEntry:
         return table if isinstance(table, HeldTable) else None
 
     def built(self) -> bool:
-        """Whether `tensors` exists (built, assigned, or never from a table): a file read without its tensors
-        built has had none of them resolved either."""
+        """Whether `tensors` exists (built, assigned, or never from a table) or is a snapshot's held tensors (whose
+        ids it holds): a file read without its tensors built has had none of them resolved either."""
         return self.small_table() is None
 
     def tensor_count(self) -> int:

@@ -251,6 +251,12 @@ def read_layout(f, path: str) -> Layout:
     import os
 
     size = os.fstat(f.fileno()).st_size
+    return parse_layout(read_header(f, size, path), size, path)
+
+
+def read_header(f, size: int, path: str) -> bytes:
+    """The first 8 + N bytes of a `size`-byte file (the length and the JSON header, unparsed); FormatError when
+    no such header fits in the file."""
     f.seek(0)
     first = f.read(8)
     if len(first) < 8:
@@ -258,7 +264,7 @@ def read_layout(f, path: str) -> Layout:
     (n,) = struct.unpack("<Q", first)
     if n > MAX_HEADER or 8 + n > size:
         raise FormatError(path, f"header length {n} is impossible for a {size}-byte file; not safetensors?")
-    return parse_layout(first + f.read(n), size, path)
+    return bytes(first + f.read(n))
 
 
 def build_layout(tensors: list[tuple[str, str, list[int], int]], metadata: dict[str, str] | None = None) -> Layout:
