@@ -214,7 +214,7 @@ def _held_runs(pipe: Pipeline, sizes: list[int], dtypes: list[str]) -> dict[int,
     end, two or more at a time: {index of the first: the byte counts of the run}, each run at most RUN_MAX
     bytes; with a store, those are the tensors it holds for bundles (Pipeline.holds). A file of 100,000 tiny
     tensors is then ten segments, not 100,000 (and the size rule is looked up per dtype, not per tensor).
-    Plain Python: `status` of a changed file runs it too, and needs numpy for nothing else."""
+    Plain Python: `status` snapshots a file touched but unchanged to find that out, and needs no numpy for it."""
     limits = {d: pipe.small_limit(plane_width(d)) for d in set(dtypes)}
     runs: dict[int, list[int]] = {}
     cuts: list[int] = []
