@@ -248,18 +248,14 @@ def tensor_hashes(store: ObjectStore, f: FileEntry) -> list[str]:
         return held.merged([t.hash for t in held.listed], held.ids)
     if table is None:
         return [t.hash for t in resolve_file(store, f).tensors]
-    offsets = []  # of each row in its bundle
-    ends = [0] * len(table.bundles)
-    for k, n in zip(table.ins, table.nbytes, strict=True):
-        offsets.append(ends[k])
-        ends[k] += n
+    offsets, lengths = table.offsets(), table.lengths()
     rows: dict[int, list[int]] = {}
     for i, k in enumerate(table.ins):
         rows.setdefault(k, []).append(i)
     hashes = [""] * len(table.ins)
     for k, members in rows.items():
         places = [(offsets[i], table.nbytes[i]) for i in members]
-        for i, h in zip(members, _slice_hashes(store, f.path, table.bundles[k], ends[k], places), strict=True):
+        for i, h in zip(members, _slice_hashes(store, f.path, table.bundles[k], lengths[k], places), strict=True):
             hashes[i] = h
     return table.merged([t.hash for t in table.listed], hashes)
 

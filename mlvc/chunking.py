@@ -138,8 +138,9 @@ class Segment:
     bases2: list[str] | None = None  # ... and in the grandparent (for the linear-prediction delta)
     lineage: list[list[str] | None] | None = None  # ... and in the first-parent ancestors, nearest first
     tensor: bool = False  # a tensor's bytes: if small, held for a bundle instead of stored (ObjectStore.hold)
-    # A run of small tensors that lie end to end (their byte counts, in order), each held for a bundle: read and
-    # hashed in one go instead of as a segment each (Pipeline.ingest; SegmentResult.parts gets their ids)
+    # A run of small tensors that lie end to end (their byte counts, in order), each held for a bundle when the
+    # pipeline stores: read and hashed in one go instead of as a segment each (Pipeline.ingest;
+    # SegmentResult.parts gets their ids)
     cuts: list[int] | None = None
 
 
@@ -152,7 +153,7 @@ class SegmentResult:
 
 
 class _Run(NamedTuple):
-    """A run of held tensors as ingest's in-flight item: their ids, and their bytes for the file's hash."""
+    """A run of small tensors as ingest's in-flight item: their ids, and their bytes for the file's hash."""
 
     ids: list[str]
     data: bytes
@@ -240,7 +241,7 @@ class Pipeline:
         r = self.store.put(data, width, base=base, base2=base2, remember=self.remember, pack=pack, lineage=lineage)
         return r.id, r.stored_size, data, buf
 
-    def _hold_run(self, seg: Segment, ahead: _ReadAhead) -> _Run:
+    def _read_run(self, seg: Segment, ahead: _ReadAhead) -> _Run:
         """A run of small tensors (Segment.cuts) read at once, each tensor's bytes hashed and, with a store, held
         for its bundle (as `_put` holds one): 100,000 tiny tensors cost a slice and a hash each, not a segment
         each."""
@@ -260,7 +261,7 @@ class Pipeline:
 
     def small_limit(self, width: int) -> int:
         """The largest tensor of this element width that is one chunk of at most BUNDLE_TENSOR_MAX bytes: such
-        tensors lying end to end are read as runs (snapshot._held_runs), and with a store held for bundles."""
+        tensors lying end to end are read as runs (snapshot._small_runs), and with a store held for bundles."""
         return min(aligned_chunk(self.chunk_size, width), BUNDLE_TENSOR_MAX)
 
     def hold_limit(self, width: int) -> int:
@@ -313,7 +314,7 @@ class Pipeline:
             for seg in segments:
                 res = results[seg.key] = SegmentResult(nbytes=len(seg.data))
                 if seg.cuts is not None:
-                    inflight.append((res, None, self._hold_run(seg, ahead)))
+                    inflight.append((res, None, self._read_run(seg, ahead)))
                     while len(inflight) > self.window:
                         consume()
                     continue

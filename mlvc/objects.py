@@ -270,11 +270,6 @@ class FileEntry:
         table = self._table()
         return [t for t in self.tensors if t.slot is None] if table is None else table.listed
 
-    def tensor_names(self) -> list[str]:
-        """The tensors' names (those listed, then those of the table), without building them."""
-        table = self._table()
-        return [t.name for t in self.tensors] if table is None else [t.name for t in table.listed] + table.names
-
     def columns(self) -> tuple[list[str], list[str], list[list[int]], list[int]]:
         """The tensors' names, dtypes, shapes and byte sizes in file order, without building a table's entries."""
         table = self._table()
@@ -334,35 +329,26 @@ class FileEntry:
         """The tensors' bytes in file order, as chunk ids and (bundle, start, end) slices: each run of tensors that
         lie end to end in one bundle is one slice (a file of 100,000 tiny tensors: a slice per bundle). From the
         `small` table when the tensors are not built, without building them."""
-        out: list[str | tuple[str, int, int]] = []
-
-        def add(bid: str, start: int, size: int) -> None:
-            last = out[-1] if out else None
-            if type(last) is tuple and last[0] == bid and last[2] == start:
-                out[-1] = (bid, last[1], start + size)
-            else:
-                out.append((bid, start, start + size))
-
         table = self.small_table()
+        items: list[list[str] | tuple[str, int, int]]  # per tensor: its chunks, or its slice of a bundle
         if table is None:
-            for t in self.tensors:
-                if t.slot is None:
-                    out.extend(t.chunks)
-                else:
-                    add(t.slot.bundle, t.slot.offset, t.nbytes)
-            return out
-        ends = [0] * len(table.bundles)
-        taken = row = 0  # of the listed tensors, of the rows
-        for position, count in table.runs:
-            for t in table.listed[taken : position - row]:
-                out.extend(t.chunks)
-            taken = position - row
-            for k, size in zip(table.ins[row : row + count], table.nbytes[row : row + count], strict=True):
-                add(table.bundles[k], ends[k], size)
-                ends[k] += size
-            row += count
-        for t in table.listed[taken:]:
-            out.extend(t.chunks)
+            items = [t.chunks if t.slot is None else (t.slot.bundle, t.slot.offset, t.slot.offset + t.nbytes)
+                     for t in self.tensors]
+        else:
+            listed: list[list[str] | tuple[str, int, int]] = [t.chunks for t in table.listed]
+            rows: list[list[str] | tuple[str, int, int]] = [
+                (table.bundles[k], offset, offset + n)
+                for k, offset, n in zip(table.ins, table.offsets(), table.nbytes, strict=True)]
+            items = table.merged(listed, rows)
+        out: list[str | tuple[str, int, int]] = []
+        for item in items:
+            last = out[-1] if out else None
+            if isinstance(item, list):
+                out.extend(item)
+            elif type(last) is tuple and last[0] == item[0] and last[2] == item[1]:  # end to end in one bundle
+                out[-1] = (item[0], last[1], item[2])
+            else:
+                out.append(item)
         return out
 
     def bundled_by_name(self) -> dict[str, tuple[str, int]]:
@@ -402,7 +388,7 @@ class Manifest:
     def to_bytes(self) -> bytes:
         for f in self.files:  # what no reader could read back is refused here, naming the file
             check_rel_path(f.path)
-            names = f.tensor_names()
+            names = f.columns()[0]
             bad = None if "".join(names).isascii() else next((n for n in names if not is_utf8_text(n)), None)
             if bad is not None:
                 raise FormatError(f.path, f"tensor name {show(bad)} is not valid UTF-8 text (it holds a lone "
@@ -835,17 +821,21 @@ class SmallTable(_Rows):
             out[k] += size
         return out
 
-    def _entries(self) -> list[TensorEntry]:
-        """Each row with its slot (its offset is the sum of the sizes before it in the same bundle), no hash."""
+    def offsets(self) -> list[int]:
+        """Each row's offset in its bundle: the sum of the sizes before it in the same bundle."""
         ends = [0] * len(self.bundles)
-        lengths = self.lengths()
-        small = []
-        for name, dtype, shape, k, size in zip(self.names, self.dtypes, self.shapes, self.ins, self.nbytes,
-                                               strict=True):
-            small.append(TensorEntry(name, dtype, shape, size, "", [], None,
-                                     Slot(self.bundles[k], ends[k], lengths[k], k)))
+        out = []
+        for k, size in zip(self.ins, self.nbytes, strict=True):
+            out.append(ends[k])
             ends[k] += size
-        return small
+        return out
+
+    def _entries(self) -> list[TensorEntry]:
+        """Each row with its slot, no hash."""
+        lengths = self.lengths()
+        return [TensorEntry(name, dtype, shape, size, "", [], None, Slot(self.bundles[k], offset, lengths[k], k))
+                for name, dtype, shape, k, size, offset
+                in zip(self.names, self.dtypes, self.shapes, self.ins, self.nbytes, self.offsets(), strict=True)]
 
 
 def _check_runs(where: str, runs: list[Any], rows: int, listed: int) -> None:

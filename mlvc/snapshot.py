@@ -76,8 +76,9 @@ class History:
         return list(t.chunks) if t is not None and t.dtype == dtype and list(t.shape) == list(shape) else None
 
     def tensor(self, pipe: Pipeline, name: str, dtype: str, shape: list[int], nbytes: int) -> dict:
-        """The delta bases of a tensor's chunks; none for a tensor held for a bundle (Pipeline.holds)."""
-        if pipe.holds(nbytes, plane_width(dtype)):
+        """The delta bases of a tensor's chunks; none for a tensor held for a bundle (Pipeline.holds), nor for a
+        snapshot that stores nothing (`status`)."""
+        if pipe.store is None or pipe.holds(nbytes, plane_width(dtype)):
             return {}
         return {"bases": self._tensor(self.parent, name, dtype, shape),
                 "bases2": self._tensor(self.grandparent, name, dtype, shape),
@@ -149,7 +150,7 @@ def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str, history: Hist
         ds = len(head)
         begins = list(itertools.accumulate(sizes, initial=0))
         segs = [Segment(HEADER_KEY, memoryview(head), 1, **history.header())]
-        runs = _held_runs(pipe, sizes, dtypes)
+        runs = _small_runs(pipe, sizes, dtypes)
         held: list[int] = []  # tensors held one at a time
         i = 0
         while i < len(names):
@@ -206,10 +207,10 @@ def _as_parent(pipe: Pipeline, f: BinaryIO, size: int, parent: FileEntry | None
     return (head, columns) if len(head) + sum(columns[3]) == size else None
 
 
-RUN_MAX = 1 << 20  # bytes of small tensors read as one run (_held_runs)
+RUN_MAX = 1 << 20  # bytes of small tensors read as one run (_small_runs)
 
 
-def _held_runs(pipe: Pipeline, sizes: list[int], dtypes: list[str]) -> dict[int, list[int]]:
+def _small_runs(pipe: Pipeline, sizes: list[int], dtypes: list[str]) -> dict[int, list[int]]:
     """Where the small tensors (Pipeline.small_limit; of these byte sizes and dtypes, in file order) lie end to
     end, two or more at a time: {index of the first: the byte counts of the run}, each run at most RUN_MAX
     bytes; with a store, those are the tensors it holds for bundles (Pipeline.holds). A file of 100,000 tiny

@@ -664,7 +664,7 @@ def test_slots_a_reader_could_not_place_are_refused_when_written(bad):
        changed=st.sets(st.integers(0, 24)))
 def test_runs_and_columns_give_the_tree_tensor_by_tensor_ingest_and_entries_give(tmp_path_factory, spec, run_max,
                                                                                  bundle_max, changed):
-    """A safetensors file's small tensors read as runs (snapshot._held_runs, Pipeline.ingest with cuts) or read
+    """A safetensors file's small tensors read as runs (snapshot._small_runs, Pipeline.ingest with cuts) or read
     one segment each, and bundled from the snapshot's columns (bundles._bundle_held) or as entries, make the
     same trees (the same manifest ids, a first commit and one that changes some tensors over it), the same
     counts, and the same file hash, whatever the mix of widths, empty tensors, large tensors, run and bundle
@@ -680,7 +680,7 @@ def test_runs_and_columns_give_the_tree_tensor_by_tensor_ingest_and_entries_give
             mp.setattr(snapshot, "RUN_MAX", run_max)
             mp.setattr(bundles, "BUNDLE_MAX", bundle_max)
             if not runs:
-                mp.setattr(snapshot, "_held_runs", lambda pipe, sizes, dtypes: {})
+                mp.setattr(snapshot, "_small_runs", lambda pipe, sizes, dtypes: {})
             if not columns:
                 mp.setattr(bundles, "_bundle_held", lambda *args: None)
             repo = make_repo(tmp_path_factory.mktemp("runs") / "repo")
@@ -820,7 +820,7 @@ def test_a_commit_of_small_tensors_builds_no_entry_for_them(tmp_path, monkeypatc
     assert repo.fsck().ok
 
 
-def test_held_runs_split_where_the_rule_says(tmp_path):
+def test_small_runs_split_where_the_rule_says(tmp_path):
     """Runs are two or more small tensors end to end, at most RUN_MAX bytes; a tensor too large, an empty one or
     one of 4 KiB + 1 ends a run, and a tensor of an unknown dtype is small (width 1) like any other; without a
     store (`status`) the runs are the same."""
@@ -831,16 +831,16 @@ def test_held_runs_split_where_the_rule_says(tmp_path):
     pipe = Pipeline(MemoryObjectStore(), 2 << 20)
     dtypes, sizes = map(list, zip(("F32", 4), ("F32", 8), ("F4", 3), ("F32", 4097), ("F32", 4), ("U8", 0),
                                   ("I64", 16), ("I64", 8), ("F16", 2), ("F32", 4096), ("F32", 4), strict=True))
-    assert snapshot._held_runs(pipe, sizes, dtypes) == {0: [4, 8, 3], 6: [16, 8, 2, 4096, 4]}
+    assert snapshot._small_runs(pipe, sizes, dtypes) == {0: [4, 8, 3], 6: [16, 8, 2, 4096, 4]}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(snapshot, "RUN_MAX", 16)
-        assert snapshot._held_runs(pipe, sizes, dtypes) == {0: [4, 8, 3], 7: [8, 2]}
+        assert snapshot._small_runs(pipe, sizes, dtypes) == {0: [4, 8, 3], 7: [8, 2]}
     no_store = Pipeline(None, 2 << 20)  # `status`: the same runs, hashed, not held
-    assert snapshot._held_runs(no_store, sizes, dtypes) == {0: [4, 8, 3], 6: [16, 8, 2, 4096, 4]}
+    assert snapshot._small_runs(no_store, sizes, dtypes) == {0: [4, 8, 3], 6: [16, 8, 2, 4096, 4]}
 
 
-def _held_runs_one_by_one(limits: dict[str, int], sizes: list[int], dtypes: list[str], run_max: int) -> dict:
-    """snapshot._held_runs' rule, tensor by tensor: a run ends before a tensor not held or past run_max."""
+def _small_runs_one_by_one(limits: dict[str, int], sizes: list[int], dtypes: list[str], run_max: int) -> dict:
+    """snapshot._small_runs' rule, tensor by tensor: a run ends before a tensor not held or past run_max."""
     runs: dict[int, list[int]] = {}
     cuts: list[int] = []
     start = total = 0
@@ -880,8 +880,8 @@ def _groups_one_by_one(sizes: list[int], widths: list[int], bundle_max: int) -> 
                                st.one_of(st.sampled_from([0, 1, 2, 4, 8]), st.integers(0, 5000)),
                                st.sampled_from([0, 1, 2, 4, 8])), max_size=60),
        run_max=st.sampled_from([1, 8, 16, 64, 4096, 1 << 20]))
-def test_held_runs_and_bundle_groups_follow_their_rule_tensor_by_tensor(rows, run_max):
-    """The run rule (snapshot._held_runs) and the numpy form of the bundle rule (bundles._groups) give what the
+def test_small_runs_and_bundle_groups_follow_their_rule_tensor_by_tensor(rows, run_max):
+    """The run rule (snapshot._small_runs) and the numpy form of the bundle rule (bundles._groups) give what the
     rules give applied one tensor at a time, for any sizes (empty, filling a bound exactly, past every bound),
     dtypes and bounds."""
     from mlvc import snapshot
@@ -897,7 +897,7 @@ def test_held_runs_and_bundle_groups_follow_their_rule_tensor_by_tensor(rows, ru
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(snapshot, "RUN_MAX", run_max)
         mp.setattr(bundles, "BUNDLE_MAX", run_max)
-        assert snapshot._held_runs(pipe, sizes, dtypes) == _held_runs_one_by_one(limits, sizes, dtypes, run_max)
+        assert snapshot._small_runs(pipe, sizes, dtypes) == _small_runs_one_by_one(limits, sizes, dtypes, run_max)
         assert bundles._groups(sizes, widths) == _groups_one_by_one(sizes, widths, run_max)
     positions = sorted({i * 3 // 2 for i in range(len(rows))} | {n for n in sizes if n < 100})
     runs = objects.runs_of(positions)

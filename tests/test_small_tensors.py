@@ -414,16 +414,19 @@ def test_history_finds_each_tensor_base_by_name_walking_the_parent_once(parent_s
     from mlvc.chunking import Pipeline
     from mlvc.objects import FileEntry, TensorEntry
     from mlvc.snapshot import History
+    from mlvc.store import MemoryObjectStore
 
     tensors = [TensorEntry(name, dtype, [n], 4 * n, f"{i:032x}", [f"{i:032x}"])
                for i, (name, dtype, n) in enumerate(parent_specs)]
     entry = FileEntry("m.safetensors", "safetensors", 0, "0" * 32, tensors=_Walks(tensors))
     history = History(entry, None, ancestors=[entry, None])
+    pipe = Pipeline(MemoryObjectStore(), 1 << 20)  # a pipeline that stores (without one, no tensor takes bases)
+    pipe.hold_limit = lambda width: 0  # type: ignore[method-assign]  # and holds nothing
     _Walks.walks = 0
     for name, dtype, n in asked:
         want = next((t for t in tensors if t.name == name), None)
         want_chunks = list(want.chunks) if want is not None and (want.dtype, want.shape) == (dtype, [n]) else None
-        got = history.tensor(Pipeline(None, 1 << 20), name, dtype, [n], 4 * n)  # no store: nothing held
+        got = history.tensor(pipe, name, dtype, [n], 4 * n)
         assert got["bases"] == want_chunks and got["bases2"] is None and got["lineage"] == [want_chunks, None]
     assert _Walks.walks <= 1
 
