@@ -243,9 +243,10 @@ def zstd_times(path: str, work: str) -> dict:
     return {"zstd_s": zc, "zstd_cpu_s": zc_cpu, "unzstd_s": zd, "unzstd_cpu_s": zd_cpu, "zstd_bytes": size}
 
 
-def store_stats(repo: str) -> dict:
-    """Objects written, their bytes (file sizes) and the disk they take (du), and the deepest chain."""
-    objects = os.path.join(repo, ".mlvc", "objects")
+def store_stats(repo: str, folder: str = "objects") -> dict:
+    """Files in .mlvc/<folder> (the objects; the raw cache: "cache"), their bytes (file sizes) and the disk they
+    take (du)."""
+    objects = os.path.join(repo, ".mlvc", folder)
     count = nbytes = disk = 0
     for dirpath, _dirs, files in os.walk(objects):
         for name in files:
@@ -282,7 +283,8 @@ def run_series(runner: Runner, paths: list[str], work: str) -> list[dict]:
         raw += os.path.getsize(path)
         rows.append({"k": k, "depth": max_depth(repo, before), "commit_s": commit, "commit_cpu_s": commit_cpu,
                      "checkout_s": checkout, "checkout_cpu_s": checkout_cpu, **z,
-                     "stored_ratio": store_stats(repo)["bytes"] / raw})
+                     "stored_ratio": store_stats(repo)["bytes"] / raw,
+                     "cache_mib": store_stats(repo, "cache")["bytes"] / MiB})  # the raw cache beside the store
     # every commit checked out again at the end, the way a user goes back to an old one
     for k, row in enumerate(rows):
         out = os.path.join(work, "out")
@@ -395,18 +397,18 @@ def series_summary(rows_by_round: list[list[dict]]) -> list[dict]:
                     "checkout_old_x": statistics.median(r["checkout_old_s"] / r["unzstd_old_s"] for r in rs),
                     "commit_cpu_x": statistics.median(r["commit_cpu_s"] / r["zstd_cpu_s"] for r in rs),
                     "checkout_cpu_x": statistics.median(r["checkout_cpu_s"] / r["unzstd_cpu_s"] for r in rs),
-                    "stored_ratio": rs[0]["stored_ratio"]})
+                    "stored_ratio": rs[0]["stored_ratio"], "cache_mib": rs[0]["cache_mib"]})
     return out
 
 
 def print_series(title: str, summary: list[dict]) -> None:
     print(f"\n{title}")
     print(f"{'ckpt':>4} {'depth':>5} {'commit s':>9} {'/zstd':>6} {'cpu /zstd':>9} {'checkout s':>10} {'/zstd -d':>8} "
-          f"{'cpu /zstd -d':>12} {'old co /zstd -d':>15} {'stored/raw':>10}")
+          f"{'cpu /zstd -d':>12} {'old co /zstd -d':>15} {'stored/raw':>10} {'cache MiB':>9}")
     for r in summary:
         print(f"{r['k']:>4} {r['depth']:>5} {r['commit_s']:>9.2f} {r['commit_x']:>6.2f} {r['commit_cpu_x']:>9.2f} "
               f"{r['checkout_s']:>10.2f} {r['checkout_x']:>8.2f} {r['checkout_cpu_x']:>12.2f} "
-              f"{r['checkout_old_x']:>15.2f} {r['stored_ratio']:>10.3f}")
+              f"{r['checkout_old_x']:>15.2f} {r['stored_ratio']:>10.3f} {r['cache_mib']:>9.1f}")
     print(f"median: commit {statistics.median(r['commit_x'] for r in summary):.2f}x zstd -1 -T0 "
           f"(CPU {statistics.median(r['commit_cpu_x'] for r in summary):.2f}x), "
           f"checkout {statistics.median(r['checkout_x'] for r in summary):.2f}x zstd -d "

@@ -23,6 +23,7 @@ from .chunking import IngestStats, Pipeline
 from .errors import CorruptObjectError, MlvcError, NotARepositoryError, PathError, RepositoryExistsError
 from .objects import Commit, Manifest, parse_object
 from .progress import NULL, Progress
+from .rawcache import RawCache
 from .refs import HEADS, TAGS, RefStore
 from .store import LooseObjectStore
 
@@ -99,7 +100,10 @@ class Repo:
         self.store = LooseObjectStore(os.path.join(self.dir, "objects"), level=self.config.zstd_level,
                                       keyframe_interval=self.config.keyframe_interval,
                                       cache_bytes=self.config.cache_mb << 20,
-                                      skip_deltas=bool(self.config.skip_deltas))
+                                      skip_deltas=bool(self.config.skip_deltas),
+                                      raw_cache=RawCache(os.path.join(self.dir, "cache", "raw"),
+                                                         self.config.raw_cache_mb << 20)
+                                      if self.config.raw_cache_mb else None)
         self.refs = RefStore(self.dir)
 
     # -- opening ---------------------------------------------------------------------------------------

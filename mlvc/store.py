@@ -27,6 +27,8 @@ from .util import ID_HEX_LEN, atomic_writer, fsync_dir, hash_bytes
 if TYPE_CHECKING:
     import zstandard
 
+    from .rawcache import RawCache
+
 # numpy and zstandard are imported where packs are read and written (numpy for the byte planes of a pack's
 # sections), and the fsync pool by flush(): opening a repository, which every command does, imports none of them
 # (tests/test_startup.py).
@@ -108,12 +110,15 @@ class ObjectStore:
     """
 
     def __init__(self, level: int = 1, keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, skip_deltas: bool = False):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, skip_deltas: bool = False, raw_cache: RawCache | None = None):
         self.level = level
         self.keyframe_interval = keyframe_interval
         self.skip_deltas = skip_deltas  # core.skip_deltas: take skip-delta bases when given a lineage
         self.freshen_after = FRESHEN_AFTER
         self._cache = _LRU(cache_bytes)
+        # Raw copies of the chunks recent commits stored, on disk (mlvc/rawcache.py): what the next commit deltas
+        # against, and what a checkout of a recent commit reads, without decoding their delta chains.
+        self.raw_cache = raw_cache
         # Small tensors' bytes by id, kept in bundles rather than object files of their own (docs/format.md,
         # "Bundles"): held in memory from ingest until a manifest stores their bundle, then read as slices of it.
         self._held: dict[str, bytes] = {}
@@ -224,6 +229,8 @@ class ObjectStore:
             if self.freshen_packed(oid):
                 return PutResult(oid, n, 0)
             return PutResult(oid, n, self.write_packed_raw(oid, raw, width))
+        if self.raw_cache is not None and n > PACK_OBJECT_MAX:
+            self.raw_cache.put(oid, raw)
         # An object already here is freshened, not rewritten: it may be old and unreachable (a deleted branch's),
         # and gc must not remove it now that a commit in flight needs it.
         if self.freshen(oid):  # False when absent
@@ -359,6 +366,10 @@ class ObjectStore:
         """`below`: the depth of the delta that needs this object as a base; a base at or above it is refused
         before its own bases are read, so damaged files naming each other in a cycle cannot recurse forever."""
         hit = self._cache.get(oid) if from_cache else None
+        if hit is None and from_cache and self.raw_cache is not None and not self._packed(oid):
+            hit = self._raw_cached(oid, below, self.raw_cache)
+            if hit is not None and cache:
+                self._cache.put(oid, *hit)
         if hit is not None:
             return hit
         try:
@@ -375,6 +386,22 @@ class ObjectStore:
         if cache:
             self._cache.put(oid, raw, depth)
         return raw, depth
+
+    def _raw_cached(self, oid: str, below: int | None, raw_cache: RawCache) -> tuple[bytes, int] | None:
+        """(raw, depth) from the raw cache. The object's own header comes first: the object must be there (a
+        cached chunk whose object is gone is never read), shallow enough for the delta that needs it (else None:
+        the decode says why), and its raw length is the size the entry must have; then the entry's bytes must
+        match the id (an entry that does not is removed)."""
+        if not raw_cache.has(oid):
+            return None
+        h = self.header(oid)
+        if below is not None and h.depth >= below:
+            return None
+        raw = raw_cache.get(oid, h.raw_length)
+        if raw is None or hash_bytes(raw) != oid:
+            raw_cache.drop(oid)
+            return None
+        return raw, h.depth
 
     def _decode(self, oid: str, below: int | None) -> tuple[bytes | bytearray, int]:
         """An object file's content, unverified, its delta bases loaded (and verified) first; DecodeError."""
@@ -423,8 +450,14 @@ class ObjectStore:
             raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
 
     def delete(self, oid: str) -> None:
-        self._cache.pop(oid)
+        self._forget(oid)
         self._delete_file(oid)
+
+    def _forget(self, oid: str) -> None:
+        """Drop what is kept of an object being deleted: its decoded bytes in memory and in the raw cache."""
+        self._cache.pop(oid)
+        if self.raw_cache is not None:
+            self.raw_cache.drop(oid)
 
     def delete_many(self, oids) -> None:
         """Delete several objects; a backend with packs rewrites each pack once for all of them."""
@@ -1121,6 +1154,8 @@ class LooseObjectStore(ObjectStore):
 
     def flush(self):
         self.seal()
+        if self.raw_cache is not None:
+            self.raw_cache.trim()
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         subs = [d for d in dirty if d != self.root]
@@ -1218,7 +1253,7 @@ class LooseObjectStore(ObjectStore):
         """Delete several objects at once: a pack holding several of them is rewritten once, not per object."""
         packed = []
         for oid in oids:
-            self._cache.pop(oid)
+            self._forget(oid)
             if self.packs.path_of(oid):
                 packed.append(oid)
             else:

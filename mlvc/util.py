@@ -51,11 +51,12 @@ def fsync_dir(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True) -> Iterator[Any]:
+def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True, durable: bool = True) -> Iterator[Any]:
     """Open a temp file beside `path`; on success flush, fsync, rename over `path`, fsync the folder.
 
     On an exception the temp file is removed and `path` is untouched: a reader sees the old file or the
-    whole new one, never half of it.
+    whole new one, never half of it. Without `durable` nothing is fsynced (a cache, whose reader checks what
+    it reads: after a crash the file may be there but not its bytes).
     """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
@@ -66,7 +67,8 @@ def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True) -> Iterat
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
             os.fchmod(f.fileno(), mode)
             faults.point("write.synced")
             os.replace(tmp, path)
@@ -77,7 +79,7 @@ def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True) -> Iterat
             e.filename = tmp  # a write error names no file: say where (a full disk: "folder: No space left")
         raise
     faults.point("write.renamed")
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(folder)
 
 

@@ -1,0 +1,274 @@
+"""The raw cache (mlvc/rawcache.py, docs/design.md "The raw cache"): raw copies of the chunks recent commits
+stored, read instead of decoding delta chains. It must change no stored byte, never serve what it cannot prove
+(bytes that do not match their id, a chunk whose object is gone, fsck's reads), survive any damage and any disk
+that refuses it, and stay within its bound."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import flip_byte, make_repo, set_config, write_safetensors_np
+from mlvc import codec
+from mlvc.errors import CorruptObjectError, ObjectNotFoundError
+from mlvc.rawcache import RawCache
+from mlvc.repo import Repo
+from mlvc.store import PACK_OBJECT_MAX, MemoryObjectStore
+from mlvc.util import hash_bytes
+
+CHUNK = 64 << 10  # several loose chunks per tensor
+
+
+def _versions(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """n versions of a small fp32 model: the layers move a little each time (as a fine-tune does), the embedding
+    stays as it was (frozen: its chunks are put again, unchanged, by every commit)."""
+    rng = np.random.default_rng(seed)
+    sd = {f"layer{i}.weight": rng.standard_normal(40_000 + 8_000 * i).astype(np.float32) for i in range(3)}
+    frozen = rng.standard_normal(30_000).astype(np.float32)
+    out = []
+    for _ in range(n):
+        out.append({"embedding": frozen, **{k: v.copy() for k, v in sd.items()}})
+        for k, v in sd.items():
+            sd[k] = (v + rng.standard_normal(v.shape).astype(np.float32) * np.float32(1e-3)).astype(np.float32)
+    return out
+
+
+def _commit_series(repo: Repo, versions) -> list[str]:
+    """Each version committed by a repository opened anew, as by `mlvc commit`: nothing decoded before is in
+    memory."""
+    path = os.path.join(repo.root, "model.safetensors")
+    ids = []
+    for i, sd in enumerate(versions):
+        write_safetensors_np(path, sd)
+        ids.append(Repo(repo.root).commit(path, message=f"v{i}").commit.id)
+    return ids
+
+
+def _chunks(repo: Repo, cid: str) -> set[str]:
+    """The ids of the loose chunks (those the cache holds) of a commit's file."""
+    (entry,) = repo.read_manifest(repo.read_commit(cid).manifest).files
+    ids = {p if isinstance(p, str) else p[0] for p in entry.pieces()}
+    return {oid for oid in ids if repo.store.header(oid).raw_length > PACK_OBJECT_MAX}
+
+
+def _cached(repo: Repo) -> set[str]:
+    folder = os.path.join(repo.dir, "cache", "raw")
+    return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+
+def _checked_out(repo: Repo, rev: str, out) -> bytes:
+    repo.checkout(rev, output=str(out), force=True)
+    with open(os.path.join(out, "model.safetensors"), "rb") as f:
+        return f.read()
+
+
+def _without_cache(repo: Repo) -> Repo:
+    """The repository opened anew, reading no cache (its config unchanged)."""
+    plain = Repo(repo.root)
+    plain.store.raw_cache = None
+    return plain
+
+
+def test_the_cache_changes_no_stored_byte_and_spares_the_chain(tmp_path, monkeypatch):
+    """The same series committed with and without the cache: the same manifests and byte-identical object files
+    (a delta coded against a cached base is the delta coded against the decoded one), while the commits with the
+    cache decode no delta object at all: their bases, the parent and grandparent chunks, are read from it."""
+    versions = _versions(5)
+    decoded = []
+    real = codec._decode_delta
+    monkeypatch.setattr(codec, "_decode_delta", lambda *a: decoded.append(1) or real(*a))
+    repos = {}
+    for name, mb in (("cached", None), ("plain", 0)):
+        repo = make_repo(tmp_path / name, chunk_size=CHUNK)
+        if mb is not None:
+            repo = set_config(repo, "raw_cache_mb", mb)
+        decoded.clear()
+        ids = _commit_series(repo, versions)
+        repos[name] = (repo, ids, len(decoded))
+    (cached, c_ids, c_decodes), (plain, p_ids, p_decodes) = repos["cached"], repos["plain"]
+    assert c_decodes == 0 < p_decodes  # the counter works: without the cache, bases are decoded through chains
+    assert not _cached(plain)
+    manifests = [cached.read_commit(c).manifest for c in c_ids]
+    assert manifests == [plain.read_commit(c).manifest for c in p_ids]
+    data = set().union(*(_chunks(cached, c) for c in c_ids)) | set(manifests)
+    assert any(cached.store.header(oid).depth >= 3 for oid in data)  # chains as deep as the series
+    for oid in data:
+        assert cached.store.read_file(oid) == plain.store.read_file(oid), oid
+
+
+def test_checkout_of_a_recent_commit_reads_the_cache_and_older_ones_decode(tmp_path, monkeypatch):
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    versions = _versions(4)
+    ids = _commit_series(repo, versions)
+    expected = [_checked_out(_without_cache(repo), c, tmp_path / f"plain{i}") for i, c in enumerate(ids)]
+    decoded = []
+    real = codec._decode_delta
+    monkeypatch.setattr(codec, "_decode_delta", lambda *a: decoded.append(1) or real(*a))
+    assert _checked_out(Repo(repo.root), ids[-1], tmp_path / "head") == expected[-1]
+    assert not decoded
+    assert _checked_out(Repo(repo.root), ids[0], tmp_path / "first") == expected[0]  # full objects: no chain either
+    assert _checked_out(Repo(repo.root), ids[1], tmp_path / "second") == expected[1]
+    assert decoded  # version 1 is in no cache entry any more: read through its objects
+
+
+def test_the_cache_holds_the_last_two_commits_within_its_bound(tmp_path):
+    """The last commit's chunks and its parent's, the frozen ones (put first by the first commit) included, within
+    twice the last commit's bytes; nothing of the versions before; at most core.raw_cache_mb."""
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    ids = _commit_series(repo, _versions(5))
+    last, parent = _chunks(repo, ids[-1]), _chunks(repo, ids[-2])
+    assert _chunks(repo, ids[0]) & last  # the frozen tensor's
+    cached = _cached(repo)
+    assert last | parent <= cached and not cached & (_chunks(repo, ids[0]) | _chunks(repo, ids[1])) - last
+    folder = os.path.join(repo.dir, "cache", "raw")
+    size = sum(repo.store.header(oid).raw_length for oid in last)
+    assert sum(os.path.getsize(os.path.join(folder, n)) for n in cached) <= 2 * size
+    repo = set_config(repo, "raw_cache_mb", 1)
+    _commit_series(repo, _versions(2, seed=1))
+    assert 0 < sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)) <= 1 << 20
+
+
+def test_no_cache_when_it_is_off(tmp_path):
+    repo = set_config(make_repo(tmp_path / "r", chunk_size=CHUNK), "raw_cache_mb", 0)
+    _commit_series(repo, _versions(2))
+    assert not os.path.exists(os.path.join(repo.dir, "cache", "raw"))
+
+
+DAMAGE = st.sampled_from(["flip", "truncate", "empty", "other", "append"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=st.lists(DAMAGE, min_size=1, max_size=6), where=st.integers(0, 10**9))
+def test_damaged_entries_are_misses_removed_and_build_nothing(tmp_path_factory, damage, where):
+    """Any damage to any entries: a checkout is byte-exact, the damaged entries are gone, and a commit made over
+    them stores objects that read back (and fsck) without any cache."""
+    tmp = tmp_path_factory.mktemp("damage")
+    repo = make_repo(tmp / "r", chunk_size=CHUNK)
+    versions = _versions(4, seed=where % 7)
+    ids = _commit_series(repo, versions[:3])
+    want = _checked_out(_without_cache(repo), ids[-1], tmp / "want")
+    folder = os.path.join(repo.dir, "cache", "raw")
+    names = sorted(os.listdir(folder))
+    hurt = set()
+    for i, kind in enumerate(damage):
+        name = names[(where + 7 * i) % len(names)]
+        path = os.path.join(folder, name)
+        size = os.path.getsize(path)
+        if kind == "flip" and size:
+            flip_byte(path, (where + i) % size)
+        elif kind == "truncate":
+            os.truncate(path, (where + i) % max(size, 1))
+        elif kind == "empty":
+            os.truncate(path, 0)
+        elif kind == "other":
+            with open(os.path.join(folder, names[(where + 7 * i + 1) % len(names)]), "rb") as f:
+                other = f.read()
+            if other != open(path, "rb").read():
+                with open(path, "wb") as f:
+                    f.write(other)
+        else:
+            with open(path, "ab") as f:
+                f.write(b"\0")
+        hurt.add(name)
+    repo = Repo(repo.root)
+    assert _checked_out(repo, ids[-1], tmp / "got") == want
+    new = _commit_series(repo, versions[3:])[0]  # reads the parent's and grandparent's entries as bases
+    repo = Repo(repo.root)
+    for n in hurt:  # a read gives the object's bytes, and leaves no damaged entry behind
+        assert hash_bytes(repo.store.get(n)) == n
+        if os.path.exists(os.path.join(folder, n)):
+            with open(os.path.join(folder, n), "rb") as f:
+                assert hash_bytes(f.read()) == n
+    plain = _without_cache(repo)
+    assert plain.fsck().ok
+    write_safetensors_np(tmp / "expect.safetensors", versions[3])
+    with open(tmp / "expect.safetensors", "rb") as f:
+        assert _checked_out(plain, new, tmp / "new") == f.read()
+
+
+def test_a_cached_chunk_whose_object_is_gone_is_not_read_nor_a_base(tmp_path):
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    versions = _versions(3)
+    ids = _commit_series(repo, versions[:2])
+    oid = sorted(_chunks(repo, ids[-1]) - _chunks(repo, ids[0]))[0]
+    assert oid in _cached(repo)
+    path = repo.store.locate(oid)
+    os.chmod(path, 0o644)
+    os.unlink(path)
+    repo = Repo(repo.root)
+    with pytest.raises(ObjectNotFoundError):
+        repo.store.get(oid)
+    new = _commit_series(repo, versions[2:])[0]  # its chunk is stored full (or against another base), not on oid
+    plain = _without_cache(repo)
+    for chunk in _chunks(plain, new):
+        assert oid not in plain.store.bases(chunk)
+        plain.store.verify(chunk)
+
+
+def test_fsck_reads_the_objects_not_the_cache(tmp_path):
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    ids = _commit_series(repo, _versions(2))
+    oid = sorted(_chunks(repo, ids[-1]) & _cached(repo))[0]
+    flip_byte(repo.store.locate(oid), codec.HEADER_SIZE + 40)
+    repo = Repo(repo.root)
+    assert repo.store.get(oid)  # the cache still gives the right bytes
+    with pytest.raises(CorruptObjectError):
+        repo.store.verify(oid)
+    assert not repo.fsck().ok
+
+
+def test_deleted_objects_leave_the_cache(tmp_path):
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    ids = _commit_series(repo, _versions(1))
+    doomed = sorted(_chunks(repo, ids[0]))[:2]
+    assert set(doomed) <= _cached(repo)
+    repo.store.delete_many(doomed)
+    assert not set(doomed) & _cached(repo)
+
+
+@pytest.mark.parametrize("blocker", ["file", "dangling link", "fifo entries"])
+def test_a_cache_that_cannot_be_written_or_read_costs_nothing_but_speed(tmp_path, blocker):
+    """A file where the folder goes (every put fails), a link to nowhere (the folder cannot be made: the write
+    fails), entries that are not files (a FIFO would block a reader forever): commits and checkouts go on."""
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    folder = os.path.join(repo.dir, "cache", "raw")
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    if blocker == "file":
+        with open(folder, "wb") as f:
+            f.write(b"not a folder")
+    elif blocker == "dangling link":
+        os.symlink(str(tmp_path / "nowhere"), folder)
+    else:
+        probe = make_repo(tmp_path / "probe", chunk_size=CHUNK)
+        os.makedirs(folder)
+        for oid in _chunks(probe, _commit_series(probe, _versions(3))[-1]):
+            os.mkfifo(os.path.join(folder, oid))
+    versions = _versions(3)
+    ids = _commit_series(repo, versions)
+    write_safetensors_np(tmp_path / "expect.safetensors", versions[-1])
+    with open(tmp_path / "expect.safetensors", "rb") as f:
+        assert _checked_out(Repo(repo.root), ids[-1], tmp_path / "out") == f.read()
+    assert Repo(repo.root).fsck().ok
+
+
+def test_a_base_too_deep_for_the_delta_that_names_it_is_refused_from_the_cache_too(tmp_path):
+    """The depth rule of a chain (depths strictly fall) holds for a base read from the cache: its depth comes
+    from its object's header, and a base at or above the delta's depth is an error, as when decoded."""
+    store = MemoryObjectStore(raw_cache=RawCache(str(tmp_path / "raw"), 1 << 30))
+    raw = np.arange(20_000, dtype=np.float32).tobytes()
+    oid = store.put(raw, 4).id
+    assert store.raw_cache is not None and store.raw_cache.get(oid, len(raw)) == raw
+    assert store._load(oid) == (raw, 0)
+    with pytest.raises(CorruptObjectError):
+        store._load(oid, below=0)
+
+
+def test_small_objects_are_not_cached(tmp_path):
+    store = MemoryObjectStore(raw_cache=RawCache(str(tmp_path / "raw"), 1 << 30))
+    small = store.put(bytes(PACK_OBJECT_MAX), 1).id
+    big = store.put(bytes(PACK_OBJECT_MAX + 8), 1).id
+    assert os.listdir(tmp_path / "raw") == [big] and small != big
