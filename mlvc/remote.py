@@ -719,7 +719,7 @@ def verify_object(local, oid: str, data: bytes, where: str) -> bytes:
         base_raw: dict[str, bytes | bytearray] = {}
         depths = []
         for b in bases:
-            base_raw[b] = local.get(b)
+            base_raw[b] = local.get(b, copies=False)  # decoded from its objects: the fetched delta will rest on them
             depths.append(local.header(b).depth)
 
         def get_base(bid: str) -> bytes | bytearray:

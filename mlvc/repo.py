@@ -184,6 +184,8 @@ class Repo:
         data = manifest.to_bytes()
         Manifest.from_dict(json.loads(data))
         oid = self.store.put(data).id
+        if self.store.raw_cache is not None:  # about the last two trees' objects (mlvc/rawcache.py)
+            self.store.raw_cache.trim(2 * sum(f.size for f in manifest.files))
         # From now on the store knows the small tensors of this tree and its base only: a script committing in
         # a loop would otherwise keep every tree's (100,000 ids a commit for some checkpoints). A tree read
         # later is read again (Repo.read_manifest), which tells the store anew.

@@ -116,8 +116,8 @@ class ObjectStore:
         self.skip_deltas = skip_deltas  # core.skip_deltas: take skip-delta bases when given a lineage
         self.freshen_after = FRESHEN_AFTER
         self._cache = _LRU(cache_bytes)
-        # Raw copies of the chunks recent commits stored, on disk (mlvc/rawcache.py): what the next commit deltas
-        # against, and what a checkout of a recent commit reads, without decoding their delta chains.
+        # Raw copies of the objects recent commits stored, on disk (mlvc/rawcache.py): what a checkout of a recent
+        # commit reads instead of decoding delta chains. Never a delta base nor what fsck checks (`copies`).
         self.raw_cache = raw_cache
         # Small tensors' bytes by id, kept in bundles rather than object files of their own (docs/format.md,
         # "Bundles"): held in memory from ingest until a manifest stores their bundle, then read as slices of it.
@@ -229,13 +229,12 @@ class ObjectStore:
             if self.freshen_packed(oid):
                 return PutResult(oid, n, 0)
             return PutResult(oid, n, self.write_packed_raw(oid, raw, width))
-        if self.raw_cache is not None and n > PACK_OBJECT_MAX:
-            self.raw_cache.put(oid, raw)
         # An object already here is freshened, not rewritten: it may be old and unreachable (a deleted branch's),
         # and gc must not remove it now that a commit in flight needs it.
         if self.freshen(oid):  # False when absent
             if remember and self._cache.get(oid) is None:
                 self._cache.put(oid, bytes(raw), self.header(oid).depth)
+            self._copy(oid, raw, n)
             return PutResult(oid, n, 0)
         data = None
         if self.skip_deltas and lineage and base and lineage[0] == base:
@@ -254,9 +253,15 @@ class ObjectStore:
         written = self.write_file(oid, data)
         if not written:  # another writer stored it meanwhile
             self.freshen(oid)
+        self._copy(oid, raw, n)  # after the object: the objects have the first claim on the disk
         if remember:
             self._cache.put(oid, bytes(raw), codec.ObjectHeader.parse(data).depth)
         return PutResult(oid, n, len(data) if written else 0)
+
+    def _copy(self, oid: str, raw, n: int) -> None:
+        """Leave a raw copy of a stored object in the raw cache (objects a pack holds are read raw anyway)."""
+        if self.raw_cache is not None and n > PACK_OBJECT_MAX:
+            self.raw_cache.put(oid, raw)
 
     def skip_base(self, lineage: list[str | None]) -> tuple[str | None, str | None]:
         """(base, base2) for a new version of a chunk whose earlier versions are `lineage` (ids, nearest
@@ -301,15 +306,19 @@ class ObjectStore:
             # (decoding a K-deep chain per chunk only to store a keyframe cost time and peak memory).
             if self._cache.get(oid) is None and self.header(oid).depth + 1 >= self.keyframe_interval:
                 return None
-            raw, depth = self._load(oid, cache=True)
+            # decoded from its objects, never a raw copy: a delta is written only on a base whose object (and
+            # chain) this read has just proved whole
+            raw, depth = self._load(oid, cache=True, copies=False)
         except (ObjectNotFoundError, CorruptObjectError):
             return None
         return codec.Base(oid, raw, depth) if depth + 1 < self.keyframe_interval else None
 
-    def get(self, oid: str, keep: bool = False) -> bytes | bytearray:
+    def get(self, oid: str, keep: bool = False, copies: bool = True) -> bytes | bytearray:
         """The raw content of an object, verified against its id (and through its delta chain). `keep`: put it
         in the cache of delta bases too (the caller is about to read an object that is likely a delta on it).
-        A small tensor's id gives its bytes, held or as a slice of its (verified) bundle."""
+        A small tensor's id gives its bytes, held or as a slice of its (verified) bundle. `copies`: the raw
+        cache may give it (bytes verified against the id, but the object's file not read); False for a base
+        that new objects will depend on."""
         held = self._held.get(oid)
         if held is not None:
             return held
@@ -317,7 +326,7 @@ class ObjectStore:
         if where is not None:
             bid, offset, n = where
             return bytes(memoryview(self._load(bid, cache=True)[0])[offset : offset + n])
-        return self._load(oid, cache=keep)[0]
+        return self._load(oid, cache=keep, copies=copies)[0]
 
     def hold(self, oid: str, raw: bytes) -> None:
         """Keep a small tensor's bytes (`oid` is their hash) until a manifest stores them in a bundle; `get`
@@ -358,18 +367,19 @@ class ObjectStore:
         self._cache.max_bytes = n  # a smaller bound takes effect as the next objects are cached
 
     def verify(self, oid: str) -> None:
-        """Read the object from its file (not the cache) and check it decodes to content matching its id."""
-        self._load(oid, from_cache=False)
+        """Read the object from its file (not the cache, and its bases from theirs or from bytes decoded from
+        theirs, never from raw copies) and check it decodes to content matching its id."""
+        self._load(oid, from_cache=False, copies=False)
 
     def _load(self, oid: str, cache: bool = False, from_cache: bool = True,
-              below: int | None = None) -> tuple[bytes | bytearray, int]:
+              below: int | None = None, copies: bool = True) -> tuple[bytes | bytearray, int]:
         """`below`: the depth of the delta that needs this object as a base; a base at or above it is refused
-        before its own bases are read, so damaged files naming each other in a cycle cannot recurse forever."""
+        before its own bases are read, so damaged files naming each other in a cycle cannot recurse forever.
+        `copies`: the raw cache may give this object and its bases (a raw copy never enters the cache of
+        decoded bases, which holds only what was decoded from objects or remembered as it was stored)."""
         hit = self._cache.get(oid) if from_cache else None
-        if hit is None and from_cache and self.raw_cache is not None and not self._packed(oid):
-            hit = self._raw_cached(oid, below, self.raw_cache)
-            if hit is not None and cache:
-                self._cache.put(oid, *hit)
+        if hit is None and copies and self.raw_cache is not None and not self._packed(oid):
+            hit = self._raw_cached(oid, below)
         if hit is not None:
             return hit
         try:
@@ -378,7 +388,7 @@ class ObjectStore:
                 raw: bytes | bytearray = bytes(packed)
                 depth = 0
             else:
-                raw, depth = self._decode(oid, below)
+                raw, depth = self._decode(oid, below, copies)
         except codec.DecodeError as e:
             raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
         if hash_bytes(raw) != oid:
@@ -387,23 +397,26 @@ class ObjectStore:
             self._cache.put(oid, raw, depth)
         return raw, depth
 
-    def _raw_cached(self, oid: str, below: int | None, raw_cache: RawCache) -> tuple[bytes, int] | None:
+    def _raw_cached(self, oid: str, below: int | None) -> tuple[bytes, int] | None:
         """(raw, depth) from the raw cache. The object's own header comes first: the object must be there (a
         cached chunk whose object is gone is never read), shallow enough for the delta that needs it (else None:
         the decode says why), and its raw length is the size the entry must have; then the entry's bytes must
         match the id (an entry that does not is removed)."""
-        if not raw_cache.has(oid):
+        raw_cache = self.raw_cache
+        if raw_cache is None or not raw_cache.has(oid):
             return None
         h = self.header(oid)
         if below is not None and h.depth >= below:
             return None
         raw = raw_cache.get(oid, h.raw_length)
-        if raw is None or hash_bytes(raw) != oid:
+        if raw is None:
+            return None
+        if hash_bytes(raw) != oid:
             raw_cache.drop(oid)
             return None
         return raw, h.depth
 
-    def _decode(self, oid: str, below: int | None) -> tuple[bytes | bytearray, int]:
+    def _decode(self, oid: str, below: int | None, copies: bool = True) -> tuple[bytes | bytearray, int]:
         """An object file's content, unverified, its delta bases loaded (and verified) first; DecodeError."""
         # Only the header is read before the bases are decoded: a chain decode then holds one object file at
         # a time instead of one per link, so a reader's peak memory does not grow with the depth.
@@ -414,7 +427,7 @@ class ObjectStore:
         bases: dict[str, tuple[bytes | bytearray, int]] = {}
         for bid in (codec.bases(head) if h.base is not None else ()):
             try:
-                braw, bdepth = self._load(bid, cache=True, below=h.depth)
+                braw, bdepth = self._load(bid, cache=True, below=h.depth, copies=copies)
             except ObjectNotFoundError:
                 raise codec.DecodeError(f"its delta base {bid} is missing") from None
             if bdepth >= h.depth:  # depths strictly fall along a chain: no cycles, bounded recursion
@@ -1154,8 +1167,6 @@ class LooseObjectStore(ObjectStore):
 
     def flush(self):
         self.seal()
-        if self.raw_cache is not None:
-            self.raw_cache.trim()
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         subs = [d for d in dirty if d != self.root]

@@ -67,10 +67,10 @@ def atomic_writer(path: str, mode: int = 0o644, sync_dir: bool = True, durable: 
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), mode)
             if durable:
                 os.fsync(f.fileno())
-            os.fchmod(f.fileno(), mode)
-            faults.point("write.synced")
+                faults.point("write.synced")
             os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):

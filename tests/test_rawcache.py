@@ -73,10 +73,10 @@ def _without_cache(repo: Repo) -> Repo:
     return plain
 
 
-def test_the_cache_changes_no_stored_byte_and_spares_the_chain(tmp_path, monkeypatch):
-    """The same series committed with and without the cache: the same manifests and byte-identical object files
-    (a delta coded against a cached base is the delta coded against the decoded one), while the commits with the
-    cache decode no delta object at all: their bases, the parent and grandparent chunks, are read from it."""
+def test_the_cache_changes_no_stored_byte_and_no_commit_takes_a_base_from_it(tmp_path, monkeypatch):
+    """The same series committed with and without the cache: the same manifests and byte-identical object files,
+    and the commits decode exactly as many delta objects either way: a delta base is always decoded from its
+    objects (which proves them whole), never taken from a raw copy."""
     versions = _versions(5)
     decoded = []
     real = codec._decode_delta
@@ -90,7 +90,7 @@ def test_the_cache_changes_no_stored_byte_and_spares_the_chain(tmp_path, monkeyp
         ids = _commit_series(repo, versions)
         repos[name] = (repo, ids, len(decoded))
     (cached, c_ids, c_decodes), (plain, p_ids, p_decodes) = repos["cached"], repos["plain"]
-    assert c_decodes == 0 < p_decodes  # the counter works: without the cache, bases are decoded through chains
+    assert c_decodes == p_decodes > 0
     assert not _cached(plain)
     manifests = [cached.read_commit(c).manifest for c in c_ids]
     assert manifests == [plain.read_commit(c).manifest for c in p_ids]
@@ -117,7 +117,7 @@ def test_checkout_of_a_recent_commit_reads_the_cache_and_older_ones_decode(tmp_p
 
 def test_the_cache_holds_the_last_two_commits_within_its_bound(tmp_path):
     """The last commit's chunks and its parent's, the frozen ones (put first by the first commit) included, within
-    twice the last commit's bytes; nothing of the versions before; at most core.raw_cache_mb."""
+    twice the size of the tree; nothing of the versions before; at most core.raw_cache_mb."""
     repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
     ids = _commit_series(repo, _versions(5))
     last, parent = _chunks(repo, ids[-1]), _chunks(repo, ids[-2])
@@ -125,11 +125,93 @@ def test_the_cache_holds_the_last_two_commits_within_its_bound(tmp_path):
     cached = _cached(repo)
     assert last | parent <= cached and not cached & (_chunks(repo, ids[0]) | _chunks(repo, ids[1])) - last
     folder = os.path.join(repo.dir, "cache", "raw")
-    size = sum(repo.store.header(oid).raw_length for oid in last)
+    size = os.path.getsize(os.path.join(repo.root, "model.safetensors"))
     assert sum(os.path.getsize(os.path.join(folder, n)) for n in cached) <= 2 * size
     repo = set_config(repo, "raw_cache_mb", 1)
     _commit_series(repo, _versions(2, seed=1))
     assert 0 < sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)) <= 1 << 20
+
+
+def test_a_commit_of_another_file_keeps_the_models_copies(tmp_path):
+    """The bound is the whole tree's size, not what a commit wrote: committing a small second file (the model
+    unchanged, not even read) leaves the model's copies where they were."""
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    ids = _commit_series(repo, _versions(2))
+    model = _chunks(repo, ids[-1])
+    notes = os.path.join(repo.root, "notes.safetensors")
+    for i in range(3):
+        write_safetensors_np(notes, {"w": np.full(6_000, i, dtype=np.float32)})  # one 24 KB chunk
+        Repo(repo.root).commit(notes, message=f"notes {i}")
+    assert model <= _cached(repo)
+
+
+def test_a_disk_running_low_empties_the_cache(tmp_path, monkeypatch):
+    """With less than MIN_FREE_BYTES free the cache writes nothing and removes what it holds: the objects of a
+    commit have the first claim on the disk (a commit that fails for lack of room must not be the cache's
+    doing)."""
+    from mlvc import rawcache
+
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    versions = _versions(3)
+    _commit_series(repo, versions[:2])
+    assert _cached(repo)
+    monkeypatch.setattr(rawcache, "_free_bytes", lambda folder: rawcache.MIN_FREE_BYTES + 1000)
+    new = _commit_series(repo, versions[2:])[0]
+    assert not _cached(repo)
+    write_safetensors_np(tmp_path / "expect.safetensors", versions[2])
+    with open(tmp_path / "expect.safetensors", "rb") as f:
+        assert _checked_out(Repo(repo.root), new, tmp_path / "out") == f.read()
+
+
+def test_a_damaged_object_whose_copy_is_cached_is_no_delta_base(tmp_path):
+    """The copy is of no use to a commit: the next commit decodes the damaged object as a base, finds it damaged
+    and stores its chunk full, so only the damaged version is lost, never the later ones, with or without the
+    cache; fsck finds the same damage with the cache as without it (a delta whose base's copy is cached is
+    checked through the base's object)."""
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    versions = _versions(6)
+    ids = _commit_series(repo, versions[:3])
+    deltas = [o for o in sorted(_chunks(repo, ids[2]) - _chunks(repo, ids[1])) if repo.store.header(o).depth == 2]
+    assert deltas and set(deltas) <= _cached(repo)
+    flip_byte(repo.store.locate(deltas[0]), os.path.getsize(repo.store.locate(deltas[0])) - 3)
+    ids += _commit_series(repo, versions[3:])
+    plain = _without_cache(repo)
+    for i, (cid, sd) in enumerate(zip(ids, versions, strict=True)):
+        if i == 2:
+            with pytest.raises(CorruptObjectError):
+                _checked_out(plain, cid, tmp_path / f"out{i}")
+            continue
+        write_safetensors_np(tmp_path / "expect.safetensors", sd)
+        with open(tmp_path / "expect.safetensors", "rb") as f:
+            assert _checked_out(plain, cid, tmp_path / f"out{i}") == f.read(), i
+    problems = {(p.object_id, p.problem) for p in Repo(repo.root).fsck().problems}
+    assert problems and problems == {(p.object_id, p.problem) for p in _without_cache(repo).fsck().problems}
+
+
+def test_an_entry_that_is_a_link_is_neither_read_nor_touched(tmp_path, monkeypatch):
+    """A link in the cache (to a file outside the repository) is not followed: a read does not open it, even when
+    the file holds the chunk's bytes, and a commit that puts the chunk again replaces the link with a file of its
+    own instead of setting the outside file's time."""
+    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    versions = _versions(3)
+    ids = _commit_series(repo, versions[:2])
+    folder = os.path.join(repo.dir, "cache", "raw")
+    oid = sorted(_chunks(repo, ids[-1]) & _chunks(repo, ids[0]))[0]  # the frozen tensor's: put by every commit
+    entry = os.path.join(folder, oid)
+    outside = tmp_path / "outside"
+    os.replace(entry, outside)
+    os.utime(outside, (0, 0))
+    os.symlink(outside, entry)
+    opened = []
+    real = RawCache.get
+    monkeypatch.setattr(RawCache, "get", lambda self, o, n: (opened.append(o), real(self, o, n))[1])
+    assert _checked_out(Repo(repo.root), ids[-1], tmp_path / "out") == _checked_out(
+        _without_cache(repo), ids[-1], tmp_path / "plain")
+    assert opened and oid not in opened  # has() saw a link, not a file
+    _commit_series(repo, versions[2:])
+    assert os.stat(outside).st_mtime == 0 and not os.path.islink(entry)
+    with open(entry, "rb") as f, open(outside, "rb") as g:
+        assert f.read() == g.read()
 
 
 def test_no_cache_when_it_is_off(tmp_path):
