@@ -47,35 +47,41 @@ class PutResult:
 
 class _LRU:
     """Decoded objects by id, bounded in bytes: the bases of delta chains, so that reading many commits of
-    a series (or a chain and then its successor) decodes each base once."""
+    a series (or a chain and then its successor) decodes each base once. Each is (raw, depth, proven):
+    `proven` when it was decoded from its objects alone (or remembered as it was stored), not through a raw
+    copy (mlvc/rawcache.py), which proves the bytes but not the object files a new delta would rest on."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[bytes | bytearray, int]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[bytes | bytearray, int, bool]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, oid: str) -> tuple[bytes | bytearray, int] | None:
+    def get(self, oid: str, proven: bool = False) -> tuple[bytes | bytearray, int, bool] | None:
+        """The entry; with `proven`, only a proven one."""
         with self._lock:
             item = self._items.get(oid)
-            if item is not None:
-                self._items.move_to_end(oid)
+            if item is None or (proven and not item[2]):
+                return None
+            self._items.move_to_end(oid)
             return item
 
-    def put(self, oid: str, raw, depth: int) -> None:
+    def put(self, oid: str, raw, depth: int, proven: bool = True) -> None:
         if len(raw) > self.max_bytes:
             return
         with self._lock:
-            if oid in self._items:
+            old = self._items.get(oid)
+            if old is not None and (old[2] or not proven):
                 return
-            self._items[oid] = (raw, depth)
+            self.pop(oid, locked=True)
+            self._items[oid] = (raw, depth, proven)
             self._bytes += len(raw)
             while self._bytes > self.max_bytes:
-                _, (old, _d) = self._items.popitem(last=False)
-                self._bytes -= len(old)
+                _, (gone, _d, _p) = self._items.popitem(last=False)
+                self._bytes -= len(gone)
 
-    def pop(self, oid: str) -> None:
-        with self._lock:
+    def pop(self, oid: str, locked: bool = False) -> None:
+        with contextlib.nullcontext() if locked else self._lock:
             item = self._items.pop(oid, None)
             if item is not None:
                 self._bytes -= len(item[0])
@@ -308,7 +314,7 @@ class ObjectStore:
                 return None
             # decoded from its objects, never a raw copy: a delta is written only on a base whose object (and
             # chain) this read has just proved whole
-            raw, depth = self._load(oid, cache=True, copies=False)
+            raw, depth, _ = self._load(oid, cache=True, copies=False)
         except (ObjectNotFoundError, CorruptObjectError):
             return None
         return codec.Base(oid, raw, depth) if depth + 1 < self.keyframe_interval else None
@@ -372,30 +378,32 @@ class ObjectStore:
         self._load(oid, from_cache=False, copies=False)
 
     def _load(self, oid: str, cache: bool = False, from_cache: bool = True,
-              below: int | None = None, copies: bool = True) -> tuple[bytes | bytearray, int]:
-        """`below`: the depth of the delta that needs this object as a base; a base at or above it is refused
-        before its own bases are read, so damaged files naming each other in a cycle cannot recurse forever.
-        `copies`: the raw cache may give this object and its bases (a raw copy never enters the cache of
-        decoded bases, which holds only what was decoded from objects or remembered as it was stored)."""
-        hit = self._cache.get(oid) if from_cache else None
+              below: int | None = None, copies: bool = True) -> tuple[bytes | bytearray, int, bool]:
+        """(raw, depth, proven). `below`: the depth of the delta that needs this object as a base; a base at or
+        above it is refused before its own bases are read, so damaged files naming each other in a cycle cannot
+        recurse forever. `copies`: the raw cache may give this object and its bases; without it, what is read
+        (from the cache of decoded bases too) is `proven`: decoded from the object files alone."""
+        hit = self._cache.get(oid, proven=not copies) if from_cache else None
         if hit is None and copies and self.raw_cache is not None and not self._packed(oid):
-            hit = self._raw_cached(oid, below)
+            copy = self._raw_cached(oid, below)
+            hit = None if copy is None else (*copy, False)  # not proven; and not kept among decoded bases
         if hit is not None:
             return hit
+        proven = True
         try:
             packed = self.packed_raw(oid)
             if packed is not None:  # a full object held as raw bytes: nothing to parse or decode
                 raw: bytes | bytearray = bytes(packed)
                 depth = 0
             else:
-                raw, depth = self._decode(oid, below, copies)
+                raw, depth, proven = self._decode(oid, below, copies)
         except codec.DecodeError as e:
             raise CorruptObjectError(oid, str(e), self.locate(oid)) from None
         if hash_bytes(raw) != oid:
             raise CorruptObjectError(oid, "content does not match its id", self.locate(oid))
         if cache:
-            self._cache.put(oid, raw, depth)
-        return raw, depth
+            self._cache.put(oid, raw, depth, proven)
+        return raw, depth, proven
 
     def _raw_cached(self, oid: str, below: int | None) -> tuple[bytes, int] | None:
         """(raw, depth) from the raw cache. The object's own header comes first: the object must be there (a
@@ -416,8 +424,9 @@ class ObjectStore:
             return None
         return raw, h.depth
 
-    def _decode(self, oid: str, below: int | None, copies: bool = True) -> tuple[bytes | bytearray, int]:
-        """An object file's content, unverified, its delta bases loaded (and verified) first; DecodeError."""
+    def _decode(self, oid: str, below: int | None, copies: bool = True) -> tuple[bytes | bytearray, int, bool]:
+        """An object file's content, unverified, its delta bases loaded (and verified) first, its depth, and
+        whether every base was proven (see _load); DecodeError."""
         # Only the header is read before the bases are decoded: a chain decode then holds one object file at
         # a time instead of one per link, so a reader's peak memory does not grow with the depth.
         head = self.read_head(oid, codec.HEADER_SIZE + 16)
@@ -425,9 +434,11 @@ class ObjectStore:
         if below is not None and h.depth >= below:
             raise codec.DecodeError(f"it has depth {h.depth}, but a delta of depth {below} names it as its base")
         bases: dict[str, tuple[bytes | bytearray, int]] = {}
+        proven = True
         for bid in (codec.bases(head) if h.base is not None else ()):
             try:
-                braw, bdepth = self._load(bid, cache=True, below=h.depth, copies=copies)
+                braw, bdepth, bproven = self._load(bid, cache=True, below=h.depth, copies=copies)
+                proven = proven and bproven
             except ObjectNotFoundError:
                 raise codec.DecodeError(f"its delta base {bid} is missing") from None
             if bdepth >= h.depth:  # depths strictly fall along a chain: no cycles, bounded recursion
@@ -447,7 +458,7 @@ class ObjectStore:
         base_depths = [d for _, d in bases.values()]
         if base_depths and h.depth != 1 + max(base_depths):
             raise codec.DecodeError(f"depth {h.depth} does not follow from its bases' depths {base_depths}")
-        return raw, h.depth
+        return raw, h.depth, proven
 
     def header(self, oid: str) -> codec.ObjectHeader:
         try:

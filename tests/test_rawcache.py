@@ -337,6 +337,13 @@ def test_a_cache_that_cannot_be_written_or_read_costs_nothing_but_speed(tmp_path
     assert Repo(repo.root).fsck().ok
 
 
+def _fresh(store: MemoryObjectStore) -> MemoryObjectStore:
+    """The same objects and raw cache, nothing decoded in memory: as a new process would find them."""
+    fresh = MemoryObjectStore(raw_cache=store.raw_cache)
+    fresh._objects = store._objects
+    return fresh
+
+
 def test_a_base_too_deep_for_the_delta_that_names_it_is_refused_from_the_cache_too(tmp_path):
     """The depth rule of a chain (depths strictly fall) holds for a base read from the cache: its depth comes
     from its object's header, and a base at or above the delta's depth is an error, as when decoded."""
@@ -344,9 +351,31 @@ def test_a_base_too_deep_for_the_delta_that_names_it_is_refused_from_the_cache_t
     raw = np.arange(20_000, dtype=np.float32).tobytes()
     oid = store.put(raw, 4).id
     assert store.raw_cache is not None and store.raw_cache.get(oid, len(raw)) == raw
-    assert store._load(oid) == (raw, 0)
+    assert store._load(oid) == (raw, 0, False)  # a copy: not proven
     with pytest.raises(CorruptObjectError):
         store._load(oid, below=0)
+
+
+def test_what_was_decoded_through_a_copy_is_no_delta_base_later_in_the_process(tmp_path):
+    """A read may decode a delta on a base's copy and keep the result among the decoded bases (to read the next
+    version faster); a later commit in the same process does not take it as a base, since the base's object was
+    never read: damaged, it makes the result no base at all."""
+    store = MemoryObjectStore(raw_cache=RawCache(str(tmp_path / "raw"), 1 << 30))
+    rng = np.random.default_rng(0)
+    v0 = rng.standard_normal(20_000).astype(np.float32)
+    v1 = v0 + np.float32(1e-3)
+    oid0 = store.put(v0.tobytes(), 4).id
+    oid1 = store.put(v1.tobytes(), 4, base=oid0).id
+    assert store.bases(oid1) == [oid0] and store.raw_cache is not None
+    store.raw_cache.drop(oid1)  # v1 is read through its object, v0 from its copy
+    store = _fresh(store)
+    assert store.get(oid1, keep=True) == v1.tobytes()  # v0 from its copy, v1 decoded and kept
+    assert store._cache.get(oid1) is not None and store._cache.get(oid1, proven=True) is None
+    data = bytearray(store.read_file(oid0))
+    data[-1] ^= 0xFF
+    store._objects[oid0] = bytes(data)
+    assert store._base(oid1) is None  # decoded from its objects: the damaged base is found
+    assert store.get(oid1) == v1.tobytes()  # a read still may use the copy and what was decoded through it
 
 
 def test_small_objects_are_not_cached(tmp_path):
@@ -354,3 +383,59 @@ def test_small_objects_are_not_cached(tmp_path):
     small = store.put(bytes(PACK_OBJECT_MAX), 1).id
     big = store.put(bytes(PACK_OBJECT_MAX + 8), 1).id
     assert os.listdir(tmp_path / "raw") == [big] and small != big
+
+
+def test_a_fetched_delta_on_a_damaged_local_base_is_refused_whatever_its_copy(tmp_path):
+    """A fetched delta is checked by decoding it on the local copies of its bases, read from their objects: a
+    local base whose object is damaged fails the fetch (as without the cache), its raw copy notwithstanding."""
+    from mlvc.remote import verify_object
+
+    rng = np.random.default_rng(1)
+    v0 = rng.standard_normal(20_000).astype(np.float32)
+    v1 = v0 + np.float32(1e-3)
+    remote = MemoryObjectStore()
+    oid0 = remote.put(v0.tobytes(), 4).id
+    oid1 = remote.put(v1.tobytes(), 4, base=oid0).id
+    assert remote.bases(oid1) == [oid0]
+    local = MemoryObjectStore(raw_cache=RawCache(str(tmp_path / "raw"), 1 << 30))
+    local.put(v0.tobytes(), 4)
+    assert local.raw_cache is not None and local.raw_cache.has(oid0)
+    data = bytearray(local.read_file(oid0))
+    data[-1] ^= 0xFF
+    local._objects[oid0] = bytes(data)
+    local = _fresh(local)
+    with pytest.raises(CorruptObjectError):
+        verify_object(local, oid1, remote.read_file(oid1), "the remote")
+
+
+def test_an_entry_of_another_size_is_removed_unread(tmp_path, monkeypatch):
+    """A copy is read only when it has the object's raw length: a file of any other size (a torn write, a huge
+    stray file) is removed without its bytes ever being read into memory."""
+    from mlvc import rawcache
+
+    cache = RawCache(str(tmp_path / "raw"), 1 << 30)
+    raw = bytes(range(256)) * 100
+    oid = hash_bytes(raw)
+    cache.put(oid, raw)
+    reads = []
+
+    class Spy:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, *a):
+            reads.append(a)
+            return self.f.read(*a)
+
+    monkeypatch.setattr(rawcache, "open", lambda *a, **k: Spy(open(*a, **k)), raising=False)
+    assert cache.get(oid, len(raw)) == raw and reads
+    reads.clear()
+    with open(os.path.join(cache.folder, oid), "ab") as f:
+        f.write(b"\0" * 4096)
+    assert cache.get(oid, len(raw)) is None and not reads and not cache.has(oid)
