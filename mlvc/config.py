@@ -24,7 +24,7 @@ DEFAULT_ZSTD_LEVEL = 1
 DEFAULT_KEYFRAME_INTERVAL = 8  # a full object at least every 8 versions of a chunk
 DEFAULT_CACHE_MB = 128  # decoded delta bases kept in memory
 DEFAULT_SKIP_DELTAS = 0  # 1: skip-delta bases (shallower chains, some storage); docs/design.md
-DEFAULT_RAW_CACHE_MB = 4096  # raw copies of the last commits' objects on disk (.mlvc/cache/raw); 0: none
+DEFAULT_RAW_CACHE_MB = 0  # > 0: raw copies of the last commits' objects on disk (.mlvc/cache/raw); docs/design.md
 
 
 @dataclass
@@ -108,8 +108,8 @@ def write_default(path: str) -> None:
         "  # a full object at least every K versions of a chunk; 1: no deltas\n"
         f"cache_mb = {DEFAULT_CACHE_MB}  # decoded delta bases kept in memory while reading\n"
         f"skip_deltas = {DEFAULT_SKIP_DELTAS}  # 1: chains of at most log2(K) + 1 links, for a few % more storage\n"
-        f"raw_cache_mb = {DEFAULT_RAW_CACHE_MB}  # raw copies of the last commits' objects: their checkouts decode no\n"
-        "#   delta chain (.mlvc/cache/raw, safe to delete); 0: none\n"
+        f"raw_cache_mb = {DEFAULT_RAW_CACHE_MB}  # > 0: raw copies of the last two commits' objects, up to this\n"
+        "#   many MiB (.mlvc/cache/raw): their checkouts decode no delta chain; each commit writes twice\n"
     )
     atomic_write_bytes(path, text.encode())
 

@@ -288,12 +288,11 @@ def test_group_aggregates(small_repo):
 def test_a_diff_against_the_parent_decodes_each_object_once(tmp_path, monkeypatch):
     """B's chunks are deltas on A's (a commit and its parent, three links deep): each object is decoded once,
     A's chunk not a second time as the base of B's."""
-    from conftest import make_repo, set_config
+    from conftest import make_repo
     from mlvc import codec
     from mlvc.util import hash_bytes
 
     repo = make_repo(tmp_path / "r", chunk_size=1 << 16)  # chunks above the pack limit: stored as deltas
-    repo = set_config(repo, "raw_cache_mb", 0)  # every chain decoded, none read from the raw cache
     rng = np.random.default_rng(4)
     w = rng.standard_normal((4, 40_000)).astype(np.float32)  # 10 chunks of 64 KiB
     ids = []

@@ -37,6 +37,11 @@ def _versions(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def _cached_repo(path) -> Repo:
+    """A repository with small chunks (several loose ones per tensor) and the raw cache on."""
+    return set_config(make_repo(path, chunk_size=CHUNK), "raw_cache_mb", 4096)
+
+
 def _commit_series(repo: Repo, versions) -> list[str]:
     """Each version committed by a repository opened anew, as by `mlvc commit`: nothing decoded before is in
     memory."""
@@ -82,10 +87,8 @@ def test_the_cache_changes_no_stored_byte_and_no_commit_takes_a_base_from_it(tmp
     real = codec._decode_delta
     monkeypatch.setattr(codec, "_decode_delta", lambda *a: decoded.append(1) or real(*a))
     repos = {}
-    for name, mb in (("cached", None), ("plain", 0)):
-        repo = make_repo(tmp_path / name, chunk_size=CHUNK)
-        if mb is not None:
-            repo = set_config(repo, "raw_cache_mb", mb)
+    for name in ("cached", "plain"):
+        repo = _cached_repo(tmp_path / name) if name == "cached" else make_repo(tmp_path / name, chunk_size=CHUNK)
         decoded.clear()
         ids = _commit_series(repo, versions)
         repos[name] = (repo, ids, len(decoded))
@@ -101,7 +104,7 @@ def test_the_cache_changes_no_stored_byte_and_no_commit_takes_a_base_from_it(tmp
 
 
 def test_checkout_of_a_recent_commit_reads_the_cache_and_older_ones_decode(tmp_path, monkeypatch):
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     versions = _versions(4)
     ids = _commit_series(repo, versions)
     expected = [_checked_out(_without_cache(repo), c, tmp_path / f"plain{i}") for i, c in enumerate(ids)]
@@ -118,7 +121,7 @@ def test_checkout_of_a_recent_commit_reads_the_cache_and_older_ones_decode(tmp_p
 def test_the_cache_holds_the_last_two_commits_within_its_bound(tmp_path):
     """The last commit's chunks and its parent's, the frozen ones (put first by the first commit) included, within
     twice the size of the tree; nothing of the versions before; at most core.raw_cache_mb."""
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     ids = _commit_series(repo, _versions(5))
     last, parent = _chunks(repo, ids[-1]), _chunks(repo, ids[-2])
     assert _chunks(repo, ids[0]) & last  # the frozen tensor's
@@ -135,7 +138,7 @@ def test_the_cache_holds_the_last_two_commits_within_its_bound(tmp_path):
 def test_a_commit_of_another_file_keeps_the_models_copies(tmp_path):
     """The bound is the whole tree's size, not what a commit wrote: committing a small second file (the model
     unchanged, not even read) leaves the model's copies where they were."""
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     ids = _commit_series(repo, _versions(2))
     model = _chunks(repo, ids[-1])
     notes = os.path.join(repo.root, "notes.safetensors")
@@ -151,7 +154,7 @@ def test_a_disk_running_low_empties_the_cache(tmp_path, monkeypatch):
     doing)."""
     from mlvc import rawcache
 
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     versions = _versions(3)
     _commit_series(repo, versions[:2])
     assert _cached(repo)
@@ -168,7 +171,7 @@ def test_a_damaged_object_whose_copy_is_cached_is_no_delta_base(tmp_path):
     and stores its chunk full, so only the damaged version is lost, never the later ones, with or without the
     cache; fsck finds the same damage with the cache as without it (a delta whose base's copy is cached is
     checked through the base's object)."""
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     versions = _versions(6)
     ids = _commit_series(repo, versions[:3])
     deltas = [o for o in sorted(_chunks(repo, ids[2]) - _chunks(repo, ids[1])) if repo.store.header(o).depth == 2]
@@ -192,7 +195,7 @@ def test_an_entry_that_is_a_link_is_neither_read_nor_touched(tmp_path, monkeypat
     """A link in the cache (to a file outside the repository) is not followed: a read does not open it, even when
     the file holds the chunk's bytes, and a commit that puts the chunk again replaces the link with a file of its
     own instead of setting the outside file's time."""
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     versions = _versions(3)
     ids = _commit_series(repo, versions[:2])
     folder = os.path.join(repo.dir, "cache", "raw")
@@ -214,10 +217,13 @@ def test_an_entry_that_is_a_link_is_neither_read_nor_touched(tmp_path, monkeypat
         assert f.read() == g.read()
 
 
-def test_no_cache_when_it_is_off(tmp_path):
-    repo = set_config(make_repo(tmp_path / "r", chunk_size=CHUNK), "raw_cache_mb", 0)
+def test_no_cache_by_default_nor_when_it_is_off(tmp_path):
+    repo = make_repo(tmp_path / "default", chunk_size=CHUNK)
+    assert repo.config.raw_cache_mb == 0 and repo.store.raw_cache is None
     _commit_series(repo, _versions(2))
-    assert not os.path.exists(os.path.join(repo.dir, "cache", "raw"))
+    repo = set_config(_cached_repo(tmp_path / "r"), "raw_cache_mb", 0)
+    _commit_series(repo, _versions(2))
+    assert not any(os.path.exists(os.path.join(r, ".mlvc", "cache", "raw")) for r in (tmp_path / "default", repo.root))
 
 
 DAMAGE = st.sampled_from(["flip", "truncate", "empty", "other", "append"])
@@ -229,7 +235,7 @@ def test_damaged_entries_are_misses_removed_and_build_nothing(tmp_path_factory, 
     """Any damage to any entries: a checkout is byte-exact, the damaged entries are gone, and a commit made over
     them stores objects that read back (and fsck) without any cache."""
     tmp = tmp_path_factory.mktemp("damage")
-    repo = make_repo(tmp / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp / "r")
     versions = _versions(4, seed=where % 7)
     ids = _commit_series(repo, versions[:3])
     want = _checked_out(_without_cache(repo), ids[-1], tmp / "want")
@@ -273,7 +279,7 @@ def test_damaged_entries_are_misses_removed_and_build_nothing(tmp_path_factory, 
 
 
 def test_a_cached_chunk_whose_object_is_gone_is_not_read_nor_a_base(tmp_path):
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     versions = _versions(3)
     ids = _commit_series(repo, versions[:2])
     oid = sorted(_chunks(repo, ids[-1]) - _chunks(repo, ids[0]))[0]
@@ -292,7 +298,7 @@ def test_a_cached_chunk_whose_object_is_gone_is_not_read_nor_a_base(tmp_path):
 
 
 def test_fsck_reads_the_objects_not_the_cache(tmp_path):
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     ids = _commit_series(repo, _versions(2))
     oid = sorted(_chunks(repo, ids[-1]) & _cached(repo))[0]
     flip_byte(repo.store.locate(oid), codec.HEADER_SIZE + 40)
@@ -304,7 +310,7 @@ def test_fsck_reads_the_objects_not_the_cache(tmp_path):
 
 
 def test_deleted_objects_leave_the_cache(tmp_path):
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     ids = _commit_series(repo, _versions(1))
     doomed = sorted(_chunks(repo, ids[0]))[:2]
     assert set(doomed) <= _cached(repo)
@@ -316,7 +322,7 @@ def test_deleted_objects_leave_the_cache(tmp_path):
 def test_a_cache_that_cannot_be_written_or_read_costs_nothing_but_speed(tmp_path, blocker):
     """A file where the folder goes (every put fails), a link to nowhere (the folder cannot be made: the write
     fails), entries that are not files (a FIFO would block a reader forever): commits and checkouts go on."""
-    repo = make_repo(tmp_path / "r", chunk_size=CHUNK)
+    repo = _cached_repo(tmp_path / "r")
     folder = os.path.join(repo.dir, "cache", "raw")
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     if blocker == "file":
@@ -325,7 +331,7 @@ def test_a_cache_that_cannot_be_written_or_read_costs_nothing_but_speed(tmp_path
     elif blocker == "dangling link":
         os.symlink(str(tmp_path / "nowhere"), folder)
     else:
-        probe = make_repo(tmp_path / "probe", chunk_size=CHUNK)
+        probe = _cached_repo(tmp_path / "probe")
         os.makedirs(folder)
         for oid in _chunks(probe, _commit_series(probe, _versions(3))[-1]):
             os.mkfifo(os.path.join(folder, oid))
