@@ -76,7 +76,7 @@ class RawCache:
             return
         try:
             st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode) and st.st_size == n:  # a torn entry (crash, no fsync) is written again
+            if stat.S_ISREG(st.st_mode) and st.st_size == n:  # else (a link, a short torn write) written anew
                 os.utime(path, follow_symlinks=False)
                 return
         except FileNotFoundError:

@@ -310,10 +310,10 @@ class ObjectStore:
         try:
             # The depth is in the header: a base too deep to use is refused before its chain is decoded
             # (decoding a K-deep chain per chunk only to store a keyframe cost time and peak memory).
-            if self._cache.get(oid) is None and self.header(oid).depth + 1 >= self.keyframe_interval:
+            if self._cache.get(oid, proven=True) is None and self.header(oid).depth + 1 >= self.keyframe_interval:
                 return None
-            # decoded from its objects, never a raw copy: a delta is written only on a base whose object (and
-            # chain) this read has just proved whole
+            # never a raw copy, nor bytes decoded through one: decoded from its objects (which proves them whole),
+            # or what this process remembered as it stored them (`remember`)
             raw, depth, _ = self._load(oid, cache=True, copies=False)
         except (ObjectNotFoundError, CorruptObjectError):
             return None
@@ -331,7 +331,7 @@ class ObjectStore:
         where = self._slices.get(oid)
         if where is not None:
             bid, offset, n = where
-            return bytes(memoryview(self._load(bid, cache=True)[0])[offset : offset + n])
+            return bytes(memoryview(self._load(bid, cache=True, copies=copies)[0])[offset : offset + n])
         return self._load(oid, cache=keep, copies=copies)[0]
 
     def hold(self, oid: str, raw: bytes) -> None:

@@ -321,7 +321,8 @@ def test_deleted_objects_leave_the_cache(tmp_path):
 @pytest.mark.parametrize("blocker", ["file", "dangling link", "fifo entries"])
 def test_a_cache_that_cannot_be_written_or_read_costs_nothing_but_speed(tmp_path, blocker):
     """A file where the folder goes (every put fails), a link to nowhere (the folder cannot be made: the write
-    fails), entries that are not files (a FIFO would block a reader forever): commits and checkouts go on."""
+    fails), entries that are not files (a FIFO would block a reader forever; made after the commits, which
+    would replace them): commits and checkouts go on, and a FIFO is not even opened."""
     repo = _cached_repo(tmp_path / "r")
     folder = os.path.join(repo.dir, "cache", "raw")
     os.makedirs(os.path.dirname(folder), exist_ok=True)
@@ -330,22 +331,54 @@ def test_a_cache_that_cannot_be_written_or_read_costs_nothing_but_speed(tmp_path
             f.write(b"not a folder")
     elif blocker == "dangling link":
         os.symlink(str(tmp_path / "nowhere"), folder)
-    else:
-        probe = _cached_repo(tmp_path / "probe")
-        os.makedirs(folder)
-        for oid in _chunks(probe, _commit_series(probe, _versions(3))[-1]):
-            os.mkfifo(os.path.join(folder, oid))
     versions = _versions(3)
     ids = _commit_series(repo, versions)
+    if blocker == "fifo entries":
+        head = _chunks(repo, ids[-1])
+        for oid in head:
+            os.unlink(os.path.join(folder, oid))
+            os.mkfifo(os.path.join(folder, oid))
+        cache = RawCache(folder, 1 << 30)
+        assert all(not cache.has(oid) and cache.get(oid, 1 << 16) is None for oid in head)  # neither blocks
     write_safetensors_np(tmp_path / "expect.safetensors", versions[-1])
     with open(tmp_path / "expect.safetensors", "rb") as f:
         assert _checked_out(Repo(repo.root), ids[-1], tmp_path / "out") == f.read()
     assert Repo(repo.root).fsck().ok
 
 
+def test_a_proven_decode_replaces_an_unproven_one_and_the_depth_rule_looks_at_proven_entries(tmp_path, monkeypatch):
+    """A chain at the deepest a base may be (K - 1), its top read through a copy and kept (unproven): the commit's
+    base lookup refuses it on the header's depth without decoding the chain (an unproven entry is no reason to
+    try), and a base decoded from the objects replaces an unproven entry."""
+    store = MemoryObjectStore(keyframe_interval=4, raw_cache=RawCache(str(tmp_path / "raw"), 1 << 30))
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal(20_000).astype(np.float32)
+    oids = [store.put(v.tobytes(), 4).id]
+    for _ in range(3):
+        v = v + np.float32(1e-3)
+        oids.append(store.put(v.tobytes(), 4, base=oids[-1]).id)
+    assert [store.header(o).depth for o in oids] == [0, 1, 2, 3] and store.raw_cache is not None
+    store.raw_cache.drop(oids[3])
+    store = _fresh(store)
+    store.get(oids[3], keep=True)  # through the copy of version 2
+    assert store._cache.get(oids[3]) is not None and store._cache.get(oids[3], proven=True) is None
+    decoded = []
+    real = codec._decode_delta
+    monkeypatch.setattr(codec, "_decode_delta", lambda *a: decoded.append(1) or real(*a))
+    assert store._base(oids[3]) is None and not decoded  # depth 3 + 1 reaches K = 4
+    base = store._base(oids[2])  # depth 2: decoded from its objects (its copy is not taken)
+    assert base is not None and store._cache.get(oids[2], proven=True) is not None and decoded
+    store.raw_cache.drop(oids[1])
+    store = _fresh(store)
+    store.get(oids[1], keep=True)  # its object decoded on version 0's copy: kept, unproven
+    assert store._cache.get(oids[1]) is not None and store._cache.get(oids[1], proven=True) is None
+    assert store._base(oids[1]) is not None  # decodes from objects and replaces the unproven entry
+    assert store._cache.get(oids[1], proven=True) is not None
+
+
 def _fresh(store: MemoryObjectStore) -> MemoryObjectStore:
     """The same objects and raw cache, nothing decoded in memory: as a new process would find them."""
-    fresh = MemoryObjectStore(raw_cache=store.raw_cache)
+    fresh = MemoryObjectStore(keyframe_interval=store.keyframe_interval, raw_cache=store.raw_cache)
     fresh._objects = store._objects
     return fresh
 
