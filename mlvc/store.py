@@ -70,18 +70,20 @@ class _LRU:
         if len(raw) > self.max_bytes:
             return
         with self._lock:
-            old = self._items.get(oid)
-            if old is not None and (old[2] or not proven):
-                return
-            self.pop(oid, locked=True)
+            old = self._items.pop(oid, None)
+            if old is not None:
+                if old[2] or not proven:  # a proven entry stays; an unproven one gives way to a proven decode
+                    self._items[oid] = old
+                    return
+                self._bytes -= len(old[0])
             self._items[oid] = (raw, depth, proven)
             self._bytes += len(raw)
             while self._bytes > self.max_bytes:
                 _, (gone, _d, _p) = self._items.popitem(last=False)
                 self._bytes -= len(gone)
 
-    def pop(self, oid: str, locked: bool = False) -> None:
-        with contextlib.nullcontext() if locked else self._lock:
+    def pop(self, oid: str) -> None:
+        with self._lock:
             item = self._items.pop(oid, None)
             if item is not None:
                 self._bytes -= len(item[0])
