@@ -48,8 +48,9 @@ class PutResult:
 class _LRU:
     """Decoded objects by id, bounded in bytes: the bases of delta chains, so that reading many commits of
     a series (or a chain and then its successor) decodes each base once. Each is (raw, depth, proven):
-    `proven` when it was decoded from its objects alone (or remembered as it was stored), not through a raw
-    copy (mlvc/rawcache.py), which proves the bytes but not the object files a new delta would rest on."""
+    `proven` when it was decoded from its objects alone (or remembered as this process wrote its object), not
+    through a raw copy (mlvc/rawcache.py) nor remembered for an object that was already there: those prove the
+    bytes, not the object files a new delta would rest on."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -241,7 +242,9 @@ class ObjectStore:
         # and gc must not remove it now that a commit in flight needs it.
         if self.freshen(oid):  # False when absent
             if remember and self._cache.get(oid) is None:
-                self._cache.put(oid, bytes(raw), self.header(oid).depth)
+                # not proven: this process did not write the object, and its file was not read (a delta base is
+                # then decoded from it, which is)
+                self._cache.put(oid, bytes(raw), self.header(oid).depth, proven=False)
             self._copy(oid, raw, n)
             return PutResult(oid, n, 0)
         data = None

@@ -478,3 +478,22 @@ def test_an_entry_of_another_size_is_removed_unread(tmp_path, monkeypatch):
     with open(os.path.join(cache.folder, oid), "ab") as f:
         f.write(b"\0" * 4096)
     assert cache.get(oid, len(raw)) is None and not reads and not cache.has(oid)
+
+
+def test_bytes_remembered_for_an_object_already_there_are_no_delta_base(tmp_path):
+    """A process that remembers what it commits (the Tracker) keeps the bytes it put; for an object that was
+    already there (written by another process, its file since damaged) they prove nothing about the object, so
+    the next version is not delta-coded on it without decoding it: the damage is found and the version stored
+    full, readable."""
+    rng = np.random.default_rng(3)
+    v0 = rng.standard_normal(20_000).astype(np.float32)
+    v1 = v0 + np.float32(1e-3)
+    first = MemoryObjectStore()
+    oid0 = first.put(v0.tobytes(), 4).id
+    data = bytearray(first.read_file(oid0))
+    data[-1] ^= 0xFF
+    first._objects[oid0] = bytes(data)
+    store = _fresh(first)
+    store.put(v0.tobytes(), 4, remember=True)  # already there: freshened, its bytes remembered
+    oid1 = store.put(v1.tobytes(), 4, base=oid0, remember=True).id
+    assert store.bases(oid1) == [] and _fresh(store).get(oid1) == v1.tobytes()
