@@ -91,7 +91,7 @@ def _store_bundle(store: ObjectStore, ids: list[str], length: int, width: int, f
     bundles they came from), `length` bytes of elements `width` bytes wide; its id. Delta-coded against the
     bundle of the same length that held its first tensor (named `first`) in the base tree (`bundled`: that
     file's FileEntry.bundled_by_name)."""
-    raw = b"".join(map(store.get, ids))
+    raw = b"".join(store.get_many(ids))
     if len(raw) != length:
         raise CorruptObjectError(ids[0], "tensor bytes of the wrong length")
     bid, n = bundled.get(first, ("", -1))

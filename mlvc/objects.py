@@ -6,6 +6,7 @@ their id is the hash of those bytes. docs/format.md is the schema.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import posixpath
@@ -670,14 +671,14 @@ def _small_table(path: str, tensors: list[TensorEntry]) -> tuple[list[str], dict
 
 
 def runs_of(positions: list[int]) -> list[list[int]]:
-    """Ascending positions as `small`'s runs: [first position, count] of each stretch of consecutive ones."""
-    runs: list[list[int]] = []
-    for i in positions:
-        if runs and runs[-1][0] + runs[-1][1] == i:
-            runs[-1][1] += 1
-        else:
-            runs.append([i, 1])
-    return runs
+    """Ascending positions as `small`'s runs: [first position, count] of each stretch of consecutive ones (found
+    where the step to the next position is not 1, with C-level maps: 100,000 positions are often one run)."""
+    if not positions:
+        return []
+    gaps = itertools.compress(range(1, len(positions)),
+                              map(operator.ne, positions[1:], map(operator.add, positions, itertools.repeat(1))))
+    starts = [0, *gaps]
+    return [[positions[a], b - a] for a, b in zip(starts, [*starts[1:], len(positions)], strict=True)]
 
 
 def _small_columns(runs: list[list[int]], names: list[str], dtypes: list[str], shapes: list[list[int]],

@@ -176,13 +176,13 @@ def _snapshot_safetensors(pipe: Pipeline, abs_path: str, rel: str, history: Hist
     table = set(rows)
     listed = [TensorEntry(names[i], dtypes[i], shapes[i], sizes[i], ids[i], [ids[i]]) if i in ids
               else TensorEntry(names[i], dtypes[i], shapes[i], sizes[i], results[i].hash, results[i].chunks)
-              for i in range(len(names)) if i not in table]
+              for i in itertools.filterfalse(table.__contains__, range(len(names)))]
     entry = FileEntry(rel, KIND_SAFETENSORS, size, fhash, tensors=listed, header=results[HEADER_KEY].chunks)
     if not rows:
         return entry
     pick = operator.itemgetter(*rows) if len(rows) > 1 else lambda c: (c[rows[0]],)
     return entry.adopt(HeldTable(runs_of(rows), list(pick(names)), list(pick(dtypes)), list(pick(shapes)),
-                                 list(pick(sizes)), listed, [ids[i] for i in rows]))
+                                 list(pick(sizes)), listed, list(map(ids.__getitem__, rows))))
 
 
 def _as_parent(pipe: Pipeline, f: BinaryIO, size: int, parent: FileEntry | None
@@ -215,24 +215,24 @@ def _small_runs(pipe: Pipeline, sizes: list[int], dtypes: list[str]) -> dict[int
     end, two or more at a time: {index of the first: the byte counts of the run}, each run at most RUN_MAX
     bytes; with a store, those are the tensors it holds for bundles (Pipeline.holds). A file of 100,000 tiny
     tensors is then ten segments, not 100,000 (and the size rule is looked up per dtype, not per tensor).
-    Plain Python: `status` snapshots a file touched but unchanged to find that out, and needs no numpy for it."""
+    Each stretch of small tensors is cut where its running total passes RUN_MAX (a bisection of the running
+    totals per run, not a step per tensor). Plain Python: `status` snapshots a file touched but unchanged to
+    find that out, and needs no numpy for it."""
     limits = {d: pipe.small_limit(plane_width(d)) for d in set(dtypes)}
+    small = list(map(operator.and_, map(bool, sizes), map(operator.le, sizes, map(limits.__getitem__, dtypes))))
     runs: dict[int, list[int]] = {}
-    cuts: list[int] = []
-    start = total = 0
-    for i, (n, dtype) in enumerate(zip(sizes, dtypes, strict=True)):
-        small = 0 < n <= limits[dtype]
-        if cuts and (not small or total + n > RUN_MAX):  # the run ends before this tensor
-            if len(cuts) > 1:
-                runs[start] = cuts
-            cuts, total = [], 0
-        if small:
-            if not cuts:
-                start = i
-            cuts.append(n)
-            total += n
-    if len(cuts) > 1:
-        runs[start] = cuts
+    i = 0
+    for is_small, stretch in itertools.groupby(small):
+        n = sum(1 for _ in stretch)
+        if is_small:
+            ends = list(itertools.accumulate(sizes[i : i + n]))
+            a = 0
+            while a < n:  # the run from a takes every tensor up to RUN_MAX bytes (at least one)
+                e = max(bisect.bisect_right(ends, (ends[a - 1] if a else 0) + RUN_MAX), a + 1)
+                if e - a > 1:
+                    runs[i + a] = sizes[i + a : i + e]
+                a = e
+        i += n
     return runs
 
 

@@ -339,6 +339,13 @@ class ObjectStore:
             return bytes(memoryview(self._load(bid, cache=True, copies=copies)[0])[offset : offset + n])
         return self._load(oid, cache=keep, copies=copies)[0]
 
+    def get_many(self, oids: list[str]) -> list[bytes | bytearray]:
+        """`get` of each id; held bytes (a new bundle's tensors) are looked up in one C-level map."""
+        try:
+            return list(map(self._held.__getitem__, oids))
+        except KeyError:
+            return list(map(self.get, oids))
+
     def hold(self, oid: str, raw: bytes) -> None:
         """Keep a small tensor's bytes (`oid` is their hash) until a manifest stores them in a bundle; `get`
         reads them meanwhile (before a slice of the same id, whose bundle gc may have removed since). Not an

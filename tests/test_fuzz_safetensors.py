@@ -7,13 +7,15 @@ whole commit path. Nothing but an MlvcError may come out, and an accepted layout
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
 import struct
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, note
 
 from conftest import make_repo
 from fuzz_util import check_all, fuzz_settings, mutate_bytes, mutate_json, random_bytes, random_json, seed_batches
@@ -268,3 +270,126 @@ def test_layout_order_and_tiling_match_the_walk_tensor_by_tensor(seeds):
 
     for seed in seeds:
         one(random.Random(seed))
+
+
+# -- the compact reader (_compact_columns) against the JSON parser ---------------------------------------------
+
+COMPACT_INPUTS = 4_000
+NAME_CHARS = ["a", "b", "0", ".", ",", ":", "{", "}", "[", "]", '"', "\\", " ", "\x01", "\x7f", "é", "_"]
+TEXT_DAMAGE = ['"', "\\", ",", ":", "{", "}", "[", "]", "0", "1", "00", " ", "\n", "\x01", "-", ".", "e", "\\u0041",
+               '"__metadata__":{},', '"x":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},']
+NAME_DAMAGE = ["\x00", "\x01", "\x1f", "\t", "\n", "\\", "\\u0041", '"', "\x7f", "é", "\ud800", ":", ","]
+
+
+def _compact_file(rng: random.Random) -> bytes:
+    """A header as the safetensors library writes it (compact JSON, entry keys in its order; names with
+    JSON-significant characters, which json.dumps escapes; metadata first, last or absent), sometimes damaged
+    as text (a JSON-significant character or token inserted, a character dropped, a stretch repeated, a
+    number given a leading zero), with a data region of the right length or not."""
+    header: dict = {}
+    metadata = rng.choice([None, None, {}, {"format": "pt"}, {"k:": "v,}", "é": "ü"}, {"q": 'a"b'}])
+    last = rng.random() < 0.2
+    if metadata is not None and not last:
+        header["__metadata__"] = metadata
+    pos = 0
+    for i in range(rng.randrange(0, 6)):
+        kind = rng.random()
+        name = ("".join(rng.choice(NAME_CHARS) for _ in range(rng.randrange(0, 4))) if kind < 0.3
+                else "__metadata__" if kind < 0.35 else f"t{i}")
+        dtype = rng.choice(["F32", "F32", "U8", "BF16", "F8_E4M3", "Q9", "f32"])
+        shape = [rng.choice([0, 1, 2, 3]) for _ in range(rng.randrange(0, 3))]
+        nbytes = math.prod(shape) * {"F32": 4, "BF16": 2}.get(dtype, 1) + (rng.random() < 0.05)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    if metadata is not None and last:
+        header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=rng.random() < 0.5)
+    for _ in range(rng.choice([0, 0, 0, 1, 1, 2, 3])):
+        i = rng.randrange(len(text) + 1)
+        op = rng.randrange(7)
+        entries = [m.group(0) for m in re.finditer(r'"[^"]*":\{"dtype[^}]*\}', text)]
+        if op == 4 and entries:  # an entry twice: the same name, the same or other offsets
+            entry = rng.choice(entries)
+            again = entry if rng.random() < 0.5 else entry.replace('"data_offsets":[0,', '"data_offsets":[1,')
+            text = text.replace(entry, entry + "," + again, 1)
+        elif op == 5 and entries:  # damage inside a name
+            at = text.index(rng.choice(entries)) + 1
+            text = text[:at] + rng.choice(NAME_DAMAGE) + text[at:]
+        elif op == 6 and metadata:  # a metadata key twice
+            text = text.replace('"__metadata__":{', f'"__metadata__":{{"{next(iter(metadata))}":"x",', 1)
+        elif op == 0:
+            text = text[:i] + rng.choice(TEXT_DAMAGE) + text[i:]
+        elif op == 1:
+            text = text[:i] + text[i + 1 :]
+        elif op == 2:
+            j = rng.randrange(i, len(text) + 1)
+            text = text[:j] + text[i:j] + text[j:]
+        else:
+            digits = [k for k, c in enumerate(text) if c.isdigit()]
+            if digits:
+                k = rng.choice(digits)
+                text = text[:k] + "0" + text[k:]
+    text += " " * rng.choice([0, 0, 3, 8])
+    data = bytes(pos + rng.choice([0, 0, 0, 1, -1 if pos else 0]))
+    return _with_header(text.encode("utf-8", "surrogatepass"), data)
+
+
+def _outcome(blob: bytes):
+    try:
+        layout = st_format.parse_layout(blob, len(blob), "f")
+    except MlvcError as e:
+        return "refused", str(e)
+    return "read", layout
+
+
+def _both_readers(blob: bytes, taken: list[bool]) -> None:
+    n = struct.unpack("<Q", blob[:8])[0]
+    try:
+        text = blob[8 : 8 + n].decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    fast = _outcome(blob)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(st_format, "_compact_columns", lambda *_: None)
+        slow = _outcome(blob)
+    assert fast == slow
+    if text is not None:
+        taken.append(st_format._compact_columns(text, len(blob) - 8 - n) is not None)
+
+
+@fuzz_settings(COMPACT_INPUTS)
+@given(seed_batches())
+def test_compact_reader_reads_as_the_json_parser_does(seeds):
+    """Whatever the compact reader accepts, the JSON parser reads the same (the same layout, or the same
+    error), and where the reader hands over the parser decides: escapes, control characters, duplicate names,
+    leading zeros, metadata anywhere, damage of any kind."""
+    taken: list[bool] = []
+    check_all(seeds, _compact_file, lambda blob: _both_readers(blob, taken))
+    note(f"compact reader took {sum(taken)} of {len(taken)}")
+
+
+def test_compact_headers_take_the_compact_reader():
+    """The files that the safetensors library and build_layout write, and json.dumps' compact form with
+    metadata, are read by the compact reader, to the same layout as the JSON parser's (so that the test above
+    compares something, and the speed is there for real files)."""
+    rng = random.Random(5)
+    alphabet = [c for c in map(chr, range(0x20, 0x7F)) if c not in '"\\']
+    for case in range(300):
+        tensors = []
+        for _ in range(rng.randrange(1, 8)):
+            name = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 12)))
+            shape = [rng.randrange(0, 5) for _ in range(rng.randrange(0, 4))]
+            tensors.append((name, rng.choice(["F32", "F16", "I64", "U8", "BOOL"]), shape))
+        tensors = list({t[0]: t for t in tensors}.values())  # unique names
+        layout = st_format.build_layout([(n, d, s, math.prod(s) * {"F32": 4, "F16": 2, "I64": 8}.get(d, 1))
+                                         for n, d, s in tensors], {"format": "pt"} if case % 2 else None)
+        blob = layout.header_bytes + bytes(layout.data_length)
+        text = layout.header_bytes[8:].decode()
+        assert st_format._compact_columns(text, layout.data_length) is not None, text
+        taken: list[bool] = []
+        _both_readers(blob, taken)
+        assert taken == [True]
+    real = SEEDS[2], SEEDS[3], SEEDS[4]  # F4, empty tensors, metadata with non-ASCII text
+    for blob in real:
+        n = struct.unpack("<Q", blob[:8])[0]
+        assert st_format._compact_columns(blob[8 : 8 + n].decode(), len(blob) - 8 - n) is not None
