@@ -287,7 +287,8 @@ def _compact_file(rng: random.Random) -> bytes:
     as text (a JSON-significant character or token inserted, a character dropped, a stretch repeated, a
     number given a leading zero), with a data region of the right length or not."""
     header: dict = {}
-    metadata = rng.choice([None, None, {}, {"format": "pt"}, {"k:": "v,}", "é": "ü"}, {"q": 'a"b'}])
+    metadata = rng.choice([None, None, {}, {"format": "pt"}, {"k:": "v,}", "é": "ü"}, {"q": 'a"b'},
+                           {"s": "x\ud800"}, {"c": "a\x01b", "t": "\t"}, {"b": "back\\slash"}])
     last = rng.random() < 0.2
     if metadata is not None and not last:
         header["__metadata__"] = metadata
@@ -329,6 +330,9 @@ def _compact_file(rng: random.Random) -> bytes:
             if digits:
                 k = rng.choice(digits)
                 text = text[:k] + "0" + text[k:]
+    if rng.random() < 0.1:  # a character at either end that str.strip() takes for a space, JSON does not
+        odd = rng.choice(["\x0b", "\x0c", "\xa0", "\u2028", "\x00", "\ufeff"])
+        text = odd + text if rng.random() < 0.5 else text + odd
     text += " " * rng.choice([0, 0, 3, 8])
     data = bytes(pos + rng.choice([0, 0, 0, 1, -1 if pos else 0]))
     return _with_header(text.encode("utf-8", "surrogatepass"), data)
@@ -368,10 +372,10 @@ def test_compact_reader_reads_as_the_json_parser_does(seeds):
     note(f"compact reader took {sum(taken)} of {len(taken)}")
 
 
-def test_compact_headers_take_the_compact_reader():
-    """The files that the safetensors library and build_layout write, and json.dumps' compact form with
-    metadata, are read by the compact reader, to the same layout as the JSON parser's (so that the test above
-    compares something, and the speed is there for real files)."""
+def test_compact_headers_take_the_compact_reader(tmp_path):
+    """Headers that build_layout writes (json.dumps' compact form, with and without metadata) and that the
+    safetensors library writes are read by the compact reader, to the same layout as the JSON parser's (so
+    that the test above compares something, and the speed is there for real files)."""
     rng = random.Random(5)
     alphabet = [c for c in map(chr, range(0x20, 0x7F)) if c not in '"\\']
     for case in range(300):
@@ -389,7 +393,33 @@ def test_compact_headers_take_the_compact_reader():
         taken: list[bool] = []
         _both_readers(blob, taken)
         assert taken == [True]
-    real = SEEDS[2], SEEDS[3], SEEDS[4]  # F4, empty tensors, metadata with non-ASCII text
-    for blob in real:
+    from safetensors.numpy import save_file
+
+    library = str(tmp_path / "library.safetensors")
+    save_file({"w": np.ones((2, 3), np.float32), "b.x": np.arange(4, dtype=np.int64), "s": np.array(1.5, np.float16),
+               "e": np.zeros((0, 2), np.uint8)}, library, metadata={"format": "np", "k:": "v,}"})
+    with open(library, "rb") as f:
+        written = f.read()
+    # F32; F16, I64, an empty tensor and metadata with non-ASCII text; F8_E4M3, F4, BOOL; the library's file
+    for blob in (SEEDS[2], SEEDS[3], SEEDS[4], written):
         n = struct.unpack("<Q", blob[:8])[0]
         assert st_format._compact_columns(blob[8 : 8 + n].decode(), len(blob) - 8 - n) is not None
+        taken = []
+        _both_readers(blob, taken)
+        assert taken == [True]
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_name_length_limit_on_both_readers(compact):
+    """A tensor name of MAX_NAME_BYTES is read and one byte more is refused, by the compact reader's shared
+    checks as by the JSON parser's."""
+    for extra, ok in ((0, True), (1, False)):
+        name = "n" * (st_format.MAX_NAME_BYTES + extra)
+        text = json.dumps({name: {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}},
+                          separators=(",", ":") if compact else (", ", ": "))
+        blob = _with_header(text.encode(), b"x")
+        assert (st_format._compact_columns(text, 1) is not None) == (compact and ok)
+        kind, value = _outcome(blob)
+        assert kind == ("read" if ok else "refused"), value
+        if not ok:
+            assert "is not UTF-8 text of at most" in value

@@ -109,6 +109,7 @@ def parse_layout(head: bytes, file_size: int, path: str) -> Layout:
         raise FormatError(path, f"header is not UTF-8 ({e.reason} at byte {8 + e.start})") from None
     compact = _compact_columns(text, file_size - 8 - n)
     if compact is not None:
+        _check_metadata(compact[1], path)
         return _layout(head, n, file_size, path, *compact)
     try:
         header = json.loads(text, object_pairs_hook=_pairs)
