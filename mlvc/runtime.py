@@ -1,10 +1,11 @@
-"""Process-wide settings of the runs mlvc owns: the CLI (`cli.main`) and the Tracker's worker process. Never
-applied by the library in a caller's process (a `Repo` in a notebook, the Tracker's thread worker): there the
-process and its settings are the caller's."""
+"""Process-wide settings of the runs mlvc owns, the CLI (`cli.main`) and the Tracker's worker process, and the end
+of the CLI's process (`cli.run`). Never applied by the library in a caller's process (a `Repo` in a notebook, the
+Tracker's thread worker): there the process and its settings are the caller's."""
 
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 # Generation-1 collections between two full ones (default 10): one full collection per about 7 million
 # allocations. A command on a file of 100,000 tensors runs at most about 430 generation-1 collections (its
@@ -26,3 +27,31 @@ def defer_full_gc() -> None:
     if sys.version_info < (3, 14):
         young, middle, full = gc.get_threshold()
         gc.set_threshold(young, middle, max(full, FULL_GC_EVERY))
+
+
+def end_process(exit: SystemExit) -> NoReturn:
+    """End a process mlvc runs itself (the CLI) with `exit`'s status, doing what the interpreter does at exit
+    that anyone can observe (non-daemon threads joined and threading's exit hooks run, the atexit handlers
+    run, stdout and stderr flushed) but not its teardown: freeing every module and object left, and a last
+    full garbage collection, took 20-40 ms of every command (`mlvc status` 23 -> 5 ms, a checkout of 87 MiB
+    40 -> 7 ms), which is nothing but waiting for a process that has finished its work. Anything left to a
+    finalizer (`__del__`) is skipped, as a kill would skip it: what mlvc writes is written, flushed and
+    closed before a command returns. Where the interpreter does more (a status that is not a number, which
+    it prints; a tracer or profiler, or coverage, that reports at exit) or a step fails, `exit` is raised
+    again and the interpreter exits as usual (with the atexit handlers already run, it does not run them
+    twice)."""
+    import atexit
+    import os
+    import threading
+
+    code = 0 if exit.code is None else exit.code
+    if type(code) is not int or sys.gettrace() or sys.getprofile() or "coverage" in sys.modules:
+        raise exit
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter's exit does first
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001  # (a pipe closed by the reader, a changed private API)
+        raise exit from None
+    os._exit(code)

@@ -22,19 +22,19 @@ from safetensors.numpy import save_file
 
 from conftest import make_repo
 
-# Runs `mlvc ARGS` as `python -m mlvc ARGS` does, then writes the names of every module imported (not the ones
-# blocked with a None entry) to the file named by its first argument, and exits with the command's status.
+# Runs `mlvc ARGS` as `python -m mlvc ARGS` does and, at exit (the process ends without the interpreter's
+# teardown, after the atexit handlers: runtime.end_process), writes the names of every module imported (not the
+# ones blocked with a None entry) to the file named by its first argument.
 PROBE = r"""
-import json, runpy, sys
+import atexit, json, runpy, sys
 out, sys.argv = sys.argv[1], ["mlvc", *sys.argv[2:]]
-code = 0
-try:
-    runpy.run_module("mlvc", run_name="__main__", alter_sys=True)
-except SystemExit as e:
-    code = e.code
-with open(out, "w") as f:
-    json.dump(sorted(name for name, m in sys.modules.items() if m is not None), f)
-sys.exit(code)
+
+def dump():
+    with open(out, "w") as f:
+        json.dump(sorted(name for name, m in sys.modules.items() if m is not None), f)
+
+atexit.register(dump)
+runpy.run_module("mlvc", run_name="__main__", alter_sys=True)
 """
 
 # concurrent.futures (which imports logging) is there for the thread pools of a pipeline that reads or stores chunks.
