@@ -29,6 +29,12 @@ def defer_full_gc() -> None:
         gc.set_threshold(young, middle, max(full, FULL_GC_EVERY))
 
 
+# Tools that take over at the end of a program they run in their process (a debugger, a profiler, coverage):
+# where one is loaded, the interpreter's own exit hands them control as usual.
+_EXIT_WATCHERS = frozenset({"bdb", "coverage", "cProfile", "profile", "yappi", "pyinstrument", "line_profiler",
+                            "memray", "trace"})
+
+
 def end_process(exit: SystemExit) -> NoReturn:
     """End a process mlvc runs itself (the CLI) with `exit`'s status, doing what the interpreter does at exit
     that anyone can observe (non-daemon threads joined and threading's exit hooks run, the atexit handlers
@@ -36,22 +42,36 @@ def end_process(exit: SystemExit) -> NoReturn:
     full garbage collection, took 20-40 ms of every command (`mlvc status` 23 -> 5 ms, a checkout of 87 MiB
     40 -> 7 ms), which is nothing but waiting for a process that has finished its work. Anything left to a
     finalizer (`__del__`) is skipped, as a kill would skip it: what mlvc writes is written, flushed and
-    closed before a command returns. Where the interpreter does more (a status that is not a number, which
-    it prints; a tracer or profiler, or coverage, that reports at exit) or a step fails, `exit` is raised
-    again and the interpreter exits as usual (with the atexit handlers already run, it does not run them
-    twice)."""
+    closed before a command returns. Where the interpreter does more, `exit` is raised again and the
+    interpreter exits as usual (the atexit handlers it finds already run are not run twice): a status that
+    is not a number (it prints it); a tracer, a profiler (sys.setprofile, or sys.monitoring from Python
+    3.12), a debugger or coverage, which report or take over at exit; `python -i` (PYTHONINSPECT), whose
+    prompt comes after the program; a step that fails (a flush to a pipe the reader closed), or Ctrl-C
+    while the exit waits for a thread (the interpreter reports it and keeps the status)."""
     import atexit
     import os
     import threading
 
     code = 0 if exit.code is None else exit.code
-    if type(code) is not int or sys.gettrace() or sys.getprofile() or "coverage" in sys.modules:
+    if type(code) is not int or _watched():
         raise exit
     try:
         threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter's exit does first
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001  # (a pipe closed by the reader, a changed private API)
+    except BaseException:  # noqa: BLE001  # (a pipe closed by the reader, Ctrl-C, a changed private API)
         raise exit from None
     os._exit(code)
+
+
+def _watched() -> bool:
+    """Whether something in this process expects the interpreter's own exit (end_process)."""
+    import os
+
+    if sys.gettrace() or sys.getprofile() or sys.flags.inspect or os.environ.get("PYTHONINSPECT"):
+        return True
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: cProfile and debuggers use it
+    if monitoring is not None and any(monitoring.get_tool(i) for i in range(6)):
+        return True
+    return not _EXIT_WATCHERS.isdisjoint(sys.modules)

@@ -37,15 +37,23 @@ CHILD = textwrap.dedent("""
     weakref.finalize(gone, note, "finalize")  # run at exit by its own atexit hook (the object stays alive)
 
     def late():
-        time.sleep(0.3)
+        time.sleep(1.0 if mode == "ctrl-c" else 0.3)
         note("thread")
 
     threading.Thread(target=late).start()  # not a daemon: the exit waits for it
     print("out" * 1000)  # buffered: stdout is a pipe
-    print("err", file=sys.stderr)
+    sys.stderr.write("err")  # no newline: stderr is line-buffered
     if mode == "trace":
         sys.settrace(lambda *a: None)
         atexit.register(sys.settrace, None)  # else the tracer keeps `kept` alive through the teardown
+    if mode == "coverage":
+        import types
+        sys.modules["coverage"] = types.ModuleType("coverage")
+    if mode == "monitoring":
+        sys.monitoring.use_tool_id(3, "a profiler")
+    if mode == "ctrl-c":  # while the exit waits for the thread
+        import os, signal
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
     if mode == "flush-fails":
         class Broken:
             def write(self, s):
@@ -69,22 +77,49 @@ def _run(tmp_path, mode: str) -> tuple[subprocess.CompletedProcess, list[str]]:
 def test_a_number_ends_the_process_without_the_teardown_and_nothing_else_is_lost(tmp_path):
     p, log = _run(tmp_path, "number")
     assert p.returncode == 3, p.stderr
-    assert p.stdout == "out" * 1000 + "\n" and p.stderr == "err\n"
+    assert p.stdout == "out" * 1000 + "\n" and p.stderr == "err"
     assert sorted(log) == ["atexit", "finalize", "thread"]  # each once; no teardown
     p, log = _run(tmp_path, "none")
     assert p.returncode == 0 and sorted(log) == ["atexit", "finalize", "thread"]
 
 
-@pytest.mark.parametrize("mode", ["text", "trace", "flush-fails"])
+MONITORING = pytest.param("monitoring", marks=pytest.mark.skipif(sys.version_info < (3, 12),
+                                                                  reason="sys.monitoring is Python 3.12's"))
+
+
+@pytest.mark.parametrize("mode", ["text", "trace", "coverage", MONITORING, "flush-fails"])
 def test_where_the_interpreter_does_more_it_exits_as_usual(tmp_path, mode):
-    """A status that is text (printed, status 1), a tracer (a coverage run reports at exit), a flush that fails
-    (the interpreter reports it): the usual exit, with its teardown, and the atexit handlers still run once."""
+    """A status that is text (printed, status 1), a tracer, coverage or a profiler of sys.monitoring (which
+    report at exit), a flush that fails (the interpreter reports it, status 120): the usual exit, with its
+    teardown, and the atexit handlers still run once."""
     p, log = _run(tmp_path, mode)
     assert sorted(log) == ["atexit", "finalize", "teardown", "thread"], p.stderr
+    assert p.returncode == {"text": 1, "flush-fails": 120}.get(mode, 3), p.stderr
     if mode == "text":
-        assert p.returncode == 1 and p.stderr.endswith("a message\n")
-    elif mode == "trace":
-        assert p.returncode == 3
+        assert p.stderr.endswith("a message\n")
+    if mode == "flush-fails":
+        assert "BrokenPipeError" in p.stderr
+
+
+def test_ctrl_c_while_the_exit_waits_for_a_thread_keeps_the_status(tmp_path):
+    """Ctrl-C while the exit joins a thread: as with the interpreter's own exit, the status stays the command's,
+    the exit hooks have run and the thread is left (no traceback: the command's work is done)."""
+    p, log = _run(tmp_path, "ctrl-c")
+    plain = tmp_path / "plain.log"
+    usual = subprocess.run([sys.executable, "-c", CHILD.replace("end_process(SystemExit(code))", "sys.exit(code)"),
+                            str(plain), "ctrl-c"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == usual.returncode == 3, p.stderr
+    assert sorted(log) == sorted(plain.read_text().split()) == ["atexit", "finalize"]
+    assert "Traceback" not in p.stderr and "KeyboardInterrupt" in usual.stderr
+
+
+def test_python_i_gets_its_prompt_after_the_program(tmp_path):
+    """PYTHONINSPECT (`python -i`): the interpreter's prompt comes after the program (here it reads an empty
+    stdin and ends), so the process is not ended under it."""
+    log = tmp_path / "inspect.log"
+    p = subprocess.run([sys.executable, "-c", CHILD, str(log), "none"], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, env={**__import__("os").environ, "PYTHONINSPECT": "1"})
+    assert sorted(log.read_text().split()) == ["atexit", "finalize", "teardown", "thread"], p.stderr
 
 
 def test_the_program_exits_with_each_commands_status(tmp_path):

@@ -241,4 +241,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()  # click exits with the command's status itself
+    run()
