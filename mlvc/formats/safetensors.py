@@ -205,7 +205,8 @@ def _checked(names: list[str], dtypes: list[Any], shapes: list[Any], begins: lis
     """The columns if every entry passes _span's checks, else None (TypeError for an unhashable dtype)."""
     if not names or not "".join(names).isascii() or max(map(len, names)) > MAX_NAME_BYTES:
         return None
-    if not all(map(_valid_dtype, set(dtypes))):  # an unhashable dtype: TypeError
+    kinds = set(dtypes)  # an unhashable dtype: TypeError
+    if not all(map(_valid_dtype, kinds)):
         return None
     if set(map(type, shapes)) != {list} or max(map(len, shapes)) > MAX_RANK:
         return None
@@ -220,8 +221,8 @@ def _checked(names: list[str], dtypes: list[Any], shapes: list[Any], begins: lis
     if not all(map(operator.le, begins, ends)):
         return None
     sizes = list(map(operator.sub, ends, begins))
-    width = {d: DTYPES[d].itemsize for d in set(dtypes) if d in DTYPES}  # unknown dtypes: any length
-    if len(width) == len(set(dtypes)):  # every dtype known: the sizes are their widths times the counts
+    width = {d: DTYPES[d].itemsize for d in kinds if d in DTYPES}  # unknown dtypes: any length
+    if len(width) == len(kinds):  # every dtype known: the sizes are their widths times the counts
         if sizes != list(map(operator.mul, map(width.__getitem__, dtypes), counts)):
             return None
     elif any(size != width[d] * c for d, c, size in zip(dtypes, counts, sizes, strict=True) if d in width):
