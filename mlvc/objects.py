@@ -336,11 +336,7 @@ class FileEntry:
             items = [t.chunks if t.slot is None else (t.slot.bundle, t.slot.offset, t.slot.offset + t.nbytes)
                      for t in self.tensors]
         else:
-            listed: list[list[str] | tuple[str, int, int]] = [t.chunks for t in table.listed]
-            rows: list[list[str] | tuple[str, int, int]] = [
-                (table.bundles[k], offset, offset + n)
-                for k, offset, n in zip(table.ins, table.offsets(), table.nbytes, strict=True)]
-            items = table.merged(listed, rows)
+            items = table.pieces()
         out: list[str | tuple[str, int, int]] = []
         for item in items:
             last = out[-1] if out else None
@@ -820,6 +816,33 @@ class SmallTable(_Rows):
         out = [0] * len(self.bundles)
         for k, size in zip(self.ins, self.nbytes, strict=True):
             out[k] += size
+        return out
+
+    def pieces(self) -> list[list[str] | tuple[str, int, int]]:
+        """The file's tensors in order (FileEntry.pieces): each listed tensor's chunks, and a (bundle, start, end)
+        slice for each stretch of rows in one run and one bundle (a bundle's rows lie in it end to end, in row
+        order): found where the bundle changes or a run starts, not row by row."""
+        ins, n = self.ins, len(self.ins)
+        run_starts = itertools.accumulate((count for _, count in self.runs[:-1]), initial=0)
+        bounds = sorted({n, *run_starts, *itertools.compress(range(1, n), map(operator.ne, ins[1:], ins))})
+        ends = [0] * len(self.bundles)
+        stretches = []  # (first row, slice)
+        for a, b in itertools.pairwise(bounds):
+            k = ins[a]
+            size = sum(self.nbytes[a:b])
+            stretches.append((a, (self.bundles[k], ends[k], ends[k] + size)))
+            ends[k] += size
+        out: list[list[str] | tuple[str, int, int]] = []
+        taken = row = j = 0  # listed tensors placed, rows placed, stretches placed
+        for position, count in self.runs:
+            gap = position - taken - row  # listed tensors before this run
+            out.extend(t.chunks for t in self.listed[taken : taken + gap])
+            taken += gap
+            row += count
+            while j < len(stretches) and stretches[j][0] < row:
+                out.append(stretches[j][1])
+                j += 1
+        out.extend(t.chunks for t in self.listed[taken:])
         return out
 
     def offsets(self) -> list[int]:

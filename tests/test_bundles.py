@@ -216,6 +216,37 @@ def test_small_table_round_trips_any_names_and_layout(rows):
     assert [r["name"] for r in _rows(stored)] == [t.name for t in tensors]  # the spec's reading agrees
 
 
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["bundled", "bundled", "listed", "empty"]), st.integers(0, 2),
+                               st.integers(1, 3)), min_size=1, max_size=40))
+def test_small_table_pieces_are_the_slices_tensor_by_tensor(rows):
+    """A table's pieces (SmallTable.pieces: a slice per stretch of rows in one run and one bundle) are the
+    pieces of the same tensors built one by one (a slice per tensor, merged where two lie end to end in one
+    bundle), for any order of bundles and listed tensors, empty listed tensors (no chunks) between rows
+    included."""
+    from mlvc.objects import FileEntry, Slot, TensorEntry
+
+    oid = "1" * 32
+    first_use: dict[int, int] = {}  # bundles numbered in order of first use, as the table requires
+    tensors, ends = [], [0, 0, 0]
+    for i, (kind, k, n) in enumerate(rows):
+        if kind == "bundled":
+            k = first_use.setdefault(k, len(first_use))
+            tensors.append(TensorEntry(f"t{i}", "F32", [n], 4 * n, oid, [oid], slot=Slot(f"{k}" * 32, ends[k], 0, k)))
+            ends[k] += 4 * n
+        else:
+            empty = kind == "empty"
+            tensors.append(TensorEntry(f"t{i}", "F32", [0 if empty else n], 0 if empty else 4 * n, oid,
+                                       [] if empty else [oid]))
+    tensors = [t if t.slot is None else TensorEntry(t.name, t.dtype, t.shape, t.nbytes, t.hash, t.chunks,
+                                                    slot=t.slot._replace(length=ends[t.slot.place]))
+               for t in tensors]
+    entry = FileEntry("m", "safetensors", 1, oid, tensors=tensors, header=[oid])
+    back = FileEntry.from_dict(json.loads(canonical_json(entry.to_dict())))
+    assert back.small_table() is not None or not first_use
+    assert back.pieces() == entry.pieces()
+
+
 def _three_tensors(repo):
     """A commit of three 8-byte tensors in three bundles (closed at 8 bytes), and its stored manifest."""
     with pytest.MonkeyPatch.context() as mp:
