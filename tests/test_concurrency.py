@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -104,6 +105,170 @@ def test_gc_prune_now_between_a_commits_objects_and_its_ref_move(workdir, monkey
     Repo(root).checkout("HEAD", output=out)
     with open(os.path.join(out, concurrencylib.MODEL), "rb") as f:
         assert f.read() == concurrencylib.file_bytes(0, 1)
+
+
+def _landed_intact(root: str, commit_id: str, model: bytes) -> None:
+    """The branch names the commit, nothing is missing (fsck, and a gc after), and it checks out as committed."""
+    from mlvc.repo import Repo
+
+    repo = Repo(root)
+    assert repo.head() == commit_id
+    report = repo.fsck()
+    assert not report.problems, [p.detail for p in report.problems]
+    repo.gc(prune="now")  # a reachable commit with a missing object would stop it (GcRefusedError)
+    out = os.path.join(os.path.dirname(root), "out")
+    shutil.rmtree(out, ignore_errors=True)
+    repo.checkout("HEAD", output=out)
+    with open(os.path.join(out, concurrencylib.MODEL), "rb") as f:
+        assert f.read() == model
+
+
+@pytest.mark.parametrize("at", [1, 2, "gc.checked"])
+def test_gc_prune_now_keeps_a_commit_in_flight_at_its_start_that_lands_during_the_sweep(workdir, monkeypatch, at):
+    """A commit in flight when `gc --prune=now` starts (its objects written, older than gc's start) whose ref moves
+    while gc marks and sweeps (at gc's first or second look at delta bases: after the first walk of the refs,
+    after the second; or in the sweep, before a deletion), its in-flight marker gone by the time gc reads the
+    markers again: gc's limit never rises during a run, so the commit keeps its objects wherever it lands.
+    (Found in review: gc read the markers anew for its limit after walking the refs again, and a commit that
+    landed between the two lost its objects.)"""
+    import threading
+
+    from mlvc import faults
+    from mlvc.ops import gc as gc_module
+    from mlvc.repo import Repo
+
+    root = os.path.join(workdir, "repo")
+    crashlib.init_repo(root).commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL)
+    old = Repo(root).store.put(b"unreachable " * 100).id  # two hours old: gc deletes it, and so runs its sweep
+    when = time.time() - 7200
+    os.utime(Repo(root).store._path(old), (when, when))
+    written, go, landed = threading.Event(), threading.Event(), {}
+
+    def writer():
+        repo = Repo(root)
+        flush = repo.store.flush
+
+        def paused():  # every object written, the ref not moved
+            written.set()
+            go.wait(60)
+            flush()
+
+        repo.store.flush = paused
+        landed["id"] = repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL).commit.id
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert written.wait(60)
+    time.sleep(1.1)  # the commit's objects are older than gc's start: `--prune=now` alone would take them
+    real, calls = gc_module._close_bases, []
+
+    def land() -> None:  # the commit lands now, and drops its marker
+        go.set()
+        thread.join(60)
+        assert not os.listdir(os.path.join(root, ".mlvc", "inflight"))
+
+    def close_bases(*args):
+        calls.append(1)
+        if len(calls) == at:
+            land()
+        return real(*args)
+
+    monkeypatch.setattr(gc_module, "_close_bases", close_bases)
+    monkeypatch.setattr(faults, "point", lambda name: name == at and not go.is_set() and land())
+    try:
+        Repo(root).gc(prune="now")
+    finally:
+        landed_during = go.is_set()
+        go.set()
+        thread.join(60)
+        monkeypatch.undo()
+    assert landed_during and "id" in landed
+    _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
+
+
+def test_gc_prune_now_keeps_what_a_commit_begun_during_the_sweep_deduped_against(workdir, monkeypatch):
+    """A commit that begins after `gc --prune=now` has read the refs and the operations in flight, dedupes
+    against objects gc found unreachable (a branch reset away from them, its reflog expired; under an hour old,
+    so not freshened) and lands before gc deletes them: gc reads the refs again last thing before each
+    deletion, and keeps what the landed commit needs."""
+    from mlvc import faults
+    from mlvc.repo import Repo
+
+    root = os.path.join(workdir, "repo")
+    repo = crashlib.init_repo(root)
+    first = repo.commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL).commit.id
+    repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
+    Repo(root).reset(first, hard=True, force=True)  # w0-1's objects: reachable only from the reflog
+    landed = {}
+
+    def land(name):
+        if name == "gc.checked" and not landed:  # the same checkpoint again: its objects dedupe
+            landed["id"] = Repo(root).commit(concurrencylib.tensors(0, 1), message="again",
+                                             path=concurrencylib.MODEL).commit.id
+
+    monkeypatch.setattr(faults, "point", land)
+    result = Repo(root).gc(prune="now", expire_reflog="now")
+    monkeypatch.undo()
+    assert "id" in landed and result.removed_objects  # gc ran its deletion (the first w0-1 commit object went)
+    _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
+
+
+def test_gc_prune_now_keeps_what_a_commit_in_flight_at_its_last_look_deduped_against(workdir, monkeypatch):
+    """A commit that begins in gc's sweep, after gc checked the objects of a depth, dedupes against some of them
+    (unreachable, under an hour old, so not freshened) and lands while gc reads the refs a last time before
+    deleting them (after the refs are read): gc read the operations in flight before the refs, saw it, and keeps
+    what it deduped against."""
+    import threading
+
+    from mlvc import faults
+    from mlvc.ops import gc as gc_module
+    from mlvc.repo import Repo
+
+    root = os.path.join(workdir, "repo")
+    repo = crashlib.init_repo(root)
+    first = repo.commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL).commit.id
+    repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
+    Repo(root).reset(first, hard=True, force=True)  # w0-1's objects: reachable only from the reflog
+    written, go, landed = threading.Event(), threading.Event(), {}
+
+    def writer():
+        r = Repo(root)
+        flush = r.store.flush
+
+        def paused():  # every object written (deduped), the ref not moved
+            written.set()
+            go.wait(60)
+            flush()
+
+        r.store.flush = paused
+        landed["id"] = r.commit(concurrencylib.tensors(0, 1), message="again", path=concurrencylib.MODEL).commit.id
+
+    thread = threading.Thread(target=writer)
+    real_tips = gc_module._tips
+
+    def start(name):
+        if name == "gc.checked" and not thread.is_alive() and not written.is_set():
+            thread.start()
+            assert written.wait(60)
+
+    def tips(*args):
+        out = real_tips(*args)
+        if written.is_set() and not go.is_set():  # the refs read: the commit lands now
+            go.set()
+            thread.join(60)
+        return out
+
+    monkeypatch.setattr(faults, "point", start)
+    monkeypatch.setattr(gc_module, "_tips", tips)
+    try:
+        Repo(root).gc(prune="now", expire_reflog="now")
+    finally:
+        go.set()
+        if thread.is_alive():
+            thread.join(60)
+        monkeypatch.undo()
+    assert written.is_set() and "id" in landed
+    _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
 
 
 def test_gc_prune_temp_now_while_a_lock_is_being_taken(workdir, monkeypatch):

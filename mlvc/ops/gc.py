@@ -163,8 +163,11 @@ def gc(repo: Repo, prune: Any = None, prune_temp: Any = None, dry_run: bool = Fa
         now = time.time()
         base_cutoff = now - grace
 
-        def cutoff() -> float:
-            return _fenced(repo, base_cutoff)
+        lowest = [base_cutoff]
+
+        def cutoff() -> float:  # never rises: an operation seen in flight once keeps what it wrote for this run
+            lowest[0] = min(lowest[0], _fenced(repo, base_cutoff))
+            return lowest[0]
 
         cutoff()  # operations in flight are seen before the refs are read
         result.reflog_entries_expired = _expire_reflogs(repo, now - reflog_expire, dry_run)
@@ -341,6 +344,28 @@ def _close_bases(store, kept: set[str], start: set[str], strict: bool) -> None:
 FENCE_MARGIN = 5.0  # seconds: file times and clocks are not exact
 
 
+def _walk_again(repo: Repo, marker: _Marker, reachable: set[str], reflog_before: float) -> set[str]:
+    """Mark from the refs as they are now: what commits that landed since the last walk need, with its delta
+    bases, joins `reachable`; returns what joined."""
+    before = set(marker.needed)
+    marker.walk(_tips(repo, reflog_before))
+    new = marker.needed - before
+    if not new:
+        return set()
+    known = set(reachable)
+    reachable |= new
+    _close_bases(repo.store, reachable, new, True)
+    return reachable - known
+
+
+def _older(store, oid: str, limit: float) -> bool:
+    """Whether an object is still there and not younger than `limit` (freshened since it was listed)."""
+    try:
+        return store.mtime(oid) <= limit
+    except ObjectNotFoundError:
+        return False
+
+
 def _fenced(repo: Repo, cutoff: float) -> float:
     """The mtime below which an unreachable object may go, lowered while operations that write objects are
     in flight (`Repo.writing`): below the start of the oldest one, and below the store's freshening age (an
@@ -372,14 +397,10 @@ def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], res
             mtimes[oid] = store.mtime(oid)
         except ObjectNotFoundError:
             pass
-    # Refs that moved while we marked (a commit that landed, a checkout of a dangling commit): mark from the
-    # tips again; anything new is kept too.
-    before = set(marker.needed)
-    marker.walk(_tips(repo, reflog_before))
-    new = marker.needed - before
-    reachable |= new
-    _close_bases(store, reachable, new, True)
+    # The limit first, then the refs again (they moved while we marked: a commit that landed, a checkout of a
+    # dangling commit): an operation still in flight now lowers the limit, one that landed before is walked.
     limit = cutoff()
+    _walk_again(repo, marker, reachable, reflog_before)
     kept = reachable | {oid for oid, t in mtimes.items() if t > limit}
     young = kept - reachable
     _close_bases(store, kept, young, False)
@@ -412,13 +433,21 @@ def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], res
                     continue
             except ObjectNotFoundError:
                 continue
-            doomed.append(oid)
-            result.object_bytes_freed += size
+            doomed.append((oid, size))
         if doomed and not result.dry_run:
-            store.delete_many(doomed)
+            # Last before the deletion, the operations in flight and then the refs again: one in flight now lowers
+            # the limit, and one that began after the walk above and landed since (its commit deduped against
+            # objects it found here, not freshened when under an hour old) keeps what its commit needs.
+            faults.point("gc.checked")
+            limit = cutoff()
+            kept |= _walk_again(repo, marker, reachable, reflog_before)
+            doomed = [(oid, size) for oid, size in doomed if oid not in kept and _older(store, oid, limit)]
+            store.delete_many([oid for oid, _ in doomed])
             faults.point("gc.deleted")
-        result.objects_removed += len(doomed)
-        result.removed_objects.extend(doomed)
+        result.object_bytes_freed += sum(size for _, size in doomed)
+        doomed_ids = [oid for oid, _ in doomed]
+        result.objects_removed += len(doomed_ids)
+        result.removed_objects.extend(doomed_ids)
     progress.finish()
     present = set(mtimes) - set(result.removed_objects)
     result.objects_reachable = len(reachable & present)
