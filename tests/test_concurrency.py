@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
@@ -250,6 +251,7 @@ def test_gc_prune_now_keeps_what_a_commit_in_flight_at_its_last_look_deduped_aga
         if name == "gc.checked" and not thread.is_alive() and not written.is_set():
             thread.start()
             assert written.wait(60)
+            Repo(root).create_tag("moved", first)  # a ref changed: gc reads the refs again
 
     def tips(*args):
         out = real_tips(*args)
@@ -267,8 +269,134 @@ def test_gc_prune_now_keeps_what_a_commit_in_flight_at_its_last_look_deduped_aga
         if thread.is_alive():
             thread.join(60)
         monkeypatch.undo()
+    assert written.is_set() and go.is_set() and "id" in landed
+    _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
+
+
+def test_gc_prune_now_keeps_what_a_commit_begun_while_it_reads_the_refs_deduped_against(workdir, monkeypatch):
+    """A commit that begins while gc reads the refs a last time before a deletion (after they are read), dedupes
+    against objects gc listed (unreachable, under an hour old, so not freshened) and lands after gc: gc reads
+    the operations in flight again after the refs, sees it, and keeps what it deduped against."""
+    import threading
+
+    from mlvc import faults
+    from mlvc.ops import gc as gc_module
+    from mlvc.repo import Repo
+
+    root = os.path.join(workdir, "repo")
+    repo = crashlib.init_repo(root)
+    first = repo.commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL).commit.id
+    repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
+    Repo(root).reset(first, hard=True, force=True)  # w0-1's objects: reachable only from the reflog
+    written, go, landed = threading.Event(), threading.Event(), {}
+
+    def writer():
+        r = Repo(root)
+        flush = r.store.flush
+
+        def paused():  # every object written (deduped), the ref not moved
+            written.set()
+            go.wait(60)
+            flush()
+
+        r.store.flush = paused
+        landed["id"] = r.commit(concurrencylib.tensors(0, 1), message="again", path=concurrencylib.MODEL).commit.id
+
+    thread = threading.Thread(target=writer)
+    real_tips, checked = gc_module._tips, []
+
+    def at_point(name):
+        if name == "gc.checked" and not checked:
+            checked.append(name)
+            Repo(root).create_tag("moved", first)  # a ref changed: gc reads the refs again
+
+    def tips(*args):
+        out = real_tips(*args)
+        if checked and not written.is_set():  # the refs read: the commit begins now, and dedupes
+            thread.start()
+            assert written.wait(60)
+        return out
+
+    monkeypatch.setattr(faults, "point", at_point)
+    monkeypatch.setattr(gc_module, "_tips", tips)
+    try:
+        Repo(root).gc(prune="now", expire_reflog="now")
+    finally:
+        go.set()
+        if thread.is_alive():
+            thread.join(60)
+        monkeypatch.undo()
     assert written.is_set() and "id" in landed
     _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
+
+
+@pytest.mark.parametrize("prune, age", [("now", 7200), (None, 30 * 86400)], ids=["prune-now", "default-grace"])
+def test_gc_keeps_the_bases_of_an_object_a_commit_in_its_sweep_deduped_against(workdir, monkeypatch, prune, age):
+    """A commit that begins in gc's sweep after gc checked a depth-2 delta X, dedupes against X (which freshens X
+    alone) and is still in flight when gc looks a last time before deleting X's batch: gc keeps X, and X's
+    delta bases with it (they are deleted in later batches otherwise), so the commit lands whole. With
+    `--prune=now` and with the default grace (everything older than it). (Found in review.)"""
+    import threading
+
+    from mlvc import faults
+    from mlvc.repo import Repo
+
+    root = os.path.join(workdir, "repo")
+    repo = crashlib.init_repo(root)
+    rng = np.random.default_rng(0)
+    a0 = rng.standard_normal(32768).astype(np.float32)  # one 128 KiB chunk: a loose object, delta-coded
+    a1 = a0.copy()
+    a1[:50] += 1
+    a2 = a1.copy()
+    a2[100:150] += 1
+    first = repo.commit({"w": a0}, message="c0", path="m.safetensors").commit.id
+    Repo(root).commit({"w": a1}, message="c1", path="m.safetensors")
+    third = Repo(root).commit({"w": a2}, message="c2", path="m.safetensors").commit.id
+    store = Repo(root).store
+    deltas = [o for f in Repo(root).read_manifest(Repo(root).read_commit(third).manifest, resolve=False).files
+              for o in f.object_ids() if store.bases(o)]
+    assert deltas and max(store.header(o).depth for o in deltas) == 2
+    Repo(root).reset(first, hard=True, force=True)
+    when = time.time() - age  # every object older than the grace
+    for folder, _, names in os.walk(os.path.join(root, ".mlvc", "objects")):
+        for name in names:
+            os.utime(os.path.join(folder, name), (when, when))
+    written, go, landed = threading.Event(), threading.Event(), {}
+
+    def writer():
+        w = Repo(root)
+        flush = w.store.flush
+
+        def paused():  # every object written or deduped (X freshened), the ref not moved
+            written.set()
+            go.wait(60)
+            flush()
+
+        w.store.flush = paused
+        landed["id"] = w.commit({"w": a2}, message="again", path="m.safetensors").commit.id
+
+    thread = threading.Thread(target=writer)
+
+    def start(name):  # after gc checked the deepest batch (X among it), before its last look
+        if name == "gc.checked" and not written.is_set():
+            thread.start()
+            assert written.wait(60)
+
+    monkeypatch.setattr(faults, "point", start)
+    try:
+        Repo(root).gc(prune=prune, expire_reflog="now")
+    finally:
+        go.set()
+        if thread.is_alive():
+            thread.join(60)
+        monkeypatch.undo()
+    assert written.is_set() and "id" in landed
+    repo = Repo(root)
+    report = repo.fsck()
+    assert not report.problems, [p.detail for p in report.problems]
+    out = os.path.join(workdir, "out")
+    repo.checkout("HEAD", output=out)
+    assert np.asarray(repo.load("HEAD", path="m.safetensors")["w"]).tobytes() == a2.tobytes()
 
 
 def test_gc_prune_temp_now_while_a_lock_is_being_taken(workdir, monkeypatch):

@@ -7,7 +7,8 @@ every object a file entry needs (`FileEntry.object_ids()`: header chunks, tensor
 frame chunks and skeleton); and, transitively, every delta base of a kept object (a delta cannot be read without
 its chain).
 A reachable commit or manifest that is missing or damaged, or a ref that cannot be read, stops gc before it
-deletes anything (GcRefusedError): it cannot know what that commit needed.
+deletes anything (GcRefusedError): it cannot know what that commit needed. The refs are read again before each
+batch of deletions (for commits that landed meanwhile); one that refuses then stops gc before that batch.
 
 Kept besides: every object younger than the grace period (default 2 weeks, `gc.grace`, `--prune`), and the
 bases of those. A commit writes its objects before it moves its ref, so its new objects are young until the
@@ -172,6 +173,7 @@ def gc(repo: Repo, prune: Any = None, prune_temp: Any = None, dry_run: bool = Fa
         cutoff()  # operations in flight are seen before the refs are read
         result.reflog_entries_expired = _expire_reflogs(repo, now - reflog_expire, dry_run)
         marker = _Marker(repo, result)
+        marker.refs_state = _refs_state(repo)
         marker.walk(_tips(repo, now - reflog_expire))  # refuses (GcRefusedError) before anything is deleted
         _sweep_objects(repo, marker, cutoff, result, progress, now - reflog_expire)
         sweep_worktree(repo, now - temp_grace, result)
@@ -249,8 +251,11 @@ def _other_ref_tips(repo: Repo) -> list[tuple[str, str]]:
                     continue
                 path = os.path.join(folder, name)
                 ref = os.path.relpath(path, os.path.dirname(top)).replace(os.sep, "/")
-                with open(path, "rb") as f:
-                    data = f.read()
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except FileNotFoundError:  # removed since the folder was listed (a remote-tracking ref pruned)
+                    continue
                 if not is_log:
                     text = data.decode("utf-8", "replace").strip()
                     if not is_object_id(text):
@@ -276,6 +281,7 @@ class _Marker:
         self.commits: set[str] = set()
         self.manifests: set[str] = set()
         self.needed: set[str] = set()  # commits, manifests and the objects their files name (no bases yet)
+        self.refs_state: list[tuple[str, int, int, int]] | None = None  # the ref files at the last walk
 
     def walk(self, tips: list[tuple[str, str]]) -> None:
         stack = list(tips)[::-1]
@@ -346,7 +352,12 @@ FENCE_MARGIN = 5.0  # seconds: file times and clocks are not exact
 
 def _walk_again(repo: Repo, marker: _Marker, reachable: set[str], reflog_before: float) -> set[str]:
     """Mark from the refs as they are now: what commits that landed since the last walk need, with its delta
-    bases, joins `reachable`; returns what joined."""
+    bases, joins `reachable`; returns what joined. Nothing is read when no ref or reflog file changed since the
+    last walk (a walk parses every reflog: 100,000 entries take seconds)."""
+    state = _refs_state(repo)
+    if state == marker.refs_state:
+        return set()
+    marker.refs_state = state
     before = set(marker.needed)
     marker.walk(_tips(repo, reflog_before))
     new = marker.needed - before
@@ -356,6 +367,19 @@ def _walk_again(repo: Repo, marker: _Marker, reachable: set[str], reflog_before:
     reachable |= new
     _close_bases(repo.store, reachable, new, True)
     return reachable - known
+
+
+def _refs_state(repo: Repo) -> list[tuple[str, int, int, int]]:
+    """Each file under which refs and reflogs live (HEAD, refs/, logs/) with its inode, size and mtime: a ref
+    moves by a rename (a new inode), a reflog grows, so any change to what `_tips` reads changes this."""
+    out = []
+    for top in (os.path.join(repo.dir, "HEAD"), os.path.join(repo.dir, "refs"), os.path.join(repo.dir, "logs")):
+        paths = [top] if not os.path.isdir(top) else [os.path.join(d, n) for d, _, names in os.walk(top) for n in names]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(path)
+                out.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
+    return sorted(out)
 
 
 def _older(store, oid: str, limit: float) -> bool:
@@ -435,13 +459,18 @@ def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], res
                 continue
             doomed.append((oid, size))
         if doomed and not result.dry_run:
-            # Last before the deletion, the operations in flight and then the refs again: one in flight now lowers
-            # the limit, and one that began after the walk above and landed since (its commit deduped against
-            # objects it found here, not freshened when under an hour old) keeps what its commit needs.
+            # Last before the deletion, the operations in flight, the refs, and the operations again: one in flight
+            # at either look lowers the limit, and one that landed since the walk above (its commit deduped
+            # against objects listed here, not freshened when under an hour old) keeps what its commit needs.
+            # An object young now (freshened by a dedupe since its check) is kept with its delta bases, as there.
             faults.point("gc.checked")
-            limit = cutoff()
+            cutoff()
             kept |= _walk_again(repo, marker, reachable, reflog_before)
-            doomed = [(oid, size) for oid, size in doomed if oid not in kept and _older(store, oid, limit)]
+            limit = cutoff()
+            young_now = {oid for oid, _ in doomed if oid not in kept and not _older(store, oid, limit)}
+            kept |= young_now
+            _close_bases(store, kept, young_now, False)
+            doomed = [(oid, size) for oid, size in doomed if oid not in kept]
             store.delete_many([oid for oid, _ in doomed])
             faults.point("gc.deleted")
         result.object_bytes_freed += sum(size for _, size in doomed)
