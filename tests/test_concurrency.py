@@ -108,7 +108,42 @@ def test_gc_prune_now_between_a_commits_objects_and_its_ref_move(workdir, monkey
         assert f.read() == concurrencylib.file_bytes(0, 1)
 
 
-def _landed_intact(root: str, commit_id: str, model: bytes) -> None:
+class _PausedCommit:
+    """A commit in a thread of this process that writes (or dedupes) its objects and then waits, its ref not
+    moved and its in-flight marker held, until `land()`: a commit of another process caught between the two."""
+
+    def __init__(self, root: str, state: dict, message: str, path: str = concurrencylib.MODEL):
+        import threading
+
+        from mlvc.repo import Repo
+
+        self.written, self.go, self.landed = threading.Event(), threading.Event(), {}
+
+        def run():
+            repo = Repo(root)
+            flush = repo.store.flush
+
+            def paused():
+                self.written.set()
+                self.go.wait(60)
+                flush()
+
+            repo.store.flush = paused
+            self.landed["id"] = repo.commit(state, message=message, path=path).commit.id
+
+        self.thread = threading.Thread(target=run)
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.written.wait(60)
+
+    def land(self) -> None:
+        self.go.set()
+        if self.thread.is_alive():
+            self.thread.join(60)
+
+
+def _landed_intact(root: str, commit_id: str, model: bytes, path: str = concurrencylib.MODEL) -> None:
     """The branch names the commit, nothing is missing (fsck, and a gc after), and it checks out as committed."""
     from mlvc.repo import Repo
 
@@ -120,8 +155,44 @@ def _landed_intact(root: str, commit_id: str, model: bytes) -> None:
     out = os.path.join(os.path.dirname(root), "out")
     shutil.rmtree(out, ignore_errors=True)
     repo.checkout("HEAD", output=out)
-    with open(os.path.join(out, concurrencylib.MODEL), "rb") as f:
+    with open(os.path.join(out, path), "rb") as f:
         assert f.read() == model
+
+
+def _reset_away(root: str) -> str:
+    """A repository whose branch was reset from w0-1 back to w0-0: w0-1's objects are reachable only from the
+    reflog (a gc run with `expire_reflog="now"` finds them unreachable). w0-0's id."""
+    from mlvc.repo import Repo
+
+    repo = crashlib.init_repo(root)
+    first = repo.commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL).commit.id
+    repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
+    Repo(root).reset(first, hard=True, force=True)
+    return first
+
+
+def _gc_with(monkeypatch, root: str, commit: _PausedCommit, point=None, tips=None, **gc_args):
+    """gc on `root` with a fault-point hook and a hook on each reading of the refs (after it), the paused commit
+    landed at the end whatever happens; what gc returned."""
+    from mlvc import faults
+    from mlvc.ops import gc as gc_module
+    from mlvc.repo import Repo
+
+    real_tips = gc_module._tips
+
+    def read_tips(*args):
+        out = real_tips(*args)
+        if tips is not None:
+            tips()
+        return out
+
+    monkeypatch.setattr(faults, "point", point or (lambda name: None))
+    monkeypatch.setattr(gc_module, "_tips", read_tips)
+    try:
+        return Repo(root).gc(**gc_args)
+    finally:
+        commit.land()
+        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("at", [1, 2, "gc.checked"])
@@ -132,9 +203,6 @@ def test_gc_prune_now_keeps_a_commit_in_flight_at_its_start_that_lands_during_th
     markers again: gc's limit never rises during a run, so the commit keeps its objects wherever it lands.
     (Found in review: gc read the markers anew for its limit after walking the refs again, and a commit that
     landed between the two lost its objects.)"""
-    import threading
-
-    from mlvc import faults
     from mlvc.ops import gc as gc_module
     from mlvc.repo import Repo
 
@@ -143,29 +211,14 @@ def test_gc_prune_now_keeps_a_commit_in_flight_at_its_start_that_lands_during_th
     old = Repo(root).store.put(b"unreachable " * 100).id  # two hours old: gc deletes it, and so runs its sweep
     when = time.time() - 7200
     os.utime(Repo(root).store._path(old), (when, when))
-    written, go, landed = threading.Event(), threading.Event(), {}
-
-    def writer():
-        repo = Repo(root)
-        flush = repo.store.flush
-
-        def paused():  # every object written, the ref not moved
-            written.set()
-            go.wait(60)
-            flush()
-
-        repo.store.flush = paused
-        landed["id"] = repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL).commit.id
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    assert written.wait(60)
+    commit = _PausedCommit(root, concurrencylib.tensors(0, 1), "w0-1")
+    commit.start()
     time.sleep(1.1)  # the commit's objects are older than gc's start: `--prune=now` alone would take them
-    real, calls = gc_module._close_bases, []
+    real, calls, landed_during = gc_module._close_bases, [], []
 
     def land() -> None:  # the commit lands now, and drops its marker
-        go.set()
-        thread.join(60)
+        commit.land()
+        landed_during.append(True)
         assert not os.listdir(os.path.join(root, ".mlvc", "inflight"))
 
     def close_bases(*args):
@@ -175,16 +228,9 @@ def test_gc_prune_now_keeps_a_commit_in_flight_at_its_start_that_lands_during_th
         return real(*args)
 
     monkeypatch.setattr(gc_module, "_close_bases", close_bases)
-    monkeypatch.setattr(faults, "point", lambda name: name == at and not go.is_set() and land())
-    try:
-        Repo(root).gc(prune="now")
-    finally:
-        landed_during = go.is_set()
-        go.set()
-        thread.join(60)
-        monkeypatch.undo()
-    assert landed_during and "id" in landed
-    _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
+    _gc_with(monkeypatch, root, commit, point=lambda name: name == at and not landed_during and land(), prune="now")
+    assert landed_during and "id" in commit.landed
+    _landed_intact(root, commit.landed["id"], concurrencylib.file_bytes(0, 1))
 
 
 def test_gc_prune_now_keeps_what_a_commit_begun_during_the_sweep_deduped_against(workdir, monkeypatch):
@@ -192,26 +238,18 @@ def test_gc_prune_now_keeps_what_a_commit_begun_during_the_sweep_deduped_against
     against objects gc found unreachable (a branch reset away from them, its reflog expired; under an hour old,
     so not freshened) and lands before gc deletes them: gc reads the refs again last thing before each
     deletion, and keeps what the landed commit needs."""
-    from mlvc import faults
-    from mlvc.repo import Repo
-
     root = os.path.join(workdir, "repo")
-    repo = crashlib.init_repo(root)
-    first = repo.commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL).commit.id
-    repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
-    Repo(root).reset(first, hard=True, force=True)  # w0-1's objects: reachable only from the reflog
-    landed = {}
+    _reset_away(root)
+    commit = _PausedCommit(root, concurrencylib.tensors(0, 1), "again")  # the same checkpoint: its objects dedupe
 
-    def land(name):
-        if name == "gc.checked" and not landed:  # the same checkpoint again: its objects dedupe
-            landed["id"] = Repo(root).commit(concurrencylib.tensors(0, 1), message="again",
-                                             path=concurrencylib.MODEL).commit.id
+    def point(name):
+        if name == "gc.checked" and not commit.written.is_set():
+            commit.start()
+            commit.land()
 
-    monkeypatch.setattr(faults, "point", land)
-    result = Repo(root).gc(prune="now", expire_reflog="now")
-    monkeypatch.undo()
-    assert "id" in landed and result.removed_objects  # gc ran its deletion (the first w0-1 commit object went)
-    _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
+    result = _gc_with(monkeypatch, root, commit, point=point, prune="now", expire_reflog="now")
+    assert "id" in commit.landed and result.removed_objects  # gc ran its deletion (the first w0-1 commit object went)
+    _landed_intact(root, commit.landed["id"], concurrencylib.file_bytes(0, 1))
 
 
 def test_gc_prune_now_keeps_what_a_commit_in_flight_at_its_last_look_deduped_against(workdir, monkeypatch):
@@ -219,115 +257,49 @@ def test_gc_prune_now_keeps_what_a_commit_in_flight_at_its_last_look_deduped_aga
     (unreachable, under an hour old, so not freshened) and lands while gc reads the refs a last time before
     deleting them (after the refs are read): gc read the operations in flight before the refs, saw it, and keeps
     what it deduped against."""
-    import threading
-
-    from mlvc import faults
-    from mlvc.ops import gc as gc_module
     from mlvc.repo import Repo
 
     root = os.path.join(workdir, "repo")
-    repo = crashlib.init_repo(root)
-    first = repo.commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL).commit.id
-    repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
-    Repo(root).reset(first, hard=True, force=True)  # w0-1's objects: reachable only from the reflog
-    written, go, landed = threading.Event(), threading.Event(), {}
+    first = _reset_away(root)
+    commit = _PausedCommit(root, concurrencylib.tensors(0, 1), "again")
 
-    def writer():
-        r = Repo(root)
-        flush = r.store.flush
-
-        def paused():  # every object written (deduped), the ref not moved
-            written.set()
-            go.wait(60)
-            flush()
-
-        r.store.flush = paused
-        landed["id"] = r.commit(concurrencylib.tensors(0, 1), message="again", path=concurrencylib.MODEL).commit.id
-
-    thread = threading.Thread(target=writer)
-    real_tips = gc_module._tips
-
-    def start(name):
-        if name == "gc.checked" and not thread.is_alive() and not written.is_set():
-            thread.start()
-            assert written.wait(60)
+    def point(name):
+        if name == "gc.checked" and not commit.written.is_set():
+            commit.start()
             Repo(root).create_tag("moved", first)  # a ref changed: gc reads the refs again
 
-    def tips(*args):
-        out = real_tips(*args)
-        if written.is_set() and not go.is_set():  # the refs read: the commit lands now
-            go.set()
-            thread.join(60)
-        return out
+    def tips():  # the refs read: the commit lands now
+        if commit.written.is_set():
+            commit.land()
 
-    monkeypatch.setattr(faults, "point", start)
-    monkeypatch.setattr(gc_module, "_tips", tips)
-    try:
-        Repo(root).gc(prune="now", expire_reflog="now")
-    finally:
-        go.set()
-        if thread.is_alive():
-            thread.join(60)
-        monkeypatch.undo()
-    assert written.is_set() and go.is_set() and "id" in landed
-    _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
+    _gc_with(monkeypatch, root, commit, point=point, tips=tips, prune="now", expire_reflog="now")
+    assert commit.written.is_set() and "id" in commit.landed
+    _landed_intact(root, commit.landed["id"], concurrencylib.file_bytes(0, 1))
 
 
 def test_gc_prune_now_keeps_what_a_commit_begun_while_it_reads_the_refs_deduped_against(workdir, monkeypatch):
     """A commit that begins while gc reads the refs a last time before a deletion (after they are read), dedupes
     against objects gc listed (unreachable, under an hour old, so not freshened) and lands after gc: gc reads
     the operations in flight again after the refs, sees it, and keeps what it deduped against."""
-    import threading
-
-    from mlvc import faults
-    from mlvc.ops import gc as gc_module
     from mlvc.repo import Repo
 
     root = os.path.join(workdir, "repo")
-    repo = crashlib.init_repo(root)
-    first = repo.commit(concurrencylib.tensors(0, 0), message="w0-0", path=concurrencylib.MODEL).commit.id
-    repo.commit(concurrencylib.tensors(0, 1), message="w0-1", path=concurrencylib.MODEL)
-    Repo(root).reset(first, hard=True, force=True)  # w0-1's objects: reachable only from the reflog
-    written, go, landed = threading.Event(), threading.Event(), {}
+    first = _reset_away(root)
+    commit = _PausedCommit(root, concurrencylib.tensors(0, 1), "again")
+    checked = []
 
-    def writer():
-        r = Repo(root)
-        flush = r.store.flush
-
-        def paused():  # every object written (deduped), the ref not moved
-            written.set()
-            go.wait(60)
-            flush()
-
-        r.store.flush = paused
-        landed["id"] = r.commit(concurrencylib.tensors(0, 1), message="again", path=concurrencylib.MODEL).commit.id
-
-    thread = threading.Thread(target=writer)
-    real_tips, checked = gc_module._tips, []
-
-    def at_point(name):
+    def point(name):
         if name == "gc.checked" and not checked:
             checked.append(name)
             Repo(root).create_tag("moved", first)  # a ref changed: gc reads the refs again
 
-    def tips(*args):
-        out = real_tips(*args)
-        if checked and not written.is_set():  # the refs read: the commit begins now, and dedupes
-            thread.start()
-            assert written.wait(60)
-        return out
+    def tips():  # the refs read: the commit begins now, and dedupes
+        if checked and not commit.written.is_set():
+            commit.start()
 
-    monkeypatch.setattr(faults, "point", at_point)
-    monkeypatch.setattr(gc_module, "_tips", tips)
-    try:
-        Repo(root).gc(prune="now", expire_reflog="now")
-    finally:
-        go.set()
-        if thread.is_alive():
-            thread.join(60)
-        monkeypatch.undo()
-    assert written.is_set() and "id" in landed
-    _landed_intact(root, landed["id"], concurrencylib.file_bytes(0, 1))
+    _gc_with(monkeypatch, root, commit, point=point, tips=tips, prune="now", expire_reflog="now")
+    assert commit.written.is_set() and "id" in commit.landed
+    _landed_intact(root, commit.landed["id"], concurrencylib.file_bytes(0, 1))
 
 
 @pytest.mark.parametrize("prune, age", [("now", 7200), (None, 30 * 86400)], ids=["prune-now", "default-grace"])
@@ -336,9 +308,6 @@ def test_gc_keeps_the_bases_of_an_object_a_commit_in_its_sweep_deduped_against(w
     alone) and is still in flight when gc looks a last time before deleting X's batch: gc keeps X, and X's
     delta bases with it (they are deleted in later batches otherwise), so the commit lands whole. With
     `--prune=now` and with the default grace (everything older than it). (Found in review.)"""
-    import threading
-
-    from mlvc import faults
     from mlvc.repo import Repo
 
     root = os.path.join(workdir, "repo")
@@ -361,41 +330,17 @@ def test_gc_keeps_the_bases_of_an_object_a_commit_in_its_sweep_deduped_against(w
     for folder, _, names in os.walk(os.path.join(root, ".mlvc", "objects")):
         for name in names:
             os.utime(os.path.join(folder, name), (when, when))
-    written, go, landed = threading.Event(), threading.Event(), {}
+    commit = _PausedCommit(root, {"w": a2}, "again", path="m.safetensors")
 
-    def writer():
-        w = Repo(root)
-        flush = w.store.flush
+    def point(name):  # after gc checked the deepest batch (X among it), before its last look
+        if name == "gc.checked" and not commit.written.is_set():
+            commit.start()
 
-        def paused():  # every object written or deduped (X freshened), the ref not moved
-            written.set()
-            go.wait(60)
-            flush()
-
-        w.store.flush = paused
-        landed["id"] = w.commit({"w": a2}, message="again", path="m.safetensors").commit.id
-
-    thread = threading.Thread(target=writer)
-
-    def start(name):  # after gc checked the deepest batch (X among it), before its last look
-        if name == "gc.checked" and not written.is_set():
-            thread.start()
-            assert written.wait(60)
-
-    monkeypatch.setattr(faults, "point", start)
-    try:
-        Repo(root).gc(prune=prune, expire_reflog="now")
-    finally:
-        go.set()
-        if thread.is_alive():
-            thread.join(60)
-        monkeypatch.undo()
-    assert written.is_set() and "id" in landed
+    _gc_with(monkeypatch, root, commit, point=point, prune=prune, expire_reflog="now")
+    assert commit.written.is_set() and "id" in commit.landed
     repo = Repo(root)
     report = repo.fsck()
     assert not report.problems, [p.detail for p in report.problems]
-    out = os.path.join(workdir, "out")
-    repo.checkout("HEAD", output=out)
     assert np.asarray(repo.load("HEAD", path="m.safetensors")["w"]).tobytes() == a2.tobytes()
 
 
