@@ -47,7 +47,7 @@ def end_process(exit: SystemExit) -> NoReturn:
     is not a number (it prints it); a tracer, a profiler (sys.setprofile, or sys.monitoring from Python
     3.12), a debugger or coverage, which report or take over at exit; `python -i` (PYTHONINSPECT), whose
     prompt comes after the program; a step that fails (a flush to a pipe the reader closed), or Ctrl-C
-    while the exit waits for a thread (the interpreter reports it and keeps the status)."""
+    while the exit waits for a thread (the status stays the command's, as with the interpreter's exit)."""
     import atexit
     import os
     import threading
