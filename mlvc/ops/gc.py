@@ -383,7 +383,8 @@ def _refs_state(repo: Repo) -> list[tuple[str, int, int, int]]:
 
 
 def _older(store, oid: str, limit: float) -> bool:
-    """Whether an object is still there and not younger than `limit` (freshened since it was listed)."""
+    """Whether an object is not younger than `limit` (freshened since it was listed); one gone meanwhile counts
+    as young (kept: nothing to delete)."""
     try:
         return store.mtime(oid) <= limit
     except ObjectNotFoundError:
@@ -450,27 +451,25 @@ def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], res
             if oid in kept:
                 continue
             try:
-                size = store.stored_size(oid)
-                if store.mtime(oid) > cutoff():  # freshened since it was listed, or an operation started since
-                    kept.add(oid)
-                    _close_bases(store, kept, {oid}, False)
-                    continue
+                doomed.append((oid, store.stored_size(oid)))
             except ObjectNotFoundError:
                 continue
-            doomed.append((oid, size))
-        if doomed and not result.dry_run:
-            # Last before the deletion, the operations in flight, the refs, and the operations again: one in flight
-            # at either look lowers the limit, and one that landed since the walk above (its commit deduped
-            # against objects listed here, not freshened when under an hour old) keeps what its commit needs.
-            # An object young now (freshened by a dedupe since its check) is kept with its delta bases, as there.
+        if not doomed:
+            continue
+        # Last before the deletion, the operations in flight, the refs, and the operations again: one in flight at
+        # either look lowers the limit, and one that landed since the walk above (its commit deduped against
+        # objects listed here, not freshened when under an hour old) keeps what its commit needs. An object young
+        # now (freshened by a dedupe since it was listed) is kept with its delta bases.
+        if not result.dry_run:
             faults.point("gc.checked")
-            cutoff()
-            kept |= _walk_again(repo, marker, reachable, reflog_before)
-            limit = cutoff()
-            young_now = {oid for oid, _ in doomed if oid not in kept and not _older(store, oid, limit)}
-            kept |= young_now
-            _close_bases(store, kept, young_now, False)
-            doomed = [(oid, size) for oid, size in doomed if oid not in kept]
+        cutoff()
+        kept |= _walk_again(repo, marker, reachable, reflog_before)
+        limit = cutoff()
+        young_now = {oid for oid, _ in doomed if oid not in kept and not _older(store, oid, limit)}
+        kept |= young_now
+        _close_bases(store, kept, young_now, False)
+        doomed = [(oid, size) for oid, size in doomed if oid not in kept]
+        if not result.dry_run:
             store.delete_many([oid for oid, _ in doomed])
             faults.point("gc.deleted")
         result.object_bytes_freed += sum(size for _, size in doomed)
