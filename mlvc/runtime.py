@@ -29,6 +29,31 @@ def defer_full_gc() -> None:
         gc.set_threshold(young, middle, max(full, FULL_GC_EVERY))
 
 
+def open_std_fds() -> None:
+    """Give the process the standard streams it started without (`mlvc log >&-`, `2>&-`, `<&-`), each over
+    /dev/null, as git does at its start: a file the command opens would otherwise take the free descriptor, and
+    whatever is written to stdout or stderr (an error line, a progress bar) would go into that file, an object
+    or a checkpoint being checked out. A descriptor that is open the wrong way round (stderr over a file open
+    for reading, which a launcher such as a pyenv shim can leave there) is replaced too: writes to it fail.
+    Python makes no stream for a descriptor that was closed (sys.stdout is None): it gets one over /dev/null."""
+    import fcntl
+    import os
+
+    for fd, name, mode, access in ((0, "stdin", "r", os.O_RDONLY), (1, "stdout", "w", os.O_WRONLY),
+                                   (2, "stderr", "w", os.O_WRONLY)):
+        try:
+            usable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) in (access, os.O_RDWR)
+        except OSError:  # not open
+            usable = False
+        if not usable:  # when closed, the lowest free number is this one (the ones below are usable by now)
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))
+
+
 # Tools that take over at the end of a program they run in their process (a debugger, a profiler, coverage):
 # where one is loaded, the interpreter's own exit hands them control as usual.
 _EXIT_WATCHERS = frozenset({"bdb", "coverage", "cProfile", "profile", "yappi", "pyinstrument", "line_profiler",

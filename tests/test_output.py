@@ -243,6 +243,60 @@ def test_reader_with_closed_stdout_exits_141_quietly(disk_repo, args):
     assert (r.returncode, r.stderr) == (141, "")  # as git (128 + SIGPIPE); no "Broken pipe", no "Exception ignored"
 
 
+@pytest.mark.parametrize("args", [["log"], ["show", "HEAD"], ["status"]], ids=shlex.join)
+def test_reader_on_an_ascii_stream_with_closed_stdout_exits_141_quietly(disk_repo, args):
+    """With an ASCII stdout (a C locale, PYTHONIOENCODING=ascii) click writes UTF-8 to the stream's binary buffer:
+    that goes through the guard too (it was an OSError, "error: Broken pipe", exit 17)."""
+    r = run_closed_stdout(disk_repo, *args, env={"PYTHONIOENCODING": "ascii"})
+    assert (r.returncode, r.stderr) == (141, "")
+
+
+def run_without(repo: str, fds: tuple[int, ...], *args: str, unusable: bool = False) -> subprocess.CompletedProcess:
+    """`mlvc ARGS` started with the descriptors `fds` closed (`>&-`, `2>&-`, `<&-`), or with `unusable` open the
+    wrong way round (a file open for reading as stdout or stderr, as a launcher can leave one); what the
+    command writes to stdout or stderr is collected from a side channel: a file it must not write."""
+    def close() -> None:
+        for fd in fds:
+            if unusable:
+                ro = os.open(os.devnull if fd else __file__, os.O_WRONLY if fd == 0 else os.O_RDONLY)
+                os.dup2(ro, fd)
+                os.close(ro)
+            else:
+                os.close(fd)
+
+    return subprocess.run([sys.executable, "-m", "mlvc", *args], cwd=repo, preexec_fn=close, timeout=120,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**os.environ, "MLVC_AUTHOR": "tester"})
+
+
+@pytest.mark.parametrize("fds", [(1,), (2,), (0, 1, 2)], ids=["stdout", "stderr", "all three"])
+@pytest.mark.parametrize("unusable", [False, True], ids=["closed", "open the wrong way"])
+def test_a_missing_standard_stream_is_dev_null(tmp_path, fds, unusable):
+    """A standard descriptor the process started without is /dev/null (runtime.open_std_fds), as git does: a
+    reader runs to its end (exit 0), a failure keeps its exit status, and a checkout opening files while stderr
+    was closed writes nothing of its own output into them (an error line, "Exception ignored", an internal error
+    (exit 70) or a traceback (exit 1) before)."""
+    root = tmp_path / "repo"
+    repo = small_history(root)
+    assert run_without(str(root), fds, "log", unusable=unusable).returncode == 0
+    assert run_without(str(root), fds, "show", "HEAD", unusable=unusable).returncode == 0
+    r = run_without(str(root), fds, "commit", "-m", "nothing", unusable=unusable)
+    assert r.returncode == 6, r  # nothing to commit: its own status, not 1 or 70
+    r = run_without(str(root), fds, "revert", "nope", unusable=unusable)
+    assert r.returncode == 4, r  # an unknown revision
+    out = tmp_path / "out"
+    r = run_without(str(root), fds, "checkout", "HEAD~1", "--output", str(out), unusable=unusable)
+    assert r.returncode == 0, r
+    expected = tmp_path / "expected"
+    repo.checkout("HEAD~1", output=str(expected))
+    def listing(top) -> list[str]:
+        return sorted(os.path.relpath(os.path.join(d, f), top) for d, _, names in os.walk(top) for f in names)
+
+    files = listing(expected)
+    assert files and listing(out) == files
+    assert all((out / f).read_bytes() == (expected / f).read_bytes() for f in files)
+
+
 def test_write_with_closed_stdout_does_its_work_and_exits_0(tmp_path):
     root = tmp_path / "repo"
     repo = small_history(root)

@@ -177,3 +177,19 @@ def test_a_committed_pt_file_is_listed_without_torch(tmp_path):
         proc, modules = imported(str(tmp_path / "pt"), *args)
         assert proc.returncode == 0, proc.stderr
         assert "torch" not in modules, f"mlvc {' '.join(args)} imported torch"
+
+
+def test_commit_and_checkout_import_no_more_than_they_use(tmp_path):
+    """A commit and a checkout of a checkpoint with small tensors (bundled) and a large one import numpy, but not
+    its masked arrays (np.unique imports numpy.ma: 10 ms a command), nor pyarrow, torch or tabulate."""
+    repo = make_repo(tmp_path / "r")
+    write_model(tmp_path / "r" / "model.safetensors")
+    proc, modules = imported(repo.root, "commit", "model.safetensors", "-m", "first")
+    assert proc.returncode == 0, proc.stderr
+    assert "numpy" in modules  # the positive control: the probe sees what the commit imported
+    proc2, modules2 = imported(repo.root, "checkout", "HEAD", "--output", str(tmp_path / "out"))
+    assert proc2.returncode == 0, proc2.stderr
+    with open(tmp_path / "out" / "model.safetensors", "rb") as a, open(tmp_path / "r" / "model.safetensors", "rb") as b:
+        assert a.read() == b.read()
+    for m in (modules, modules2):
+        assert heavy_in(m, ("numpy.ma", "pyarrow", "torch", "tabulate")) == []
