@@ -31,11 +31,14 @@ def defer_full_gc() -> None:
 
 def open_std_fds() -> None:
     """Give the process the standard streams it started without (`mlvc log >&-`, `2>&-`, `<&-`), each over
-    /dev/null, as git does at its start: a file the command opens would otherwise take the free descriptor, and
-    whatever is written to stdout or stderr (an error line, a progress bar) would go into that file, an object
-    or a checkpoint being checked out. A descriptor that is open the wrong way round (stderr over a file open
-    for reading, which a launcher such as a pyenv shim can leave there) is replaced too: writes to it fail.
-    Python makes no stream for a descriptor that was closed (sys.stdout is None): it gets one over /dev/null."""
+    /dev/null, as git does at its start. A closed descriptor is the lowest free number: the first file the
+    command opened (an object, a checkpoint being checked out) would take it, and whatever writes to that
+    number, a child process (an evaluation task, the bisect judge) or code below Python, would write into that
+    file. A descriptor open the wrong way round (stderr over a file open for reading, which a launcher such as
+    a pyenv shim leaves there) is replaced too: every write to it failed, and a failing command exited 1 instead
+    of its own status. Python makes no stream for a closed descriptor (sys.stdout is None): it gets one, with
+    stderr's escaping of what is not UTF-8 (a path's undecodable bytes), so that printing never fails. Without
+    a /dev/null (a bare chroot) nothing is changed."""
     import fcntl
     import os
 
@@ -46,12 +49,15 @@ def open_std_fds() -> None:
         except OSError:  # not open
             usable = False
         if not usable:  # when closed, the lowest free number is this one (the ones below are usable by now)
-            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+            except OSError:
+                return
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
         if getattr(sys, name) is None:
-            setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))
+            setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False))
 
 
 # Tools that take over at the end of a program they run in their process (a debugger, a profiler, coverage):

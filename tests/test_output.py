@@ -245,16 +245,26 @@ def test_reader_with_closed_stdout_exits_141_quietly(disk_repo, args):
 
 @pytest.mark.parametrize("args", [["log"], ["show", "HEAD"], ["status"]], ids=shlex.join)
 def test_reader_on_an_ascii_stream_with_closed_stdout_exits_141_quietly(disk_repo, args):
-    """With an ASCII stdout (a C locale, PYTHONIOENCODING=ascii) click writes UTF-8 to the stream's binary buffer:
-    that goes through the guard too (it was an OSError, "error: Broken pipe", exit 17)."""
+    """With an ASCII stdout (PYTHONIOENCODING=ascii) click writes UTF-8 to the stream's binary buffer: that goes
+    through the guard too (it was an OSError, "error: Broken pipe", exit 17)."""
     r = run_closed_stdout(disk_repo, *args, env={"PYTHONIOENCODING": "ascii"})
     assert (r.returncode, r.stderr) == (141, "")
 
 
+def test_writer_on_an_ascii_stream_with_closed_stdout_does_its_work(tmp_path):
+    root = tmp_path / "repo"
+    small_history(root)
+    for args in (["branch", "b7"], ["commit", "-m", "again", "--allow-empty"]):
+        r = run_closed_stdout(str(root), *args, env={"PYTHONIOENCODING": "ascii"})
+        assert (r.returncode, r.stderr) == (0, ""), args
+    repo = Repo(str(root))
+    assert "b7" in repo.branches() and repo.log("HEAD")[0].message == "again"
+
+
 def run_without(repo: str, fds: tuple[int, ...], *args: str, unusable: bool = False) -> subprocess.CompletedProcess:
-    """`mlvc ARGS` started with the descriptors `fds` closed (`>&-`, `2>&-`, `<&-`), or with `unusable` open the
-    wrong way round (a file open for reading as stdout or stderr, as a launcher can leave one); what the
-    command writes to stdout or stderr is collected from a side channel: a file it must not write."""
+    """`mlvc ARGS` (the interpreter itself, not a launcher) started with the descriptors `fds` closed (`>&-`,
+    `2>&-`, `<&-`), or with `unusable` open the wrong way round (a file open for reading as stdout or stderr, as
+    a launcher can leave one)."""
     def close() -> None:
         for fd in fds:
             if unusable:
@@ -273,9 +283,8 @@ def run_without(repo: str, fds: tuple[int, ...], *args: str, unusable: bool = Fa
 @pytest.mark.parametrize("unusable", [False, True], ids=["closed", "open the wrong way"])
 def test_a_missing_standard_stream_is_dev_null(tmp_path, fds, unusable):
     """A standard descriptor the process started without is /dev/null (runtime.open_std_fds), as git does: a
-    reader runs to its end (exit 0), a failure keeps its exit status, and a checkout opening files while stderr
-    was closed writes nothing of its own output into them (an error line, "Exception ignored", an internal error
-    (exit 70) or a traceback (exit 1) before)."""
+    reader runs to its end (exit 0; an internal error, exit 70, before), a failure keeps its exit status (1 when
+    its error line could not be written, before), and a checkout still writes what it should."""
     root = tmp_path / "repo"
     repo = small_history(root)
     assert run_without(str(root), fds, "log", unusable=unusable).returncode == 0
@@ -284,6 +293,8 @@ def test_a_missing_standard_stream_is_dev_null(tmp_path, fds, unusable):
     assert r.returncode == 6, r  # nothing to commit: its own status, not 1 or 70
     r = run_without(str(root), fds, "revert", "nope", unusable=unusable)
     assert r.returncode == 4, r  # an unknown revision
+    r = run_without(str(root), fds, "commit", os.fsdecode(b"no\xffsuch"), "-m", "x", unusable=unusable)
+    assert r.returncode == 10, r  # a path that is not there, named with a byte that is not UTF-8 in its error line
     out = tmp_path / "out"
     r = run_without(str(root), fds, "checkout", "HEAD~1", "--output", str(out), unusable=unusable)
     assert r.returncode == 0, r

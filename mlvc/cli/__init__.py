@@ -92,7 +92,7 @@ class _Guard:
     Python's flush at exit, writes there again or says "Exception ignored ... BrokenPipeError"), then either
     stops a reader (stdout of a READERS command: `OutputClosed`) or drops the output and lets the command go on.
     The stream's binary `buffer` is guarded the same way, sharing the state: click writes UTF-8 there when the
-    text stream's encoding is ASCII (PYTHONIOENCODING=ascii, a C locale).
+    text stream's encoding is ASCII (PYTHONIOENCODING=ascii; a C locale with PYTHONCOERCECLOCALE=0).
     Everything else is the stream's own (click finds `encoding`, `errors` there)."""
 
     def __init__(self, stream: Any, stop: Callable[[], bool], state: dict[str, bool] | None = None):
