@@ -9,17 +9,20 @@ reflog lines torn by a crash. They lose nothing, so they do not make the reposit
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import lockfile
 from ..bundles import bundle_misfit
-from ..errors import CorruptObjectError, MlvcError, ObjectNotFoundError
+from ..errors import CorruptObjectError, FormatError, MlvcError, ObjectNotFoundError
+from ..formats import safetensors as st
+from ..objects import KIND_SAFETENSORS, FileEntry
 from ..progress import NULL, Progress
 from ..refs import HEAD, HEADS, TAGS
 from ..revparse import tag_target
-from ..util import TMP_PREFIX
+from ..util import TMP_PREFIX, show
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -96,10 +99,11 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
     # Depth-first from branches, tags and HEAD first, so that a missing commit is reported as the parent of
     # the commit that names it; reflog entries then only add the starting points that walk did not reach.
     seen: set[str] = set()
-    _walk(repo, report, bad, seen, list(starts.items())[::-1])
+    headers: dict[tuple[tuple[str, ...], int], st.Layout | str] = {}
+    _walk(repo, report, bad, seen, headers, list(starts.items())[::-1])
     for oid in repo.refs.all_reflog_ids():
         if oid not in seen:
-            _walk(repo, report, bad, seen, [(oid, "a reflog entry")])
+            _walk(repo, report, bad, seen, headers, [(oid, "a reflog entry")])
     for ref in repo.refs.reflog_refs():
         try:
             damaged = repo.refs.reflog_lines(ref)[1]
@@ -159,9 +163,11 @@ def _leftovers(repo: Repo, report: FsckReport) -> None:
                                                     "checkout; `mlvc gc` removes it", os.path.join(folder, name)))
 
 
-def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: list[tuple[str, str]]) -> None:
+def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str],
+          headers: dict[tuple[tuple[str, ...], int], st.Layout | str], stack: list[tuple[str, str]]) -> None:
     """Check every commit reachable from `stack` ((commit id, what names it) pairs), its manifest and
-    chunks, skipping what is in `seen` and adding what it visits."""
+    chunks, skipping what is in `seen` and adding what it visits. `headers`: the safetensors headers parsed so far
+    (_header_mismatch)."""
     while stack:
         cid, via = stack.pop()
         if cid in seen:
@@ -204,6 +210,10 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: 
             report.problems.append(Problem(c.manifest, "corrupt", f"manifest of commit {cid[:12]}: malformed "
                                            f"manifest ({misfit})"))
         for f in m.files:
+            mismatch = None if misfit else _header_mismatch(repo, f, bad, headers)  # one problem per manifest
+            if mismatch:
+                report.problems.append(Problem(c.manifest, "corrupt", f"manifest of commit {cid[:12]}: {f.path}: "
+                                               f"{mismatch}"))
             for oid in f.object_ids():
                 if oid in seen:
                     continue
@@ -213,3 +223,51 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], stack: 
                                                    "a corrupt object", repo.store.locate(oid)))
                 elif not repo.store.has(oid):
                     report.problems.append(Problem(oid, "missing", f"chunk of {f.path} in commit {cid[:12]}"))
+
+
+def _header_mismatch(repo: Repo, f: FileEntry, bad: set[str],
+                     headers: dict[tuple[tuple[str, ...], int], st.Layout | str]) -> str | None:
+    """What a safetensors file's entry says of its tensors (names, dtypes, shapes, sizes, in data order) that the
+    file's own header, as stored, does not; None when they agree, or when the header's chunks cannot be read
+    (each is reported itself). A checkout writes the header and then the tensors' bytes in the entry's order, so
+    such a tree checks out byte for byte, but everything that names a tensor (diff, show, load, an evaluation)
+    would read the wrong bytes under a name. Empty tensors that share an offset are compared in the parser's
+    order (by name), which a tree made by revert or merge need not list them in. `headers` keeps each distinct
+    header parsed once (a series of commits of one model shares its header)."""
+    if f.kind != KIND_SAFETENSORS or not f.header or not bad.isdisjoint(f.header):
+        return None
+    key = (tuple(f.header), f.size)
+    layout = headers.get(key)
+    if layout is None:
+        try:
+            head = b"".join(bytes(repo.store.get(h)) for h in f.header)
+        except (ObjectNotFoundError, CorruptObjectError):
+            return None
+        try:
+            layout = st.parse_layout(head, f.size, f.path)
+        except FormatError as e:
+            layout = f"its stored header is not one a commit reads ({e.reason})"
+        if len(headers) >= 16:  # a bound on what is kept: most repositories hold a few layouts
+            headers.clear()
+        headers[key] = layout
+    if isinstance(layout, str):
+        return layout
+    names, dtypes, shapes, sizes = f.columns()
+    shapes = list(map(list, shapes))
+    begins = list(itertools.accumulate(sizes, initial=0))
+    ends = begins[1:]
+    del begins[-1]
+    if 0 in sizes:  # empty tensors share an offset: in the parser's order, by (begin, end, name)
+        order = sorted(range(len(names)), key=lambda i: (begins[i], ends[i], names[i]))
+        names, dtypes, shapes = [names[i] for i in order], [dtypes[i] for i in order], [shapes[i] for i in order]
+        begins, ends = [begins[i] for i in order], [ends[i] for i in order]
+    if (names, dtypes, shapes, begins, ends) == (layout.names, layout.dtypes, layout.shapes, layout.begins,
+                                                 layout.ends):
+        return None
+    if len(names) != len(layout.names):
+        return f"it lists {len(names)} tensors, the file's header {len(layout.names)}"
+    k = next(k for k in range(len(names)) if (names[k], dtypes[k], shapes[k], begins[k], ends[k]) !=
+             (layout.names[k], layout.dtypes[k], layout.shapes[k], layout.begins[k], layout.ends[k]))
+    return (f"its tensor {show(names[k])} ({dtypes[k]} {shapes[k]}, bytes {begins[k]}-{ends[k]} of the data) is "
+            f"{show(layout.names[k])} ({layout.dtypes[k]} {layout.shapes[k]}, bytes {layout.begins[k]}-"
+            f"{layout.ends[k]}) in the file's header")
