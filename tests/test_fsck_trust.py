@@ -212,3 +212,25 @@ def test_empty_tensors_at_one_offset_may_be_listed_in_any_order(tmp_path):
     _with_entry(repo, reorder)
     report = Repo(repo.root).fsck()
     assert report.ok and report.commits_reached == 2, report.problems
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda e, w: setattr(e, "header", [*e.header, *w.chunks]), "header chunks hold"),
+    (lambda e, w: setattr(e, "header", []), "names no header chunks"),
+    (lambda e, w: setattr(e, "header", w.chunks * 300), "more than a header"),
+], ids=["a chunk past the header", "no header chunk", "a chunk 300 times"])
+def test_fsck_finds_header_chunks_that_are_not_the_files_header(tmp_path, change, says):
+    """The entry's header chunks must hold the header and nothing more: a chunk past it (the file would check out
+    longer than its entry says, its header not accounting for the bytes), no chunk at all, or a chunk named many
+    times over (refused from the chunks' lengths before anything is joined) is a problem."""
+    from weights_util import write_st as write
+
+    repo = make_repo(tmp_path / "repo")
+    path = os.path.join(repo.root, "model.safetensors")
+    write(path, {"w": np.arange(3000, dtype=np.float32), "v": np.arange(5, dtype=np.float32)})
+    repo.commit(path, message="one")
+    entry = repo.read_manifest(repo.read_commit(repo.head()).manifest).files[0]
+    (w,) = [t for t in entry.tensors if t.name == "w"]
+    _with_entry(repo, lambda e: change(e, w))
+    problems = Repo(repo.root).fsck().problems
+    assert len(problems) == 1 and says in problems[0].detail, problems

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +100,7 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
     # Depth-first from branches, tags and HEAD first, so that a missing commit is reported as the parent of
     # the commit that names it; reflog entries then only add the starting points that walk did not reach.
     seen: set[str] = set()
-    headers: dict[tuple[tuple[str, ...], int], st.Layout | str] = {}
+    headers = _Headers()
     _walk(repo, report, bad, seen, headers, list(starts.items())[::-1])
     for oid in repo.refs.all_reflog_ids():
         if oid not in seen:
@@ -163,8 +164,8 @@ def _leftovers(repo: Repo, report: FsckReport) -> None:
                                                     "checkout; `mlvc gc` removes it", os.path.join(folder, name)))
 
 
-def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str],
-          headers: dict[tuple[tuple[str, ...], int], st.Layout | str], stack: list[tuple[str, str]]) -> None:
+def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], headers: _Headers,
+          stack: list[tuple[str, str]]) -> None:
     """Check every commit reachable from `stack` ((commit id, what names it) pairs), its manifest and
     chunks, skipping what is in `seen` and adding what it visits. `headers`: the safetensors headers parsed so far
     (_header_mismatch)."""
@@ -210,7 +211,7 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str],
             report.problems.append(Problem(c.manifest, "corrupt", f"manifest of commit {cid[:12]}: malformed "
                                            f"manifest ({misfit})"))
         for f in m.files:
-            mismatch = None if misfit else _header_mismatch(repo, f, bad, headers)  # one problem per manifest
+            mismatch = None if misfit else _header_mismatch(repo, f, bad, headers)  # not again once malformed
             if mismatch:
                 report.problems.append(Problem(c.manifest, "corrupt", f"manifest of commit {cid[:12]}: {f.path}: "
                                                f"{mismatch}"))
@@ -225,42 +226,58 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str],
                     report.problems.append(Problem(oid, "missing", f"chunk of {f.path} in commit {cid[:12]}"))
 
 
-def _header_mismatch(repo: Repo, f: FileEntry, bad: set[str],
-                     headers: dict[tuple[tuple[str, ...], int], st.Layout | str]) -> str | None:
+class _Headers:
+    """The safetensors headers fsck has parsed, by (header chunk ids, file size): the last few, least recently used
+    dropped first (a series of commits of one model shares its header; a file whose metadata changes at every
+    commit brings a new one each time, and a layout of 100,000 tensors takes about 30 MiB)."""
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._parsed: OrderedDict[tuple[tuple[str, ...], int], st.Layout | str] = OrderedDict()
+
+    def get(self, key: tuple[tuple[str, ...], int]) -> st.Layout | str | None:
+        found = self._parsed.get(key)
+        if found is not None:
+            self._parsed.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[tuple[str, ...], int], parsed: st.Layout | str) -> None:
+        self._parsed[key] = parsed
+        if len(self._parsed) > self.KEEP:
+            self._parsed.popitem(last=False)
+
+
+def _header_mismatch(repo: Repo, f: FileEntry, bad: set[str], headers: _Headers) -> str | None:
     """What a safetensors file's entry says of its tensors (names, dtypes, shapes, sizes, in data order) that the
     file's own header, as stored, does not; None when they agree, or when the header's chunks cannot be read
     (each is reported itself). A checkout writes the header and then the tensors' bytes in the entry's order, so
     such a tree checks out byte for byte, but everything that names a tensor (diff, show, load, an evaluation)
     would read the wrong bytes under a name. Empty tensors that share an offset are compared in the parser's
-    order (by name), which a tree made by revert or merge need not list them in. `headers` keeps each distinct
-    header parsed once (a series of commits of one model shares its header)."""
-    if f.kind != KIND_SAFETENSORS or not f.header or not bad.isdisjoint(f.header):
+    order (by name), which a tree made by revert or merge need not list them in."""
+    if f.kind != KIND_SAFETENSORS or not bad.isdisjoint(f.header or ()):
         return None
+    if not f.header:
+        return "it names no header chunks"
     key = (tuple(f.header), f.size)
     layout = headers.get(key)
     if layout is None:
-        try:
-            head = b"".join(bytes(repo.store.get(h)) for h in f.header)
-        except (ObjectNotFoundError, CorruptObjectError):
+        layout = _stored_layout(repo, f)
+        if layout is None:
             return None
-        try:
-            layout = st.parse_layout(head, f.size, f.path)
-        except FormatError as e:
-            layout = f"its stored header is not one a commit reads ({e.reason})"
-        if len(headers) >= 16:  # a bound on what is kept: most repositories hold a few layouts
-            headers.clear()
-        headers[key] = layout
+        headers.put(key, layout)
     if isinstance(layout, str):
         return layout
     names, dtypes, shapes, sizes = f.columns()
-    shapes = list(map(list, shapes))
     begins = list(itertools.accumulate(sizes, initial=0))
     ends = begins[1:]
     del begins[-1]
-    if 0 in sizes:  # empty tensors share an offset: in the parser's order, by (begin, end, name)
+    if len(set(begins)) != len(begins):  # empty tensors share an offset: the parser's order, by (begin, end, name)
         order = sorted(range(len(names)), key=lambda i: (begins[i], ends[i], names[i]))
         names, dtypes, shapes = [names[i] for i in order], [dtypes[i] for i in order], [shapes[i] for i in order]
         begins, ends = [begins[i] for i in order], [ends[i] for i in order]
+    if shapes != layout.shapes:  # lists both, as read; a tuple among them would differ from its list only here
+        shapes = list(map(list, shapes))
     if (names, dtypes, shapes, begins, ends) == (layout.names, layout.dtypes, layout.shapes, layout.begins,
                                                  layout.ends):
         return None
@@ -271,3 +288,23 @@ def _header_mismatch(repo: Repo, f: FileEntry, bad: set[str],
     return (f"its tensor {show(names[k])} ({dtypes[k]} {shapes[k]}, bytes {begins[k]}-{ends[k]} of the data) is "
             f"{show(layout.names[k])} ({layout.dtypes[k]} {layout.shapes[k]}, bytes {layout.begins[k]}-"
             f"{layout.ends[k]}) in the file's header")
+
+
+def _stored_layout(repo: Repo, f: FileEntry) -> st.Layout | str | None:
+    """The layout of a file entry's stored header, or what is wrong with it; None when a chunk cannot be read (it
+    is reported itself). The chunks' lengths (their object headers') are summed first: a manifest may name
+    any chunks, many times over, and only a header that fits the file and the format's bound is read."""
+    try:
+        length = sum(repo.store.header(h).raw_length for h in f.header or ())
+        if length > min(f.size, 8 + st.MAX_HEADER):
+            return f"its header chunks hold {length} bytes, more than a header of a {f.size}-byte file can"
+        head = b"".join(bytes(repo.store.get(h)) for h in f.header or ())
+    except (ObjectNotFoundError, CorruptObjectError):
+        return None
+    try:
+        layout = st.parse_layout(head, f.size, f.path)
+    except FormatError as e:
+        return f"its stored header does not read as that of a safetensors file of {f.size} bytes ({e.reason})"
+    if layout.data_start != len(head):
+        return f"its header chunks hold {len(head)} bytes, its header {layout.data_start}"
+    return layout

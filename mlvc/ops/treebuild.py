@@ -195,8 +195,10 @@ class Conflict:
 # -- composing file entries -------------------------------------------------------------------------------
 
 
-def _spec(item: Item) -> tuple[str, str, list[int]]:
-    return item.name, item.dtype, list(item.shape)
+def _spec(item: Item) -> tuple[str, str, list[int], int]:
+    """What a header says of a tensor: name, dtype, shape and byte count (which the shape gives only for a dtype
+    of known size: a tensor of an unknown dtype may change size under the same shape)."""
+    return item.name, item.dtype, list(item.shape), _nbytes(item)
 
 
 def _nbytes(item: Item) -> int:
