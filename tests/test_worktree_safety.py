@@ -346,3 +346,72 @@ def test_tensor_chunks_checks_the_hash(two):
         with pytest.raises(CorruptObjectError):
             for _ in tensor_chunks(pipe, bad):
                 pass
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "pt"])
+@pytest.mark.parametrize("variant", ["cut short", "header only", "empty", "another file", "garbage length"])
+def test_a_working_checkpoint_that_does_not_read_blocks_nothing_it_should_not(tmp_path, kind, variant):
+    """A tracked checkpoint left unreadable (a save cut short by a crash, another file in its place): status lists
+    it as modified and says why; diff says why and how to get HEAD's version back; a checkout, switch or reset
+    refuses to overwrite it without --force (uncommitted work, exit 6), and with --force (or restore) writes the
+    commit's version over it; a commit refuses it (exit 8). It used to stop every one of these with a format
+    error, --force included."""
+    torch = pytest.importorskip("torch") if kind == "pt" else None
+    repo = make_repo(tmp_path / "repo")
+    name = f"model.{kind}"
+    path = os.path.join(repo.root, name)
+    if torch is not None:
+        torch.save({"w": torch.arange(4000, dtype=torch.float32), "b": torch.ones(3)}, path)
+    else:
+        write_st(path, weights(0))
+    first = repo.commit(path, message="one").commit.id
+    with open(path, "rb") as f:
+        good = f.read()
+    with open(path, "wb") as f:
+        f.write(_unreadable_variants_of(good)[variant])
+    runner = CliRunner()
+    st = repo.status()
+    (f,) = st.files
+    assert (f.state, bool(f.unreadable)) == ("modified", True), f
+    r = runner.invoke(cli, ["-C", repo.root, "status"])
+    assert r.exit_code == 0 and "does not read as a checkpoint" in r.output and "mlvc restore" in r.output
+    r = runner.invoke(cli, ["-C", repo.root, "diff"])
+    assert r.exit_code == 8 and f"mlvc restore {name}" in r.output, r.output
+    r = runner.invoke(cli, ["-C", repo.root, "commit", name, "-m", "broken"])
+    assert r.exit_code in (8, 9) and repo.head() == first, r.output  # 9: a pickle that is not tensors
+    with open(path, "rb") as fh:
+        broken = fh.read()
+    for args in (["reset", "--hard", "HEAD"], ["checkout", "HEAD"]):
+        r = runner.invoke(cli, ["-C", repo.root, *args])
+        assert r.exit_code == 6 and name in r.output, (args, r.output)
+        assert open(path, "rb").read() == broken  # nothing overwritten without --force
+    r = runner.invoke(cli, ["-C", repo.root, "reset", "--hard", "HEAD", "--force"])
+    assert r.exit_code == 0, r.output
+    assert open(path, "rb").read() == good and repo.status().clean
+
+
+def _unreadable_variants_of(whole: bytes) -> dict[str, bytes]:
+    return {"cut short": whole[: len(whole) // 3], "header only": whole[:120], "empty": b"",
+            "another file": b"untracked precious notes\n" * 3, "garbage length": b"\xff" * 64}
+
+
+def test_an_unreadable_file_where_the_target_commit_adds_one_is_uncommitted_work(tmp_path):
+    """A file that is not a checkpoint at a path the target commit adds: switch refuses (exit 6, it would be
+    overwritten) instead of failing to parse it (exit 8, --force included); --force overwrites it."""
+    repo = make_repo(tmp_path / "repo")
+    a = os.path.join(repo.root, "a.safetensors")
+    write_st(a, weights(0))
+    repo.commit(a, message="base")
+    repo.create_branch("side")
+    b = os.path.join(repo.root, "b.safetensors")
+    write_st(b, weights(1))
+    repo.commit(b, message="add b")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["-C", repo.root, "switch", "side"]).exit_code == 0
+    with open(b, "wb") as f:
+        f.write(b"untracked precious\n")
+    r = runner.invoke(cli, ["-C", repo.root, "switch", "main"])
+    assert r.exit_code == 6 and "b.safetensors" in r.output, r.output
+    assert open(b, "rb").read() == b"untracked precious\n"
+    r = runner.invoke(cli, ["-C", repo.root, "switch", "main", "--force"])
+    assert r.exit_code == 0 and repo.head_branch() == "main" and repo.status().clean, r.output

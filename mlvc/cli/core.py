@@ -133,6 +133,8 @@ def status(repo: Repo, as_json, quiet) -> None:
             detail.append(f"{len(f.tensors_added)} added")
         if f.tensors_removed:
             detail.append(f"{len(f.tensors_removed)} removed")
+        if f.unreadable:
+            detail.append("not readable as a checkpoint (see below)")
         rows.append([f.state, f.path, ", ".join(detail)])
     click.echo(table(rows, ["state", "file", "tensors"]))
     if any(f.state == "deleted" for f in st.changed):
@@ -140,6 +142,10 @@ def status(repo: Repo, as_json, quiet) -> None:
                    "or `mlvc reset --hard HEAD` writes them back.")
     if any(f.state in ("removed", "untracked") for f in st.changed):
         click.echo("\nRemoved and untracked files were untracked by `mlvc rm`: the next commit records it.")
+    for f in st.changed:
+        if f.unreadable:
+            click.echo(f"\n{f.path} does not read as a checkpoint ({f.unreadable}): a save cut short? "
+                       "`mlvc restore PATH` or `mlvc reset --hard HEAD` writes HEAD's version back.")
     changed = [(f.path, n) for f in st.changed for n in f.tensors_changed]
     if changed:
         click.echo("\nChanged tensors:")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bundles import resolve_file
 from ..dtypes import ITEMSIZE, is_numeric
-from ..errors import MlvcError
+from ..errors import FormatError, MlvcError
 from ..normcache import NormCache
 from ..objects import KIND_SAFETENSORS, FileEntry, Manifest, TensorEntry
 from ..progress import NULL, Progress
@@ -583,8 +583,11 @@ def _working(repo: Repo, stack: contextlib.ExitStack, progress: Progress) -> tup
     manifest = repo.read_manifest(repo.read_commit(head).manifest, resolve=False)
     plan = tracked_set(repo, manifest, None, WorkState.load(repo))
     cache = StatCache(repo.dir)
-    read = working_entries(repo, manifest, plan.roots, cache, progress, files=plan.read)
+    unreadable: dict[str, str] = {}
+    read = working_entries(repo, manifest, plan.roots, cache, progress, files=plan.read, unreadable=unreadable)
     cache.save()
+    for path, why in sorted(unreadable.items()):  # no tensors to compare: as `mlvc commit` would, say so
+        raise FormatError(path, f"{why}; `mlvc status` lists it, `mlvc restore {path}` writes HEAD's version back")
     files = sorted([*plan.carried.values(), *read.values()], key=lambda f: f.path)
     return (Manifest(plan.roots, files, manifest.chunk_size), WorkingSide(repo, files, manifest.chunk_size, stack))
 

@@ -34,6 +34,9 @@ class FileStatus:
     tensors_changed: list[str] = field(default_factory=list)
     tensors_added: list[str] = field(default_factory=list)
     tensors_removed: list[str] = field(default_factory=list)
+    # why the working file does not read as a checkpoint of its kind (cut short, another file in its place): its
+    # tensors are not compared; None when it reads
+    unreadable: str | None = None
 
 
 @dataclass
@@ -90,13 +93,17 @@ def status(repo: Repo, progress: Progress = NULL) -> Status:
         return Status(repo.head_branch(), head, [], [])
     plan = tracked_set(repo, manifest, None, WorkState.load(repo))
     cache = StatCache(repo.dir)
-    current = working_entries(repo, manifest, plan.roots, cache, progress, files=plan.read)
+    unreadable: dict[str, str] = {}
+    current = working_entries(repo, manifest, plan.roots, cache, progress, files=plan.read, unreadable=unreadable)
     cache.save()
     committed = {f.path: f for f in manifest.files}
     files: list[FileStatus] = []
     for p, e in current.items():
-        files.append(compare_entries(repo.store, committed[p], e) if p in committed
-                     else FileStatus(p, ADDED, tensors_added=[t.name for t in e.tensors]))
+        if p in unreadable:
+            files.append(FileStatus(p, MODIFIED if p in committed else ADDED, unreadable=unreadable[p]))
+        else:
+            files.append(compare_entries(repo.store, committed[p], e) if p in committed
+                         else FileStatus(p, ADDED, tensors_added=[t.name for t in e.tensors]))
     untracked = set(plan.untracked)
     for state, paths in ((NOT_CHECKED_OUT, plan.not_checked_out), (STALE, plan.stale), (DELETED, plan.missing),
                          (REMOVED, [p for p in plan.removed if p not in untracked]), (UNTRACKED, plan.untracked)):

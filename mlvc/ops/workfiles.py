@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import lockfile
-from ..errors import ConfigError, PathError
-from ..objects import FileEntry, Manifest, check_rel_path
+from ..errors import ConfigError, FormatError, PathError
+from ..objects import KIND_BLOB, FileEntry, Manifest, check_rel_path
 from ..progress import NULL, Progress
 from ..snapshot import History, file_hash, snapshot_path
 from ..statcache import StatCache
@@ -358,9 +358,13 @@ def _normalize_roots(roots: Iterable[str]) -> list[str]:
 
 
 def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cache: StatCache,
-                    progress: Progress = NULL, files: list[str] | None = None) -> dict[str, FileEntry]:
+                    progress: Progress = NULL, files: list[str] | None = None,
+                    unreadable: dict[str, str] | None = None) -> dict[str, FileEntry]:
     """For each working file under `roots` (or each of `files`): the committed entry when the stat cache (or
-    a hash) shows it unchanged, else a fresh hash-only snapshot of it."""
+    a hash) shows it unchanged, else a fresh hash-only snapshot of it. A checkpoint file that does not read as
+    its kind (cut short by a crash while it was saved, another file in its place) is snapshotted as a blob:
+    its hash shows it changed, so that status lists it, a checkout refuses to overwrite it unless forced, and
+    reset --hard or switch --force write the commit's version over it; `unreadable` gets why, by path."""
     committed = {f.path: f for f in manifest.files} if manifest else {}
     out: dict[str, FileEntry] = {}
     chunk_size = manifest.chunk_size if manifest else repo.config.chunk_size
@@ -381,8 +385,15 @@ def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cac
                 out[rel] = old
                 continue
             # the committed entry as the parent: a header unchanged is not parsed again (snapshot._as_parent)
-            entry = snapshot_path(pipe, full, rel, as_blob=old is not None and old.kind == "blob",
-                                  history=History(old))
+            blob = old is not None and old.kind == KIND_BLOB
+            try:
+                entry = snapshot_path(pipe, full, rel, as_blob=blob, history=History(old))
+            except FormatError as e:
+                if blob:
+                    raise
+                entry = snapshot_path(pipe, full, rel, as_blob=True)
+                if unreadable is not None:
+                    unreadable[rel] = e.reason
             cache.record(rel, full, entry.hash, seen)
             out[rel] = entry
     return out
