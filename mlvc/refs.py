@@ -34,6 +34,8 @@ _BAD_NAME = re.compile(r"(^[./-])|(\.\.)|([\x00-\x20\x7f~^:?*\[\\])|(@\{)|(/\.)|
 
 def check_name(name: str, kind: str = "branch") -> str:
     """Validate a branch or tag name with git's rules (no spaces, '..', '~', '^', ':' ...)."""
+    if name == "HEAD":  # a revision of its own: a branch or tag of that name could never be named
+        raise RefError(f"'HEAD' is not a valid {kind} name: HEAD always means the current commit; pick another name")
     if not name or name == "@" or _BAD_NAME.search(name) or name.endswith(".lock"):
         raise RefError(f"{name!r} is not a valid {kind} name (no spaces, '..', '~', '^', ':', '?', '*', '[', "
                        "'\\', and no leading '-' or '.')")

@@ -173,12 +173,18 @@ def parse_task(name: str, body: Any, source: str) -> TaskSpec:
     env = body.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ConfigError(f"{where}: env must be a table of strings, like env = {{ OMP_NUM_THREADS = \"1\" }}")
+    for k, v in env.items():  # what the operating system cannot pass to a process
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise ConfigError(f"{where}: env {k!r} cannot be passed to a process: a variable's name is not empty "
+                              "and holds no '=' or NUL character, and its value holds no NUL")
     strings = {}
     for key in ("dataset", "dataset_hash", "cwd", "description"):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
         strings[key] = value
+    if strings["cwd"] is not None and "\0" in strings["cwd"]:
+        raise ConfigError(f"{where}: cwd holds a NUL character, which no path can")
     return TaskSpec(name, command, metrics, float(timeout), strings["dataset"], strings["dataset_hash"], seed,
                     dict(env), strings["cwd"] or ".", strings["description"], source)
 
@@ -194,6 +200,8 @@ def _parse_command(cmd: Any, where: str) -> list[str]:
             raise ConfigError(f"{where}: cannot split command ({e}); write it as a list of arguments") from None
     if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd):
         raise ConfigError(f"{where}: command must be a non-empty list of strings (or one string)")
+    if any("\0" in a for a in cmd):
+        raise ConfigError(f"{where}: an argument of the command holds a NUL character, which no process can take")
     if not any("checkpoint" in placeholders(a) for a in cmd):
         raise ConfigError(f"{where}: the command never mentions {{checkpoint}}, so it cannot see the commit "
                           "it should evaluate")

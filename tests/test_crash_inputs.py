@@ -24,7 +24,16 @@ from conftest import make_repo, set_config, write_safetensors_np
 from mlvc import codec
 from mlvc.cli import cli
 from mlvc.config import Config
-from mlvc.errors import EXIT_CODES, ConfigError, CorruptObjectError, FileChangedError, FormatError, MlvcError, PathError
+from mlvc.errors import (
+    EXIT_CODES,
+    ConfigError,
+    CorruptObjectError,
+    FileChangedError,
+    FormatError,
+    MlvcError,
+    PathError,
+    RefError,
+)
 from mlvc.formats import safetensors as st
 from mlvc.objects import Manifest, check_rel_path
 from mlvc.repo import Repo
@@ -714,3 +723,138 @@ def test_mlvc_errors_and_usage_errors_keep_their_codes(tmp_path):
     assert _cli(repo.root, "show", "nosuch").exit_code == 4
     assert _cli(repo.root, "log", "--no-such-option").exit_code == 2
     assert _cli(repo.root, "--help").exit_code == 0
+
+
+# --- found by a bug hunt (2026-12-07): each was an internal error, a misleading message or a wrong exit code ---
+
+
+def _evaluated_repo(tmp_path, command: list[str], extra: str = "") -> Repo:
+    repo = make_repo(tmp_path / "repo")
+    path = os.path.join(repo.root, "m.safetensors")
+    write_safetensors_np(path, {"w": np.arange(4, dtype=np.float32)})
+    repo.commit(path, message="one")
+    with open(os.path.join(repo.root, "mlvc.toml"), "w") as f:
+        f.write(f"[tasks.a]\ncommand = {json.dumps(command)}\nmetrics = {{ m = \"higher\" }}\n{extra}")
+    return repo
+
+
+@pytest.mark.parametrize(("printed", "says"), [
+    ('{"m": 1' + "0" * 400 + "}", "not a finite number"),  # an integer past a float's range
+    ("[" * 100_000, "nested too deeply"),
+    ('{"m": -1' + "0" * 400 + "}", "not a finite number"),
+])
+def test_an_evaluators_unusable_output_is_a_failed_evaluation(tmp_path, printed, says):
+    """Output no metric can be made of is recorded as a failed evaluation (exit 15), never an internal error
+    (OverflowError, RecursionError: exit 70, no ledger row)."""
+    script = os.path.join(str(tmp_path), "say.py")
+    with open(script, "w") as f:
+        f.write(f"import sys\nsys.stdout.write({printed!r})\n")
+    repo = _evaluated_repo(tmp_path, [sys.executable, script, "{checkpoint}"])
+    r = _cli(repo.root, "eval", "run", "HEAD")
+    assert r.exit_code == 15, r.output  # failed evaluations
+    assert says in r.output and "Traceback" not in r.output
+    (outcome,) = Repo(repo.root).eval_run().outcomes
+    assert outcome.status == "failed" and says in (outcome.error or "")
+
+
+@pytest.mark.parametrize(("env", "command"), [
+    ('env = { "A=B" = "x" }', None),
+    ('env = { "" = "x" }', None),
+    ('env = { "A" = "x\\u0000y" }', None),
+    ("", ["echo", "{checkpoint}\u0000"]),
+    ('cwd = "a\\u0000b"', None),
+])
+def test_a_task_the_operating_system_cannot_run_is_a_configuration_error(tmp_path, env, command):
+    """An env name with '=' or NUL, a NUL in a value, an argument or the folder: refused when the task is read,
+    naming it (exit 11), not a ValueError from the process launch (exit 70)."""
+    repo = _evaluated_repo(tmp_path, command or ["echo", "{checkpoint}"], env)
+    r = _cli(repo.root, "eval", "run", "HEAD")
+    assert r.exit_code == EXIT_CODES[ConfigError] and "[tasks.a]" in _one_error_line(r), r.output
+
+
+def test_a_task_whose_folder_is_missing_says_so(tmp_path):
+    repo = _evaluated_repo(tmp_path, ["true", "{checkpoint}"], 'cwd = "nonexistent"')
+    (outcome,) = repo.eval_run().outcomes
+    assert outcome.status == "failed" and "folder (cwd)" in (outcome.error or "") and "nonexistent" in outcome.error
+
+
+def test_commit_meta_nested_too_deeply_is_a_usage_error(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    r = _cli(repo.root, "commit", "-m", "x", "--allow-empty", "--meta", "a=" + "[" * 5000 + "]" * 5000)
+    assert r.exit_code == 2 and "nested too deeply" in r.output and "Traceback" not in r.output
+
+
+def test_gc_names_a_damaged_commit_a_commit(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    path = os.path.join(repo.root, "m.safetensors")
+    write_safetensors_np(path, {"w": np.arange(4, dtype=np.float32)})
+    first = repo.commit(path, message="one").commit.id
+    write_safetensors_np(path, {"w": np.arange(5, dtype=np.float32)})
+    head = repo.commit(path, message="two").commit.id
+    for cid, named in ((head, "branch main"), (first, f"commit {head[:12]}")):
+        obj = repo.store.locate(cid)
+        assert obj is not None and os.path.isfile(obj), "a loose commit object"
+        os.chmod(obj, 0o644)
+        data = open(obj, "rb").read()
+        with open(obj, "wb") as f:
+            f.write(data[: len(data) // 2])
+        r = _cli(repo.root, "gc")
+        line = _one_error_line(r)
+        assert r.exit_code == 5 and f"commit {cid}, named by {named}, is damaged" in line and "tag" not in line, line
+        with open(obj, "wb") as f:
+            f.write(data)
+
+
+def test_checkout_output_into_the_work_tree_is_refused(tmp_path):
+    """`checkout REV --output .` would rewrite the work tree under a HEAD that did not move: refused, nothing
+    written (exit 10); a folder inside the work tree is fine."""
+    repo = make_repo(tmp_path / "repo")
+    a, b = os.path.join(repo.root, "a.safetensors"), os.path.join(repo.root, "b.safetensors")
+    write_safetensors_np(a, {"w": np.arange(4, dtype=np.float32)})
+    repo.commit(a, message="one")
+    write_safetensors_np(b, {"w": np.arange(5, dtype=np.float32)})
+    repo.commit(b, message="two")
+    for where in (".", repo.root, os.path.join(repo.root, "sub", "..")):
+        r = _cli(repo.root, "checkout", "HEAD~1", "--output", where)
+        assert r.exit_code == EXIT_CODES[PathError] and "work tree" in _one_error_line(r), r.output
+        assert os.path.isfile(b) and Repo(repo.root).status().clean
+    r = _cli(repo.root, "checkout", "HEAD~1", "--output", "old")
+    assert r.exit_code == 0 and os.listdir(os.path.join(repo.root, "old")) == ["a.safetensors"], r.output
+
+
+@pytest.mark.parametrize("kind", ["branch", "tag"])
+def test_a_branch_or_tag_named_head_is_refused_and_an_old_one_can_be_deleted(tmp_path, kind):
+    repo = make_repo(tmp_path / "repo")
+    path = os.path.join(repo.root, "m.safetensors")
+    write_safetensors_np(path, {"w": np.arange(4, dtype=np.float32)})
+    head = repo.commit(path, message="one").commit.id
+    r = _cli(repo.root, kind, "HEAD")
+    assert r.exit_code == EXIT_CODES[RefError] and "'HEAD' is not a valid" in _one_error_line(r), r.output
+    assert not os.path.exists(os.path.join(repo.dir, "refs", "heads" if kind == "branch" else "tags", "HEAD"))
+    # one an earlier mlvc made can still be removed
+    folder = os.path.join(repo.dir, "refs", "heads" if kind == "branch" else "tags")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "HEAD"), "w") as f:
+        f.write(head + "\n")
+    r = _cli(repo.root, kind, "-d", "HEAD")
+    assert r.exit_code == 0 and not os.path.exists(os.path.join(folder, "HEAD")), r.output
+
+
+def test_rm_of_a_folder_without_r_is_a_path_error(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    os.makedirs(os.path.join(repo.root, "model"))
+    write_safetensors_np(os.path.join(repo.root, "model", "m.safetensors"), {"w": np.arange(4, dtype=np.float32)})
+    repo.commit(os.path.join(repo.root, "model"), message="one")
+    r = _cli(repo.root, "rm", "model")
+    assert r.exit_code == EXIT_CODES[PathError] and "pass -r" in _one_error_line(r), r.output
+
+
+def test_restore_of_a_path_no_commit_has_reads_well(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    path = os.path.join(repo.root, "m.safetensors")
+    write_safetensors_np(path, {"w": np.arange(4, dtype=np.float32)})
+    repo.commit(path, message="one")
+    line = _one_error_line(_cli(repo.root, "restore", "nothere"))
+    assert "no file of HEAD is there" in line and "(or of HEAD)" not in line, line
+    line = _one_error_line(_cli(repo.root, "restore", "--source", "HEAD", "nothere"))
+    assert "no file of HEAD is there" in line, line

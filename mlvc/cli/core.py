@@ -53,6 +53,8 @@ def _parse_meta(items: tuple[str, ...]) -> dict:
             out[key] = json.loads(value)
         except ValueError:
             out[key] = value
+        except RecursionError:
+            raise click.BadParameter(f"{key}: the JSON is nested too deeply", param_hint="--meta") from None
     return out
 
 

@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     from ..repo import Repo
 
 
-def _ref(kind: str, name: str) -> str:
-    return (HEADS if kind == "branch" else TAGS) + check_name(name, kind)
+def _ref(kind: str, name: str, existing: bool = False) -> str:
+    """The ref of a branch or tag name; `existing`: one to delete, which may be named HEAD (refused as a new name
+    since 2026-12, so that a repository with such a branch or tag can still remove it)."""
+    return (HEADS if kind == "branch" else TAGS) + (name if existing and name == "HEAD" else check_name(name, kind))
 
 
 def _check_folder_clash(repo: Repo, kind: str, name: str) -> None:
@@ -62,7 +64,7 @@ def create_ref(repo: Repo, kind: str, name: str, rev: str, force: bool, message:
 
 
 def delete_ref(repo: Repo, kind: str, name: str) -> str:
-    ref = _ref(kind, name)
+    ref = _ref(kind, name, existing=True)
     old = repo.refs.resolve(ref)
     if old is None:
         plural = "branches" if kind == "branch" else "tags"

@@ -214,10 +214,14 @@ def _fill(result: CheckoutResult, applied: Applied) -> None:
 
 
 def _check_output(repo: Repo, base: str) -> None:
-    """Refuse an output folder inside .mlvc/ (symlinks followed): a checkpoint written there could overwrite
-    the repository's own objects, refs or settings. The one exception is mlvc's scratch folder .mlvc/tmp/,
+    """Refuse the work tree's own folder as the output (files would change under a HEAD that did not move) and an
+    output folder inside .mlvc/ (symlinks followed): a checkpoint written there could overwrite the
+    repository's own objects, refs or settings. The one exception is mlvc's scratch folder .mlvc/tmp/,
     where `mlvc eval run` checks commits out for its evaluators (and removes them afterwards)."""
     real_dir, real_base = os.path.realpath(repo.dir), os.path.realpath(base)
+    if real_base == os.path.realpath(repo.root):  # the work tree itself: that is a checkout in place
+        raise PathError(f"refusing to check out into {base}: it is the work tree, whose files HEAD describes; "
+                        "check out in place (without --output) to move HEAD with them, or pass another folder")
     scratch = os.path.join(real_dir, "tmp")
     if os.path.commonpath([real_dir, real_base]) == real_dir and (
             real_base == scratch or os.path.commonpath([scratch, real_base]) != scratch):

@@ -174,6 +174,8 @@ def run_task(repo: Repo, task: TaskSpec, commit: str, checkpoint: str, scratch: 
 def _execute(argv: list[str], cwd: str, env: dict[str, str], timeout: float
              ) -> tuple[str, str | None, bytes, bytes]:
     """Run without a shell, in its own process group so that a timeout kills its children too."""
+    if not os.path.isdir(cwd):  # else the error below would blame the command
+        return STATUS_FAILED, f"the task's folder (cwd) {cwd} is not there", b"", b""
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
@@ -213,6 +215,8 @@ def parse_output(task: TaskSpec, output: str, stdout: bytes) -> tuple[dict[str, 
         obj = json.loads(data)
     except ValueError as e:
         raise EvalError(f"{where} is not JSON ({e})") from None
+    except RecursionError:
+        raise EvalError(f"{where} is JSON nested too deeply to be metrics") from None
     notes = None
     if isinstance(obj, dict) and isinstance(obj.get("metrics"), dict):
         notes = obj.get("notes") if isinstance(obj.get("notes"), str) else None
@@ -221,9 +225,14 @@ def parse_output(task: TaskSpec, output: str, stdout: bytes) -> tuple[dict[str, 
         raise EvalError(f"{where} must be a JSON object of metric values, like {{\"accuracy\": 0.91}}")
     metrics = {}
     for name, value in obj.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise EvalError(f"metric {name!r} in {where} is not a finite number: {value!r}")
-        metrics[str(name)] = float(value)
+        try:  # an integer past a float's range (10**400) is not finite as a float: OverflowError
+            number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
+            raise EvalError(f"metric {name!r} in {where} is not a finite number: {shown}")
+        metrics[str(name)] = number
     missing = [m for m in task.metrics if m not in metrics]
     if missing:
         raise EvalError(f"{where} lacks the configured metric(s) {', '.join(missing)} "

@@ -59,7 +59,7 @@ def rm(repo: Repo, paths: Iterable[str] | str, cached: bool = False, recursive: 
         if not files and not roots:
             raise PathError(f"{p} is not tracked (`mlvc status` lists the tracked files)")
         if not recursive and (roots and roots != [rel] or any(f != rel for f in files)):
-            raise MlvcError(f"{p} is a folder: pass -r to untrack everything in it")
+            raise PathError(f"{p} is a folder: pass -r to untrack everything in it")
         remaining = [r for r in manifest.roots if not under(r, rel)]
         if cached and any(under(rel, r) for r in remaining):
             visible = [f for f in files if not is_ignored(spec, f) and os.path.isfile(repo.abs_path(f))]
