@@ -146,8 +146,9 @@ def status(repo: Repo, as_json, quiet) -> None:
         click.echo("\nRemoved and untracked files were untracked by `mlvc rm`: the next commit records it.")
     for f in st.changed:
         if f.unreadable:
-            click.echo(f"\n{f.path} does not read as a checkpoint ({f.unreadable}); `mlvc restore {f.path}` or "
-                       "`mlvc reset --hard HEAD --force` writes HEAD's version back.")
+            click.echo(f"\n{f.path} does not read as a checkpoint mlvc can store ({f.unreadable}); if that is not "
+                       f"what you meant to save, `mlvc restore {f.path}` or `mlvc reset --hard HEAD --force` writes "
+                       "HEAD's version back.")
     changed = [(f.path, n) for f in st.changed for n in f.tensors_changed]
     if changed:
         click.echo("\nChanged tensors:")

@@ -175,7 +175,7 @@ def _execute(argv: list[str], cwd: str, env: dict[str, str], timeout: float
              ) -> tuple[str, str | None, bytes, bytes]:
     """Run without a shell, in its own process group so that a timeout kills its children too."""
     if not os.path.isdir(cwd):  # else the error below would blame the command
-        return STATUS_FAILED, f"the task's folder (cwd) {cwd} is not there", b"", b""
+        return STATUS_FAILED, f"the task's folder (cwd) {cwd} is not a folder", b"", b""
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)

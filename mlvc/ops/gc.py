@@ -298,7 +298,7 @@ class _Marker:
                 try:  # an annotated tag (a tag's ref or reflog names its tag object): keep it and its commit
                     target = tag_target(self.repo, cid)
                 except CorruptObjectError:  # unreadable as either: only a tag or a reflog may name a tag object
-                    what = "commit or tag object" if via.startswith("tag ") or via == "a reflog entry" else "commit"
+                    what = "commit or tag object" if via.startswith("tag ") or "reflog" in via else "commit"
                     raise GcRefusedError(cid, f"{what} {cid}, named by {via}, is damaged ({e.reason})") from None
                 if target is None:
                     raise GcRefusedError(cid, f"commit {cid}, named by {via}, is damaged ({e.reason})") from None

@@ -126,7 +126,7 @@ def _restore_files(repo: Repo, rev: str, manifest: Manifest, head_manifest: Mani
     removes = sorted(p for p in committed if p not in have and any(under(p, r) for r in roots))
     unmatched = [r for r in roots if not any(under(p, r) for p in [*have, *removes])]
     if unmatched:
-        where = "HEAD" if rev == "HEAD" else f"{rev} (nor of HEAD)"
+        where = rev if result.commit == result.head else f"{rev} (nor of HEAD)"
         raise PathError(f"{', '.join(unmatched)}: no file of {where} is there; `mlvc show {rev}` lists its files")
     writes = []
     for f in wanted:

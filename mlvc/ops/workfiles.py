@@ -364,7 +364,7 @@ def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cac
     a hash) shows it unchanged, else a fresh hash-only snapshot of it. A checkpoint file that does not read as
     its kind (cut short by a crash while it was saved, another file in its place) is snapshotted as a blob:
     its hash shows it changed, so that status lists it, a checkout refuses to overwrite it unless forced, and
-    reset --hard or switch --force write the commit's version over it; `unreadable` gets why, by path."""
+    reset --hard --force or switch --force write the commit's version over it; `unreadable` gets why, by path."""
     committed = {f.path: f for f in manifest.files} if manifest else {}
     out: dict[str, FileEntry] = {}
     chunk_size = manifest.chunk_size if manifest else repo.config.chunk_size
