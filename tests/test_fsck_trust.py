@@ -140,10 +140,8 @@ def test_fsck_finds_an_entry_that_disagrees_with_its_header(tmp_path, change):
     """Every tensor of a safetensors file's entry is compared with the file's stored header: name, dtype, shape and
     place, in data order. Such a tree checks out byte for byte (the header, then the bytes in the entry's order),
     but anything reading a tensor by name would read another's bytes."""
-    from weights_util import write_st as write
-
     repo = make_repo(tmp_path / "repo")
-    write(os.path.join(repo.root, "model.safetensors"), _model(0))
+    write_st(os.path.join(repo.root, "model.safetensors"), _model(0))
     repo.commit(os.path.join(repo.root, "model.safetensors"), message="one")
     assert repo.fsck().ok
     bad = _with_entry(repo, change)
@@ -156,10 +154,8 @@ def test_fsck_finds_an_entry_that_disagrees_with_its_header(tmp_path, change):
 
 
 def test_fsck_finds_an_entry_with_a_tensor_more_or_fewer(tmp_path):
-    from weights_util import write_st as write
-
     repo = make_repo(tmp_path / "repo")
-    write(os.path.join(repo.root, "model.safetensors"), _model(0))
+    write_st(os.path.join(repo.root, "model.safetensors"), _model(0))
     repo.commit(os.path.join(repo.root, "model.safetensors"), message="one")
     _with_entry(repo, lambda e: setattr(e, "tensors", [t for t in e.tensors if t.name != "z.empty"]))
     (problem,) = Repo(repo.root).fsck().problems
@@ -170,18 +166,16 @@ def test_trees_mlvc_makes_agree_with_their_headers(tmp_path):
     """No tree that commit, revert, merge or a state_dict commit writes is reported: empty tensors at one offset may
     be listed in another order than the parser's (revert and merge build headers of their own), and are compared
     in the parser's order."""
-    from weights_util import write_st as write
-
     repo = make_repo(tmp_path / "repo")
     path = os.path.join(repo.root, "model.safetensors")
-    write(path, _model(0))
+    write_st(path, _model(0))
     repo.commit(path, message="one")
     repo.create_branch("side")
-    write(path, {k: v + 1 if v.dtype == np.float32 else v for k, v in _model(0).items()})
+    write_st(path, {k: v + 1 if v.dtype == np.float32 else v for k, v in _model(0).items()})
     repo.commit(path, message="two")
     repo.revert("HEAD")
     repo.switch("side")
-    write(path, dict(_model(1), extra=np.zeros(0, np.float16)))
+    write_st(path, dict(_model(1), extra=np.zeros(0, np.float16)))
     repo.commit(path, message="side")
     repo.switch("main")
     repo.merge("side", strategy="theirs")
@@ -195,10 +189,8 @@ def test_trees_mlvc_makes_agree_with_their_headers(tmp_path):
 def test_empty_tensors_at_one_offset_may_be_listed_in_any_order(tmp_path):
     """A tree whose entry lists the empty tensors that share an offset in another order than the parser's (by
     name) describes the same file: not a problem."""
-    from weights_util import write_st as write
-
     repo = make_repo(tmp_path / "repo")
-    write(os.path.join(repo.root, "model.safetensors"), {"w": np.ones(3000, np.float32), "s": np.zeros(0, np.int8),
+    write_st(os.path.join(repo.root, "model.safetensors"), {"w": np.ones(3000, np.float32), "s": np.zeros(0, np.int8),
                                                          "r": np.zeros((0, 2), np.float32), "q": np.zeros(0, np.int64)})
     repo.commit(os.path.join(repo.root, "model.safetensors"), message="one")
 
@@ -223,11 +215,9 @@ def test_fsck_finds_header_chunks_that_are_not_the_files_header(tmp_path, change
     """The entry's header chunks must hold the header and nothing more: a chunk past it (the file would check out
     longer than its entry says, its header not accounting for the bytes), no chunk at all, or a chunk named many
     times over (refused from the chunks' lengths before anything is joined) is a problem."""
-    from weights_util import write_st as write
-
     repo = make_repo(tmp_path / "repo")
     path = os.path.join(repo.root, "model.safetensors")
-    write(path, {"w": np.arange(3000, dtype=np.float32), "v": np.arange(5, dtype=np.float32)})
+    write_st(path, {"w": np.arange(3000, dtype=np.float32), "v": np.arange(5, dtype=np.float32)})
     repo.commit(path, message="one")
     entry = repo.read_manifest(repo.read_commit(repo.head()).manifest).files[0]
     (w,) = [t for t in entry.tensors if t.name == "w"]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import sha256_file
 from mlvc.cli import cli
 from mlvc.errors import ConflictError, DirtyWorkingCheckpointError, MlvcError, RevisionError
-from weights_util import read_st, repo_state, write_st
+from weights_util import read_st, repo_state, write_st, write_st_raw
 
 NAMES = ("embed.w", "layer.0.w", "layer.0.b", "layer.1.w", "head.w")
 
@@ -249,20 +249,6 @@ def test_cli_checkout_with_globs(history):
     assert result.exit_code == 2 and "name the tensors" in result.output
 
 
-def _write_raw(path, tensors) -> None:
-    """A safetensors file of (name, dtype, shape, bytes) as given: dtypes mlvc does not know, of any size."""
-    import struct
-
-    header, data = {}, b""
-    for name, dtype, shape, raw in tensors:
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
-        data += raw
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + data)
-
-
 def test_revert_of_a_tensor_of_unknown_dtype_that_changed_size_under_one_shape(small_repo):
     """A tensor of a dtype mlvc does not know may change its byte count while its shape stays: the reverted
     file's header is then a new one, not the template's (whose offsets no longer fit: the work tree file was
@@ -273,12 +259,12 @@ def test_revert_of_a_tensor_of_unknown_dtype_that_changed_size_under_one_shape(s
     repo = small_repo
     path = os.path.join(repo.root, "model.safetensors")
     big = np.arange(3000, dtype=np.float32).tobytes()
-    _write_raw(path, [("a", "XQ9", [2], b"abc"), ("b", "F32", [3000], big)])
+    write_st_raw(path, [("a", "XQ9", [2], b"abc"), ("b", "F32", [3000], big)])
     repo.commit(path, message="one")
-    _write_raw(path, [("a", "XQ9", [2], b"abcde"), ("b", "F32", [3000], big)])
+    write_st_raw(path, [("a", "XQ9", [2], b"abcde"), ("b", "F32", [3000], big)])
     repo.commit(path, message="two")
     big2 = (np.arange(3000, dtype=np.float32) + 1).tobytes()
-    _write_raw(path, [("a", "XQ9", [2], b"abcde"), ("b", "F32", [3000], big2)])
+    write_st_raw(path, [("a", "XQ9", [2], b"abcde"), ("b", "F32", [3000], big2)])
     repo.commit(path, message="three")
     repo.revert("HEAD~1")  # undoes "two": a back to 3 bytes, b as "three" left it
     with open(path, "rb") as f:

@@ -7,9 +7,7 @@ the operation promised, and an operation refused leaves HEAD and the work tree a
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 
 import numpy as np
 from hypothesis import HealthCheck, example, given, settings
@@ -19,6 +17,7 @@ from conftest import make_repo
 from mlvc.errors import ConflictError, NothingToCommitError
 from mlvc.formats import safetensors as st_format
 from mlvc.repo import Repo
+from weights_util import write_st_raw
 
 Tensor = tuple[str, list[int], bytes]  # dtype, shape, bytes
 State = dict[str, Tensor]
@@ -28,15 +27,7 @@ KNOWN = {"F32": 4, "F16": 2, "I64": 8, "U8": 1}
 
 def write_state(path: str, state: State) -> None:
     """The file as a tool would write it: tensors in name order, offsets as they fall (unknown dtypes as given)."""
-    header, data = {}, b""
-    for name in sorted(state):
-        dtype, shape, raw = state[name]
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
-        data += raw
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + data)
+    write_st_raw(path, [(name, *state[name]) for name in sorted(state)])
 
 
 def read_state(path: str) -> State:

@@ -25,6 +25,22 @@ def write_st(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | No
     return str(path)
 
 
+def write_st_raw(path, tensors: list[tuple[str, str, list[int], bytes]]) -> None:
+    """A safetensors file of (name, dtype, shape, bytes) in this order, as given: dtypes mlvc does not know, of
+    any byte count."""
+    import json
+    import struct
+
+    header, data = {}, b""
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+
 def read_st(path) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         layout = st.read_layout(f, str(path))

@@ -586,7 +586,8 @@ def _working(repo: Repo, stack: contextlib.ExitStack, progress: Progress) -> tup
     unreadable: dict[str, str] = {}
     read = working_entries(repo, manifest, plan.roots, cache, progress, files=plan.read, unreadable=unreadable)
     cache.save()
-    for path, why in sorted(unreadable.items()):  # no tensors to compare: as `mlvc commit` would, say so
+    if unreadable:  # no tensors to compare: as `mlvc commit` would, say so
+        path, why = min(unreadable.items())
         raise FormatError(path, f"{why}; `mlvc status` lists it, `mlvc restore {path}` writes HEAD's version back")
     files = sorted([*plan.carried.values(), *read.values()], key=lambda f: f.path)
     return (Manifest(plan.roots, files, manifest.chunk_size), WorkingSide(repo, files, manifest.chunk_size, stack))

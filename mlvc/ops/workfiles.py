@@ -385,12 +385,10 @@ def working_entries(repo: Repo, manifest: Manifest | None, roots: list[str], cac
                 out[rel] = old
                 continue
             # the committed entry as the parent: a header unchanged is not parsed again (snapshot._as_parent)
-            blob = old is not None and old.kind == KIND_BLOB
             try:
-                entry = snapshot_path(pipe, full, rel, as_blob=blob, history=History(old))
-            except FormatError as e:
-                if blob:
-                    raise
+                entry = snapshot_path(pipe, full, rel, as_blob=old is not None and old.kind == KIND_BLOB,
+                                      history=History(old))
+            except FormatError as e:  # only a checkpoint's reader raises it, never a blob's
                 entry = snapshot_path(pipe, full, rel, as_blob=True)
                 if unreadable is not None:
                     unreadable[rel] = e.reason
