@@ -230,7 +230,8 @@ def parse_output(task: TaskSpec, output: str, stdout: bytes) -> tuple[dict[str, 
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:60] + "..."
             raise EvalError(f"metric {name!r} in {where} is not a finite number: {shown}")
         metrics[str(name)] = number
     missing = [m for m in task.metrics if m not in metrics]

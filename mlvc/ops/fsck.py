@@ -9,9 +9,10 @@ reflog lines torn by a crash. They lose nothing, so they do not make the reposit
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,7 @@ def fsck(repo: Repo, progress: Progress = NULL) -> FsckReport:
     # Depth-first from branches, tags and HEAD first, so that a missing commit is reported as the parent of
     # the commit that names it; reflog entries then only add the starting points that walk did not reach.
     seen: set[str] = set()
-    headers = _Headers()
+    headers: _Headers = functools.lru_cache(maxsize=HEADERS_KEPT)(functools.partial(_stored_layout, repo))
     _walk(repo, report, bad, seen, headers, list(starts.items())[::-1])
     for oid in repo.refs.all_reflog_ids():
         if oid not in seen:
@@ -226,26 +227,11 @@ def _walk(repo: Repo, report: FsckReport, bad: set[str], seen: set[str], headers
                     report.problems.append(Problem(oid, "missing", f"chunk of {f.path} in commit {cid[:12]}"))
 
 
-class _Headers:
-    """The safetensors headers fsck has parsed, by (header chunk ids, file size): the last few, least recently used
-    dropped first (a series of commits of one model shares its header; a file whose metadata changes at every
-    commit brings a new one each time, and a layout of 100,000 tensors takes about 30 MiB)."""
-
-    KEEP = 4
-
-    def __init__(self) -> None:
-        self._parsed: OrderedDict[tuple[tuple[str, ...], int], st.Layout | str] = OrderedDict()
-
-    def get(self, key: tuple[tuple[str, ...], int]) -> st.Layout | str | None:
-        found = self._parsed.get(key)
-        if found is not None:
-            self._parsed.move_to_end(key)
-        return found
-
-    def put(self, key: tuple[tuple[str, ...], int], parsed: st.Layout | str) -> None:
-        self._parsed[key] = parsed
-        if len(self._parsed) > self.KEEP:
-            self._parsed.popitem(last=False)
+# A parsed header, by (header chunk ids, file size): what _stored_layout gives. A series of commits of one model
+# shares its header; a file whose metadata changes at every commit brings a new one each time, and a layout of
+# 100,000 tensors takes about 30 MiB: the last few, least recently used dropped first.
+_Headers = Callable[[tuple[str, ...], int], st.Layout | str | None]
+HEADERS_KEPT = 4
 
 
 def _header_mismatch(repo: Repo, f: FileEntry, bad: set[str], headers: _Headers) -> str | None:
@@ -259,14 +245,8 @@ def _header_mismatch(repo: Repo, f: FileEntry, bad: set[str], headers: _Headers)
         return None
     if not f.header:
         return "it names no header chunks"
-    key = (tuple(f.header), f.size)
-    layout = headers.get(key)
-    if layout is None:
-        layout = _stored_layout(repo, f)
-        if layout is None:
-            return None
-        headers.put(key, layout)
-    if isinstance(layout, str):
+    layout = headers(tuple(f.header), f.size)
+    if layout is None or isinstance(layout, str):
         return layout
     names, dtypes, shapes, sizes = f.columns()
     begins = list(itertools.accumulate(sizes, initial=0))
@@ -290,21 +270,22 @@ def _header_mismatch(repo: Repo, f: FileEntry, bad: set[str], headers: _Headers)
             f"{layout.ends[k]}) in the file's header")
 
 
-def _stored_layout(repo: Repo, f: FileEntry) -> st.Layout | str | None:
-    """The layout of a file entry's stored header, or what is wrong with it; None when a chunk cannot be read (it
-    is reported itself). The chunks' lengths (their object headers') are summed first: a manifest may name
-    any chunks, many times over, and only a header that fits the file and the format's bound is read."""
+def _stored_layout(repo: Repo, header: tuple[str, ...], size: int) -> st.Layout | str | None:
+    """The layout of a file's stored header (its chunks, the file's size), or what is wrong with it; None when a
+    chunk cannot be read (it is reported itself). The chunks' lengths (their object headers') are summed first: a
+    manifest may name any chunks, many times over, and only a header that fits the file and the format's bound is
+    read."""
     try:
-        length = sum(repo.store.header(h).raw_length for h in f.header or ())
-        if length > min(f.size, 8 + st.MAX_HEADER):
-            return f"its header chunks hold {length} bytes, more than a header of a {f.size}-byte file can"
-        head = b"".join(bytes(repo.store.get(h)) for h in f.header or ())
+        length = sum(repo.store.header(h).raw_length for h in header)
+        if length > min(size, 8 + st.MAX_HEADER):
+            return f"its header chunks hold {length} bytes, more than a header of a {size}-byte file can"
+        head = b"".join(bytes(repo.store.get(h)) for h in header)
     except (ObjectNotFoundError, CorruptObjectError):
         return None
     try:
-        layout = st.parse_layout(head, f.size, f.path)
+        layout = st.parse_layout(head, size, "")
     except FormatError as e:
-        return f"its stored header does not read as that of a safetensors file of {f.size} bytes ({e.reason})"
+        return f"its stored header does not read as that of a safetensors file of {size} bytes ({e.reason})"
     if layout.data_start != len(head):
         return f"its header chunks hold {len(head)} bytes, its header {layout.data_start}"
     return layout

@@ -469,11 +469,11 @@ def _sweep_objects(repo: Repo, marker: _Marker, cutoff: Callable[[], float], res
         kept |= young_now
         _close_bases(store, kept, young_now, False)
         doomed = [(oid, size) for oid, size in doomed if oid not in kept]
+        doomed_ids = [oid for oid, _ in doomed]
         if not result.dry_run:
-            store.delete_many([oid for oid, _ in doomed])
+            store.delete_many(doomed_ids)
             faults.point("gc.deleted")
         result.object_bytes_freed += sum(size for _, size in doomed)
-        doomed_ids = [oid for oid, _ in doomed]
         result.objects_removed += len(doomed_ids)
         result.removed_objects.extend(doomed_ids)
     progress.finish()
